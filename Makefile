@@ -1,0 +1,41 @@
+# ultracore_es: PGXS build.
+#
+#   make && make install          build and install into the PostgreSQL that pg_config names
+#   make installcheck             pg_regress + isolation specs + TAP tests; each suite starts its
+#                                 own temporary server with the library preloaded
+#
+# CI adds PG_CFLAGS=-Werror (see .ci/run); the flags below are always on.
+
+EXTENSION = ultracore_es
+MODULE_big = ultracore_es
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+
+# Install scripts live in sql/ beside the pg_regress inputs; their names tell them apart.
+DATA = $(wildcard sql/ultracore_es--*.sql)
+
+PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
+
+# pg_regress: one file per feature, run in this order on one temporary instance.
+REGRESS = install event_types append append_batch idempotency read_stream read_all \
+	causation append_only bad_input privileges rebase
+REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=$(CURDIR)/tmp_check
+
+# Isolation specs: test/specs/*.spec with expected output in test/expected/.
+ISOLATION = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec)))
+ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-config=$(srcdir)/test/regress.conf \
+	--temp-instance=$(CURDIR)/tmp_check_iso
+
+# TAP tests: test/t/NNN_name.pl (PostgreSQL::Test::Cluster).
+TAP_TESTS = 1
+PROVE_TESTS = $(sort $(wildcard test/t/*.pl))
+PROVE_FLAGS = -I $(srcdir)/test
+
+EXTRA_CLEAN = tmp_check tmp_check_iso output_iso results regression.diffs regression.out \
+	log test/tmp_check
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# PGXS tracks no header dependencies: rebuild everything when a header changes.
+$(OBJS): $(wildcard src/*.h)

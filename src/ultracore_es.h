@@ -1,0 +1,165 @@
+/*-------------------------------------------------------------------------
+ *
+ * ultracore_es.h
+ *	  Declarations shared by the C files of ultracore_es.
+ *
+ * Every exported symbol carries the es_ prefix (EsXxx for types).  The
+ * files, one responsibility each:
+ *
+ *	ultracore_es.c	PG_MODULE_MAGIC and _PG_init
+ *	guc.c			the ultracore_es.* settings
+ *	store.c			per-backend knowledge of the installed extension: its
+ *					schema, relations, owner, prepared plans and the
+ *					transaction-id offset of the store
+ *	event_type.c	the event-type catalog and its backend-local cache
+ *	validate.c		argument checks and defaults shared by the SQL functions
+ *	append.c		the write path: stores an append request
+ *	append_sql.c	es_append and es_append_batch, which build requests
+ *	aggregate.c		the per-aggregate row whose lock serializes writers
+ *	read.c			stream and commit-order reads
+ *	append_only.c	the trigger that refuses UPDATE, DELETE and TRUNCATE
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ULTRACORE_ES_H
+#define ULTRACORE_ES_H
+
+#include "postgres.h"
+
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+/*
+ * SQLSTATEs of ultracore_es.
+ *
+ * Standard codes are used wherever one fits (22023 for a bad argument, 42704
+ * for an unknown event type, 40001 for an append that would break commit
+ * order, 54000 for an oversized event, 23505 for an event id reused with other
+ * content).  Only what a client must branch on gets a code of its own, in the
+ * implementation-defined class "UE":
+ *
+ *	UE001	wrong_expected_version	the aggregate's current version is not the
+ *									one the append expected (optimistic
+ *									concurrency conflict); the detail names the
+ *									aggregate, the expected and the actual
+ *									version.  Reload the aggregate and retry.
+ */
+#define ERRCODE_ES_WRONG_EXPECTED_VERSION	MAKE_SQLSTATE('U','E','0','0','1')
+
+/* Lengths, in bytes, beyond which an identifier is refused. */
+#define ES_MAX_ID_LEN		255		/* event, aggregate, causation, correlation ids */
+#define ES_MAX_NAME_LEN		128		/* event type and aggregate type names */
+
+/*
+ * expected_version sentinels (NULL means "any version"):
+ *	0	the aggregate must not exist yet
+ *	-1	the aggregate must already exist, whatever its version
+ */
+#define ES_EXPECT_NEW		0
+#define ES_EXPECT_EXISTS	(-1)
+
+/* guc.c */
+extern int	es_max_event_bytes;
+extern void es_guc_init(void);
+
+/*
+ * store.c
+ *
+ * EsStore describes the installed extension as this backend sees it.  It is
+ * resolved from the schema of the SQL function being called and refreshed when
+ * a relcache invalidation says one of its relations changed (DROP EXTENSION
+ * followed by CREATE EXTENSION, for instance).
+ */
+typedef struct EsStore
+{
+	Oid			nspid;			/* schema holding the extension's objects */
+	char	   *nspname;		/* its name, quoted for SQL text */
+	Oid			owner;			/* role that owns the tables */
+	Oid			events_relid;
+	Oid			events_version_idx; /* unique (aggregate_id, version) */
+	Oid			position_seq;	/* es_events_position_seq */
+	Oid			aggregates_relid;
+	Oid			event_types_relid;
+	Oid			store_relid;
+	uint32		generation;		/* bumped on every re-resolution */
+} EsStore;
+
+/*
+ * A query of the extension, prepared once per backend and kept.
+ *
+ * The SQL text names the extension's schema as @extschema@ and qualifies
+ * every function, operator and type with pg_catalog: the plan cache re-parses
+ * a saved plan under the caller's search_path whenever that path changes, so
+ * nothing in the text may depend on it.
+ */
+typedef struct EsPlan
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[16];
+	SPIPlanPtr	plan;
+	uint32		generation;
+} EsPlan;
+
+/*
+ * State saved by es_call_begin and restored by es_call_end: the caller's role
+ * and security context.  SQL-callable functions of the extension run their
+ * queries as the owner of its tables, the way RI triggers run as the table
+ * owner, so that callers need EXECUTE on the function and nothing else.
+ */
+typedef struct EsCall
+{
+	EsStore    *store;
+	Oid			caller;
+	int			sec_context;
+} EsCall;
+
+extern EsStore *es_store_for_function(FunctionCallInfo fcinfo);
+extern EsStore *es_store_current(void);
+extern void es_call_begin(FunctionCallInfo fcinfo, EsCall *call);
+extern void es_call_end(EsCall *call);
+extern SPIPlanPtr es_plan(EsPlan *p);
+extern uint64 es_xid_offset(bool for_write);
+extern FullTransactionId es_commit_horizon_of(Snapshot snapshot);
+
+/* event_type.c */
+typedef struct EsEventType
+{
+	char		aggregate_type[ES_MAX_NAME_LEN + 1];	/* "" = any aggregate type */
+	int32		schema_version;
+} EsEventType;
+
+extern void es_event_type_lookup(const char *event_type, EsEventType *out);
+extern void es_event_type_cache_reset(void);
+
+/*
+ * aggregate.c: the row of es_aggregates whose lock serializes an aggregate's
+ * writers.
+ */
+typedef struct EsAggregateRow
+{
+	char		aggregate_type[ES_MAX_NAME_LEN + 1];
+	int64		version;		/* current version, 0 before the first event */
+	FullTransactionId last_tx;	/* transaction of the last event */
+} EsAggregateRow;
+
+extern bool es_aggregate_lock(EsStore *s, const char *aggregate_id, bool fresh_snapshot,
+							  EsAggregateRow *row);
+extern bool es_aggregate_create(const char *aggregate_id, const char *aggregate_type,
+								TimestampTz now);
+
+/* validate.c */
+extern char *es_arg_id(FunctionCallInfo fcinfo, int argno, const char *what, bool required);
+extern char *es_arg_name(FunctionCallInfo fcinfo, int argno, const char *what, bool required);
+extern void es_check_id(const char *value, const char *what);
+extern void es_check_name(const char *value, const char *what);
+extern void es_check_object(Jsonb *jb, const char *what);
+extern void es_check_event_size(Jsonb *data, Jsonb *metadata, const char *event_id);
+extern int64 es_arg_expected_version(FunctionCallInfo fcinfo, int argno, bool *any);
+extern Jsonb *es_empty_object(void);
+
+#endif							/* ULTRACORE_ES_H */
