@@ -1,0 +1,564 @@
+/*-------------------------------------------------------------------------
+ *
+ * append.c
+ *	  The write path: store an append request (one or many events to one
+ *	  aggregate) with optimistic concurrency, idempotency and commit-order
+ *	  safety.  The SQL functions that build requests are in append_sql.c.
+ *
+ * An append has two steps:
+ *
+ *	1. the aggregate's row in es_aggregates is locked, and its current
+ *	   version (its last event) checked against the expected version
+ *	   (aggregate.c);
+ *	2. the events are inserted with the versions that follow, taking their
+ *	   positions from the sequence.
+ *
+ * Hence (DESIGN.md, decision 2):
+ *
+ *	- the version is checked on the aggregate's own row before a position is
+ *	  taken: a losing writer takes no position from the sequence;
+ *	- writers of one aggregate queue on that row's lock and nothing else;
+ *	  writers of different aggregates never wait on each other;
+ *	- the unique (aggregate_id, version) index is only a backstop.
+ *
+ * Both steps use the table access method directly (a tuple lock, index
+ * probes, heap inserts and index inserts), not SQL statements: executor
+ * start-up for a one-row INSERT costs as much as the insert.  The price:
+ * es_events and es_aggregates fire no triggers on insert, and must not be
+ * given any (projections hook into this file instead), and partitioning
+ * es_events later means routing tuples here.
+ *
+ * A refused append says why: a version conflict, an aggregate of another
+ * type, or a commit-order hazard.
+ *
+ * Commit order.  Events carry the id of their top-level transaction; readers
+ * in commit order sort by (tx_id, position) below the oldest running
+ * transaction (read.c).  That order matches each aggregate's version order
+ * only if a later version never has a smaller tx_id.  A transaction holding
+ * an old xid (it wrote something before) could append to an aggregate that a
+ * younger transaction already extended; such an append is refused with a
+ * serialization failure (40001), and its retry gets a new, larger xid.
+ * The aggregate's last event tells its newest writer for that check.
+ *
+ * Idempotency (decision 4).  When the caller names its event ids, they are
+ * looked up first: the same events already stored are returned as they were,
+ * without writing; an id stored with other content is an error.  If two
+ * identical retries race, the loser either sees a version conflict and then
+ * finds the winner's events, or trips the unique index on event_id, which is
+ * reported as a clear error.
+ *
+ * Transaction rules: runs in the caller's transaction as the owner of the
+ * tables (es_call_begin).  Any error aborts the statement, so a refused
+ * append leaves nothing behind.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "append.h"
+
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "common/pg_prng.h"
+#include "executor/executor.h"
+#include "miscadmin.h"
+#include "nodes/execnodes.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/rel.h"
+#include "utils/xid8.h"
+
+/* Columns of es_events, in the order of the install script. */
+enum
+{
+	EV_EVENT_ID, EV_EVENT_TYPE, EV_AGGREGATE_TYPE, EV_AGGREGATE_ID, EV_VERSION, EV_POSITION,
+	EV_TX_ID, EV_OCCURRED_AT, EV_RECORDED_AT, EV_CAUSATION_ID, EV_CORRELATION_ID, EV_DATA,
+	EV_METADATA, EV_SCHEMA_VERSION, EV_APPENDED_BY, EV_NATTS
+};
+
+/* Events are inserted in slices of this many (as COPY does). */
+#define INSERT_SLICE 1000
+
+static EsPlan stored_events_plan = {
+	"SELECT event_id, event_type, aggregate_type, aggregate_id, version, position,"
+	"       causation_id, correlation_id, data, metadata, occurred_at"
+	"  FROM @extschema@.es_events"
+	" WHERE event_id OPERATOR(pg_catalog.=) ANY ($1)"
+	" ORDER BY position",
+	1, {TEXTARRAYOID}
+};
+
+/* Column numbers of stored_events_plan. */
+enum
+{
+	SE_EVENT_ID = 1, SE_EVENT_TYPE, SE_AGGREGATE_TYPE, SE_AGGREGATE_ID, SE_VERSION,
+	SE_POSITION, SE_CAUSATION_ID, SE_CORRELATION_ID, SE_DATA, SE_METADATA, SE_OCCURRED_AT
+};
+
+/*
+ * A random (version 4) UUID in its text form, for events appended without an
+ * id.  The bits come from the backend's PRNG, which PostgreSQL seeds from a
+ * strong random source when the process starts: event ids need to be unique,
+ * not secret, and pg_strong_random costs as much as a B-tree insert.  The
+ * primary key on event_id would refuse a collision.  palloc'd in the caller's
+ * context.
+ */
+static char *
+append_new_event_id(void)
+{
+	static const char hex[] = "0123456789abcdef";
+	uint64		halves[2] = {pg_prng_uint64(&pg_global_prng_state),
+	pg_prng_uint64(&pg_global_prng_state)};
+	uint8		b[16];
+	char	   *out = palloc(37);
+	int			i;
+	int			j = 0;
+
+	memcpy(b, halves, sizeof(b));
+	b[6] = (b[6] & 0x0f) | 0x40;
+	b[8] = (b[8] & 0x3f) | 0x80;
+	for (i = 0; i < 16; i++)
+	{
+		if (i == 4 || i == 6 || i == 8 || i == 10)
+			out[j++] = '-';
+		out[j++] = hex[b[i] >> 4];
+		out[j++] = hex[b[i] & 0x0f];
+	}
+	out[j] = '\0';
+	return out;
+}
+
+/*
+ * es_append_prepare: allocate the results of req and fill in what the caller
+ * left out (event ids, occurred_at, the caller's role, the time).  Runs
+ * before es_call_begin, in the caller's memory context, so that everything
+ * outlives the SPI connection.  A request naming the same event id twice is
+ * refused here.
+ */
+void
+es_append_prepare(EsAppendRequest *req)
+{
+	int			i;
+	int			nids = 0;
+	char	  **ids = palloc(sizeof(char *) * req->nevents);
+
+	req->now = GetCurrentTimestamp();
+	req->appended_by = GetUserNameFromId(GetUserId(), false);
+	req->versions = palloc(sizeof(int64) * req->nevents);
+	req->positions = palloc(sizeof(int64) * req->nevents);
+	req->was_stored = false;
+	for (i = 0; i < req->nevents; i++)
+	{
+		EsEventIn  *ev = &req->events[i];
+
+		if (ev->event_id_given)
+			ids[nids++] = ev->event_id;
+		else
+			ev->event_id = append_new_event_id();
+		if (!ev->occurred_at_given)
+			ev->occurred_at = req->now;
+	}
+	qsort(ids, nids, sizeof(char *), pg_qsort_strcmp);
+	for (i = 1; i < nids; i++)
+		if (strcmp(ids[i - 1], ids[i]) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("event id \"%s\" appears more than once in the batch", ids[i])));
+	pfree(ids);
+}
+
+/*
+ * Check each event against the catalog and the limits.  Needs SPI (the
+ * event-type cache may query the catalog).
+ */
+static void
+append_check_events(EsAppendRequest *req)
+{
+	int			i;
+
+	for (i = 0; i < req->nevents; i++)
+	{
+		EsEventIn  *ev = &req->events[i];
+		EsEventType type;
+
+		es_event_type_lookup(ev->event_type, &type);
+		if (type.aggregate_type[0] != '\0' &&
+			strcmp(type.aggregate_type, req->aggregate_type) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("event type \"%s\" belongs to aggregate type \"%s\", not \"%s\"",
+							ev->event_type, type.aggregate_type, req->aggregate_type),
+					 errhint("Append it to an aggregate of type \"%s\", or register an event type for \"%s\".",
+							 type.aggregate_type, req->aggregate_type)));
+		ev->schema_version = type.schema_version;
+		es_check_event_size(ev->data, ev->metadata, ev->event_id_given ? ev->event_id : NULL);
+	}
+}
+
+static bool
+text_equal_or_both_null(HeapTuple row, TupleDesc desc, int col, const char *value)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(row, desc, col, &isnull);
+
+	if (isnull || value == NULL)
+		return isnull && value == NULL;
+	return strcmp(TextDatumGetCString(d), value) == 0;
+}
+
+static bool
+jsonb_equal(HeapTuple row, TupleDesc desc, int col, Jsonb *value)
+{
+	bool		isnull;
+	Jsonb	   *stored = DatumGetJsonbP(SPI_getbinval(row, desc, col, &isnull));
+
+	return compareJsonbContainers(&stored->root, &value->root) == 0;
+}
+
+/*
+ * The first field in which a stored event differs from the one being
+ * appended again, or NULL when it is the same event.
+ */
+static const char *
+append_event_difference(HeapTuple row, TupleDesc desc, EsAppendRequest *req, EsEventIn *ev)
+{
+	bool		isnull;
+
+	if (!text_equal_or_both_null(row, desc, SE_AGGREGATE_ID, req->aggregate_id))
+		return "aggregate_id";
+	if (!text_equal_or_both_null(row, desc, SE_AGGREGATE_TYPE, req->aggregate_type))
+		return "aggregate_type";
+	if (!text_equal_or_both_null(row, desc, SE_EVENT_TYPE, ev->event_type))
+		return "event_type";
+	if (!jsonb_equal(row, desc, SE_DATA, ev->data))
+		return "data";
+	if (!jsonb_equal(row, desc, SE_METADATA, ev->metadata))
+		return "metadata";
+	if (!text_equal_or_both_null(row, desc, SE_CAUSATION_ID, ev->causation_id))
+		return "causation_id";
+	if (!text_equal_or_both_null(row, desc, SE_CORRELATION_ID, ev->correlation_id))
+		return "correlation_id";
+	if (ev->occurred_at_given &&
+		DatumGetTimestampTz(SPI_getbinval(row, desc, SE_OCCURRED_AT, &isnull)) != ev->occurred_at)
+		return "occurred_at";
+	return NULL;
+}
+
+/*
+ * append_find_stored: look up the caller's event ids.  Returns false when
+ * none is stored yet.  Returns true, with the stored versions and positions
+ * in req, when the whole request was stored before with the same content.
+ * Anything in between (an id reused for other content, a batch partly
+ * matching an earlier one) is an error.
+ */
+static bool
+append_find_stored(EsAppendRequest *req)
+{
+	Datum	   *ids;
+	int			nids = 0;
+	int			i;
+	Datum		arg;
+	SPITupleTable *tt;
+	bool		isnull;
+
+	for (i = 0; i < req->nevents; i++)
+		nids += req->events[i].event_id_given;
+	if (nids == 0)
+		return false;
+
+	ids = palloc(sizeof(Datum) * nids);
+	nids = 0;
+	for (i = 0; i < req->nevents; i++)
+		if (req->events[i].event_id_given)
+			ids[nids++] = CStringGetTextDatum(req->events[i].event_id);
+	arg = PointerGetDatum(construct_array(ids, nids, TEXTOID, -1, false, TYPALIGN_INT));
+
+	if (SPI_execute_plan(es_plan(&stored_events_plan), &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up stored events");
+	if (SPI_processed == 0)
+		return false;
+
+	tt = SPI_tuptable;
+	if (SPI_processed != (uint64) req->nevents || nids != req->nevents)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("batch overlaps events stored by an earlier append"),
+				 errdetail("%llu of its %d events carry event ids that are already stored, for example \"%s\".",
+						   (unsigned long long) SPI_processed, req->nevents,
+						   TextDatumGetCString(SPI_getbinval(tt->vals[0], tt->tupdesc, SE_EVENT_ID, &isnull))),
+				 errhint("Resend exactly the earlier batch to retry it, or use new event ids for new events.")));
+
+	for (i = 0; i < req->nevents; i++)
+	{
+		HeapTuple	row = tt->vals[i];
+		EsEventIn  *ev = &req->events[i];
+		const char *diff;
+
+		if (!text_equal_or_both_null(row, tt->tupdesc, SE_EVENT_ID, ev->event_id))
+			diff = "position in the batch";
+		else
+			diff = append_event_difference(row, tt->tupdesc, req, ev);
+		if (diff != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("event id \"%s\" is already used by another event", ev->event_id),
+					 errdetail("The stored event with that id differs in %s.", diff),
+					 errhint("Use a new event_id for a new event; resend identical content to retry an append.")));
+		req->versions[i] = DatumGetInt64(SPI_getbinval(row, tt->tupdesc, SE_VERSION, &isnull));
+		req->positions[i] = DatumGetInt64(SPI_getbinval(row, tt->tupdesc, SE_POSITION, &isnull));
+		if (i > 0 && req->versions[i] != req->versions[i - 1] + 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("batch overlaps events stored by earlier appends"),
+					 errdetail("Its event ids were stored by more than one append.")));
+	}
+	req->was_stored = true;
+	return true;
+}
+
+static void
+append_raise_conflict(EsAppendRequest *req, int64 actual)
+{
+	char		expected[64];
+
+	if (req->any)
+		strlcpy(expected, "any", sizeof(expected));
+	else if (req->expected == ES_EXPECT_NEW)
+		strlcpy(expected, "0 (a new aggregate)", sizeof(expected));
+	else if (req->expected == ES_EXPECT_EXISTS)
+		strlcpy(expected, "-1 (an existing aggregate)", sizeof(expected));
+	else
+		snprintf(expected, sizeof(expected), INT64_FORMAT, req->expected);
+
+	ereport(ERROR,
+			(errcode(ERRCODE_ES_WRONG_EXPECTED_VERSION),
+			 errmsg("version conflict on aggregate \"%s\"", req->aggregate_id),
+			 errdetail("Aggregate \"%s\": expected version %s, actual version " INT64_FORMAT "%s.",
+					   req->aggregate_id, expected, actual,
+					   actual == 0 ? " (it does not exist)" : ""),
+			 errhint("Reload the aggregate and append again with its current version as expected_version.")));
+}
+
+/*
+ * Check the locked aggregate row against the request.  Returns true when the
+ * events may be appended after row->version; false when they turn out to be
+ * stored already (an identical retry that raced with the original); raises
+ * the error that explains a refusal otherwise.
+ */
+static bool
+append_check_row(EsAppendRequest *req, FullTransactionId tx, const EsAggregateRow *row)
+{
+	bool		version_ok;
+
+	if (strcmp(row->aggregate_type, req->aggregate_type) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("aggregate \"%s\" is of type \"%s\", not \"%s\"",
+						req->aggregate_id, row->aggregate_type, req->aggregate_type),
+				 errdetail("An aggregate keeps the type of its first event.")));
+	if (FullTransactionIdPrecedes(tx, row->last_tx))
+		ereport(ERROR,
+				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+				 errmsg("could not append to aggregate \"%s\" in commit order", req->aggregate_id),
+				 errdetail("Transaction " UINT64_FORMAT " wrote it last and is younger than this transaction (" UINT64_FORMAT "); commit-order readers would see its versions out of order.",
+						   U64FromFullTransactionId(row->last_tx), U64FromFullTransactionId(tx)),
+				 errhint("Retry the transaction.")));
+
+	if (req->any)
+		version_ok = true;
+	else if (req->expected == ES_EXPECT_EXISTS)
+		version_ok = row->version > 0;
+	else
+		version_ok = row->version == req->expected;
+	if (!version_ok)
+	{
+		if (append_find_stored(req))
+			return false;
+		append_raise_conflict(req, row->version);
+	}
+	if (row->version > PG_INT64_MAX - req->nevents)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("aggregate \"%s\" has reached the highest version", req->aggregate_id)));
+	return true;
+}
+
+/*
+ * Report a unique violation raised while inserting events in the terms of
+ * the event store, or let any other error through.  Called in PG_CATCH.
+ */
+static void
+append_translate_unique_violation(EsAppendRequest *req, MemoryContext cxt)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION || edata->constraint_name == NULL)
+		return;
+	if (strcmp(edata->constraint_name, "es_events_event_id_key") == 0)
+	{
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("event id is already used by an event appended concurrently"),
+				 errdetail("%s", edata->detail ? edata->detail : edata->message),
+				 errhint("Retry the append: a retry with the same content returns the stored event.")));
+	}
+	if (strcmp(edata->constraint_name, "es_events_version_key") == 0)
+	{
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_ES_WRONG_EXPECTED_VERSION),
+				 errmsg("version conflict on aggregate \"%s\"", req->aggregate_id),
+				 errdetail("%s", edata->detail ? edata->detail : edata->message),
+				 errhint("Reload the aggregate and append again with its current version as expected_version.")));
+	}
+}
+
+/*
+ * Insert the events of req after version base: heap inserts (one
+ * multi-insert per slice for batches) and their index entries, with the
+ * unique checks of the indexes.  A unique violation on event_id (two
+ * identical retries racing) is reported as such; one on (aggregate_id,
+ * version) would mean a writer bypassed the aggregate's lock, and is reported
+ * as the version conflict it is.
+ */
+static void
+append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTransactionId tx)
+{
+	Relation	rel = table_open(store->events_relid, RowExclusiveLock);
+	MemoryContext cxt = CurrentMemoryContext;
+	CommandId	cid = GetCurrentCommandId(true);
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot **slots;
+	Datum		aggregate_type = CStringGetTextDatum(req->aggregate_type);
+	Datum		aggregate_id = CStringGetTextDatum(req->aggregate_id);
+	Datum		appended_by = CStringGetTextDatum(req->appended_by);
+	int			nslots = Min(req->nevents, INSERT_SLICE);
+	int			first;
+	int			i;
+
+	if (RelationGetDescr(rel)->natts != EV_NATTS)
+		elog(ERROR, "es_events has %d columns, expected %d", RelationGetDescr(rel)->natts, EV_NATTS);
+
+	estate = CreateExecutorState();
+	rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	ExecOpenIndices(rri, false);
+	slots = palloc(sizeof(TupleTableSlot *) * nslots);
+	for (i = 0; i < nslots; i++)
+		slots[i] = table_slot_create(rel, &estate->es_tupleTable);
+
+	PG_TRY();
+	{
+		for (first = 0; first < req->nevents; first += nslots)
+		{
+			int			n = Min(nslots, req->nevents - first);
+
+			for (i = 0; i < n; i++)
+			{
+				EsEventIn  *ev = &req->events[first + i];
+				TupleTableSlot *slot = slots[i];
+				Datum	   *v = slot->tts_values;
+				bool	   *isnull = slot->tts_isnull;
+
+				ExecClearTuple(slot);
+				memset(isnull, 0, sizeof(bool) * EV_NATTS);
+				req->versions[first + i] = base + first + i + 1;
+				req->positions[first + i] = nextval_internal(store->position_seq, false);
+				v[EV_EVENT_ID] = CStringGetTextDatum(ev->event_id);
+				v[EV_EVENT_TYPE] = CStringGetTextDatum(ev->event_type);
+				v[EV_AGGREGATE_TYPE] = aggregate_type;
+				v[EV_AGGREGATE_ID] = aggregate_id;
+				v[EV_VERSION] = Int64GetDatum(req->versions[first + i]);
+				v[EV_POSITION] = Int64GetDatum(req->positions[first + i]);
+				v[EV_TX_ID] = FullTransactionIdGetDatum(tx);
+				v[EV_OCCURRED_AT] = TimestampTzGetDatum(ev->occurred_at);
+				v[EV_RECORDED_AT] = TimestampTzGetDatum(req->now);
+				isnull[EV_CAUSATION_ID] = (ev->causation_id == NULL);
+				v[EV_CAUSATION_ID] = ev->causation_id ? CStringGetTextDatum(ev->causation_id) : (Datum) 0;
+				isnull[EV_CORRELATION_ID] = (ev->correlation_id == NULL);
+				v[EV_CORRELATION_ID] = ev->correlation_id ? CStringGetTextDatum(ev->correlation_id) : (Datum) 0;
+				v[EV_DATA] = JsonbPGetDatum(ev->data);
+				v[EV_METADATA] = JsonbPGetDatum(ev->metadata);
+				v[EV_SCHEMA_VERSION] = Int32GetDatum(ev->schema_version);
+				v[EV_APPENDED_BY] = appended_by;
+				ExecStoreVirtualTuple(slot);
+			}
+			if (n == 1)
+				table_tuple_insert(rel, slots[0], cid, 0, NULL);
+			else
+				table_multi_insert(rel, slots, n, cid, 0, NULL);
+			for (i = 0; i < n; i++)
+			{
+				(void) ExecInsertIndexTuples(rri, slots[i], estate, false, false, NULL, NIL);
+				ResetPerTupleExprContext(estate);
+			}
+		}
+	}
+	PG_CATCH();
+	{
+		append_translate_unique_violation(req, cxt);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	ExecCloseIndices(rri);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+	table_close(rel, NoLock);
+}
+
+/*
+ * es_append_execute: check the events of req and store them, or find them
+ * stored by an identical earlier append (req->was_stored).  Needs
+ * es_call_begin.
+ */
+void
+es_append_execute(EsAppendRequest *req, EsStore *store)
+{
+	FullTransactionId xid;
+	FullTransactionId tx;
+	EsAggregateRow row;
+	bool		fresh = false;
+	int			round;
+
+	append_check_events(req);
+	if (append_find_stored(req))
+		return;
+
+	xid = GetTopFullTransactionId();
+	tx = FullTransactionIdFromU64(U64FromFullTransactionId(xid) + es_xid_offset(true));
+	for (round = 0; round < 3; round++)
+	{
+		/* A new aggregate is created first; anything else is locked first. */
+		if (req->any || req->expected != ES_EXPECT_NEW || round > 0)
+		{
+			if (es_aggregate_lock(store, req->aggregate_id, fresh, &row))
+			{
+				if (append_check_row(req, tx, &row))
+					append_insert_events(req, store, row.version, tx);
+				return;
+			}
+			if (!req->any && req->expected != ES_EXPECT_NEW)
+			{
+				if (!append_find_stored(req))
+					append_raise_conflict(req, 0);
+				return;
+			}
+		}
+		if (es_aggregate_create(req->aggregate_id, req->aggregate_type, req->now))
+		{
+			append_insert_events(req, store, 0, tx);
+			return;
+		}
+		fresh = true;			/* see the row of the creator that won */
+	}
+	elog(ERROR, "aggregate \"%s\" was created and rolled back too often during one append",
+		 req->aggregate_id);
+}
