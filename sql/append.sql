@@ -1,0 +1,87 @@
+-- es_append: versions, expected-version modes, conflicts, results.
+SELECT * FROM es_test.state();
+
+-- A new aggregate: version 1, a generated UUID as event id, a position.
+SELECT event_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$' AS uuid_v4,
+       version, position > 0 AS has_position
+  FROM es_append('Customer', 'CUST001', 'CUSTOMER_CREATED',
+                 '{"name": "John Doe", "email": "john@example.com"}', expected_version => 0);
+
+-- Named notation with every parameter.
+SELECT event_id, version
+  FROM es_append(aggregate_type => 'Customer', aggregate_id => 'CUST001',
+                 event_type => 'CUSTOMER_UPDATED', data => '{"email": "john.doe@example.com"}',
+                 expected_version => 1, metadata => '{"user_agent": "teller-app"}',
+                 event_id => 'evt_12345', causation_id => 'cmd_67890',
+                 correlation_id => 'req_abcde', occurred_at => '2025-01-14 10:00:00+00');
+
+-- Stored as given; appended_by is the calling role; tx_id is this transaction's.
+SELECT CASE WHEN event_id ~ '^[0-9a-f-]{36}$' THEN '(uuid)' ELSE event_id END AS event_id,
+       event_type, aggregate_type, aggregate_id, version,
+       CASE WHEN occurred_at = recorded_at THEN '(append time)' ELSE occurred_at::text END AS occurred_at,
+       causation_id, correlation_id, data, metadata, schema_version, appended_by = current_user AS by_me
+  FROM es_events WHERE aggregate_id = 'CUST001' ORDER BY version;
+SELECT count(DISTINCT tx_id) AS transactions FROM es_events WHERE aggregate_id = 'CUST001';
+
+-- Expected versions: NULL = any, N = exactly N, -1 = must exist, 0 = must not exist.
+SELECT version FROM es_append('Customer', 'CUST001', 'CUSTOMER_KYC_COMPLETED', '{"level": "full"}');
+SELECT version FROM es_append('Customer', 'CUST001', 'CUSTOMER_RISK_ASSESSED', '{"rating": "low"}', 3);
+SELECT version FROM es_append('Customer', 'CUST001', 'CUSTOMER_UPDATED', '{"phone": "+61400000000"}', -1);
+SELECT version FROM es_append('Customer', 'CUST002', 'CUSTOMER_CREATED', '{"name": "Jane"}');
+SELECT es_aggregate_version('CUST001') AS cust001, es_aggregate_version('CUST002') AS cust002,
+       es_aggregate_version('NOBODY') AS nobody;
+
+-- Conflicts: the dedicated SQLSTATE, with aggregate, expected and actual version.
+SELECT * FROM es_test.state() \gset before_
+SELECT es_test.error_of($$SELECT es_append('Customer', 'CUST001', 'CUSTOMER_UPDATED', '{}', 3)$$);
+SELECT es_test.error_of($$SELECT es_append('Customer', 'CUST001', 'CUSTOMER_UPDATED', '{}', 0)$$);
+SELECT es_test.error_of($$SELECT es_append('Customer', 'CUST999', 'CUSTOMER_UPDATED', '{}', -1)$$);
+SELECT es_test.error_of($$SELECT es_append('Customer', 'CUST999', 'CUSTOMER_UPDATED', '{}', 4)$$);
+-- The losers wrote nothing and burned no position.
+SELECT events = :before_events AS same_events, aggregates = :before_aggregates AS same_aggregates,
+       last_position = :before_last_position AS no_position_taken
+  FROM es_test.state();
+SELECT position = :before_last_position + 1 AS next_position_follows
+  FROM es_append('Customer', 'CUST001', 'CUSTOMER_UPDATED', '{"name": "John A. Doe"}', 5);
+
+-- The conflict as a client sees it.
+\set VERBOSITY default
+SELECT es_append('Customer', 'CUST001', 'CUSTOMER_DEACTIVATED', '{}', expected_version => 2);
+\set VERBOSITY sqlstate
+SELECT es_append('Customer', 'CUST001', 'CUSTOMER_DEACTIVATED', '{}', expected_version => 2);
+\set VERBOSITY default
+
+-- An aggregate's type is fixed by its first event.
+SELECT es_test.error_of($$SELECT es_append('Account', 'CUST001', 'ACCOUNT_OPENED', '{}')$$);
+
+-- Several appends to one aggregate in one statement see each other.
+SELECT version FROM generate_series(1, 3) g,
+       LATERAL es_append('Account', 'ACC-MULTI', 'ACCOUNT_BALANCE_UPDATED',
+                         jsonb_build_object('balance', g * 10), expected_version => g - 1);
+-- And in one transaction, with a rollback to a savepoint in between.
+BEGIN;
+SELECT version FROM es_append('Account', 'ACC-MULTI', 'ACCOUNT_LIMIT_CHANGED', '{"limit": 500}', 3);
+SAVEPOINT s;
+SELECT version FROM es_append('Account', 'ACC-MULTI', 'ACCOUNT_LIMIT_CHANGED', '{"limit": 900}', 4);
+ROLLBACK TO SAVEPOINT s;
+SELECT version FROM es_append('Account', 'ACC-MULTI', 'ACCOUNT_STATUS_CHANGED', '{"status": "active"}', 4);
+COMMIT;
+SELECT version, event_type, data FROM es_get_events('ACC-MULTI');
+
+-- Positions grow with versions, and every event of a transaction shares its tx_id.
+SELECT bool_and(position > prev_position) AS positions_grow,
+       bool_and(tx_id >= prev_tx) AS tx_ids_grow
+  FROM (SELECT position, tx_id, lag(position) OVER w AS prev_position, lag(tx_id) OVER w AS prev_tx
+          FROM es_events WHERE aggregate_id = 'ACC-MULTI' WINDOW w AS (ORDER BY version)) s
+ WHERE prev_position IS NOT NULL;
+
+-- A rolled-back append leaves no trace but its position (sequences are not transactional).
+BEGIN;
+SELECT version FROM es_append('Account', 'ACC-ROLLBACK', 'ACCOUNT_OPENED', '{}', 0);
+ROLLBACK;
+SELECT count(*) FROM es_aggregates WHERE aggregate_id = 'ACC-ROLLBACK';
+SELECT version FROM es_append('Account', 'ACC-ROLLBACK', 'ACCOUNT_OPENED', '{}', 0);
+
+-- The aggregates, listable with their current versions.
+SELECT aggregate_id, aggregate_type, version
+  FROM es_aggregate_versions WHERE aggregate_id LIKE 'CUST00%' OR aggregate_id LIKE 'ACC-%' ORDER BY 1;
