@@ -1,0 +1,89 @@
+# Shell helpers shared by test/run-demo, test/run-tests and test/bench/run.
+#
+# They work as root (CI) or as a user with sudo.  PostgreSQL refuses to run
+# as root, so servers, builds and pg_regress run as the postgres user, in a
+# private work directory that user owns ($ES_WORKDIR).
+
+ES_PACKAGES="build-essential pkg-config postgresql-15 postgresql-server-dev-15 libipc-run-perl librdkafka-dev kcat bc"
+ES_PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+export PATH="$ES_PGBIN:$PATH"
+
+es_sudo() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+es_as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
+es_log() { printf '== %s\n' "$*"; }
+
+# Install the Debian packages the build, the tests and the demo need (only
+# when one is missing: apt-get update takes a while).
+es_install_prerequisites() {
+	local missing=() p
+	for p in $ES_PACKAGES; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+	done
+	if [ ${#missing[@]} -gt 0 ]; then
+		es_log "installing ${missing[*]}"
+		es_sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
+		es_sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+	fi
+	# Debian's postgresql-common may have created and started a default
+	# cluster; the scripts here never use it.
+	id postgres >/dev/null 2>&1 || { echo "the postgres user is missing" >&2; return 1; }
+}
+
+# A work directory owned by postgres; removed on exit unless ES_KEEP is set.
+es_workdir() {
+	if [ -z "${ES_WORKDIR:-}" ]; then
+		ES_WORKDIR=$(mktemp -d /tmp/ultracore_es.XXXXXX)
+		chmod 755 "$ES_WORKDIR"
+		es_sudo chown postgres "$ES_WORKDIR"
+		export ES_WORKDIR
+	fi
+}
+
+# Copy the source tree (without build products) to $ES_WORKDIR/src, build it
+# there as postgres with the given PG_CFLAGS, and install it.
+es_build_and_install() { # srcdir [pg_cflags]
+	local src=$1 cflags=${2:-}
+	es_workdir
+	es_log "building in $ES_WORKDIR/src${cflags:+ with PG_CFLAGS=$cflags}"
+	es_sudo rm -rf "$ES_WORKDIR/src"
+	mkdir -p "$ES_WORKDIR/src" 2>/dev/null || es_sudo mkdir -p "$ES_WORKDIR/src"
+	(cd "$src" && tar --exclude=.git --exclude='*.o' --exclude='*.so' --exclude=tmp_check \
+		--exclude=tmp_check_iso --exclude=results --exclude=output_iso --exclude=log -cf - .) |
+		es_sudo tar -C "$ES_WORKDIR/src" -xf -
+	es_sudo chown -R postgres "$ES_WORKDIR/src"
+	es_as_postgres make -C "$ES_WORKDIR/src" -s clean >/dev/null
+	es_as_postgres make -C "$ES_WORKDIR/src" -s -j"$(nproc)" PG_CFLAGS="$cflags"
+	es_sudo make -C "$ES_WORKDIR/src" -s install
+}
+
+es_pg_version() { "$ES_PGBIN/postgres" --version | awk '{print $3}'; }
+
+# Start a throwaway server with the extension preloaded.  It listens only on
+# a Unix socket in its own directory, so it never collides with another.
+es_start_server() { # name [extra postgresql.conf lines]
+	es_workdir
+	ES_PGDATA=$ES_WORKDIR/$1
+	ES_SOCKDIR=$ES_WORKDIR
+	ES_PORT=5432
+	export ES_PGDATA ES_SOCKDIR ES_PORT
+	es_as_postgres initdb -D "$ES_PGDATA" -A trust -U postgres --no-sync >/dev/null
+	es_as_postgres tee -a "$ES_PGDATA/postgresql.conf" >/dev/null <<-CONF
+		listen_addresses = ''
+		unix_socket_directories = '$ES_SOCKDIR'
+		port = $ES_PORT
+		shared_preload_libraries = 'ultracore_es'
+		${2:-}
+	CONF
+	es_as_postgres pg_ctl -D "$ES_PGDATA" -l "$ES_PGDATA/server.log" -w start >/dev/null
+}
+
+es_stop_server() {
+	if [ -n "${ES_PGDATA:-}" ] && [ -f "$ES_PGDATA/postmaster.pid" ]; then
+		es_as_postgres pg_ctl -D "$ES_PGDATA" -m fast -w stop >/dev/null || true
+	fi
+	if [ -n "${ES_WORKDIR:-}" ] && [ -z "${ES_KEEP:-}" ]; then
+		es_sudo rm -rf "$ES_WORKDIR"
+	fi
+}
+
+es_psql() { es_as_postgres psql -X -h "$ES_SOCKDIR" -p "$ES_PORT" -U postgres -d postgres "$@"; }
