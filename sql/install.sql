@@ -48,9 +48,9 @@ SELECT c.relname, has_table_privilege('public', c.oid, 'SELECT') AS public_selec
 
 SELECT * FROM es_test.state();
 -- The store records the cluster it lives in at the first append.
-SELECT count(*) FROM es_store;
+SELECT count(*) FROM es_clusters;
 SELECT es_commit_horizon() > '0' AS has_horizon;
 SELECT version FROM es_append('System', 'install-check', 'SYSTEM_STARTED', '{}', 0);
 SELECT system_identifier = (SELECT system_identifier FROM pg_control_system()) AS this_cluster,
-       xid_offset, rebased_at
-  FROM es_store;
+       xid_offset
+  FROM es_clusters;

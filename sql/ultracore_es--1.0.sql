@@ -6,20 +6,19 @@
 -- Storage
 ------------------------------------------------------------------------------
 
--- The identity of the cluster the store lives in, and the offset added to the
--- transaction ids it stores (see src/store.c): the first append records the
--- cluster; after a restore into another cluster, the first append re-bases the
--- store so that commit order survives.  Empty until then, so that pg_dump's
--- copy of the row is what a restore finds.
-CREATE TABLE @extschema@.es_store (
-    singleton           boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+-- The clusters the store has lived in, each with the offset added to the
+-- transaction ids it stores there (see src/store.c).  The first append in a
+-- cluster adds its row; after a restore into another cluster, the rows pg_dump
+-- carried along tell that the store moved, and the new row re-bases it so that
+-- commit order survives.  No unique key: concurrent first appenders each add
+-- the same row rather than wait for one another.
+CREATE TABLE @extschema@.es_clusters (
     system_identifier   bigint NOT NULL,
-    xid_offset          bigint NOT NULL DEFAULT 0 CHECK (xid_offset >= 0),
-    created_at          timestamptz NOT NULL DEFAULT now(),
-    rebased_at          timestamptz
+    xid_offset          bigint NOT NULL CHECK (xid_offset >= 0),
+    first_append_at     timestamptz NOT NULL
 );
-COMMENT ON TABLE @extschema@.es_store IS
-    'ultracore_es: identity of the cluster holding the store and the offset of its transaction ids (one row)';
+COMMENT ON TABLE @extschema@.es_clusters IS
+    'ultracore_es: clusters the store has lived in, and the offset of its transaction ids in each';
 
 -- The event-type catalog: appends of unregistered types are refused.
 CREATE TABLE @extschema@.es_event_types (
@@ -124,7 +123,7 @@ ALTER TABLE @extschema@.es_events ENABLE ALWAYS TRIGGER es_events_append_only;
 
 -- pg_dump keeps the data of these tables (the seeded event types are recreated
 -- by CREATE EXTENSION, so only the registered ones are dumped).
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_store', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_clusters', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_event_types', 'WHERE NOT builtin');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_aggregates', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_events', '');
@@ -307,7 +306,7 @@ COMMENT ON FUNCTION @extschema@.es_correlated_events(text) IS
 -- Privileges: nothing for PUBLIC.  Tables are written only through the
 -- functions above; reading them directly needs an explicit GRANT SELECT.
 ------------------------------------------------------------------------------
-REVOKE ALL ON TABLE @extschema@.es_store, @extschema@.es_event_types, @extschema@.es_aggregates,
+REVOKE ALL ON TABLE @extschema@.es_clusters, @extschema@.es_event_types, @extschema@.es_aggregates,
     @extschema@.es_events, @extschema@.es_aggregate_versions FROM PUBLIC;
 REVOKE ALL ON SEQUENCE @extschema@.es_events_position_seq FROM PUBLIC;
 REVOKE ALL ON FUNCTION

@@ -18,17 +18,19 @@
  * cluster brings ids from the old cluster, possibly far above the new
  * cluster's counter, so events appended after the restore would sort before
  * the restored ones and readers resuming from a checkpoint would skip them.
- * es_store keeps the identity of the cluster and an offset added to every
- * transaction id the extension stores or compares.  When the identity differs
- * (the store was restored elsewhere), the first append re-bases the store:
- * the offset becomes max(stored tx_id) + 1, computed the same way by every
- * backend until the re-base commits, so no reader and no writer ever
- * disagree.  The row is written in the same (sub)transaction as the events
- * that need it.
  *
- * Locking: no locks of its own.  Recording the cluster takes a row lock on
- * the single es_store row (or its unique key); concurrent writers wait for
- * each other and find the row already recorded.
+ * es_clusters records each cluster the store has lived in, with the offset
+ * added to every transaction id the extension stores or compares there.  The
+ * first append in a cluster records it: with offset 0 in a new store, with
+ * max(stored tx_id) + 1 when the store came from another cluster (the rows
+ * pg_dump carried along name the old clusters).  Until that row commits,
+ * every backend derives the same offset from the same committed data, so no
+ * reader and no writer ever disagree; the row is written in the same
+ * (sub)transaction as the events that need it.  The table has no unique key
+ * on purpose: concurrent first appenders each insert the same row instead of
+ * waiting for one another.
+ *
+ * Locking: none of its own.
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -63,9 +65,9 @@ static bool store_valid = false;
 static bool store_callback_registered = false;
 
 /*
- * Offset state.  SETTLED: es_store names this cluster and the row is
- * committed, so the offset can no longer change.  Otherwise it is read again
- * on every call (only right after a restore, or before first use).
+ * Offset state.  Settled: a committed row of es_clusters names this cluster,
+ * so the offset can no longer change.  Until then it is worked out again on
+ * every call (only before the first append in a cluster).
  */
 static bool offset_settled = false;
 static uint64 offset_value = 0;
@@ -76,7 +78,7 @@ store_relcache_callback(Datum arg, Oid relid)
 	if (relid == InvalidOid ||
 		relid == store.events_relid ||
 		relid == store.aggregates_relid ||
-		relid == store.store_relid)
+		relid == store.clusters_relid)
 		store_valid = false;
 	if (relid == InvalidOid || relid == store.event_types_relid)
 		es_event_type_cache_reset();
@@ -123,7 +125,7 @@ store_resolve(Oid nspid)
 		next.position_seq = store_relation("es_events_position_seq", nspid);
 		next.aggregates_relid = store_relation("es_aggregates", nspid);
 		next.event_types_relid = store_relation("es_event_types", nspid);
-		next.store_relid = store_relation("es_store", nspid);
+		next.clusters_relid = store_relation("es_clusters", nspid);
 		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(next.events_relid));
 		if (!HeapTupleIsValid(tup))
 			elog(ERROR, "cache lookup failed for relation %u", next.events_relid);
@@ -137,7 +139,7 @@ store_resolve(Oid nspid)
 		next.position_seq != store.position_seq ||
 		next.aggregates_relid != store.aggregates_relid ||
 		next.event_types_relid != store.event_types_relid ||
-		next.store_relid != store.store_relid ||
+		next.clusters_relid != store.clusters_relid ||
 		next.owner != store.owner)
 	{
 		char	   *nspname = get_namespace_name(nspid);
@@ -276,8 +278,8 @@ es_plan(EsPlan *p)
 	return plan;
 }
 
-static EsPlan read_store_plan = {
-	"SELECT system_identifier, xid_offset, xmin FROM @extschema@.es_store",
+static EsPlan read_clusters_plan = {
+	"SELECT system_identifier, xid_offset, xmin FROM @extschema@.es_clusters",
 	0, {InvalidOid}
 };
 
@@ -286,61 +288,57 @@ static EsPlan max_tx_plan = {
 	0, {InvalidOid}
 };
 
-static EsPlan record_store_plan = {
-	"INSERT INTO @extschema@.es_store AS s (singleton, system_identifier, xid_offset, rebased_at)"
-	" VALUES (true, $1, $2, $3)"
-	" ON CONFLICT (singleton) DO UPDATE"
-	"    SET system_identifier = excluded.system_identifier, xid_offset = excluded.xid_offset,"
-	"        rebased_at = excluded.rebased_at"
-	"  WHERE s.system_identifier OPERATOR(pg_catalog.<>) excluded.system_identifier",
-	3, {INT8OID, INT8OID, TIMESTAMPTZOID}
+static EsPlan record_cluster_plan = {
+	"INSERT INTO @extschema@.es_clusters (system_identifier, xid_offset, first_append_at)"
+	" VALUES ($1, $2, pg_catalog.now())",
+	2, {INT8OID, INT8OID}
 };
 
 /*
- * es_xid_offset: the offset added to transaction ids of this store.
- *
- * es_store is empty until the first append records the cluster, and is
- * dumped by pg_dump, so after a restore it names the old cluster.  While it
- * does not name this one, the offset is max(stored tx_id) + 1 (or the
- * recorded offset, if larger), which every backend computes alike; with
- * for_write it is recorded, in the current transaction.  Needs an SPI
- * connection.
+ * es_xid_offset: the offset added to transaction ids in this cluster (see
+ * the file header).  With for_write, a cluster not recorded yet is recorded
+ * in the current transaction.  Needs an SPI connection.
  */
 uint64
 es_xid_offset(bool for_write)
 {
 	uint64		sysid = GetSystemIdentifier();
 	uint64		offset = 0;
-	bool		have_row;
+	bool		found = false;
+	bool		other_clusters = false;
 	bool		isnull;
+	uint64		i;
 	Datum		d;
 
 	if (offset_settled)
 		return offset_value;
 
-	if (SPI_execute_plan(es_plan(&read_store_plan), NULL, NULL, false, 2) != SPI_OK_SELECT ||
-		SPI_processed > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("es_store of ultracore_es holds more than one row")));
-	have_row = (SPI_processed == 1);
-	if (have_row)
+	if (SPI_execute_plan(es_plan(&read_clusters_plan), NULL, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read es_clusters");
+	for (i = 0; i < SPI_processed; i++)
 	{
-		HeapTuple	row = SPI_tuptable->vals[0];
+		HeapTuple	row = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
+		uint64		row_offset = (uint64) DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
 
-		offset = (uint64) DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
 		if ((uint64) DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull)) == sysid)
 		{
-			/* Our own uncommitted record could still roll back: keep checking. */
-			offset_value = offset;
-			offset_settled = !TransactionIdIsCurrentTransactionId(
-				DatumGetTransactionId(SPI_getbinval(row, desc, 3, &isnull)));
-			return offset;
+			/* Our own uncommitted row could still roll back: keep checking. */
+			offset_value = row_offset;
+			found = true;
+			if (!TransactionIdIsCurrentTransactionId(DatumGetTransactionId(SPI_getbinval(row, desc, 3, &isnull))))
+				offset_settled = true;
+		}
+		else
+		{
+			offset = Max(offset, row_offset);
+			other_clusters = true;
 		}
 	}
+	if (found)
+		return offset_value;
 
-	/* First use, or restored from another cluster. */
+	/* Not recorded yet: a new store, or one restored from another cluster. */
 	if (SPI_execute_plan(es_plan(&max_tx_plan), NULL, NULL, false, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the highest transaction id of the event store");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -349,15 +347,11 @@ es_xid_offset(bool for_write)
 
 	if (for_write)
 	{
-		Datum		args[3];
-		char		nulls[3] = {' ', ' ', have_row ? ' ' : 'n'};
+		Datum		args[2] = {Int64GetDatum((int64) sysid), Int64GetDatum((int64) offset)};
 
-		args[0] = Int64GetDatum((int64) sysid);
-		args[1] = Int64GetDatum((int64) offset);
-		args[2] = TimestampTzGetDatum(GetCurrentTimestamp());
-		if (SPI_execute_plan(es_plan(&record_store_plan), args, nulls, false, 0) != SPI_OK_INSERT)
+		if (SPI_execute_plan(es_plan(&record_cluster_plan), args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not record the cluster of the event store");
-		if (SPI_processed > 0 && have_row)
+		if (other_clusters || offset > 0)
 			ereport(LOG,
 					(errmsg("ultracore_es: event store restored from another cluster, transaction ids now offset by " UINT64_FORMAT,
 							offset)));

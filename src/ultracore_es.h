@@ -84,7 +84,7 @@ typedef struct EsStore
 	Oid			position_seq;	/* es_events_position_seq */
 	Oid			aggregates_relid;
 	Oid			event_types_relid;
-	Oid			store_relid;
+	Oid			clusters_relid;
 	uint32		generation;		/* bumped on every re-resolution */
 } EsStore;
 

@@ -30,7 +30,7 @@ $old->safe_psql('postgres', q{SELECT es_append('Account', 'ACC1', 'ACCOUNT_BALAN
 my $checkpoint = $old->safe_psql('postgres',
 	q{SELECT tx_id || ',' || position FROM es_read_all() ORDER BY tx_id DESC, position DESC LIMIT 1});
 my ($ck_tx, $ck_pos) = split /,/, $checkpoint;
-my $old_sysid = $old->safe_psql('postgres', 'SELECT system_identifier FROM es_store');
+my $old_sysid = $old->safe_psql('postgres', 'SELECT system_identifier FROM es_clusters');
 
 my $dump = $PostgreSQL::Test::Utils::tmp_check . '/store.sql';
 command_ok([ 'pg_dump', '-d', $old->connstr('postgres'), '-f', $dump ], 'pg_dump of the store');
@@ -60,8 +60,12 @@ $new->safe_psql('postgres', q{
 	SELECT es_append('Account', 'ACC1', 'ACCOUNT_BALANCE_UPDATED', '{"balance": 20}', 3);
 	SELECT es_append('Account', 'ACC2', 'ACCOUNT_OPENED', '{}', 0);
 });
-is($new->safe_psql('postgres', q{SELECT system_identifier = (SELECT system_identifier FROM pg_control_system()) FROM es_store}),
-	't', 'store re-based to the new cluster');
+is( $new->safe_psql(
+		'postgres',
+		q{SELECT string_agg((system_identifier = (SELECT system_identifier FROM pg_control_system()))::text
+		                    || ':' || (xid_offset > 0)::text, ',' ORDER BY first_append_at) FROM es_clusters}),
+	'false:false,true:true',
+	'the new cluster recorded, with an offset');
 is( $new->safe_psql(
 		'postgres',
 		"SELECT string_agg(aggregate_id || ' v' || version, ', ' ORDER BY tx_id, position) FROM es_read_all('$ck_tx', $ck_pos)"),
