@@ -17,7 +17,8 @@ PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Wno-unused-parameter -Wno-missing-f
 
 # pg_regress: one file per feature, run in this order on one temporary instance.
 REGRESS = install event_types append append_batch idempotency read_stream read_all \
-	causation append_only bad_input privileges rebase
+	causation append_only bad_input privileges rebase load reducers upcasting snapshots \
+	snapshot_property
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=$(CURDIR)/tmp_check
 
 # Isolation specs: test/specs/*.spec with expected output in test/expected/.

@@ -303,21 +303,192 @@ COMMENT ON FUNCTION @extschema@.es_correlated_events(text) IS
     'ultracore_es: every event of one correlation id (one request), in position order';
 
 ------------------------------------------------------------------------------
+-- Aggregate state: reducers, upcasters, snapshots, loads.
+------------------------------------------------------------------------------
+
+-- The reducer of each aggregate type: a function (state jsonb, event es_events)
+-- returning the new state.  Types without one use es_default_reducer.
+CREATE TABLE @extschema@.es_reducers (
+    aggregate_type  text COLLATE "C" PRIMARY KEY,
+    reducer         regprocedure NOT NULL,
+    registered_at   timestamptz NOT NULL DEFAULT now(),
+    registered_by   text NOT NULL DEFAULT current_user
+);
+COMMENT ON TABLE @extschema@.es_reducers IS
+    'ultracore_es: the function that folds one event into the state, per aggregate type';
+
+-- Upcasters: each converts a payload of an event type from one schema version to the next.
+CREATE TABLE @extschema@.es_upcasters (
+    event_type      text COLLATE "C" NOT NULL REFERENCES @extschema@.es_event_types,
+    from_version    integer NOT NULL CHECK (from_version >= 1),
+    upcaster        regprocedure NOT NULL,
+    registered_at   timestamptz NOT NULL DEFAULT now(),
+    registered_by   text NOT NULL DEFAULT current_user,
+    PRIMARY KEY (event_type, from_version)
+);
+COMMENT ON TABLE @extschema@.es_upcasters IS
+    'ultracore_es: functions converting event payloads from a schema version to the next';
+
+-- Automatic snapshots: every N events of an aggregate of this type.
+CREATE TABLE @extschema@.es_snapshot_policies (
+    aggregate_type  text COLLATE "C" PRIMARY KEY,
+    every_n_events  integer NOT NULL CHECK (every_n_events >= 1),
+    set_at          timestamptz NOT NULL DEFAULT now(),
+    set_by          text NOT NULL DEFAULT current_user
+);
+COMMENT ON TABLE @extschema@.es_snapshot_policies IS
+    'ultracore_es: take a snapshot of each aggregate of a type every N events';
+
+-- Snapshots: an aggregate's state at a version, and what made it.  A snapshot
+-- is used only while its fingerprint (of the reducer and the upcasters of the
+-- aggregate type, definitions included) is the current one.
+CREATE TABLE @extschema@.es_snapshots (
+    aggregate_id    text COLLATE "C" NOT NULL,
+    version         bigint NOT NULL CHECK (version >= 1),
+    aggregate_type  text COLLATE "C" NOT NULL,
+    state           jsonb NOT NULL,
+    reducer         text NOT NULL,
+    fingerprint     text NOT NULL,
+    automatic       boolean NOT NULL,
+    taken_at        timestamptz NOT NULL,
+    taken_by        text NOT NULL,
+    PRIMARY KEY (aggregate_id, version)
+);
+COMMENT ON TABLE @extschema@.es_snapshots IS
+    'ultracore_es: aggregate states at a version, with the reducer and upcasters that made them';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_reducers', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_upcasters', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_snapshot_policies', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_snapshots', '');
+
+CREATE TYPE @extschema@.es_aggregate_state AS (
+    aggregate_type      text,
+    state               jsonb,
+    version             bigint,
+    snapshot_version    bigint,
+    events_applied      bigint
+);
+COMMENT ON TYPE @extschema@.es_aggregate_state IS
+    'ultracore_es: an aggregate''s state at a version, the snapshot it started from and the events folded after it';
+
+CREATE FUNCTION @extschema@.es_default_reducer(state jsonb, event @extschema@.es_events)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'es_default_reducer' LANGUAGE C IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.es_default_reducer(jsonb, @extschema@.es_events) IS
+    'ultracore_es: the guide''s fold: a creating event (..._CREATED, _OPENED, _SUBMITTED, _INITIATED, or version 1) sets the state to its data, later events merge their data into it';
+
+CREATE FUNCTION @extschema@.es_register_reducer(aggregate_type text, function regprocedure)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_register_reducer' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_register_reducer(text, regprocedure) IS
+    'ultracore_es: fold events of an aggregate type with function(state jsonb, event es_events) returns jsonb; NULL restores the default reducer';
+
+CREATE FUNCTION @extschema@.es_register_upcaster(event_type text, from_version integer, function regprocedure)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_register_upcaster' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_register_upcaster(text, integer, regprocedure) IS
+    'ultracore_es: convert payloads of an event type from schema version from_version to the next with function(data jsonb) returns jsonb';
+
+CREATE FUNCTION @extschema@.es_load_aggregate(
+    aggregate_id        text,
+    at_version          bigint DEFAULT NULL,
+    at_time             timestamptz DEFAULT NULL)
+RETURNS @extschema@.es_aggregate_state
+AS 'MODULE_PATHNAME', 'es_load_aggregate' LANGUAGE C STABLE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_load_aggregate(text, bigint, timestamptz) IS
+    'ultracore_es: an aggregate''s state (latest usable snapshot plus the later events), now, at a version or at a point in time';
+
+CREATE FUNCTION @extschema@.es_save_snapshot(
+    aggregate_id        text,
+    version             bigint DEFAULT NULL,
+    state               jsonb DEFAULT NULL,
+    aggregate_type      text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_save_snapshot' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_save_snapshot(text, bigint, jsonb, text) IS
+    'ultracore_es: save a snapshot at a version (default: the current one) of a given state (default: the state the reducer folds); returns the version';
+
+CREATE FUNCTION @extschema@.es_get_snapshot(
+    aggregate_id        text,
+    max_version         bigint DEFAULT NULL,
+    include_stale       boolean DEFAULT false)
+RETURNS SETOF @extschema@.es_snapshots
+AS 'MODULE_PATHNAME', 'es_get_snapshot' LANGUAGE C STABLE PARALLEL UNSAFE ROWS 1;
+COMMENT ON FUNCTION @extschema@.es_get_snapshot(text, bigint, boolean) IS
+    'ultracore_es: the latest snapshot at or below max_version (usable ones only, unless include_stale)';
+
+CREATE FUNCTION @extschema@.es_snapshot_fingerprint(aggregate_type text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'es_snapshot_fingerprint' LANGUAGE C STABLE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_snapshot_fingerprint(text) IS
+    'ultracore_es: the fingerprint of the reducer and upcasters an aggregate type''s snapshots are made with now';
+
+-- Every snapshot, and whether loads can use it.
+CREATE VIEW @extschema@.es_snapshot_list AS
+SELECT s.aggregate_id, s.aggregate_type, s.version, s.automatic, s.reducer,
+       s.fingerprint OPERATOR(pg_catalog.=) @extschema@.es_snapshot_fingerprint(s.aggregate_type) AS usable,
+       pg_catalog.pg_column_size(s.state) AS state_bytes, s.taken_at, s.taken_by
+  FROM @extschema@.es_snapshots s;
+COMMENT ON VIEW @extschema@.es_snapshot_list IS
+    'ultracore_es: snapshots, with whether loads can use them (made by the current reducer and upcasters)';
+
+CREATE FUNCTION @extschema@.es_list_snapshots(aggregate_id text DEFAULT NULL, aggregate_type text DEFAULT NULL)
+RETURNS SETOF @extschema@.es_snapshot_list
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT * FROM @extschema@.es_snapshot_list l
+     WHERE ($1 IS NULL OR l.aggregate_id = $1) AND ($2 IS NULL OR l.aggregate_type = $2)
+     ORDER BY l.aggregate_id, l.version
+$$;
+COMMENT ON FUNCTION @extschema@.es_list_snapshots(text, text) IS
+    'ultracore_es: snapshots of an aggregate, of an aggregate type, or all, with whether each is usable';
+
+CREATE FUNCTION @extschema@.es_delete_snapshots(
+    aggregate_id        text DEFAULT NULL,
+    aggregate_type      text DEFAULT NULL,
+    below_version       bigint DEFAULT NULL,
+    stale_only          boolean DEFAULT false)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_delete_snapshots' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_delete_snapshots(text, text, bigint, boolean) IS
+    'ultracore_es: delete snapshots of an aggregate or an aggregate type, optionally only below a version or only stale ones; returns how many';
+
+CREATE FUNCTION @extschema@.es_rebuild_snapshots(
+    aggregate_id        text DEFAULT NULL,
+    aggregate_type      text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_rebuild_snapshots' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_rebuild_snapshots(text, text) IS
+    'ultracore_es: recompute stale snapshots (made by another reducer or other upcasters) with the current ones; returns how many';
+
+CREATE FUNCTION @extschema@.es_set_snapshot_policy(aggregate_type text, every_n_events integer)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_set_snapshot_policy' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_set_snapshot_policy(text, integer) IS
+    'ultracore_es: snapshot every aggregate of a type when its version reaches a multiple of every_n_events (NULL: no automatic snapshots)';
+
+------------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC.  Tables are written only through the
 -- functions above; reading them directly needs an explicit GRANT SELECT.
 ------------------------------------------------------------------------------
 REVOKE ALL ON TABLE @extschema@.es_clusters, @extschema@.es_event_types, @extschema@.es_aggregates,
-    @extschema@.es_events, @extschema@.es_aggregate_versions FROM PUBLIC;
+    @extschema@.es_events, @extschema@.es_aggregate_versions, @extschema@.es_reducers,
+    @extschema@.es_upcasters, @extschema@.es_snapshot_policies, @extschema@.es_snapshots,
+    @extschema@.es_snapshot_list FROM PUBLIC;
 REVOKE ALL ON SEQUENCE @extschema@.es_events_position_seq FROM PUBLIC;
-REVOKE ALL ON FUNCTION
-    @extschema@.es_refuse_modification(),
-    @extschema@.es_append(text, text, text, jsonb, bigint, jsonb, text, text, text, timestamptz),
-    @extschema@.es_append_batch(text, text, jsonb, bigint, jsonb, text, text),
-    @extschema@.es_get_events(text, bigint, bigint, timestamptz),
-    @extschema@.es_read_all(xid8, bigint, text, text[], integer),
-    @extschema@.es_commit_horizon(),
-    @extschema@.es_aggregate_version(text),
-    @extschema@.es_register_event_type(text, text, text),
-    @extschema@.es_causation_chain(text),
-    @extschema@.es_correlated_events(text)
-FROM PUBLIC;
+-- Every function of the extension, as created above.
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT d.objid::regprocedure
+               FROM pg_catalog.pg_depend d
+              WHERE d.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass
+                AND d.refobjid = (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'ultracore_es')
+                AND d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                AND d.deptype = 'e'
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', f);
+    END LOOP;
+END $$;

@@ -50,10 +50,8 @@
 #include "utils/snapmgr.h"
 #include "utils/xid8.h"
 
-/* Columns read here, in the order of the install script. */
+/* Column of es_aggregates read here, in the order of the install script. */
 #define Anum_agg_aggregate_type		2
-#define Anum_event_version			5
-#define Anum_event_tx_id			7
 
 static EsPlan create_plan = {
 	"INSERT INTO @extschema@.es_aggregates (aggregate_id, aggregate_type, created_at)"
@@ -88,9 +86,9 @@ aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 	index_rescan(scan, &key, 1, NULL, 0);
 	if (index_getnext_slot(scan, BackwardScanDirection, slot))
 	{
-		slot_getsomeattrs(slot, Anum_event_tx_id);
-		row->version = DatumGetInt64(slot->tts_values[Anum_event_version - 1]);
-		row->last_tx = DatumGetFullTransactionId(slot->tts_values[Anum_event_tx_id - 1]);
+		slot_getsomeattrs(slot, EV_TX_ID + 1);
+		row->version = DatumGetInt64(slot->tts_values[EV_VERSION]);
+		row->last_tx = DatumGetFullTransactionId(slot->tts_values[EV_TX_ID]);
 
 		/* Newer than what this transaction may see: it must not go on. */
 		if (IsolationUsesXactSnapshot())

@@ -71,14 +71,6 @@
 #include "utils/rel.h"
 #include "utils/xid8.h"
 
-/* Columns of es_events, in the order of the install script. */
-enum
-{
-	EV_EVENT_ID, EV_EVENT_TYPE, EV_AGGREGATE_TYPE, EV_AGGREGATE_ID, EV_VERSION, EV_POSITION,
-	EV_TX_ID, EV_OCCURRED_AT, EV_RECORDED_AT, EV_CAUSATION_ID, EV_CORRELATION_ID, EV_DATA,
-	EV_METADATA, EV_SCHEMA_VERSION, EV_APPENDED_BY, EV_NATTS
-};
-
 /* Events are inserted in slices of this many (as COPY does). */
 #define INSERT_SLICE 1000
 
@@ -422,7 +414,7 @@ append_translate_unique_violation(EsAppendRequest *req, MemoryContext cxt)
 /*
  * Insert the events of req after version base: heap inserts (one
  * multi-insert per slice for batches) and their index entries, with the
- * unique checks of the indexes.  A unique violation on event_id (two
+ * unique checks of the indexes; then the automatic snapshots they call for.  A unique violation on event_id (two
  * identical retries racing) is reported as such; one on (aggregate_id,
  * version) would mean a writer bypassed the aggregate's lock, and is reported
  * as the version conflict it is.
@@ -512,6 +504,9 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 	ExecResetTupleTable(estate->es_tupleTable, false);
 	FreeExecutorState(estate);
 	table_close(rel, NoLock);
+
+	es_snapshot_after_append(store, req->aggregate_id, req->aggregate_type,
+							 base, base + req->nevents, req->appended_by);
 }
 
 /*

@@ -2,12 +2,13 @@
  *
  * event_type.c
  *	  The event-type catalog (es_event_types): registration, and the
- *	  backend-local cache the write path validates every event against.
+ *	  backend-local cache the write path validates every event against and
+ *	  the read paths take upcasters from.
  *
- * The cache holds the types this backend has used.  It is emptied when a
- * relcache invalidation arrives for es_event_types, which
- * es_register_event_type sends explicitly (plain DML on a table does not),
- * so a change of a type's aggregate type or schema version reaches every
+ * The cache holds the types this backend has used, with their current schema
+ * version and upcasters.  It is emptied when a relcache invalidation arrives
+ * for es_event_types or es_upcasters, which the registering functions send
+ * explicitly (plain DML on a table does not), so a change reaches every
  * backend at its next transaction.  Types are never deleted, so a stale
  * positive entry can only lag a change, never accept an unknown type.
  *
@@ -31,13 +32,22 @@ typedef struct EventTypeEntry
 {
 	char		name[ES_MAX_NAME_LEN + 1];	/* hash key */
 	EsEventType info;
+	bool		upcasters_loaded;
+	FmgrInfo   *upcasters;		/* [v - 1] converts schema version v to v + 1 */
 } EventTypeEntry;
 
+static MemoryContext event_type_cxt = NULL;
 static HTAB *event_types = NULL;
 static bool event_types_stale = false;
 
 static EsPlan lookup_plan = {
 	"SELECT aggregate_type, schema_version FROM @extschema@.es_event_types"
+	" WHERE event_type OPERATOR(pg_catalog.=) $1",
+	1, {TEXTOID}
+};
+
+static EsPlan upcasters_plan = {
+	"SELECT from_version, upcaster FROM @extschema@.es_upcasters"
 	" WHERE event_type OPERATOR(pg_catalog.=) $1",
 	1, {TEXTOID}
 };
@@ -53,27 +63,34 @@ es_event_type_cache_reset(void)
 }
 
 /*
- * es_event_type_lookup: copy the catalog entry of event_type into *out, or
- * raise an error naming the unknown type and how to register it.
+ * The cache entry of event_type, read from the catalog on a miss; an unknown
+ * type is an error that says how to register it.  The entry (and the
+ * function descriptors it holds) stays valid until the next call, which may
+ * rebuild the cache; user functions called meanwhile cannot call back into
+ * the extension (es_call_user_function), so none of them can rebuild it.
  */
-void
-es_event_type_lookup(const char *event_type, EsEventType *out)
+static EventTypeEntry *
+event_type_entry(const char *event_type)
 {
 	EventTypeEntry *entry;
 	bool		found;
 	bool		isnull;
 	Datum		arg;
 	Datum		d;
+	EsEventType info;
 
 	if (event_types == NULL || event_types_stale)
 	{
 		HASHCTL		ctl;
 
-		if (event_types != NULL)
-			hash_destroy(event_types);
+		if (event_type_cxt == NULL)
+			event_type_cxt = AllocSetContextCreate(CacheMemoryContext, "ultracore_es event types",
+												   ALLOCSET_SMALL_SIZES);
+		else
+			MemoryContextReset(event_type_cxt);
 		ctl.keysize = ES_MAX_NAME_LEN + 1;
 		ctl.entrysize = sizeof(EventTypeEntry);
-		ctl.hcxt = CacheMemoryContext;
+		ctl.hcxt = event_type_cxt;
 		event_types = hash_create("ultracore_es event types", 128, &ctl,
 								  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 		event_types_stale = false;
@@ -81,10 +98,7 @@ es_event_type_lookup(const char *event_type, EsEventType *out)
 
 	entry = hash_search(event_types, event_type, HASH_FIND, NULL);
 	if (entry != NULL)
-	{
-		*out = entry->info;
-		return;
-	}
+		return entry;
 
 	arg = CStringGetTextDatum(event_type);
 	if (SPI_execute_plan(es_plan(&lookup_plan), &arg, NULL, false, 1) != SPI_OK_SELECT)
@@ -97,14 +111,66 @@ es_event_type_lookup(const char *event_type, EsEventType *out)
 				 errhint("Register it first: SELECT es_register_event_type(name => '%s', aggregate_type => '...', description => '...');",
 						 event_type)));
 
-	memset(out, 0, sizeof(*out));
+	memset(&info, 0, sizeof(info));
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull)
-		text_to_cstring_buffer(DatumGetTextPP(d), out->aggregate_type, sizeof(out->aggregate_type));
-	out->schema_version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		text_to_cstring_buffer(DatumGetTextPP(d), info.aggregate_type, sizeof(info.aggregate_type));
+	info.schema_version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	SPI_freetuptable(SPI_tuptable);
 
 	entry = hash_search(event_types, event_type, HASH_ENTER, &found);
-	entry->info = *out;
+	entry->info = info;
+	entry->upcasters_loaded = false;
+	entry->upcasters = NULL;
+	return entry;
+}
+
+/*
+ * es_event_type_lookup: copy the catalog entry of event_type into *out, or
+ * raise an error naming the unknown type and how to register it.  Needs SPI.
+ */
+void
+es_event_type_lookup(const char *event_type, EsEventType *out)
+{
+	*out = event_type_entry(event_type)->info;
+}
+
+/*
+ * es_event_type_upcaster: the function that converts payloads of event_type
+ * from schema version from_version to the next, or NULL when none is
+ * registered.  Looked up once per type and kept with its cache entry.  Needs
+ * SPI.
+ */
+FmgrInfo *
+es_event_type_upcaster(const char *event_type, int32 from_version)
+{
+	EventTypeEntry *entry = event_type_entry(event_type);
+
+	if (!entry->upcasters_loaded)
+	{
+		Datum		arg = CStringGetTextDatum(event_type);
+		int			nsteps = Max(entry->info.schema_version - 1, 0);
+		uint64		i;
+		bool		isnull;
+
+		if (SPI_execute_plan(es_plan(&upcasters_plan), &arg, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not look up the upcasters of event type \"%s\"", event_type);
+		entry->upcasters = MemoryContextAllocZero(event_type_cxt, sizeof(FmgrInfo) * Max(nsteps, 1));
+		for (i = 0; i < SPI_processed; i++)
+		{
+			int32		from = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
+			Oid			fn = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+
+			if (from >= 1 && from <= nsteps)
+				fmgr_info_cxt(fn, &entry->upcasters[from - 1], event_type_cxt);
+		}
+		SPI_freetuptable(SPI_tuptable);
+		entry->upcasters_loaded = true;
+	}
+	if (from_version < 1 || from_version >= entry->info.schema_version ||
+		!OidIsValid(entry->upcasters[from_version - 1].fn_oid))
+		return NULL;
+	return &entry->upcasters[from_version - 1];
 }
 
 static EsPlan find_for_update_plan = {

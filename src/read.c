@@ -28,6 +28,7 @@
 #include "access/htup_details.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/snapmgr.h"
@@ -76,59 +77,74 @@ static EsPlan version_plan = {
 };
 
 /*
- * Copy one es_events row from SPI into the result set of the call.
+ * es_read_rows: run plan (a query of whole es_events rows) through a cursor
+ * and hand each row to fn, deformed and upcast to the current schema
+ * versions.  With has_end, stop before the first event that occurred after
+ * end: a point-in-time read returns a prefix of the stream, never a stream
+ * with holes.  The values handed to fn live until fn returns.  Needs SPI.
  */
-static void
-read_put_row(ReturnSetInfo *rsinfo, HeapTuple row, TupleDesc desc)
+void
+es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only,
+			 bool has_end, TimestampTz end, EsRowCallback fn, void *arg)
 {
-	Datum	   *values = palloc(sizeof(Datum) * desc->natts);
-	bool	   *nulls = palloc(sizeof(bool) * desc->natts);
-
-	if (desc->natts != rsinfo->setDesc->natts)
-		elog(ERROR, "es_events has %d columns, the result type %d", desc->natts, rsinfo->setDesc->natts);
-	heap_deform_tuple(row, desc, values, nulls);
-	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	pfree(values);
-	pfree(nulls);
-}
-
-/*
- * Run plan through a cursor and copy its rows to the result set.  With
- * has_end, stop before the first event that occurred after end: a
- * point-in-time read returns a prefix of the stream, never a stream with
- * holes.
- */
-static void
-read_emit(ReturnSetInfo *rsinfo, EsPlan *plan, Datum *args, char *nulls,
-		  bool has_end, TimestampTz end)
-{
-	Portal		portal = SPI_cursor_open(NULL, es_plan(plan), args, nulls, true);
-	int			occurred_col = 0;
+	Portal		portal = SPI_cursor_open(NULL, es_plan(plan), args, nulls, read_only);
+	Datum		values[EV_NATTS];
+	bool		isnull[EV_NATTS];
 	bool		done = false;
 
 	while (!done)
 	{
+		SPITupleTable *tt;
+		uint64		n;
 		uint64		i;
 
 		SPI_cursor_fetch(portal, true, READ_SLICE);
-		if (SPI_processed == 0)
+		tt = SPI_tuptable;		/* fn may run queries: keep our own copy */
+		n = SPI_processed;
+		if (n == 0)
 			break;
-		if (has_end && occurred_col == 0)
-			occurred_col = SPI_fnumber(SPI_tuptable->tupdesc, "occurred_at");
-		for (i = 0; i < SPI_processed && !done; i++)
+		if (tt->tupdesc->natts != EV_NATTS)
+			elog(ERROR, "es_events rows have %d columns, expected %d", tt->tupdesc->natts, EV_NATTS);
+		for (i = 0; i < n && !done; i++)
 		{
-			HeapTuple	row = SPI_tuptable->vals[i];
-			bool		isnull;
-
-			if (has_end &&
-				DatumGetTimestampTz(SPI_getbinval(row, SPI_tuptable->tupdesc, occurred_col, &isnull)) > end)
+			CHECK_FOR_INTERRUPTS();
+			heap_deform_tuple(tt->vals[i], tt->tupdesc, values, isnull);
+			if (has_end && DatumGetTimestampTz(values[EV_OCCURRED_AT]) > end)
 				done = true;
 			else
-				read_put_row(rsinfo, row, SPI_tuptable->tupdesc);
+			{
+				es_upcast_row(values, isnull);
+				fn(values, isnull, arg);
+			}
 		}
-		SPI_freetuptable(SPI_tuptable);
+		SPI_freetuptable(tt);
 	}
 	SPI_cursor_close(portal);
+}
+
+/*
+ * es_read_stream: the events of one aggregate from from_version to
+ * to_version, in version order, through es_read_rows.
+ */
+void
+es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, bool read_only,
+			   bool has_end, TimestampTz end, EsRowCallback fn, void *arg)
+{
+	Datum		args[3];
+
+	args[0] = CStringGetTextDatum(aggregate_id);
+	args[1] = Int64GetDatum(from_version);
+	args[2] = Int64GetDatum(to_version);
+	es_read_rows(&stream_plan, args, NULL, read_only, has_end, end, fn, arg);
+}
+
+/* es_read_rows callback of the SRFs: add the row to the result set. */
+static void
+read_put_row(Datum *values, bool *nulls, void *arg)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) arg;
+
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 }
 
 static int64
@@ -163,7 +179,6 @@ es_get_events(PG_FUNCTION_ARGS)
 	int64		from_version;
 	int64		to_version;
 	EsCall		call;
-	Datum		args[3];
 
 	InitMaterializedSRF(fcinfo, 0);
 	aggregate_id = es_arg_id(fcinfo, 0, "aggregate_id", true);
@@ -171,11 +186,9 @@ es_get_events(PG_FUNCTION_ARGS)
 	to_version = arg_version(fcinfo, 2, "to_version", PG_INT64_MAX);
 
 	es_call_begin(fcinfo, &call);
-	args[0] = CStringGetTextDatum(aggregate_id);
-	args[1] = Int64GetDatum(from_version);
-	args[2] = Int64GetDatum(to_version);
-	read_emit((ReturnSetInfo *) fcinfo->resultinfo, &stream_plan, args, NULL,
-			  !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_TIMESTAMPTZ(3));
+	es_read_stream(aggregate_id, from_version, to_version, true,
+				   !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_TIMESTAMPTZ(3),
+				   read_put_row, fcinfo->resultinfo);
 	es_call_end(&call);
 	return (Datum) 0;
 }
@@ -220,7 +233,7 @@ es_read_all(PG_FUNCTION_ARGS)
 	args[4] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
 	nulls[4] = PG_ARGISNULL(3) ? 'n' : ' ';
 	args[5] = Int32GetDatum(max_count);
-	read_emit((ReturnSetInfo *) fcinfo->resultinfo, &read_all_plan, args, nulls, false, 0);
+	es_read_rows(&read_all_plan, args, nulls, true, false, 0, read_put_row, fcinfo->resultinfo);
 	es_call_end(&call);
 	return (Datum) 0;
 }
@@ -280,16 +293,33 @@ es_aggregate_version(PG_FUNCTION_ARGS)
  * cycle, which caller-supplied causation ids can form.
  */
 PG_FUNCTION_INFO_V1(es_causation_chain);
+
+/* es_read_rows callback of the causation walk: keep the row, note its cause. */
+typedef struct CausationWalk
+{
+	List	   *rows;			/* HeapTuples in the result's descriptor, root first */
+	TupleDesc	desc;
+	char	   *cause;
+} CausationWalk;
+
+static void
+causation_step(Datum *values, bool *nulls, void *arg)
+{
+	CausationWalk *walk = (CausationWalk *) arg;
+
+	walk->rows = lcons(heap_form_tuple(walk->desc, values, nulls), walk->rows);
+	walk->cause = nulls[EV_CAUSATION_ID] ? NULL : TextDatumGetCString(values[EV_CAUSATION_ID]);
+}
+
 Datum
 es_causation_chain(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo;
 	char	   *event_id;
 	EsCall		call;
-	List	   *chain = NIL;
+	CausationWalk walk;
 	HTAB	   *seen;
 	HASHCTL		ctl;
-	TupleDesc	desc = NULL;
 	ListCell   *lc;
 
 	InitMaterializedSRF(fcinfo, 0);
@@ -301,32 +331,25 @@ es_causation_chain(PG_FUNCTION_ARGS)
 	ctl.hcxt = CurrentMemoryContext;
 	seen = hash_create("ultracore_es causation chain", 64, &ctl,
 					   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	walk.rows = NIL;
+	walk.desc = rsinfo->setDesc;
 
 	es_call_begin(fcinfo, &call);
 	while (event_id != NULL)
 	{
 		Datum		arg = CStringGetTextDatum(event_id);
 		bool		found;
-		bool		isnull;
-		Datum		cause;
-		HeapTuple	row;
 
+		CHECK_FOR_INTERRUPTS();
 		hash_search(seen, event_id, HASH_ENTER, &found);
 		if (found)
 			break;
-		if (SPI_execute_plan(es_plan(&event_plan), &arg, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read event \"%s\"", event_id);
-		if (SPI_processed == 0)
-			break;
-		row = SPI_copytuple(SPI_tuptable->vals[0]);
-		if (desc == NULL)
-			desc = SPI_tuptable->tupdesc;
-		chain = lcons(row, chain);
-		cause = SPI_getbinval(row, SPI_tuptable->tupdesc, SPI_fnumber(SPI_tuptable->tupdesc, "causation_id"), &isnull);
-		event_id = isnull ? NULL : TextDatumGetCString(cause);
+		walk.cause = NULL;
+		es_read_rows(&event_plan, &arg, NULL, true, false, 0, causation_step, &walk);
+		event_id = walk.cause;
 	}
-	foreach(lc, chain)
-		read_put_row(rsinfo, (HeapTuple) lfirst(lc), desc);
+	foreach(lc, walk.rows)
+		tuplestore_puttuple(rsinfo->setResult, (HeapTuple) lfirst(lc));
 	es_call_end(&call);
 	return (Datum) 0;
 }
@@ -347,7 +370,7 @@ es_correlated_events(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	es_call_begin(fcinfo, &call);
 	arg = CStringGetTextDatum(correlation_id);
-	read_emit((ReturnSetInfo *) fcinfo->resultinfo, &correlated_plan, &arg, NULL, false, 0);
+	es_read_rows(&correlated_plan, &arg, NULL, true, false, 0, read_put_row, fcinfo->resultinfo);
 	es_call_end(&call);
 	return (Datum) 0;
 }

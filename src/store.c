@@ -72,6 +72,15 @@ static bool store_callback_registered = false;
 static bool offset_settled = false;
 static uint64 offset_value = 0;
 
+/* Depth of reducer and upcaster calls under way (es_call_user_function). */
+static int	user_code_depth = 0;
+
+/*
+ * Relcache invalidations of the extension's relations: the store is resolved
+ * again when one of its relations may have moved; the catalog caches are
+ * emptied when their source tables change (the registering functions send
+ * these invalidations explicitly).
+ */
 static void
 store_relcache_callback(Datum arg, Oid relid)
 {
@@ -80,8 +89,18 @@ store_relcache_callback(Datum arg, Oid relid)
 		relid == store.aggregates_relid ||
 		relid == store.clusters_relid)
 		store_valid = false;
-	if (relid == InvalidOid || relid == store.event_types_relid)
+	if (relid == InvalidOid || relid == store.event_types_relid || relid == store.upcasters_relid)
 		es_event_type_cache_reset();
+	if (relid == InvalidOid || relid == store.event_types_relid || relid == store.upcasters_relid ||
+		relid == store.reducers_relid || relid == store.policies_relid)
+		es_aggregate_type_cache_reset();
+}
+
+/* A function changed: the fingerprints of reducers and upcasters may have. */
+static void
+store_proc_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	es_aggregate_type_cache_reset();
 }
 
 static Oid
@@ -112,6 +131,7 @@ store_resolve(Oid nspid)
 	if (!store_callback_registered)
 	{
 		CacheRegisterRelcacheCallback(store_relcache_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(PROCOID, store_proc_callback, (Datum) 0);
 		store_callback_registered = true;
 	}
 
@@ -126,6 +146,11 @@ store_resolve(Oid nspid)
 		next.aggregates_relid = store_relation("es_aggregates", nspid);
 		next.event_types_relid = store_relation("es_event_types", nspid);
 		next.clusters_relid = store_relation("es_clusters", nspid);
+		next.reducers_relid = store_relation("es_reducers", nspid);
+		next.upcasters_relid = store_relation("es_upcasters", nspid);
+		next.policies_relid = store_relation("es_snapshot_policies", nspid);
+		next.snapshots_relid = store_relation("es_snapshots", nspid);
+		next.events_rowtype = get_rel_type_id(next.events_relid);
 		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(next.events_relid));
 		if (!HeapTupleIsValid(tup))
 			elog(ERROR, "cache lookup failed for relation %u", next.events_relid);
@@ -140,6 +165,10 @@ store_resolve(Oid nspid)
 		next.aggregates_relid != store.aggregates_relid ||
 		next.event_types_relid != store.event_types_relid ||
 		next.clusters_relid != store.clusters_relid ||
+		next.reducers_relid != store.reducers_relid ||
+		next.upcasters_relid != store.upcasters_relid ||
+		next.policies_relid != store.policies_relid ||
+		next.snapshots_relid != store.snapshots_relid ||
 		next.owner != store.owner)
 	{
 		char	   *nspname = get_namespace_name(nspid);
@@ -151,6 +180,7 @@ store_resolve(Oid nspid)
 		store = next;
 		offset_settled = false;
 		es_event_type_cache_reset();
+		es_aggregate_type_cache_reset();
 	}
 }
 
@@ -217,7 +247,16 @@ es_store_current(void)
 void
 es_call_begin(FunctionCallInfo fcinfo, EsCall *call)
 {
-	EsStore    *s = es_store_for_function(fcinfo);
+	EsStore    *s;
+
+	if (user_code_depth > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_E_PROHIBITED_SQL_STATEMENT_ATTEMPTED),
+				 errmsg("reducers and upcasters cannot call ultracore_es functions"),
+				 errdetail("%s was called while a reducer or upcaster was running.",
+						   get_func_name(fcinfo->flinfo->fn_oid)),
+				 errhint("Compute the new state or payload from the function's arguments alone.")));
+	s = es_store_for_function(fcinfo);
 
 	call->store = s;
 	GetUserIdAndSecContext(&call->caller, &call->sec_context);
@@ -235,6 +274,39 @@ es_call_end(EsCall *call)
 	if (SPI_finish() != SPI_OK_FINISH)
 		elog(ERROR, "SPI_finish failed");
 	SetUserIdAndSecContext(call->caller, call->sec_context);
+}
+
+/*
+ * es_call_user_function: call a user's reducer or upcaster with one or two
+ * arguments (never NULL).  While it runs, the extension's SQL functions
+ * refuse to be called: they could rebuild the caches whose entries the
+ * caller is using, and a fold that appends would be a strange fold.  The
+ * function runs as the owner of the tables, with the restricted security
+ * context of es_call_begin.  Returns NULL as (Datum) 0 with *isnull set.
+ */
+Datum
+es_call_user_function(FmgrInfo *fn, Datum arg1, Datum arg2, bool *isnull)
+{
+	LOCAL_FCINFO(fcinfo, 2);
+	Datum		result;
+
+	InitFunctionCallInfoData(*fcinfo, fn, fn->fn_nargs, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = arg1;
+	fcinfo->args[0].isnull = false;
+	fcinfo->args[1].value = arg2;
+	fcinfo->args[1].isnull = false;
+	user_code_depth++;
+	PG_TRY();
+	{
+		result = FunctionCallInvoke(fcinfo);
+	}
+	PG_FINALLY();
+	{
+		user_code_depth--;
+	}
+	PG_END_TRY();
+	*isnull = fcinfo->isnull;
+	return result;
 }
 
 /*

@@ -17,6 +17,10 @@
  *	append_sql.c	es_append and es_append_batch, which build requests
  *	aggregate.c		the per-aggregate row whose lock serializes writers
  *	read.c			stream and commit-order reads
+ *	upcast.c		upcasters: registration, and upgrading payloads on read
+ *	aggregate_type.c reducers, fingerprints and snapshot policies per type
+ *	state.c			folding an aggregate's state; es_load_aggregate
+ *	snapshot.c		snapshots: manual, automatic, listing, rebuilding
  *	append_only.c	the trigger that refuses UPDATE, DELETE and TRUNCATE
  *
  * Copyright (c) 2026, ultracore_es developers
@@ -49,6 +53,18 @@
  *									version.  Reload the aggregate and retry.
  */
 #define ERRCODE_ES_WRONG_EXPECTED_VERSION	MAKE_SQLSTATE('U','E','0','0','1')
+
+/*
+ * Columns of es_events, 0-based, in the order of the install script.  Code
+ * that reads or writes rows by position uses these and checks the relation's
+ * width against ES_EV_NATTS.
+ */
+typedef enum EsEventColumn
+{
+	EV_EVENT_ID, EV_EVENT_TYPE, EV_AGGREGATE_TYPE, EV_AGGREGATE_ID, EV_VERSION, EV_POSITION,
+	EV_TX_ID, EV_OCCURRED_AT, EV_RECORDED_AT, EV_CAUSATION_ID, EV_CORRELATION_ID, EV_DATA,
+	EV_METADATA, EV_SCHEMA_VERSION, EV_APPENDED_BY, EV_NATTS
+} EsEventColumn;
 
 /* Lengths, in bytes, beyond which an identifier is refused. */
 #define ES_MAX_ID_LEN		255		/* event, aggregate, causation, correlation ids */
@@ -85,6 +101,11 @@ typedef struct EsStore
 	Oid			aggregates_relid;
 	Oid			event_types_relid;
 	Oid			clusters_relid;
+	Oid			reducers_relid;
+	Oid			upcasters_relid;
+	Oid			policies_relid; /* es_snapshot_policies */
+	Oid			snapshots_relid;
+	Oid			events_rowtype; /* composite type of es_events */
 	uint32		generation;		/* bumped on every re-resolution */
 } EsStore;
 
@@ -123,6 +144,7 @@ extern EsStore *es_store_current(void);
 extern void es_call_begin(FunctionCallInfo fcinfo, EsCall *call);
 extern void es_call_end(EsCall *call);
 extern SPIPlanPtr es_plan(EsPlan *p);
+extern Datum es_call_user_function(FmgrInfo *fn, Datum arg1, Datum arg2, bool *isnull);
 extern uint64 es_xid_offset(bool for_write);
 extern FullTransactionId es_commit_horizon_of(Snapshot snapshot);
 
@@ -134,7 +156,67 @@ typedef struct EsEventType
 } EsEventType;
 
 extern void es_event_type_lookup(const char *event_type, EsEventType *out);
+extern FmgrInfo *es_event_type_upcaster(const char *event_type, int32 from_version);
 extern void es_event_type_cache_reset(void);
+
+/* read.c */
+typedef void (*EsRowCallback) (Datum *values, bool *nulls, void *arg);
+extern void es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only,
+						 bool has_end, TimestampTz end, EsRowCallback fn, void *arg);
+extern void es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version,
+						   bool read_only, bool has_end, TimestampTz end,
+						   EsRowCallback fn, void *arg);
+
+/* upcast.c */
+extern void es_upcast_row(Datum *values, bool *nulls);
+extern void es_check_user_function(Oid fn, const char *role, int nargs, const Oid *argtypes,
+								   const char *signature, Oid caller);
+
+/*
+ * aggregate_type.c: what each aggregate type is folded with, the fingerprint
+ * of that, and its snapshot policy.  A returned pointer is valid until the
+ * next call.
+ */
+typedef struct EsAggregateTypeInfo
+{
+	char		name[ES_MAX_NAME_LEN + 1];	/* hash key */
+	bool		reducer_loaded;
+	FmgrInfo	reducer;		/* fn_oid invalid: the default reducer */
+	char	   *reducer_name;	/* as recorded in snapshots */
+	char	   *fingerprint;	/* NULL until computed */
+	bool		policy_loaded;
+	int32		snapshot_every; /* 0: no automatic snapshots */
+} EsAggregateTypeInfo;
+
+extern EsAggregateTypeInfo *es_aggregate_type_reducer(const char *aggregate_type);
+extern const char *es_aggregate_type_fingerprint(const char *aggregate_type);
+extern int32 es_aggregate_type_snapshot_every(const char *aggregate_type);
+extern void es_aggregate_type_cache_reset(void);
+extern bool es_is_creation_event(const char *event_type);
+
+/*
+ * state.c: an aggregate's state, folded from its latest usable snapshot and
+ * the events after it.
+ */
+typedef struct EsAggregateState
+{
+	char		aggregate_type[ES_MAX_NAME_LEN + 1];	/* "" when it does not exist */
+	Jsonb	   *state;			/* NULL at version 0 */
+	int64		version;
+	int64		snapshot_version;	/* 0: folded from the first event */
+	int64		events_applied;
+} EsAggregateState;
+
+extern bool es_aggregate_head(const char *aggregate_id, bool read_only, char *type,
+							  int64 *current);
+extern void es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
+						  bool has_time, TimestampTz at_time, bool read_only,
+						  EsAggregateState *out);
+
+/* snapshot.c */
+extern void es_snapshot_after_append(EsStore *s, const char *aggregate_id,
+									 const char *aggregate_type, int64 old_version,
+									 int64 new_version, const char *appended_by);
 
 /*
  * aggregate.c: the row of es_aggregates whose lock serializes an aggregate's
