@@ -53,8 +53,9 @@ SELECT count(*) AS visible_while_running FROM es_read_all(:'last_tx', :last_pos)
 COMMIT;
 SELECT aggregate_id, version FROM es_read_all(:'last_tx', :last_pos);
 
--- A filtered reader can checkpoint at the commit horizon taken before its read
--- when the read returned less than max_count: it skips what did not match.
+-- A filtered reader can checkpoint at the larger of the commit horizon taken
+-- before its read and its last row, when the read returned less than
+-- max_count: it skips what did not match.
 SELECT es_commit_horizon() AS horizon \gset
 SELECT count(*) FROM es_read_all(:'last_tx', :last_pos, aggregate_type => 'Loan');
 SELECT version FROM es_append('Loan', 'LOAN-RA', 'LOAN_APPLICATION_SUBMITTED', '{}', 0);

@@ -89,7 +89,7 @@ COMMENT ON COLUMN @extschema@.es_events.aggregate_type IS 'type of the aggregate
 COMMENT ON COLUMN @extschema@.es_events.aggregate_id IS 'id of the aggregate the event belongs to';
 COMMENT ON COLUMN @extschema@.es_events.version IS 'version of the aggregate this event made (1, 2, ...)';
 COMMENT ON COLUMN @extschema@.es_events.position IS 'global position, taken at insert (not commit order)';
-COMMENT ON COLUMN @extschema@.es_events.tx_id IS 'appending transaction (xid8, offset after a restore into another cluster); commit order is (tx_id, position)';
+COMMENT ON COLUMN @extschema@.es_events.tx_id IS 'commit-order key: the appending transaction''s id (offset after a restore into another cluster), raised to the previous event''s key of the aggregate; commit order is (tx_id, position)';
 COMMENT ON COLUMN @extschema@.es_events.occurred_at IS 'when the event occurred (the caller''s, or the append time)';
 COMMENT ON COLUMN @extschema@.es_events.recorded_at IS 'when the event was appended';
 COMMENT ON COLUMN @extschema@.es_events.causation_id IS 'id of the event or command that caused this event';
@@ -254,7 +254,7 @@ CREATE FUNCTION @extschema@.es_get_events(
     to_version          bigint DEFAULT NULL,
     end_timestamp       timestamptz DEFAULT NULL)
 RETURNS SETOF @extschema@.es_events
-AS 'MODULE_PATHNAME', 'es_get_events' LANGUAGE C STABLE PARALLEL SAFE ROWS 100;
+AS 'MODULE_PATHNAME', 'es_get_events' LANGUAGE C STABLE PARALLEL RESTRICTED ROWS 100;
 COMMENT ON FUNCTION @extschema@.es_get_events(text, bigint, bigint, timestamptz) IS
     'ultracore_es: an aggregate''s events in version order, optionally a version range or up to a point in time';
 
@@ -265,19 +265,19 @@ CREATE FUNCTION @extschema@.es_read_all(
     event_types         text[] DEFAULT NULL,
     max_count           integer DEFAULT 1000)
 RETURNS SETOF @extschema@.es_events
-AS 'MODULE_PATHNAME', 'es_read_all' LANGUAGE C STABLE PARALLEL SAFE ROWS 1000;
+AS 'MODULE_PATHNAME', 'es_read_all' LANGUAGE C STABLE PARALLEL RESTRICTED ROWS 1000;
 COMMENT ON FUNCTION @extschema@.es_read_all(xid8, bigint, text, text[], integer) IS
     'ultracore_es: committed events in commit order after a (tx_id, position) checkpoint; never skips a late commit';
 
 CREATE FUNCTION @extschema@.es_commit_horizon()
 RETURNS xid8
-AS 'MODULE_PATHNAME', 'es_commit_horizon' LANGUAGE C STABLE PARALLEL SAFE;
+AS 'MODULE_PATHNAME', 'es_commit_horizon' LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION @extschema@.es_commit_horizon() IS
     'ultracore_es: every event with a smaller tx_id is already committed; a safe checkpoint (horizon, 0) for filtered readers';
 
 CREATE FUNCTION @extschema@.es_aggregate_version(aggregate_id text)
 RETURNS bigint
-AS 'MODULE_PATHNAME', 'es_aggregate_version' LANGUAGE C STABLE PARALLEL SAFE;
+AS 'MODULE_PATHNAME', 'es_aggregate_version' LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION @extschema@.es_aggregate_version(text) IS
     'ultracore_es: an aggregate''s current version, 0 when it does not exist';
 
@@ -292,13 +292,13 @@ COMMENT ON FUNCTION @extschema@.es_register_event_type(text, text, text) IS
 
 CREATE FUNCTION @extschema@.es_causation_chain(event_id text)
 RETURNS SETOF @extschema@.es_events
-AS 'MODULE_PATHNAME', 'es_causation_chain' LANGUAGE C STABLE PARALLEL SAFE ROWS 10;
+AS 'MODULE_PATHNAME', 'es_causation_chain' LANGUAGE C STABLE PARALLEL RESTRICTED ROWS 10;
 COMMENT ON FUNCTION @extschema@.es_causation_chain(text) IS
     'ultracore_es: an event and its ancestors through causation_id, root cause first';
 
 CREATE FUNCTION @extschema@.es_correlated_events(correlation_id text)
 RETURNS SETOF @extschema@.es_events
-AS 'MODULE_PATHNAME', 'es_correlated_events' LANGUAGE C STABLE PARALLEL SAFE ROWS 10;
+AS 'MODULE_PATHNAME', 'es_correlated_events' LANGUAGE C STABLE PARALLEL RESTRICTED ROWS 10;
 COMMENT ON FUNCTION @extschema@.es_correlated_events(text) IS
     'ultracore_es: every event of one correlation id (one request), in position order';
 
@@ -361,6 +361,25 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_reducers', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_upcasters', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_snapshot_policies', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_snapshots', '');
+
+-- Every change to a catalog of the extension, however made, reaches the
+-- caches of every backend (src/triggers.c).
+CREATE FUNCTION @extschema@.es_catalog_changed() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'es_catalog_changed' LANGUAGE C;
+COMMENT ON FUNCTION @extschema@.es_catalog_changed() IS
+    'ultracore_es: trigger invalidating the backends'' caches of a catalog table of the extension';
+CREATE TRIGGER es_event_types_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON @extschema@.es_event_types FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.es_catalog_changed();
+CREATE TRIGGER es_upcasters_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON @extschema@.es_upcasters FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.es_catalog_changed();
+CREATE TRIGGER es_reducers_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON @extschema@.es_reducers FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.es_catalog_changed();
+CREATE TRIGGER es_snapshot_policies_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON @extschema@.es_snapshot_policies FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.es_catalog_changed();
+ALTER TABLE @extschema@.es_event_types ENABLE ALWAYS TRIGGER es_event_types_changed;
+ALTER TABLE @extschema@.es_upcasters ENABLE ALWAYS TRIGGER es_upcasters_changed;
+ALTER TABLE @extschema@.es_reducers ENABLE ALWAYS TRIGGER es_reducers_changed;
+ALTER TABLE @extschema@.es_snapshot_policies ENABLE ALWAYS TRIGGER es_snapshot_policies_changed;
 
 CREATE TYPE @extschema@.es_aggregate_state AS (
     aggregate_type      text,

@@ -68,9 +68,9 @@ aggregate_key(ScanKey key, const char *aggregate_id)
 }
 
 /*
- * The last event of the aggregate (its current version and the transaction
- * that appended it), read with SnapshotSelf under the aggregate's lock.  A
- * new aggregate without events yet has version 0.
+ * The last event of the aggregate (its current version and commit-order
+ * key), read with SnapshotSelf under the aggregate's lock.  A new aggregate
+ * without events yet has version 0.
  */
 static void
 aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
@@ -119,40 +119,17 @@ aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 }
 
 /*
- * es_aggregate_lock: find the row of aggregate_id, lock it for this
- * transaction (waiting for the aggregate's other writers), and read the
- * aggregate's type, current version and last writer into *row.
- *
- * With fresh_snapshot the row is looked up with a new snapshot instead of the
- * calling statement's: after losing a race to create it, the row is newer
- * than the statement.  Returns false when the aggregate does not exist.
+ * Look up the row of aggregate_id with snap and lock it; false when not
+ * found.  The aggregate's type goes into row.
  */
-bool
-es_aggregate_lock(EsStore *s, const char *aggregate_id, bool fresh_snapshot, EsAggregateRow *row)
+static bool
+aggregate_lock_row(Relation rel, Relation idx, Snapshot snap, const char *aggregate_id,
+				   EsAggregateRow *row)
 {
-	Relation	rel;
-	Relation	idx;
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	ScanKeyData key;
 	IndexScanDesc scan;
-	TupleTableSlot *slot;
-	Snapshot	snap;
 	bool		found;
-
-	/*
-	 * See the effects of earlier commands of this transaction (an aggregate
-	 * created by an earlier append), like any statement does.
-	 */
-	CommandCounterIncrement();
-	if (fresh_snapshot)
-		PushActiveSnapshot(GetLatestSnapshot());
-	else
-		PushCopiedSnapshot(GetActiveSnapshot());
-	UpdateActiveSnapshotCommandId();
-	snap = GetActiveSnapshot();
-
-	rel = table_open(s->aggregates_relid, RowShareLock);
-	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
-	slot = table_slot_create(rel, NULL);
 
 	aggregate_key(&key, aggregate_id);
 	scan = index_beginscan(rel, idx, snap, 1, 0);
@@ -170,13 +147,45 @@ es_aggregate_lock(EsStore *s, const char *aggregate_id, bool fresh_snapshot, EsA
 								  LockTupleNoKeyExclusive, LockWaitBlock, 0, &tmfd);
 		if (result != TM_Ok)
 			elog(ERROR, "could not lock the row of aggregate \"%s\": %d", aggregate_id, (int) result);
-
 		slot_getsomeattrs(slot, Anum_agg_aggregate_type);
 		text_to_cstring_buffer(DatumGetTextPP(slot->tts_values[Anum_agg_aggregate_type - 1]),
 							   row->aggregate_type, sizeof(row->aggregate_type));
 	}
-
 	ExecDropSingleTupleTableSlot(slot);
+	return found;
+}
+
+/*
+ * es_aggregate_lock: find the row of aggregate_id, lock it for this
+ * transaction (waiting for the aggregate's other writers), and read the
+ * aggregate's type, current version and last commit-order key into *row.
+ * Returns false when the aggregate does not exist.
+ *
+ * The row is looked up with the calling statement's snapshot, as an UPDATE
+ * would; under READ COMMITTED a row created since (by a transaction that has
+ * committed) is looked up again with a new snapshot, so that existence and
+ * version are judged on the same, latest, state.
+ */
+bool
+es_aggregate_lock(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
+{
+	Relation	rel;
+	Relation	idx;
+	bool		found;
+
+	/*
+	 * See the effects of earlier commands of this transaction (an aggregate
+	 * created by an earlier append), like any statement does.
+	 */
+	CommandCounterIncrement();
+	PushCopiedSnapshot(GetActiveSnapshot());
+	UpdateActiveSnapshotCommandId();
+
+	rel = table_open(s->aggregates_relid, RowShareLock);
+	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	found = aggregate_lock_row(rel, idx, GetActiveSnapshot(), aggregate_id, row);
+	if (!found && !IsolationUsesXactSnapshot())
+		found = aggregate_lock_row(rel, idx, GetLatestSnapshot(), aggregate_id, row);
 	index_close(idx, NoLock);
 	table_close(rel, NoLock);
 	PopActiveSnapshot();

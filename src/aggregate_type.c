@@ -13,8 +13,8 @@
  * skip it, es_rebuild_snapshots remakes it.
  *
  * The backend-local cache of these is emptied by a relcache invalidation of
- * es_reducers, es_upcasters, es_event_types or es_snapshot_policies (the
- * registering functions send one) and by any change of a function
+ * es_reducers, es_upcasters, es_event_types or es_snapshot_policies (a
+ * statement trigger sends one on any change) and by any change of a function
  * (pg_proc syscache invalidation), then filled again on demand.  Needs an
  * SPI connection.
  *
@@ -29,7 +29,6 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
-#include "utils/inval.h"
 #include "utils/memutils.h"
 
 /*
@@ -100,7 +99,7 @@ static EsPlan reducer_plan = {
 
 /*
  * es_aggregate_type_reducer: the cache entry of aggregate_type with its
- * reducer loaded (fn_oid invalid for the default reducer).
+ * reducer loaded (flinfo.fn_oid invalid for the default reducer).
  */
 EsAggregateTypeInfo *
 es_aggregate_type_reducer(const char *aggregate_type)
@@ -112,20 +111,20 @@ es_aggregate_type_reducer(const char *aggregate_type)
 	if (entry->reducer_loaded)
 		return entry;
 	arg = CStringGetTextDatum(aggregate_type);
-	if (SPI_execute_plan(es_plan(&reducer_plan), &arg, NULL, false, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(es_plan(&reducer_plan), &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up the reducer of aggregate type \"%s\"", aggregate_type);
 	if (SPI_processed == 1)
 	{
 		Oid			fn = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
-		fmgr_info_cxt(fn, &entry->reducer, aggregate_type_cxt);
+		es_user_function_init(&entry->reducer, fn, aggregate_type_cxt);
 		entry->reducer_name = MemoryContextStrdup(aggregate_type_cxt,
 												  TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)));
 	}
 	else
 	{
 		memset(&entry->reducer, 0, sizeof(entry->reducer));
-		entry->reducer.fn_oid = InvalidOid;
+		entry->reducer.flinfo.fn_oid = InvalidOid;
 		entry->reducer_name = "es_default_reducer";
 	}
 	SPI_freetuptable(SPI_tuptable);
@@ -183,7 +182,7 @@ es_aggregate_type_fingerprint(const char *aggregate_type)
 		return entry->fingerprint;
 	args[0] = CStringGetTextDatum(aggregate_type);
 	args[1] = CStringGetTextDatum(DEFAULT_REDUCER_REVISION);
-	if (SPI_execute_plan(es_plan(&fingerprint_plan), args, NULL, false, 1) != SPI_OK_SELECT ||
+	if (SPI_execute_plan(es_plan(&fingerprint_plan), args, NULL, true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not compute the fingerprint of aggregate type \"%s\"", aggregate_type);
 	entry->fingerprint = MemoryContextStrdup(aggregate_type_cxt,
@@ -213,7 +212,7 @@ es_aggregate_type_snapshot_every(const char *aggregate_type)
 	if (entry->policy_loaded)
 		return entry->snapshot_every;
 	arg = CStringGetTextDatum(aggregate_type);
-	if (SPI_execute_plan(es_plan(&policy_plan), &arg, NULL, false, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(es_plan(&policy_plan), &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up the snapshot policy of aggregate type \"%s\"", aggregate_type);
 	entry->snapshot_every = SPI_processed == 1 ?
 		DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) : 0;
@@ -323,7 +322,6 @@ es_register_reducer(PG_FUNCTION_ARGS)
 		if (SPI_execute_plan(es_plan(&set_reducer_plan), args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not register the reducer of \"%s\"", aggregate_type);
 	}
-	CacheInvalidateRelcacheByRelid(call.store->reducers_relid);
 	es_call_end(&call);
 	PG_RETURN_VOID();
 }
@@ -375,7 +373,6 @@ es_set_snapshot_policy(PG_FUNCTION_ARGS)
 	}
 	else if (SPI_execute_plan(es_plan(&set_policy_plan), args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not set the snapshot policy of \"%s\"", aggregate_type);
-	CacheInvalidateRelcacheByRelid(call.store->policies_relid);
 	es_call_end(&call);
 	PG_RETURN_VOID();
 }

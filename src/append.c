@@ -31,21 +31,20 @@
  * A refused append says why: a version conflict, an aggregate of another
  * type, or a commit-order hazard.
  *
- * Commit order.  Events carry the id of their top-level transaction; readers
- * in commit order sort by (tx_id, position) below the oldest running
- * transaction (read.c).  That order matches each aggregate's version order
- * only if a later version never has a smaller tx_id.  A transaction holding
- * an old xid (it wrote something before) could append to an aggregate that a
- * younger transaction already extended; such an append is refused with a
- * serialization failure (40001), and its retry gets a new, larger xid.
- * The aggregate's last event tells its newest writer for that check.
+ * Commit order.  Events carry a commit-order key, tx_id: the id of their
+ * top-level transaction, raised to the key of the aggregate's previous event
+ * when that is higher.  Readers in commit order sort by (tx_id, position)
+ * below the oldest running transaction (read.c).  Transactions queue on an
+ * aggregate's lock in no particular xid order, so an older transaction can
+ * append after a younger one; raising its key keeps each aggregate's events
+ * in version order in the commit order, and since a key is never below its
+ * writer's own id, no reader can have passed it before the writer commits.
  *
  * Idempotency (decision 4).  When the caller names its event ids, they are
- * looked up first: the same events already stored are returned as they were,
- * without writing; an id stored with other content is an error.  If two
- * identical retries race, the loser either sees a version conflict and then
- * finds the winner's events, or trips the unique index on event_id, which is
- * reported as a clear error.
+ * looked up under the aggregate's lock: the same events already stored are
+ * returned as they were, without writing; an id stored with other content is
+ * an error.  Identical retries that race queue on the lock, and the later
+ * ones find the first one's events.
  *
  * Transaction rules: runs in the caller's transaction as the owner of the
  * tables (es_call_begin).  Any error aborts the statement, so a refused
@@ -65,6 +64,7 @@
 #include "common/pg_prng.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
+#include "tcop/utility.h"
 #include "nodes/execnodes.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -290,9 +290,13 @@ append_find_stored(EsAppendRequest *req)
 		const char *diff;
 
 		if (!text_equal_or_both_null(row, tt->tupdesc, SE_EVENT_ID, ev->event_id))
-			diff = "position in the batch";
-		else
-			diff = append_event_difference(row, tt->tupdesc, req, ev);
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("batch repeats an earlier append in another order"),
+					 errdetail("Event \"%s\" is at index %d of the batch; the earlier append stored \"%s\" there.",
+							   ev->event_id, i, TextDatumGetCString(SPI_getbinval(row, tt->tupdesc, SE_EVENT_ID, &isnull))),
+					 errhint("Resend the earlier batch exactly as it was.")));
+		diff = append_event_difference(row, tt->tupdesc, req, ev);
 		if (diff != NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNIQUE_VIOLATION),
@@ -328,20 +332,18 @@ append_raise_conflict(EsAppendRequest *req, int64 actual)
 	ereport(ERROR,
 			(errcode(ERRCODE_ES_WRONG_EXPECTED_VERSION),
 			 errmsg("version conflict on aggregate \"%s\"", req->aggregate_id),
-			 errdetail("Aggregate \"%s\": expected version %s, actual version " INT64_FORMAT "%s.",
-					   req->aggregate_id, expected, actual,
+			 errdetail("Aggregate \"%s\": expected version %s, actual version %lld%s.",
+					   req->aggregate_id, expected, (long long) actual,
 					   actual == 0 ? " (it does not exist)" : ""),
 			 errhint("Reload the aggregate and append again with its current version as expected_version.")));
 }
 
 /*
- * Check the locked aggregate row against the request.  Returns true when the
- * events may be appended after row->version; false when they turn out to be
- * stored already (an identical retry that raced with the original); raises
- * the error that explains a refusal otherwise.
+ * Check the locked aggregate row against the request; raise the error that
+ * explains a refusal.
  */
-static bool
-append_check_row(EsAppendRequest *req, FullTransactionId tx, const EsAggregateRow *row)
+static void
+append_check_row(EsAppendRequest *req, const EsAggregateRow *row)
 {
 	bool		version_ok;
 
@@ -351,14 +353,6 @@ append_check_row(EsAppendRequest *req, FullTransactionId tx, const EsAggregateRo
 				 errmsg("aggregate \"%s\" is of type \"%s\", not \"%s\"",
 						req->aggregate_id, row->aggregate_type, req->aggregate_type),
 				 errdetail("An aggregate keeps the type of its first event.")));
-	if (FullTransactionIdPrecedes(tx, row->last_tx))
-		ereport(ERROR,
-				(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-				 errmsg("could not append to aggregate \"%s\" in commit order", req->aggregate_id),
-				 errdetail("Transaction " UINT64_FORMAT " wrote it last and is younger than this transaction (" UINT64_FORMAT "); commit-order readers would see its versions out of order.",
-						   U64FromFullTransactionId(row->last_tx), U64FromFullTransactionId(tx)),
-				 errhint("Retry the transaction.")));
-
 	if (req->any)
 		version_ok = true;
 	else if (req->expected == ES_EXPECT_EXISTS)
@@ -366,16 +360,11 @@ append_check_row(EsAppendRequest *req, FullTransactionId tx, const EsAggregateRo
 	else
 		version_ok = row->version == req->expected;
 	if (!version_ok)
-	{
-		if (append_find_stored(req))
-			return false;
 		append_raise_conflict(req, row->version);
-	}
 	if (row->version > PG_INT64_MAX - req->nevents)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("aggregate \"%s\" has reached the highest version", req->aggregate_id)));
-	return true;
 }
 
 /*
@@ -452,6 +441,7 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 		{
 			int			n = Min(nslots, req->nevents - first);
 
+			CHECK_FOR_INTERRUPTS();
 			for (i = 0; i < n; i++)
 			{
 				EsEventIn  *ev = &req->events[first + i];
@@ -513,31 +503,36 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
  * es_append_execute: check the events of req and store them, or find them
  * stored by an identical earlier append (req->was_stored).  Needs
  * es_call_begin.
+ *
+ * The event ids the caller named are looked up once the aggregate is locked
+ * (or created): an identical retry that waited behind the original then
+ * finds it, whatever its expected version says.
  */
 void
 es_append_execute(EsAppendRequest *req, EsStore *store)
 {
-	FullTransactionId xid;
-	FullTransactionId tx;
+	FullTransactionId own;
 	EsAggregateRow row;
-	bool		fresh = false;
 	int			round;
 
+	PreventCommandIfReadOnly("es_append()");
+	PreventCommandIfParallelMode("es_append()");
 	append_check_events(req);
-	if (append_find_stored(req))
-		return;
-
-	xid = GetTopFullTransactionId();
-	tx = FullTransactionIdFromU64(U64FromFullTransactionId(xid) + es_xid_offset(true));
+	own = FullTransactionIdFromU64(U64FromFullTransactionId(GetTopFullTransactionId()) +
+								   es_xid_offset(true));
 	for (round = 0; round < 3; round++)
 	{
 		/* A new aggregate is created first; anything else is locked first. */
 		if (req->any || req->expected != ES_EXPECT_NEW || round > 0)
 		{
-			if (es_aggregate_lock(store, req->aggregate_id, fresh, &row))
+			if (es_aggregate_lock(store, req->aggregate_id, &row))
 			{
-				if (append_check_row(req, tx, &row))
-					append_insert_events(req, store, row.version, tx);
+				if (append_find_stored(req))
+					return;
+				append_check_row(req, &row);
+				/* The commit-order key never goes back within an aggregate. */
+				append_insert_events(req, store, row.version,
+									 FullTransactionIdFollows(row.last_tx, own) ? row.last_tx : own);
 				return;
 			}
 			if (!req->any && req->expected != ES_EXPECT_NEW)
@@ -549,10 +544,12 @@ es_append_execute(EsAppendRequest *req, EsStore *store)
 		}
 		if (es_aggregate_create(req->aggregate_id, req->aggregate_type, req->now))
 		{
-			append_insert_events(req, store, 0, tx);
+			/* No event can be stored for a new aggregate; ids used elsewhere are refused. */
+			(void) append_find_stored(req);
+			append_insert_events(req, store, 0, own);
 			return;
 		}
-		fresh = true;			/* see the row of the creator that won */
+		/* A concurrent creator won (or rolled back): lock its row next round. */
 	}
 	elog(ERROR, "aggregate \"%s\" was created and rolled back too often during one append",
 		 req->aggregate_id);

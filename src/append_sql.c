@@ -13,6 +13,7 @@
 
 #include "access/htup_details.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 
 /*
@@ -268,6 +269,7 @@ es_append_batch(PG_FUNCTION_ARGS)
 	{
 		if (tok != WJB_ELEM)
 			continue;
+		CHECK_FOR_INTERRUPTS();
 		index = i;
 		batch_parse_event(&v, &req.events[i], dflt_metadata, dflt_causation, dflt_correlation);
 		i++;

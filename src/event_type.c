@@ -7,9 +7,9 @@
  *
  * The cache holds the types this backend has used, with their current schema
  * version and upcasters.  It is emptied when a relcache invalidation arrives
- * for es_event_types or es_upcasters, which the registering functions send
- * explicitly (plain DML on a table does not), so a change reaches every
- * backend at its next transaction.  Types are never deleted, so a stale
+ * for es_event_types or es_upcasters, which a statement trigger sends on any
+ * change (plain DML on a table does not), so a change reaches every backend
+ * at its next transaction.  Types are never deleted, so a stale
  * positive entry can only lag a change, never accept an unknown type.
  *
  * Needs an open transaction and an SPI connection (es_call_begin).
@@ -25,7 +25,6 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
-#include "utils/inval.h"
 #include "utils/memutils.h"
 
 typedef struct EventTypeEntry
@@ -33,7 +32,7 @@ typedef struct EventTypeEntry
 	char		name[ES_MAX_NAME_LEN + 1];	/* hash key */
 	EsEventType info;
 	bool		upcasters_loaded;
-	FmgrInfo   *upcasters;		/* [v - 1] converts schema version v to v + 1 */
+	EsUserFunction *upcasters;	/* [v - 1] converts schema version v to v + 1 */
 } EventTypeEntry;
 
 static MemoryContext event_type_cxt = NULL;
@@ -101,7 +100,7 @@ event_type_entry(const char *event_type)
 		return entry;
 
 	arg = CStringGetTextDatum(event_type);
-	if (SPI_execute_plan(es_plan(&lookup_plan), &arg, NULL, false, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(es_plan(&lookup_plan), &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up event type \"%s\"", event_type);
 	if (SPI_processed == 0)
 		ereport(ERROR,
@@ -141,7 +140,7 @@ es_event_type_lookup(const char *event_type, EsEventType *out)
  * registered.  Looked up once per type and kept with its cache entry.  Needs
  * SPI.
  */
-FmgrInfo *
+EsUserFunction *
 es_event_type_upcaster(const char *event_type, int32 from_version)
 {
 	EventTypeEntry *entry = event_type_entry(event_type);
@@ -153,22 +152,22 @@ es_event_type_upcaster(const char *event_type, int32 from_version)
 		uint64		i;
 		bool		isnull;
 
-		if (SPI_execute_plan(es_plan(&upcasters_plan), &arg, NULL, false, 0) != SPI_OK_SELECT)
+		if (SPI_execute_plan(es_plan(&upcasters_plan), &arg, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not look up the upcasters of event type \"%s\"", event_type);
-		entry->upcasters = MemoryContextAllocZero(event_type_cxt, sizeof(FmgrInfo) * Max(nsteps, 1));
+		entry->upcasters = MemoryContextAllocZero(event_type_cxt, sizeof(EsUserFunction) * Max(nsteps, 1));
 		for (i = 0; i < SPI_processed; i++)
 		{
 			int32		from = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
 			Oid			fn = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
 
 			if (from >= 1 && from <= nsteps)
-				fmgr_info_cxt(fn, &entry->upcasters[from - 1], event_type_cxt);
+				es_user_function_init(&entry->upcasters[from - 1], fn, event_type_cxt);
 		}
 		SPI_freetuptable(SPI_tuptable);
 		entry->upcasters_loaded = true;
 	}
 	if (from_version < 1 || from_version >= entry->info.schema_version ||
-		!OidIsValid(entry->upcasters[from_version - 1].fn_oid))
+		!OidIsValid(entry->upcasters[from_version - 1].flinfo.fn_oid))
 		return NULL;
 	return &entry->upcasters[from_version - 1];
 }
@@ -244,15 +243,16 @@ es_register_event_type(PG_FUNCTION_ARGS)
 		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 		if (!isnull)
 			existing = TextDatumGetCString(d);
-		if ((existing == NULL) != (aggregate_type == NULL) ||
-			(existing != NULL && strcmp(existing, aggregate_type) != 0))
+		if (existing != NULL && (aggregate_type == NULL || strcmp(existing, aggregate_type) != 0))
 			ereport(ERROR,
 					(errcode(ERRCODE_DUPLICATE_OBJECT),
-					 errmsg("event type \"%s\" is already registered for %s%s%s",
-							name,
-							existing ? "aggregate type \"" : "any aggregate type",
-							existing ? existing : "",
-							existing ? "\"" : ""),
+					 errmsg("event type \"%s\" is already registered for aggregate type \"%s\"", name, existing),
+					 errdetail("An event type keeps the aggregate type it was registered with, because stored events depend on it."),
+					 errhint("Register a new event type name instead.")));
+		if (existing == NULL && aggregate_type != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("event type \"%s\" is already registered for any aggregate type", name),
 					 errdetail("An event type keeps the aggregate type it was registered with, because stored events depend on it."),
 					 errhint("Register a new event type name instead.")));
 		if (!PG_ARGISNULL(2))
@@ -262,9 +262,6 @@ es_register_event_type(PG_FUNCTION_ARGS)
 				elog(ERROR, "could not update event type \"%s\"", name);
 		}
 	}
-
-	/* Make every backend drop its cached view of the catalog at commit. */
-	CacheInvalidateRelcacheByRelid(es_store_for_function(fcinfo)->event_types_relid);
 
 	es_call_end(&call);
 	PG_RETURN_BOOL(created);

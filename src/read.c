@@ -47,8 +47,7 @@ static EsPlan stream_plan = {
 
 static EsPlan read_all_plan = {
 	"SELECT e.* FROM @extschema@.es_events e"
-	" WHERE e.tx_id OPERATOR(pg_catalog.>=) $1"
-	"   AND (e.tx_id OPERATOR(pg_catalog.>) $1 OR e.position OPERATOR(pg_catalog.>) $2)"
+	" WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW($1, $2)"
 	"   AND e.tx_id OPERATOR(pg_catalog.<) $3"
 	"   AND ($4 IS NULL OR e.aggregate_type OPERATOR(pg_catalog.=) $4)"
 	"   AND ($5 IS NULL OR e.event_type OPERATOR(pg_catalog.=) ANY ($5))"
@@ -158,7 +157,7 @@ arg_version(FunctionCallInfo fcinfo, int argno, const char *what, int64 dflt)
 	if (v < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("%s " INT64_FORMAT " is out of range", what, v),
+				 errmsg("%s %lld is out of range", what, (long long) v),
 				 errdetail("Versions start at 1.")));
 	return v;
 }

@@ -145,8 +145,8 @@ es_save_snapshot(PG_FUNCTION_ARGS)
 	if (version > current || version < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("aggregate \"%s\" has no version " INT64_FORMAT, aggregate_id, version),
-				 errdetail("Its current version is " INT64_FORMAT ".", current)));
+				 errmsg("aggregate \"%s\" has no version %lld", aggregate_id, (long long) version),
+				 errdetail("Its current version is %lld.", (long long) current)));
 	if (PG_ARGISNULL(2))
 		snapshot_take(call.store, aggregate_id, version, false, taken_by);
 	else

@@ -40,7 +40,7 @@ typedef struct Fold
 {
 	const char *aggregate_id;
 	bool		default_reducer;
-	FmgrInfo	reducer;		/* a copy: the cache may be rebuilt meanwhile */
+	EsUserFunction reducer;		/* a copy: the cache may be rebuilt meanwhile */
 	TupleDesc	event_desc;		/* es_events row type, for the reducer's argument */
 	/* default reducer: the state's top-level pairs, later ones winning */
 	JsonbValue *keys;
@@ -87,7 +87,7 @@ fold_init(Fold *f, EsStore *s, const char *aggregate_id, const char *aggregate_t
 
 	memset(f, 0, sizeof(*f));
 	f->aggregate_id = aggregate_id;
-	f->default_reducer = !OidIsValid(info->reducer.fn_oid);
+	f->default_reducer = !OidIsValid(info->reducer.flinfo.fn_oid);
 	if (f->default_reducer)
 	{
 		f->maxpairs = 16;
@@ -98,7 +98,8 @@ fold_init(Fold *f, EsStore *s, const char *aggregate_id, const char *aggregate_t
 	}
 	else
 	{
-		fmgr_info_copy(&f->reducer, &info->reducer, CurrentMemoryContext);
+		fmgr_info_copy(&f->reducer.flinfo, &info->reducer.flinfo, CurrentMemoryContext);
+		f->reducer.owner = info->reducer.owner;
 		f->event_desc = lookup_rowtype_tupdesc_copy(s->events_rowtype, -1);
 		f->state = JsonbPGetDatum(initial != NULL ? initial : es_empty_object());
 	}
@@ -131,9 +132,9 @@ fold_apply(Datum *values, bool *nulls, void *arg)
 		if (isnull)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("reducer %s returned NULL", format_procedure(f->reducer.fn_oid)),
-					 errdetail("Aggregate \"%s\", event version " INT64_FORMAT ".",
-							   f->aggregate_id, DatumGetInt64(values[EV_VERSION])),
+					 errmsg("reducer %s returned NULL", format_procedure(f->reducer.flinfo.fn_oid)),
+					 errdetail("Aggregate \"%s\", event version %lld.",
+							   f->aggregate_id, (long long) DatumGetInt64(values[EV_VERSION])),
 					 errhint("A reducer returns the whole new state, never NULL.")));
 		f->state = PointerGetDatum(PG_DETOAST_DATUM_COPY(state));
 		heap_freetuple(event);
@@ -237,8 +238,8 @@ es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
 	if (at_version > current)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("aggregate \"%s\" has no version " INT64_FORMAT, aggregate_id, at_version),
-				 errdetail("Its current version is " INT64_FORMAT ".", current)));
+				 errmsg("aggregate \"%s\" has no version %lld", aggregate_id, (long long) at_version),
+				 errdetail("Its current version is %lld.", (long long) current)));
 	target = at_version < 0 ? current : at_version;
 	if (has_time)
 	{

@@ -9,8 +9,8 @@
  * SQL-callable function finds it from its own pg_proc entry; the worker finds
  * it from pg_extension.  The result is cached for the life of the backend and
  * dropped by a relcache callback when one of the relations changes (DROP
- * EXTENSION then CREATE EXTENSION gives new OIDs; the plans are then
- * prepared again).
+ * EXTENSION then CREATE EXTENSION gives new OIDs, ALTER SCHEMA ... RENAME
+ * another name; the plans are then prepared again).
  *
  * Transaction ids across clusters (DESIGN.md, decision 1): events carry the
  * id of the transaction that appended them, and commit-order readers compare
@@ -47,6 +47,7 @@
 #include "catalog/indexing.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_extension.h"
+#include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
 #include "lib/stringinfo.h"
@@ -96,6 +97,13 @@ store_relcache_callback(Datum arg, Oid relid)
 		es_aggregate_type_cache_reset();
 }
 
+/* A schema was renamed (or dropped): the plans name the extension's schema. */
+static void
+store_namespace_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	store_valid = false;
+}
+
 /* A function changed: the fingerprints of reducers and upcasters may have. */
 static void
 store_proc_callback(Datum arg, int cacheid, uint32 hashvalue)
@@ -125,40 +133,61 @@ store_relation(const char *relname, Oid nspid)
 static void
 store_resolve(Oid nspid)
 {
+	static const char *const event_columns[EV_NATTS] = {
+		"event_id", "event_type", "aggregate_type", "aggregate_id", "version", "position",
+		"tx_id", "occurred_at", "recorded_at", "causation_id", "correlation_id", "data",
+		"metadata", "schema_version", "appended_by"
+	};
 	EsStore		next;
 	HeapTuple	tup;
+	const char *nspname;
+	int			i;
 
 	if (!store_callback_registered)
 	{
 		CacheRegisterRelcacheCallback(store_relcache_callback, (Datum) 0);
 		CacheRegisterSyscacheCallback(PROCOID, store_proc_callback, (Datum) 0);
+		CacheRegisterSyscacheCallback(NAMESPACEOID, store_namespace_callback, (Datum) 0);
 		store_callback_registered = true;
 	}
 
-	do
-	{
-		store_valid = true;		/* the callback clears it if it fires now */
-		memset(&next, 0, sizeof(next));
-		next.nspid = nspid;
-		next.events_relid = store_relation("es_events", nspid);
-		next.events_version_idx = store_relation("es_events_version_key", nspid);
-		next.position_seq = store_relation("es_events_position_seq", nspid);
-		next.aggregates_relid = store_relation("es_aggregates", nspid);
-		next.event_types_relid = store_relation("es_event_types", nspid);
-		next.clusters_relid = store_relation("es_clusters", nspid);
-		next.reducers_relid = store_relation("es_reducers", nspid);
-		next.upcasters_relid = store_relation("es_upcasters", nspid);
-		next.policies_relid = store_relation("es_snapshot_policies", nspid);
-		next.snapshots_relid = store_relation("es_snapshots", nspid);
-		next.events_rowtype = get_rel_type_id(next.events_relid);
-		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(next.events_relid));
-		if (!HeapTupleIsValid(tup))
-			elog(ERROR, "cache lookup failed for relation %u", next.events_relid);
-		next.owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-		ReleaseSysCache(tup);
-	} while (!store_valid);
+	/* Valid only once everything resolved: an error leaves it invalid. */
+	store_valid = false;
+	memset(&next, 0, sizeof(next));
+	next.nspid = nspid;
+	next.events_relid = store_relation("es_events", nspid);
+	next.events_version_idx = store_relation("es_events_version_key", nspid);
+	next.position_seq = store_relation("es_events_position_seq", nspid);
+	next.aggregates_relid = store_relation("es_aggregates", nspid);
+	next.event_types_relid = store_relation("es_event_types", nspid);
+	next.clusters_relid = store_relation("es_clusters", nspid);
+	next.reducers_relid = store_relation("es_reducers", nspid);
+	next.upcasters_relid = store_relation("es_upcasters", nspid);
+	next.policies_relid = store_relation("es_snapshot_policies", nspid);
+	next.snapshots_relid = store_relation("es_snapshots", nspid);
+	next.events_rowtype = get_rel_type_id(next.events_relid);
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(next.events_relid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", next.events_relid);
+	next.owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
 
+	/* The code reads and writes es_events rows by column number. */
+	for (i = 0; i < EV_NATTS; i++)
+	{
+		char	   *attname = get_attname(next.events_relid, i + 1, true);
+
+		if (attname == NULL || strcmp(attname, event_columns[i]) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("column %d of es_events is \"%s\", expected \"%s\"",
+							i + 1, attname ? attname : "(dropped)", event_columns[i]),
+					 errhint("The table was altered outside the extension's scripts; restore its definition.")));
+	}
+
+	nspname = quote_identifier(get_namespace_name(nspid));
 	if (next.nspid != store.nspid ||
+		store.nspname == NULL || strcmp(nspname, store.nspname) != 0 ||
 		next.events_relid != store.events_relid ||
 		next.events_version_idx != store.events_version_idx ||
 		next.position_seq != store.position_seq ||
@@ -171,9 +200,7 @@ store_resolve(Oid nspid)
 		next.snapshots_relid != store.snapshots_relid ||
 		next.owner != store.owner)
 	{
-		char	   *nspname = get_namespace_name(nspid);
-
-		next.nspname = MemoryContextStrdup(TopMemoryContext, quote_identifier(nspname));
+		next.nspname = MemoryContextStrdup(TopMemoryContext, nspname);
 		next.generation = store.generation + 1;
 		if (store.nspname)
 			pfree(store.nspname);
@@ -182,6 +209,7 @@ store_resolve(Oid nspid)
 		es_event_type_cache_reset();
 		es_aggregate_type_cache_reset();
 	}
+	store_valid = true;
 }
 
 /*
@@ -277,24 +305,47 @@ es_call_end(EsCall *call)
 }
 
 /*
+ * es_user_function_init: look up fn for calls through es_call_user_function,
+ * in cxt.
+ */
+void
+es_user_function_init(EsUserFunction *f, Oid fn, MemoryContext cxt)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for function %u", fn);
+	f->owner = ((Form_pg_proc) GETSTRUCT(tup))->proowner;
+	ReleaseSysCache(tup);
+	fmgr_info_cxt(fn, &f->flinfo, cxt);
+}
+
+/*
  * es_call_user_function: call a user's reducer or upcaster with one or two
- * arguments (never NULL).  While it runs, the extension's SQL functions
- * refuse to be called: they could rebuild the caches whose entries the
- * caller is using, and a fold that appends would be a strange fold.  The
- * function runs as the owner of the tables, with the restricted security
- * context of es_call_begin.  Returns NULL as (Datum) 0 with *isnull set.
+ * arguments (never NULL), as the function's owner, in a restricted security
+ * context (as for a SECURITY DEFINER function): the tables' owner is a
+ * superuser, and a function registered by anyone else must not run with
+ * its rights.  While it runs, the extension's SQL functions refuse to be
+ * called: they could rebuild the caches whose entries the caller is using,
+ * and a fold that appends would be a strange fold.  Returns NULL as
+ * (Datum) 0 with *isnull set.
  */
 Datum
-es_call_user_function(FmgrInfo *fn, Datum arg1, Datum arg2, bool *isnull)
+es_call_user_function(EsUserFunction *f, Datum arg1, Datum arg2, bool *isnull)
 {
 	LOCAL_FCINFO(fcinfo, 2);
-	Datum		result;
+	volatile Datum result = (Datum) 0;
+	Oid			save_userid;
+	int			save_sec_context;
 
-	InitFunctionCallInfoData(*fcinfo, fn, fn->fn_nargs, InvalidOid, NULL, NULL);
+	InitFunctionCallInfoData(*fcinfo, &f->flinfo, f->flinfo.fn_nargs, InvalidOid, NULL, NULL);
 	fcinfo->args[0].value = arg1;
 	fcinfo->args[0].isnull = false;
 	fcinfo->args[1].value = arg2;
 	fcinfo->args[1].isnull = false;
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(f->owner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	user_code_depth++;
 	PG_TRY();
 	{
@@ -303,6 +354,7 @@ es_call_user_function(FmgrInfo *fn, Datum arg1, Datum arg2, bool *isnull)
 	PG_FINALLY();
 	{
 		user_code_depth--;
+		SetUserIdAndSecContext(save_userid, save_sec_context);
 	}
 	PG_END_TRY();
 	*isnull = fcinfo->isnull;
@@ -385,7 +437,7 @@ es_xid_offset(bool for_write)
 	if (offset_settled)
 		return offset_value;
 
-	if (SPI_execute_plan(es_plan(&read_clusters_plan), NULL, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(es_plan(&read_clusters_plan), NULL, NULL, !for_write, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read es_clusters");
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -411,7 +463,7 @@ es_xid_offset(bool for_write)
 		return offset_value;
 
 	/* Not recorded yet: a new store, or one restored from another cluster. */
-	if (SPI_execute_plan(es_plan(&max_tx_plan), NULL, NULL, false, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(es_plan(&max_tx_plan), NULL, NULL, !for_write, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the highest transaction id of the event store");
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	if (!isnull)
@@ -425,8 +477,8 @@ es_xid_offset(bool for_write)
 			elog(ERROR, "could not record the cluster of the event store");
 		if (other_clusters || offset > 0)
 			ereport(LOG,
-					(errmsg("ultracore_es: event store restored from another cluster, transaction ids now offset by " UINT64_FORMAT,
-							offset)));
+					(errmsg("ultracore_es: event store moved to another cluster, transaction ids now offset by %llu",
+							(unsigned long long) offset)));
 	}
 	return offset;
 }
@@ -450,14 +502,28 @@ widen_xid(TransactionId xid)
 
 /*
  * es_commit_horizon_of: the commit-order horizon seen by a snapshot, in the
- * store's id space.  Every event with tx_id below it belongs to a finished
- * transaction, so it is either visible in the snapshot or will never exist;
- * no event below it can appear later.  Needs an SPI connection.
+ * store's key space.  Every event with a tx_id below it is committed and
+ * visible in the snapshot, and no event below it can appear later: keys are
+ * never below their writer's transaction id, which is at least the
+ * snapshot's xmin.  The horizon is also kept at most one above the highest
+ * key stored, so that a horizon handed out before a restore into another
+ * cluster is never above the keys appended after it (see the file header).
+ * Needs an SPI connection.
  */
 FullTransactionId
 es_commit_horizon_of(Snapshot snapshot)
 {
-	FullTransactionId xmin = widen_xid(snapshot->xmin);
+	uint64		offset = es_xid_offset(false);
+	uint64		horizon = U64FromFullTransactionId(widen_xid(snapshot->xmin)) + offset;
+	uint64		ceiling = offset + 1;
+	bool		isnull;
+	Datum		d;
 
-	return FullTransactionIdFromU64(U64FromFullTransactionId(xmin) + es_xid_offset(false));
+	if (SPI_execute_plan(es_plan(&max_tx_plan), NULL, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the highest transaction id of the event store");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		ceiling = Max(ceiling, U64FromFullTransactionId(DatumGetFullTransactionId(d)) + 1);
+	SPI_freetuptable(SPI_tuptable);
+	return FullTransactionIdFromU64(Min(horizon, ceiling));
 }

@@ -21,7 +21,7 @@
  *	aggregate_type.c reducers, fingerprints and snapshot policies per type
  *	state.c			folding an aggregate's state; es_load_aggregate
  *	snapshot.c		snapshots: manual, automatic, listing, rebuilding
- *	append_only.c	the trigger that refuses UPDATE, DELETE and TRUNCATE
+ *	triggers.c		the append-only trigger and the catalog-invalidation trigger
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -57,7 +57,7 @@
 /*
  * Columns of es_events, 0-based, in the order of the install script.  Code
  * that reads or writes rows by position uses these and checks the relation's
- * width against ES_EV_NATTS.
+ * columns' names once per store resolution (store.c).
  */
 typedef enum EsEventColumn
 {
@@ -144,7 +144,18 @@ extern EsStore *es_store_current(void);
 extern void es_call_begin(FunctionCallInfo fcinfo, EsCall *call);
 extern void es_call_end(EsCall *call);
 extern SPIPlanPtr es_plan(EsPlan *p);
-extern Datum es_call_user_function(FmgrInfo *fn, Datum arg1, Datum arg2, bool *isnull);
+/*
+ * A user's reducer or upcaster, with the role it runs as: its owner, never
+ * the owner of the event store.
+ */
+typedef struct EsUserFunction
+{
+	FmgrInfo	flinfo;			/* fn_oid invalid: none */
+	Oid			owner;
+} EsUserFunction;
+
+extern void es_user_function_init(EsUserFunction *f, Oid fn, MemoryContext cxt);
+extern Datum es_call_user_function(EsUserFunction *f, Datum arg1, Datum arg2, bool *isnull);
 extern uint64 es_xid_offset(bool for_write);
 extern FullTransactionId es_commit_horizon_of(Snapshot snapshot);
 
@@ -156,7 +167,7 @@ typedef struct EsEventType
 } EsEventType;
 
 extern void es_event_type_lookup(const char *event_type, EsEventType *out);
-extern FmgrInfo *es_event_type_upcaster(const char *event_type, int32 from_version);
+extern EsUserFunction *es_event_type_upcaster(const char *event_type, int32 from_version);
 extern void es_event_type_cache_reset(void);
 
 /* read.c */
@@ -181,7 +192,7 @@ typedef struct EsAggregateTypeInfo
 {
 	char		name[ES_MAX_NAME_LEN + 1];	/* hash key */
 	bool		reducer_loaded;
-	FmgrInfo	reducer;		/* fn_oid invalid: the default reducer */
+	EsUserFunction reducer;		/* flinfo.fn_oid invalid: the default reducer */
 	char	   *reducer_name;	/* as recorded in snapshots */
 	char	   *fingerprint;	/* NULL until computed */
 	bool		policy_loaded;
@@ -226,11 +237,10 @@ typedef struct EsAggregateRow
 {
 	char		aggregate_type[ES_MAX_NAME_LEN + 1];
 	int64		version;		/* current version, 0 before the first event */
-	FullTransactionId last_tx;	/* transaction of the last event */
+	FullTransactionId last_tx;	/* commit-order key (tx_id) of the last event */
 } EsAggregateRow;
 
-extern bool es_aggregate_lock(EsStore *s, const char *aggregate_id, bool fresh_snapshot,
-							  EsAggregateRow *row);
+extern bool es_aggregate_lock(EsStore *s, const char *aggregate_id, EsAggregateRow *row);
 extern bool es_aggregate_create(const char *aggregate_id, const char *aggregate_type,
 								TimestampTz now);
 

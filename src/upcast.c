@@ -10,7 +10,7 @@
  * goes through the chain up to the current version.  Stored rows never
  * change: the reads return the upgraded payload and the current version.
  *
- * Upcasters are user functions, run as the owner of the tables through
+ * Upcasters are user functions, run as their owners through
  * es_call_user_function.  Needs an SPI connection (es_call_begin).
  *
  * Copyright (c) 2026, ultracore_es developers
@@ -25,7 +25,6 @@
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
-#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
@@ -50,7 +49,7 @@ es_upcast_row(Datum *values, bool *nulls)
 
 	for (; version < type.schema_version; version++)
 	{
-		FmgrInfo   *fn = es_event_type_upcaster(event_type, version);
+		EsUserFunction *fn = es_event_type_upcaster(event_type, version);
 		bool		isnull;
 		Jsonb	   *out;
 
@@ -68,7 +67,7 @@ es_upcast_row(Datum *values, bool *nulls)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_EXCEPTION),
 					 errmsg("upcaster %s returned %s for event type \"%s\"",
-							format_procedure(fn->fn_oid), out == NULL ? "NULL" : "a value that is not a JSON object",
+							format_procedure(fn->flinfo.fn_oid), out == NULL ? "NULL" : "a value that is not a JSON object",
 							event_type),
 					 errdetail("Upcasters take the payload of schema version %d and return a JSON object of version %d.",
 							   version, version + 1)));
@@ -81,8 +80,9 @@ es_upcast_row(Datum *values, bool *nulls)
 
 /*
  * Check that fn can serve as a reducer or upcaster: a plain function with
- * the given argument types returning jsonb, that the calling role may
- * execute (it will run as the owner of the tables).
+ * the given argument types returning jsonb, owned by the registering role (or
+ * registered by a superuser).  It will run as its owner: registering someone
+ * else's function would lend the registering role its owner's rights.
  */
 void
 es_check_user_function(Oid fn, const char *role, int nargs, const Oid *argtypes,
@@ -108,10 +108,11 @@ es_check_user_function(Oid fn, const char *role, int nargs, const Oid *argtypes,
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
 				 errmsg("function %s cannot be %s", format_procedure(fn), role),
 				 errdetail("It must be a plain function %s.", signature)));
-	if (pg_proc_aclcheck(fn, caller, ACL_EXECUTE) != ACLCHECK_OK)
+	if (!pg_proc_ownercheck(fn, caller))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for function %s", format_procedure(fn))));
+				 errmsg("must be owner of function %s to register it as %s", format_procedure(fn), role),
+				 errdetail("Reducers and upcasters run as the owners of their functions.")));
 }
 
 static EsPlan register_plan = {
@@ -173,8 +174,6 @@ es_register_upcaster(PG_FUNCTION_ARGS)
 		elog(ERROR, "could not register the upcaster");
 	if (SPI_execute_plan(es_plan(&bump_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not update the schema version of event type \"%s\"", event_type);
-	CacheInvalidateRelcacheByRelid(call.store->event_types_relid);
-	CacheInvalidateRelcacheByRelid(call.store->upcasters_relid);
 	es_call_end(&call);
 	PG_RETURN_VOID();
 }

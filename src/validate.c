@@ -190,7 +190,7 @@ es_arg_expected_version(FunctionCallInfo fcinfo, int argno, bool *any)
 	if (v < ES_EXPECT_EXISTS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("expected_version " INT64_FORMAT " is out of range", v),
+				 errmsg("expected_version %lld is out of range", (long long) v),
 				 errdetail("Use NULL for any version, 0 for a new aggregate, -1 for an existing aggregate, or the current version (1 or more).")));
 	return v;
 }

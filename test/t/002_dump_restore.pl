@@ -73,7 +73,7 @@ is( $new->safe_psql(
 	'the old checkpoint resumes on the new cluster without a gap');
 is($new->safe_psql('postgres', q{SELECT count(DISTINCT position) = count(*) FROM es_events}), 't',
 	'positions stay unique');
-like($new->logfile && slurp_file($new->logfile), qr/event store restored from another cluster/,
+like($new->logfile && slurp_file($new->logfile), qr/event store moved to another cluster/,
 	'the re-base is logged');
 
 $new->stop;

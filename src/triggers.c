@@ -1,7 +1,9 @@
 /*-------------------------------------------------------------------------
  *
- * append_only.c
- *	  The statement trigger that makes the events table append-only.
+ * triggers.c
+ *	  The extension's statement triggers: the one that makes the events
+ *	  table append-only, and the one that tells every backend a catalog
+ *	  table of the extension changed.
  *
  * Events are facts: UPDATE, DELETE and TRUNCATE of es_events are refused for
  * every role, the owner and superusers included (DESIGN.md, decision 6).  The
@@ -16,6 +18,7 @@
 #include "ultracore_es.h"
 
 #include "commands/trigger.h"
+#include "utils/inval.h"
 #include "utils/rel.h"
 
 PG_FUNCTION_INFO_V1(es_refuse_modification);
@@ -43,5 +46,25 @@ es_refuse_modification(PG_FUNCTION_ARGS)
 					RelationGetRelationName(trigdata->tg_relation)),
 			 errdetail("The event store is append-only: stored events are never changed or removed, by any role."),
 			 errhint("Record a correction as a new event, for example TRANSACTION_REVERSED.")));
-	PG_RETURN_NULL();
+	return PointerGetDatum(NULL);
+}
+
+/*
+ * es_catalog_changed: after any change to es_event_types, es_upcasters,
+ * es_reducers or es_snapshot_policies, however made (the registering
+ * functions, an owner's DML, a data-only restore), send a relcache
+ * invalidation for the table: at commit every backend empties the caches
+ * built from it (store.c dispatches).  Plain DML sends none by itself.
+ */
+PG_FUNCTION_INFO_V1(es_catalog_changed);
+Datum
+es_catalog_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "es_catalog_changed must be called as a trigger");
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	/* Trigger protocol: a null pointer, not an SQL NULL. */
+	return PointerGetDatum(NULL);
 }
