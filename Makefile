@@ -18,12 +18,12 @@ PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Wno-unused-parameter -Wno-missing-f
 # pg_regress: one file per feature, run in this order on one temporary instance.
 REGRESS = install event_types append append_batch idempotency read_stream read_all \
 	causation append_only bad_input privileges rebase load reducers upcasting snapshots \
-	snapshot_property
+	snapshot_property handlers dead_letters builtin_handlers stats
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=$(CURDIR)/tmp_check
 
 # Isolation specs: test/specs/*.spec with expected output in test/expected/.
 ISOLATION = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec)))
-ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-config=$(srcdir)/test/regress.conf \
+ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-config=$(srcdir)/test/isolation.conf \
 	--temp-instance=$(CURDIR)/tmp_check_iso
 
 # TAP tests: test/t/NNN_name.pl (PostgreSQL::Test::Cluster).

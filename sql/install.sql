@@ -2,6 +2,7 @@
 SHOW shared_preload_libraries;
 CREATE EXTENSION ultracore_es;
 SHOW ultracore_es.max_event_bytes;
+SHOW ultracore_es.database;
 
 -- Helpers for the other test files (they run in this database, in order).
 CREATE SCHEMA es_test;
@@ -15,6 +16,21 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT, det = PG_EXCEPTION_DETAIL;
     RETURN state || ': ' || msg || coalesce(nullif(' | ' || det, ' | '), '');
+END $$;
+-- Wait (up to a minute) until a query over the worker's effects returns true.
+CREATE FUNCTION es_test.wait_until(query text) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    done boolean;
+BEGIN
+    FOR i IN 1..1200 LOOP
+        EXECUTE query INTO done;
+        IF done THEN
+            RETURN true;
+        END IF;
+        PERFORM pg_sleep(0.05);
+        PERFORM pg_stat_clear_snapshot();  -- pg_stat_activity is cached per transaction
+    END LOOP;
+    RETURN false;
 END $$;
 -- What the store holds: a refused call must leave all three unchanged (the
 -- sequence is not transactional, so a burned position shows here too).

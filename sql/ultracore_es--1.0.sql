@@ -488,13 +488,369 @@ COMMENT ON FUNCTION @extschema@.es_set_snapshot_policy(text, integer) IS
     'ultracore_es: snapshot every aggregate of a type when its version reaches a multiple of every_n_events (NULL: no automatic snapshots)';
 
 ------------------------------------------------------------------------------
+-- Consumers: the background worker's commit-order readers (handlers now;
+-- async projections and the Kafka mirror use the same engine).
+------------------------------------------------------------------------------
+
+-- Every consumer's checkpoint, committed with its effects, and its retry state.
+CREATE TABLE @extschema@.es_consumers (
+    name                text COLLATE "C" PRIMARY KEY
+                        CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.:-]*$' AND octet_length(name) <= 63),
+    kind                text NOT NULL CHECK (kind IN ('handler')),
+    checkpoint_tx       xid8 NOT NULL DEFAULT '0',
+    checkpoint_position bigint NOT NULL DEFAULT 0,
+    paused              boolean NOT NULL DEFAULT false,
+    events_processed    bigint NOT NULL DEFAULT 0,
+    last_processed_at   timestamptz,
+    retry_event_id      text COLLATE "C",
+    retry_attempts      integer NOT NULL DEFAULT 0,
+    retry_first_failed_at timestamptz,
+    retry_at            timestamptz,
+    last_error          text,
+    last_error_at       timestamptz,
+    created_at          timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE @extschema@.es_consumers IS
+    'ultracore_es: commit-order consumers run by the background worker, with their (tx_id, position) checkpoints';
+
+-- Handlers: an SQL function called once per event, in commit order.
+CREATE TABLE @extschema@.es_handlers (
+    name            text COLLATE "C" PRIMARY KEY REFERENCES @extschema@.es_consumers ON DELETE CASCADE,
+    function        regprocedure NOT NULL,
+    event_types     text[] COLLATE "C",
+    max_retries     integer NOT NULL DEFAULT 3 CHECK (max_retries >= 0),
+    backoff         interval NOT NULL DEFAULT '1 second' CHECK (backoff >= '0'),
+    run_as          regrole NOT NULL,
+    registered_at   timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE @extschema@.es_handlers IS
+    'ultracore_es: event handlers: function(event es_events), the event types they take, retries and backoff, the role they run as';
+
+-- The idempotency ledger: an event a consumer applied, written in the same
+-- transaction as the consumer's effects.
+CREATE TABLE @extschema@.es_handled (
+    consumer    text COLLATE "C" NOT NULL REFERENCES @extschema@.es_consumers ON DELETE CASCADE,
+    event_id    text COLLATE "C" NOT NULL,
+    position    bigint NOT NULL,
+    handled_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, event_id)
+);
+COMMENT ON TABLE @extschema@.es_handled IS
+    'ultracore_es: idempotency ledger: each event each consumer applied, committed with its effects';
+
+-- Events a handler could not apply after its retries, and the later events of
+-- the same aggregate parked behind them.
+CREATE TABLE @extschema@.es_dead_letters (
+    id              bigserial PRIMARY KEY,
+    consumer        text COLLATE "C" NOT NULL REFERENCES @extschema@.es_consumers ON DELETE CASCADE,
+    event_id        text COLLATE "C" NOT NULL,
+    tx_id           xid8 NOT NULL,
+    position        bigint NOT NULL,
+    aggregate_id    text COLLATE "C" NOT NULL,
+    event_type      text COLLATE "C" NOT NULL,
+    status          text NOT NULL CHECK (status IN ('dead', 'parked', 'retrying', 'resolved')),
+    parked_behind   bigint REFERENCES @extschema@.es_dead_letters,
+    error           text,
+    attempts        integer NOT NULL DEFAULT 0,
+    first_failed_at timestamptz,
+    last_failed_at  timestamptz,
+    resolved_at     timestamptz,
+    UNIQUE (consumer, event_id)
+);
+CREATE INDEX es_dead_letters_open ON @extschema@.es_dead_letters (consumer, aggregate_id, tx_id, position)
+    WHERE status <> 'resolved';
+COMMENT ON SEQUENCE @extschema@.es_dead_letters_id_seq IS 'ultracore_es: dead letter ids';
+COMMENT ON TABLE @extschema@.es_dead_letters IS
+    'ultracore_es: events handlers gave up on (dead) and later events of their aggregates held back (parked)';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_consumers', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_handlers', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_handled', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_dead_letters_id_seq', '');
+
+CREATE FUNCTION @extschema@.es_register_handler(
+    name            text,
+    function        regprocedure,
+    event_types     text[] DEFAULT NULL,
+    max_retries     integer DEFAULT 3,
+    backoff         interval DEFAULT '1 second',
+    replay_history  boolean DEFAULT false)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_register_handler' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_register_handler(text, regprocedure, text[], integer, interval, boolean) IS
+    'ultracore_es: call function(event es_events) for each committed event (of event_types), in commit order, once, with max_retries retries and exponential backoff; from now, or from the first event with replay_history';
+
+CREATE FUNCTION @extschema@.es_unregister_handler(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_unregister_handler' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_unregister_handler(text) IS
+    'ultracore_es: remove a handler, with its checkpoint, ledger and dead letters';
+
+CREATE FUNCTION @extschema@.es_pause_handler(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_pause_handler' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_pause_handler(text) IS
+    'ultracore_es: stop delivering events to a handler (its checkpoint stays)';
+
+CREATE FUNCTION @extschema@.es_resume_handler(name text, from_now boolean DEFAULT false)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_resume_handler' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_resume_handler(text, boolean) IS
+    'ultracore_es: deliver events to a paused handler again, from its checkpoint or, with from_now, from the current horizon';
+
+CREATE FUNCTION @extschema@.es_retry_dead_letter(id bigint)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_retry_dead_letter' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_retry_dead_letter(bigint) IS
+    'ultracore_es: deliver a dead letter to its handler again (and then the events parked behind it)';
+
+CREATE FUNCTION @extschema@.es_retry_dead_letters(handler text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_retry_dead_letters' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_retry_dead_letters(text) IS
+    'ultracore_es: retry every dead letter of a handler; returns how many';
+
+-- Unresolved dead letters, with their events.
+CREATE VIEW @extschema@.es_dead_letter_queue AS
+SELECT d.id, d.consumer AS handler, d.status, d.parked_behind, d.attempts, d.error,
+       d.first_failed_at, d.last_failed_at, e.event_id, e.event_type, e.aggregate_type,
+       e.aggregate_id, e.version, e.position, e.data
+  FROM @extschema@.es_dead_letters d
+  JOIN @extschema@.es_events e ON e.event_id OPERATOR(pg_catalog.=) d.event_id
+ WHERE d.status OPERATOR(pg_catalog.<>) 'resolved';
+COMMENT ON VIEW @extschema@.es_dead_letter_queue IS
+    'ultracore_es: dead letters not resolved yet (dead, parked or retrying), with their events';
+
+------------------------------------------------------------------------------
+-- Built-in handlers (off until es_resume_handler switches one on): audit
+-- trail, notification outbox, analytics counters.
+------------------------------------------------------------------------------
+CREATE TABLE @extschema@.es_audit_trail (
+    position        bigint PRIMARY KEY,
+    event_id        text COLLATE "C" NOT NULL,
+    event_type      text COLLATE "C" NOT NULL,
+    aggregate_type  text COLLATE "C" NOT NULL,
+    aggregate_id    text COLLATE "C" NOT NULL,
+    version         bigint NOT NULL,
+    appended_by     text NOT NULL,
+    recorded_at     timestamptz NOT NULL,
+    causation_id    text,
+    correlation_id  text,
+    audited_at      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX es_audit_trail_role ON @extschema@.es_audit_trail (appended_by, recorded_at);
+COMMENT ON TABLE @extschema@.es_audit_trail IS
+    'ultracore_es: audit trail (handler es_audit_trail): every event, the role that appended it and when';
+
+CREATE TABLE @extschema@.es_notification_outbox (
+    id              bigserial PRIMARY KEY,
+    event_id        text COLLATE "C" NOT NULL UNIQUE,
+    event_type      text COLLATE "C" NOT NULL,
+    aggregate_type  text COLLATE "C" NOT NULL,
+    aggregate_id    text COLLATE "C" NOT NULL,
+    payload         jsonb NOT NULL,
+    status          text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'sending', 'sent', 'failed')),
+    attempts        integer NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    claimed_at      timestamptz,
+    sent_at         timestamptz,
+    last_error      text
+);
+CREATE INDEX es_notification_outbox_pending ON @extschema@.es_notification_outbox (id) WHERE status = 'pending';
+COMMENT ON SEQUENCE @extschema@.es_notification_outbox_id_seq IS 'ultracore_es: notification ids, in the order senders claim them';
+COMMENT ON TABLE @extschema@.es_notification_outbox IS
+    'ultracore_es: notifications to send (handler es_notification_outbox); senders claim rows with FOR UPDATE SKIP LOCKED';
+
+CREATE TABLE @extschema@.es_event_counts (
+    minute          timestamptz NOT NULL,
+    event_type      text COLLATE "C" NOT NULL,
+    events          bigint NOT NULL,
+    PRIMARY KEY (minute, event_type)
+);
+COMMENT ON TABLE @extschema@.es_event_counts IS
+    'ultracore_es: analytics counters (handler es_analytics_counters): events per type per minute';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_audit_trail', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_notification_outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_notification_outbox_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_event_counts', '');
+
+CREATE FUNCTION @extschema@.es_audit_trail_handler(event @extschema@.es_events)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO @extschema@.es_audit_trail (position, event_id, event_type, aggregate_type, aggregate_id,
+                                            version, appended_by, recorded_at, causation_id, correlation_id)
+    VALUES ($1.position, $1.event_id, $1.event_type, $1.aggregate_type, $1.aggregate_id,
+            $1.version, $1.appended_by, $1.recorded_at, $1.causation_id, $1.correlation_id)
+$$;
+COMMENT ON FUNCTION @extschema@.es_audit_trail_handler(@extschema@.es_events) IS
+    'ultracore_es: built-in handler es_audit_trail: records the event, its appending role and time';
+
+CREATE FUNCTION @extschema@.es_notification_handler(event @extschema@.es_events)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO @extschema@.es_notification_outbox (event_id, event_type, aggregate_type, aggregate_id, payload)
+    VALUES ($1.event_id, $1.event_type, $1.aggregate_type, $1.aggregate_id,
+            jsonb_build_object('event_id', $1.event_id, 'event_type', $1.event_type,
+                               'aggregate_type', $1.aggregate_type, 'aggregate_id', $1.aggregate_id,
+                               'version', $1.version, 'occurred_at', $1.occurred_at,
+                               'correlation_id', $1.correlation_id, 'data', $1.data))
+$$;
+COMMENT ON FUNCTION @extschema@.es_notification_handler(@extschema@.es_events) IS
+    'ultracore_es: built-in handler es_notification_outbox: queues a notification for the event';
+
+CREATE FUNCTION @extschema@.es_analytics_handler(event @extschema@.es_events)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO @extschema@.es_event_counts AS c (minute, event_type, events)
+    VALUES (date_trunc('minute', $1.recorded_at), $1.event_type, 1)
+    ON CONFLICT (minute, event_type) DO UPDATE SET events = c.events + 1
+$$;
+COMMENT ON FUNCTION @extschema@.es_analytics_handler(@extschema@.es_events) IS
+    'ultracore_es: built-in handler es_analytics_counters: counts events per type per minute';
+
+-- Claim pending notifications for sending: rows no other sender holds.
+CREATE FUNCTION @extschema@.es_claim_notifications(max_count integer DEFAULT 10)
+RETURNS SETOF @extschema@.es_notification_outbox
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    UPDATE @extschema@.es_notification_outbox o
+       SET status = 'sending', claimed_at = now(), attempts = o.attempts + 1
+     WHERE o.id IN (SELECT p.id FROM @extschema@.es_notification_outbox p
+                     WHERE p.status = 'pending' ORDER BY p.id
+                     LIMIT greatest(max_count, 0) FOR UPDATE SKIP LOCKED)
+    RETURNING o.*
+$$;
+COMMENT ON FUNCTION @extschema@.es_claim_notifications(integer) IS
+    'ultracore_es: take up to max_count pending notifications (FOR UPDATE SKIP LOCKED), marking them sending';
+
+CREATE FUNCTION @extschema@.es_complete_notification(id bigint, error text DEFAULT NULL, give_up boolean DEFAULT false)
+RETURNS boolean
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    WITH done AS (
+        UPDATE @extschema@.es_notification_outbox o
+           SET status = CASE WHEN $2 IS NULL THEN 'sent' WHEN $3 THEN 'failed' ELSE 'pending' END,
+               sent_at = CASE WHEN $2 IS NULL THEN now() END,
+               last_error = $2
+         WHERE o.id = $1 AND o.status = 'sending'
+        RETURNING 1)
+    SELECT count(*) > 0 FROM done
+$$;
+COMMENT ON FUNCTION @extschema@.es_complete_notification(bigint, text, boolean) IS
+    'ultracore_es: a claimed notification was sent (error NULL), or failed: back to pending, or failed for good with give_up; false when it was not claimed';
+
+-- The built-in handlers, off until es_resume_handler registers one (from
+-- the present, as the calling role); then it is an ordinary handler, dumped
+-- with the others, that es_pause_handler and es_unregister_handler switch off.
+-- This catalog itself is part of the extension: it is not dumped.
+CREATE TABLE @extschema@.es_builtin_handlers (
+    name        text COLLATE "C" PRIMARY KEY,
+    function    regprocedure NOT NULL,
+    event_types text[] COLLATE "C",
+    description text NOT NULL
+);
+COMMENT ON TABLE @extschema@.es_builtin_handlers IS
+    'ultracore_es: the built-in handlers es_resume_handler switches on, with their default event types';
+INSERT INTO @extschema@.es_builtin_handlers VALUES
+    ('es_audit_trail', '@extschema@.es_audit_trail_handler(@extschema@.es_events)', NULL,
+     'every event, the role that appended it and when, in es_audit_trail'),
+    ('es_notification_outbox', '@extschema@.es_notification_handler(@extschema@.es_events)',
+     ARRAY['CUSTOMER_CREATED', 'ACCOUNT_OPENED', 'ACCOUNT_CLOSED', 'ACCOUNT_FROZEN', 'PAYMENT_COMPLETED',
+           'PAYMENT_FAILED', 'PAYMENT_REFUNDED', 'TRANSACTION_REVERSED', 'LOAN_APPROVED', 'LOAN_REJECTED',
+           'LOAN_DISBURSED', 'LOAN_DEFAULTED', 'RISK_FRAUD_DETECTED'],
+     'a row in es_notification_outbox per event of the configured types, for senders to claim'),
+    ('es_analytics_counters', '@extschema@.es_analytics_handler(@extschema@.es_events)', NULL,
+     'events per type per minute in es_event_counts');
+
+------------------------------------------------------------------------------
+-- Monitoring
+------------------------------------------------------------------------------
+CREATE FUNCTION @extschema@.es_store_counters(
+    OUT worker_pid integer,
+    OUT worker_started_at timestamptz,
+    OUT counting_since timestamptz,
+    OUT events_appended bigint,
+    OUT appended_last_minute bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'es_store_counters' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.es_store_counters() IS
+    'ultracore_es: shared-memory counters of committed appends and the worker (NULLs when the library is not preloaded)';
+
+CREATE FUNCTION @extschema@.es_consumer_counters(
+    OUT consumer text,
+    OUT events_applied bigint,
+    OUT latency_p50_ms double precision,
+    OUT latency_p99_ms double precision,
+    OUT recent_latency_p50_ms double precision,
+    OUT recent_latency_p99_ms double precision,
+    OUT last_applied_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'es_consumer_counters' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.es_consumer_counters() IS
+    'ultracore_es: per-consumer shared-memory counters since the worker started: events applied, commit-to-applied latency (all, and the last minute or two)';
+
+CREATE VIEW @extschema@.es_store_stats AS
+SELECT s.worker_pid, s.worker_started_at, s.counting_since, s.events_appended,
+       round(s.appended_last_minute / 60.0, 2) AS appended_per_second_last_minute,
+       round(s.events_appended / greatest(extract(epoch FROM now() - s.counting_since), 1), 2)
+           AS appended_per_second_since_start,
+       (SELECT count(*) FROM @extschema@.es_dead_letters d WHERE d.status OPERATOR(pg_catalog.<>) 'resolved')
+           AS dead_letters
+  FROM @extschema@.es_store_counters() s;
+COMMENT ON VIEW @extschema@.es_store_stats IS
+    'ultracore_es: appends per second (last minute, since the server started), the worker, open dead letters';
+
+CREATE VIEW @extschema@.es_stats AS
+SELECT c.name AS consumer, c.kind, c.paused, s.appended_per_second_last_minute,
+       s.appended_per_second_since_start, c.events_processed,
+       k.latency_p50_ms, k.latency_p99_ms, k.recent_latency_p50_ms, k.recent_latency_p99_ms,
+       (SELECT count(*) FROM (SELECT FROM @extschema@.es_events e
+                               WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW(c.checkpoint_tx, c.checkpoint_position)
+                               LIMIT 1000000) l) AS lag_events,
+       coalesce(extract(epoch FROM now() OPERATOR(pg_catalog.-)
+                (SELECT e.recorded_at FROM @extschema@.es_events e
+                  WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW(c.checkpoint_tx, c.checkpoint_position)
+                  ORDER BY e.tx_id, e.position LIMIT 1)), 0)::numeric(12, 3) AS lag_seconds,
+       (SELECT count(*) FROM @extschema@.es_dead_letters d
+         WHERE d.consumer OPERATOR(pg_catalog.=) c.name AND d.status OPERATOR(pg_catalog.<>) 'resolved') AS dead_letters,
+       c.checkpoint_tx, c.checkpoint_position, c.last_processed_at, c.last_error, c.last_error_at
+  FROM @extschema@.es_consumers c
+  CROSS JOIN @extschema@.es_store_stats s
+  LEFT JOIN @extschema@.es_consumer_counters() k ON k.consumer OPERATOR(pg_catalog.=) c.name;
+COMMENT ON VIEW @extschema@.es_stats IS
+    'ultracore_es: per consumer: events processed, commit-to-applied latency (p50, p99), lag in events (up to 1,000,000) and seconds, open dead letters; with the store''s append rates';
+
+CREATE VIEW @extschema@.es_handler_status AS
+SELECT h.name AS handler, h.function, h.event_types, h.max_retries, h.backoff, h.run_as,
+       EXISTS (SELECT FROM @extschema@.es_builtin_handlers b WHERE b.name OPERATOR(pg_catalog.=) h.name) AS builtin,
+       CASE WHEN c.paused THEN 'paused'
+            WHEN c.retry_event_id IS NOT NULL THEN 'retrying'
+            ELSE 'running' END AS state,
+       c.checkpoint_tx, c.checkpoint_position, c.events_processed, c.last_processed_at,
+       c.retry_event_id, c.retry_attempts, c.retry_at, c.last_error, c.last_error_at,
+       (SELECT count(*) FROM @extschema@.es_dead_letters d
+         WHERE d.consumer OPERATOR(pg_catalog.=) h.name AND d.status OPERATOR(pg_catalog.=) 'dead') AS dead_letters,
+       (SELECT count(*) FROM @extschema@.es_dead_letters d
+         WHERE d.consumer OPERATOR(pg_catalog.=) h.name AND d.status OPERATOR(pg_catalog.=) 'parked') AS parked
+  FROM @extschema@.es_handlers h
+  JOIN @extschema@.es_consumers c ON c.name OPERATOR(pg_catalog.=) h.name
+UNION ALL
+SELECT b.name, b.function, b.event_types, NULL, NULL, NULL, true, 'off',
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0
+  FROM @extschema@.es_builtin_handlers b
+ WHERE NOT EXISTS (SELECT FROM @extschema@.es_handlers h WHERE h.name OPERATOR(pg_catalog.=) b.name);
+COMMENT ON VIEW @extschema@.es_handler_status IS
+    'ultracore_es: each handler: running, paused or retrying, its checkpoint, progress, retries and dead letters; built-in handlers not switched on show as off';
+
+------------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC.  Tables are written only through the
 -- functions above; reading them directly needs an explicit GRANT SELECT.
 ------------------------------------------------------------------------------
 REVOKE ALL ON TABLE @extschema@.es_clusters, @extschema@.es_event_types, @extschema@.es_aggregates,
     @extschema@.es_events, @extschema@.es_aggregate_versions, @extschema@.es_reducers,
     @extschema@.es_upcasters, @extschema@.es_snapshot_policies, @extschema@.es_snapshots,
-    @extschema@.es_snapshot_list FROM PUBLIC;
+    @extschema@.es_snapshot_list, @extschema@.es_consumers, @extschema@.es_handlers, @extschema@.es_handled,
+    @extschema@.es_dead_letters, @extschema@.es_dead_letter_queue, @extschema@.es_audit_trail,
+    @extschema@.es_notification_outbox, @extschema@.es_event_counts, @extschema@.es_builtin_handlers,
+    @extschema@.es_store_stats,
+    @extschema@.es_stats, @extschema@.es_handler_status FROM PUBLIC;
 REVOKE ALL ON SEQUENCE @extschema@.es_events_position_seq FROM PUBLIC;
 -- Every function of the extension, as created above.
 DO $$

@@ -495,6 +495,7 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 	FreeExecutorState(estate);
 	table_close(rel, NoLock);
 
+	es_shmem_note_append(req->nevents, tx);
 	es_snapshot_after_append(store, req->aggregate_id, req->aggregate_type,
 							 base, base + req->nevents, req->appended_by);
 }

@@ -137,6 +137,26 @@ es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, b
 	es_read_rows(&stream_plan, args, NULL, read_only, has_end, end, fn, arg);
 }
 
+/*
+ * es_commit_order_plan: the query behind es_read_all, for the worker: $1/$2
+ * the checkpoint, $3 the horizon, $4 an aggregate type or NULL, $5 event
+ * types or NULL, $6 the most rows.
+ */
+EsPlan *
+es_commit_order_plan(void)
+{
+	return &read_all_plan;
+}
+
+/* es_read_event: the event event_id (if it exists) through es_read_rows. */
+void
+es_read_event(const char *event_id, bool read_only, EsRowCallback fn, void *arg)
+{
+	Datum		id = CStringGetTextDatum(event_id);
+
+	es_read_rows(&event_plan, &id, NULL, read_only, false, 0, fn, arg);
+}
+
 /* es_read_rows callback of the SRFs: add the row to the result set. */
 static void
 read_put_row(Datum *values, bool *nulls, void *arg)
@@ -336,7 +356,6 @@ es_causation_chain(PG_FUNCTION_ARGS)
 	es_call_begin(fcinfo, &call);
 	while (event_id != NULL)
 	{
-		Datum		arg = CStringGetTextDatum(event_id);
 		bool		found;
 
 		CHECK_FOR_INTERRUPTS();
@@ -344,7 +363,7 @@ es_causation_chain(PG_FUNCTION_ARGS)
 		if (found)
 			break;
 		walk.cause = NULL;
-		es_read_rows(&event_plan, &arg, NULL, true, false, 0, causation_step, &walk);
+		es_read_event(event_id, true, causation_step, &walk);
 		event_id = walk.cause;
 	}
 	foreach(lc, walk.rows)

@@ -5,8 +5,9 @@
  *	  inside PostgreSQL.
  *
  * The library works both preloaded (shared_preload_libraries) and loaded on
- * first use after CREATE EXTENSION; _PG_init only defines settings, which is
- * safe in either case.
+ * first use after CREATE EXTENSION.  Preloaded, it also sets up shared memory
+ * and registers the background worker; loaded late, the SQL API works and
+ * the worker's features wait for a restart with the library preloaded.
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -14,6 +15,7 @@
  */
 #include "ultracore_es.h"
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 PG_MODULE_MAGIC;
@@ -24,5 +26,8 @@ void
 _PG_init(void)
 {
 	es_guc_init();
+	es_shmem_init();
+	if (process_shared_preload_libraries_in_progress)
+		es_worker_register();
 	MarkGUCPrefixReserved("ultracore_es");
 }

@@ -21,6 +21,10 @@
  *	aggregate_type.c reducers, fingerprints and snapshot policies per type
  *	state.c			folding an aggregate's state; es_load_aggregate
  *	snapshot.c		snapshots: manual, automatic, listing, rebuilding
+ *	shmem.c			shared counters, the worker's latch, commit hooks
+ *	worker.c		the background worker: its main loop
+ *	consumer.c		the consumer engine: a batch of a consumer, exactly once
+ *	handler.c		handlers and dead letters: the SQL functions
  *	triggers.c		the append-only trigger and the catalog-invalidation trigger
  *
  * Copyright (c) 2026, ultracore_es developers
@@ -80,7 +84,30 @@ typedef enum EsEventColumn
 
 /* guc.c */
 extern int	es_max_event_bytes;
+extern char *es_worker_database;
+extern bool es_worker_enabled;
+extern int	es_worker_poll_interval;
+extern int	es_worker_batch_size;
+extern int	es_handled_retention;
 extern void es_guc_init(void);
+
+/* shmem.c: counters, the worker's latch, commit times (when preloaded) */
+extern void es_shmem_init(void);
+extern void es_shmem_note_append(int n, FullTransactionId key);
+extern void es_wake_worker(void);
+extern void es_wake_worker_at_commit(void);
+extern void es_shmem_register_worker(void);
+extern TimestampTz es_shmem_commit_time(FullTransactionId key, TimestampTz fallback);
+extern void es_shmem_record_applied(const char *consumer, int n, const uint64 *latencies_us,
+									TimestampTz now);
+
+/* worker.c */
+extern void es_worker_register(void);
+PGDLLEXPORT void es_worker_main(Datum arg);
+
+/* consumer.c */
+extern int	es_consumer_run(const char *name, TimestampTz *next_due);
+extern char *es_consumer_error_text(ErrorData *edata);
 
 /*
  * store.c
@@ -177,6 +204,8 @@ extern void es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only,
 extern void es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version,
 						   bool read_only, bool has_end, TimestampTz end,
 						   EsRowCallback fn, void *arg);
+extern void es_read_event(const char *event_id, bool read_only, EsRowCallback fn, void *arg);
+extern EsPlan *es_commit_order_plan(void);
 
 /* upcast.c */
 extern void es_upcast_row(Datum *values, bool *nulls);

@@ -56,3 +56,67 @@ SELECT tx_id, position, aggregate_id, version, event_type FROM es_read_all('0', 
 
 \echo '== 9. The aggregates with their current versions'
 SELECT aggregate_id, aggregate_type, version FROM es_aggregate_versions ORDER BY 1;
+
+\echo '== 10. The account''s state, rebuilt from its events (the default reducer merges each event''s data)'
+SELECT aggregate_type, state, version, snapshot_version, events_applied FROM es_load_aggregate('ACC001');
+\echo '   ... and with a snapshot every 2 events, the next load starts from the snapshot'
+SELECT es_set_snapshot_policy('Account', 2);
+SELECT version FROM es_append('Account', 'ACC001', 'ACCOUNT_BALANCE_UPDATED', '{"balance": "300.00"}', 2);
+SELECT version FROM es_append('Account', 'ACC001', 'ACCOUNT_BALANCE_UPDATED', '{"balance": "275.00"}', 3);
+SELECT state, version, snapshot_version, events_applied FROM es_load_aggregate('ACC001');
+
+\echo '== 11. Handlers: the background worker delivers each committed event once, in commit order'
+SELECT es_resume_handler('es_audit_trail');           -- built-in handlers are off until switched on
+SELECT es_resume_handler('es_notification_outbox');
+CREATE TABLE payment_ledger (payment_id text, event_type text, amount numeric);
+-- A handler that rejects amounts it cannot book yet: it fails, is retried, then dead-lettered.
+CREATE FUNCTION book_payment(event es_events) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF (event.data->>'amount')::numeric > 10000 THEN
+        RAISE EXCEPTION 'amount % above the booking limit', event.data->>'amount';
+    END IF;
+    INSERT INTO payment_ledger VALUES (event.aggregate_id, event.event_type, (event.data->>'amount')::numeric);
+END $$;
+SELECT es_register_handler('book_payment', 'book_payment(es_events)',
+                           event_types => ARRAY['PAYMENT_INITIATED', 'PAYMENT_COMPLETED'],
+                           max_retries => 2, backoff => '100 ms');
+SELECT version FROM es_append('Payment', 'PAY001', 'PAYMENT_INITIATED', '{"amount": 120}', 0);
+SELECT version FROM es_append('Payment', 'PAY001', 'PAYMENT_COMPLETED', '{"amount": 120}', 1);
+SELECT version FROM es_append('Payment', 'PAY002', 'PAYMENT_INITIATED', '{"amount": 25000}', 0);
+SELECT version FROM es_append('Payment', 'PAY002', 'PAYMENT_COMPLETED', '{"amount": 25000}', 1);
+-- Wait (at most 30 s) for the worker.
+DO $$
+BEGIN
+    FOR i IN 1..600 LOOP
+        EXIT WHEN (SELECT count(*) FROM es_dead_letters) = 2 AND (SELECT count(*) FROM payment_ledger) = 2;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT * FROM payment_ledger;
+\echo '   PAY002 failed three times (100 ms, then 200 ms apart) and was dead-lettered; its completion is parked behind it'
+SELECT id, handler, status, attempts, error, aggregate_id, version, event_type FROM es_dead_letter_queue;
+\echo '   ... the limit is raised, the dead letter retried: it is booked, then the parked event'
+CREATE OR REPLACE FUNCTION book_payment(event es_events) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO payment_ledger VALUES (event.aggregate_id, event.event_type, (event.data->>'amount')::numeric)
+$$;
+SELECT es_retry_dead_letters('book_payment') AS retried;
+DO $$
+BEGIN
+    FOR i IN 1..600 LOOP
+        EXIT WHEN (SELECT count(*) FROM payment_ledger) = 4;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT * FROM payment_ledger;
+
+\echo '== 12. The built-in handlers: the audit trail and the notification outbox'
+SELECT event_type, aggregate_id, version, appended_by FROM es_audit_trail ORDER BY position;
+BEGIN;
+SELECT id, event_type, aggregate_id, status FROM es_claim_notifications(10);
+SELECT es_complete_notification(id) FROM es_notification_outbox WHERE status = 'sending';
+COMMIT;
+
+\echo '== 13. What an operator watches'
+SELECT events_appended, appended_per_second_last_minute, dead_letters FROM es_store_stats;
+SELECT consumer, events_processed, latency_p50_ms, latency_p99_ms, lag_events, dead_letters FROM es_stats;
+SELECT handler, state, events_processed, dead_letters, parked FROM es_handler_status;

@@ -32,5 +32,16 @@ my ($ret, $stdout, $stderr) = $node->psql('postgres',
 isnt($ret, 0, 'conflict is an error');
 like($stderr, qr/version conflict on aggregate "CUST001"/, 'conflict reported');
 
+# Without the worker: handlers can be registered (they wait for a server
+# with the library preloaded), and the monitoring views say there is none.
+is( $node->safe_psql(
+		'postgres', q{
+	CREATE FUNCTION ignore(event es_events) RETURNS void LANGUAGE sql AS 'SELECT';
+	SELECT es_register_handler('waiting', 'ignore(es_events)');
+	SELECT (worker_pid IS NULL) || ' ' || (events_appended IS NULL) FROM es_store_stats;
+	SELECT consumer || ' ' || events_processed FROM es_stats}),
+	"\ntrue true\nwaiting 0",
+	'no worker, no counters, the handler waits');
+
 $node->stop;
 done_testing();

@@ -1,0 +1,510 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *	  The shared memory of ultracore_es (only when it is preloaded): counters
+ *	  of committed appends, the background worker's latch, the commit times
+ *	  of recent commit-order keys, and each consumer's latency histograms;
+ *	  the transaction hooks that feed them; the SQL functions that read them.
+ *
+ * The write path wakes the worker at commit by setting its latch (DESIGN.md,
+ * decision 7: no NOTIFY, which takes a database-wide lock at commit and loses
+ * messages while nobody listens); the worker also polls.
+ *
+ * Locking: the append counters are an atomic plus a per-second ring under a
+ * spinlock; commit times are written and read without locks (a torn read only
+ * loses one latency sample, which then falls back to the append time); the
+ * worker's registration is under the spinlock; consumer statistics are
+ * written by the worker and read by SQL functions under an LWLock.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "ultracore_es.h"
+
+#include <math.h>
+
+#include "access/xact.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#define SECOND_SLOTS		64		/* per-second append counts, for the last minute */
+#define COMMIT_RING			16384	/* commit times of recent keys */
+#define MAX_CONSUMERS		64
+#define MAX_NEST			64		/* subtransaction levels counted apart */
+#define MAX_PENDING_KEYS	8
+
+/*
+ * Latency histogram buckets, in microseconds: exact below 16, then four
+ * buckets per power of two (about 12% wide), up to 2^40 us.
+ */
+#define LATENCY_BUCKETS		(16 + 37 * 4)
+
+typedef struct LatencyHistogram
+{
+	uint64		counts[LATENCY_BUCKETS];
+} LatencyHistogram;
+
+typedef struct ConsumerStats
+{
+	char		name[NAMEDATALEN];	/* "" when free */
+	uint64		events_applied;
+	TimestampTz last_applied_at;
+	LatencyHistogram total;
+	int64		recent_minute[2];	/* the minutes recent[] cover */
+	LatencyHistogram recent[2];
+} ConsumerStats;
+
+typedef struct CommitTime
+{
+	pg_atomic_uint64 key;
+	TimestampTz at;
+} CommitTime;
+
+typedef struct EsShared
+{
+	LWLock	   *lock;			/* consumers[] */
+	slock_t		mutex;			/* second_*[], worker_* */
+	TimestampTz counting_since;
+	pg_atomic_uint64 events_appended;
+	int64		second_of[SECOND_SLOTS];
+	uint64		second_count[SECOND_SLOTS];
+	int			worker_pid;
+	TimestampTz worker_started_at;
+	Latch	   *worker_latch;
+	CommitTime	commits[COMMIT_RING];
+	ConsumerStats consumers[MAX_CONSUMERS];
+} EsShared;
+
+static EsShared *es_shared = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* What the current transaction appended, per subtransaction level. */
+static uint64 pending_count[MAX_NEST + 1];
+static int	pending_top_level = 0;
+static uint64 pending_keys[MAX_PENDING_KEYS];
+static int	npending_keys = 0;
+static bool wake_at_commit = false;
+
+static void
+es_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(MAXALIGN(sizeof(EsShared)));
+	RequestNamedLWLockTranche("ultracore_es", 1);
+}
+
+static void
+es_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	es_shared = ShmemInitStruct("ultracore_es", sizeof(EsShared), &found);
+	if (!found)
+	{
+		int			i;
+
+		memset(es_shared, 0, sizeof(EsShared));
+		es_shared->lock = &(GetNamedLWLockTranche("ultracore_es"))->lock;
+		SpinLockInit(&es_shared->mutex);
+		es_shared->counting_since = GetCurrentTimestamp();
+		pg_atomic_init_u64(&es_shared->events_appended, 0);
+		for (i = 0; i < COMMIT_RING; i++)
+			pg_atomic_init_u64(&es_shared->commits[i].key, 0);
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+static void
+pending_reset(void)
+{
+	memset(pending_count, 0, sizeof(pending_count));
+	pending_top_level = 0;
+	npending_keys = 0;
+	wake_at_commit = false;
+}
+
+/* At commit: count the appends, stamp their keys, wake the worker. */
+static void
+es_xact_callback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_COMMIT && es_shared != NULL)
+	{
+		uint64		appended = 0;
+		int			i;
+
+		for (i = 0; i <= pending_top_level; i++)
+			appended += pending_count[i];
+		if (appended > 0)
+		{
+			TimestampTz now = GetCurrentTimestamp();
+			int64		second = now / USECS_PER_SEC;
+			int			slot = (int) (second % SECOND_SLOTS);
+
+			pg_atomic_fetch_add_u64(&es_shared->events_appended, appended);
+			SpinLockAcquire(&es_shared->mutex);
+			if (es_shared->second_of[slot] != second)
+			{
+				es_shared->second_of[slot] = second;
+				es_shared->second_count[slot] = 0;
+			}
+			es_shared->second_count[slot] += appended;
+			SpinLockRelease(&es_shared->mutex);
+
+			for (i = 0; i < npending_keys; i++)
+			{
+				CommitTime *ct = &es_shared->commits[pending_keys[i] % COMMIT_RING];
+
+				pg_atomic_write_u64(&ct->key, 0);
+				pg_write_barrier();
+				ct->at = now;
+				pg_write_barrier();
+				pg_atomic_write_u64(&ct->key, pending_keys[i]);
+			}
+		}
+		if (appended > 0 || wake_at_commit)
+			es_wake_worker();
+	}
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
+		event == XACT_EVENT_PREPARE || event == XACT_EVENT_PARALLEL_ABORT)
+		pending_reset();
+}
+
+/* A released subtransaction's appends become its parent's; an aborted one's vanish. */
+static void
+es_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid, void *arg)
+{
+	int			level = Min(GetCurrentTransactionNestLevel(), MAX_NEST);
+	int			i;
+
+	if (event == SUBXACT_EVENT_COMMIT_SUB && level > 1)
+	{
+		for (i = level; i <= pending_top_level; i++)
+		{
+			pending_count[level - 1] += pending_count[i];
+			pending_count[i] = 0;
+		}
+	}
+	else if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		for (i = level; i <= pending_top_level; i++)
+			pending_count[i] = 0;
+	}
+}
+
+/*
+ * es_shmem_init: from _PG_init.  Shared memory only when preloading; the
+ * transaction hooks always (they do nothing without shared memory).
+ */
+void
+es_shmem_init(void)
+{
+	if (process_shared_preload_libraries_in_progress)
+	{
+		prev_shmem_request_hook = shmem_request_hook;
+		shmem_request_hook = es_shmem_request;
+		prev_shmem_startup_hook = shmem_startup_hook;
+		shmem_startup_hook = es_shmem_startup;
+	}
+	RegisterXactCallback(es_xact_callback, NULL);
+	RegisterSubXactCallback(es_subxact_callback, NULL);
+}
+
+/*
+ * es_shmem_note_append: the write path appended n events under key; counted
+ * when (and if) the transaction commits.
+ */
+void
+es_shmem_note_append(int n, FullTransactionId key)
+{
+	int			level = Min(GetCurrentTransactionNestLevel(), MAX_NEST);
+	uint64		k = U64FromFullTransactionId(key);
+	int			i;
+
+	pending_count[level] += n;
+	pending_top_level = Max(pending_top_level, level);
+	for (i = 0; i < npending_keys; i++)
+		if (pending_keys[i] == k)
+			return;
+	if (npending_keys < MAX_PENDING_KEYS)
+		pending_keys[npending_keys++] = k;
+}
+
+/* es_wake_worker_at_commit: the current transaction has work for the worker. */
+void
+es_wake_worker_at_commit(void)
+{
+	wake_at_commit = true;
+}
+
+void
+es_wake_worker(void)
+{
+	Latch	   *latch = NULL;
+
+	if (es_shared == NULL)
+		return;
+	SpinLockAcquire(&es_shared->mutex);
+	latch = es_shared->worker_latch;
+	SpinLockRelease(&es_shared->mutex);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+static void
+worker_unregister(int code, Datum arg)
+{
+	SpinLockAcquire(&es_shared->mutex);
+	if (es_shared->worker_pid == MyProcPid)
+	{
+		es_shared->worker_pid = 0;
+		es_shared->worker_latch = NULL;
+	}
+	SpinLockRelease(&es_shared->mutex);
+}
+
+/*
+ * es_shmem_register_worker: the worker announces its latch; its consumer
+ * statistics start over.
+ */
+void
+es_shmem_register_worker(void)
+{
+	if (es_shared == NULL)
+		elog(ERROR, "ultracore_es shared memory is not initialized");
+	SpinLockAcquire(&es_shared->mutex);
+	es_shared->worker_pid = MyProcPid;
+	es_shared->worker_started_at = GetCurrentTimestamp();
+	es_shared->worker_latch = MyLatch;
+	SpinLockRelease(&es_shared->mutex);
+	LWLockAcquire(es_shared->lock, LW_EXCLUSIVE);
+	memset(es_shared->consumers, 0, sizeof(es_shared->consumers));
+	LWLockRelease(es_shared->lock);
+	on_shmem_exit(worker_unregister, (Datum) 0);
+}
+
+/*
+ * es_shmem_commit_time: when the transaction that used key committed, if
+ * still remembered; else fallback.
+ */
+TimestampTz
+es_shmem_commit_time(FullTransactionId key, TimestampTz fallback)
+{
+	uint64		k = U64FromFullTransactionId(key);
+	CommitTime *ct;
+	TimestampTz at;
+
+	if (es_shared == NULL)
+		return fallback;
+	ct = &es_shared->commits[k % COMMIT_RING];
+	if (pg_atomic_read_u64(&ct->key) != k)
+		return fallback;
+	pg_read_barrier();
+	at = ct->at;
+	pg_read_barrier();
+	return pg_atomic_read_u64(&ct->key) == k ? at : fallback;
+}
+
+static int
+latency_bucket(uint64 us)
+{
+	int			e;
+
+	if (us < 16)
+		return (int) us;
+	e = 63 - __builtin_clzll(us);	/* floor(log2(us)) >= 4 */
+	return Min(16 + (e - 4) * 4 + (int) ((us >> (e - 2)) & 3), LATENCY_BUCKETS - 1);
+}
+
+/* The middle of a bucket, in milliseconds. */
+static double
+latency_bucket_ms(int b)
+{
+	int			e;
+	double		lo;
+	double		width;
+
+	if (b < 16)
+		return b / 1000.0;
+	e = (b - 16) / 4 + 4;
+	width = ldexp(1.0, e - 2);
+	lo = ldexp(1.0, e) + ((b - 16) % 4) * width;
+	return (lo + width / 2) / 1000.0;
+}
+
+static double
+latency_percentile(const LatencyHistogram *h, double fraction, bool *valid)
+{
+	uint64		total = 0;
+	uint64		rank;
+	uint64		seen = 0;
+	int			b;
+
+	for (b = 0; b < LATENCY_BUCKETS; b++)
+		total += h->counts[b];
+	*valid = total > 0;
+	if (total == 0)
+		return 0;
+	rank = (uint64) ceil(fraction * total);
+	for (b = 0; b < LATENCY_BUCKETS; b++)
+	{
+		seen += h->counts[b];
+		if (seen >= rank)
+			return latency_bucket_ms(b);
+	}
+	return latency_bucket_ms(LATENCY_BUCKETS - 1);
+}
+
+/*
+ * es_shmem_record_applied: the worker applied n events for consumer, with
+ * these commit-to-applied latencies (microseconds).
+ */
+void
+es_shmem_record_applied(const char *consumer, int n, const uint64 *latencies_us, TimestampTz now)
+{
+	ConsumerStats *cs = NULL;
+	int64		minute = now / (60 * USECS_PER_SEC);
+	int			r = (int) (minute % 2);
+	int			i;
+
+	if (es_shared == NULL || n == 0)
+		return;
+	LWLockAcquire(es_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < MAX_CONSUMERS && cs == NULL; i++)
+		if (strcmp(es_shared->consumers[i].name, consumer) == 0)
+			cs = &es_shared->consumers[i];
+	for (i = 0; i < MAX_CONSUMERS && cs == NULL; i++)
+		if (es_shared->consumers[i].name[0] == '\0')
+		{
+			cs = &es_shared->consumers[i];
+			strlcpy(cs->name, consumer, sizeof(cs->name));
+		}
+	if (cs != NULL)
+	{
+		if (cs->recent_minute[r] != minute)
+		{
+			cs->recent_minute[r] = minute;
+			memset(&cs->recent[r], 0, sizeof(LatencyHistogram));
+		}
+		for (i = 0; i < n; i++)
+		{
+			int			b = latency_bucket(latencies_us[i]);
+
+			cs->total.counts[b]++;
+			cs->recent[r].counts[b]++;
+		}
+		cs->events_applied += n;
+		cs->last_applied_at = now;
+	}
+	LWLockRelease(es_shared->lock);
+}
+
+/*
+ * es_store_counters() returns (worker_pid, worker_started_at, counting_since,
+ * events_appended, appended_last_minute): NULLs when not preloaded.
+ */
+PG_FUNCTION_INFO_V1(es_store_counters);
+Datum
+es_store_counters(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[5];
+	bool		nulls[5] = {true, true, true, true, true};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	if (es_shared != NULL)
+	{
+		int64		now_second = GetCurrentTimestamp() / USECS_PER_SEC;
+		uint64		last_minute = 0;
+		int			pid;
+		TimestampTz started;
+		int			i;
+
+		SpinLockAcquire(&es_shared->mutex);
+		for (i = 0; i < SECOND_SLOTS; i++)
+			if (es_shared->second_of[i] > now_second - 60 && es_shared->second_of[i] <= now_second)
+				last_minute += es_shared->second_count[i];
+		pid = es_shared->worker_pid;
+		started = es_shared->worker_started_at;
+		SpinLockRelease(&es_shared->mutex);
+
+		values[0] = Int32GetDatum(pid);
+		nulls[0] = (pid == 0);
+		values[1] = TimestampTzGetDatum(started);
+		nulls[1] = (pid == 0);
+		values[2] = TimestampTzGetDatum(es_shared->counting_since);
+		nulls[2] = false;
+		values[3] = Int64GetDatum((int64) pg_atomic_read_u64(&es_shared->events_appended));
+		nulls[3] = false;
+		values[4] = Int64GetDatum((int64) last_minute);
+		nulls[4] = false;
+	}
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}
+
+/*
+ * es_consumer_counters() returns setof (consumer, events_applied,
+ * latency_p50_ms, latency_p99_ms, recent_latency_p50_ms,
+ * recent_latency_p99_ms, last_applied_at): since the worker started, and
+ * over the current and previous minute.
+ */
+PG_FUNCTION_INFO_V1(es_consumer_counters);
+Datum
+es_consumer_counters(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int64		minute = GetCurrentTimestamp() / (60 * USECS_PER_SEC);
+	int			i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (es_shared == NULL)
+		return (Datum) 0;
+	LWLockAcquire(es_shared->lock, LW_SHARED);
+	for (i = 0; i < MAX_CONSUMERS; i++)
+	{
+		ConsumerStats *cs = &es_shared->consumers[i];
+		LatencyHistogram recent;
+		Datum		values[7];
+		bool		nulls[7] = {false, false, false, false, false, false, false};
+		bool		valid;
+		int			r;
+		int			b;
+
+		if (cs->name[0] == '\0')
+			continue;
+		memset(&recent, 0, sizeof(recent));
+		for (r = 0; r < 2; r++)
+			if (cs->recent_minute[r] >= minute - 1)
+				for (b = 0; b < LATENCY_BUCKETS; b++)
+					recent.counts[b] += cs->recent[r].counts[b];
+		values[0] = CStringGetTextDatum(cs->name);
+		values[1] = Int64GetDatum((int64) cs->events_applied);
+		values[2] = Float8GetDatum(latency_percentile(&cs->total, 0.50, &valid));
+		nulls[2] = !valid;
+		values[3] = Float8GetDatum(latency_percentile(&cs->total, 0.99, &valid));
+		nulls[3] = !valid;
+		values[4] = Float8GetDatum(latency_percentile(&recent, 0.50, &valid));
+		nulls[4] = !valid;
+		values[5] = Float8GetDatum(latency_percentile(&recent, 0.99, &valid));
+		nulls[5] = !valid;
+		values[6] = TimestampTzGetDatum(cs->last_applied_at);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(es_shared->lock);
+	return (Datum) 0;
+}

@@ -1,0 +1,331 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The background worker of ultracore_es: one process, started by the
+ *	  postmaster when the library is preloaded, connected to the database
+ *	  named by ultracore_es.database, that runs every consumer (consumer.c)
+ *	  in turn.
+ *
+ * The loop: reset the latch; reload settings on SIGHUP; run each consumer's
+ * batches (a transaction each) until it has caught up or used its share of
+ * the pass; then sleep on the latch until a commit that appended wakes it
+ * (shmem.c), a retry falls due, or ultracore_es.worker_poll_interval
+ * passes.  SIGTERM ends it at the next interrupt check; a crash (of the
+ * worker or of any backend) restarts it with the server, from the committed
+ * checkpoints.  pg_stat_activity shows it as "ultracore_es worker", with the
+ * consumer it is serving.
+ *
+ * An error in one consumer's batch (other than a handler's, which
+ * consumer.c turns into retries and dead letters) is logged, recorded in the
+ * consumer's last_error, and the consumer is left alone until the next poll.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "ultracore_es.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+/* Longest a consumer keeps the worker in one pass, before the next one's turn. */
+#define CONSUMER_SHARE_MS	1000
+
+/* Sleep when the extension is not (yet) installed in the database. */
+#define NOT_INSTALLED_NAP_MS 10000
+
+/* How often the idempotency ledger is pruned. */
+#define PRUNE_INTERVAL_MS	60000
+
+/*
+ * es_worker_register: from _PG_init while preloading.
+ */
+void
+es_worker_register(void)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = 5;
+	snprintf(worker.bgw_library_name, BGW_MAXLEN, "ultracore_es");
+	snprintf(worker.bgw_function_name, BGW_MAXLEN, "es_worker_main");
+	snprintf(worker.bgw_name, BGW_MAXLEN, "ultracore_es worker");
+	snprintf(worker.bgw_type, BGW_MAXLEN, "ultracore_es worker");
+	RegisterBackgroundWorker(&worker);
+}
+
+static EsPlan consumers_plan = {
+	"SELECT name FROM @extschema@.es_consumers WHERE NOT paused ORDER BY name",
+	0, {InvalidOid}
+};
+
+static EsPlan failed_plan = {
+	"UPDATE @extschema@.es_consumers SET last_error = $2, last_error_at = pg_catalog.now()"
+	" WHERE name OPERATOR(pg_catalog.=) $1",
+	2, {TEXTOID, TEXTOID}
+};
+
+static EsPlan prune_plan = {
+	"DELETE FROM @extschema@.es_handled"
+	" WHERE handled_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1)",
+	1, {INTERVALOID}
+};
+
+/*
+ * Run fn(arg) in a transaction of its own, with an SPI connection and a
+ * snapshot, when the extension is installed (*installed tells).  An error
+ * is reported, the transaction aborted, and false returned: the worker goes
+ * on.
+ */
+static bool
+worker_transaction(void (*fn) (void *arg), void *arg, bool *installed)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		if (SPI_connect() != SPI_OK_CONNECT)
+			elog(ERROR, "SPI_connect failed");
+		PushActiveSnapshot(GetTransactionSnapshot());
+		*installed = (es_store_current() != NULL);
+		if (*installed)
+			fn(arg);
+		PopActiveSnapshot();
+		SPI_finish();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ok = false;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	return ok;
+}
+
+typedef struct ConsumerList
+{
+	MemoryContext cxt;
+	List	   *names;
+} ConsumerList;
+
+static void
+worker_list_consumers(void *arg)
+{
+	ConsumerList *list = (ConsumerList *) arg;
+	uint64		i;
+
+	if (SPI_execute_plan(es_plan(&consumers_plan), NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list the consumers");
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
+		MemoryContext old = MemoryContextSwitchTo(list->cxt);
+
+		list->names = lappend(list->names, TextDatumGetCString(d));
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/*
+ * The consumers to serve, in a list of names allocated in cxt; NIL when the
+ * extension is not installed (*installed false) or on an error.
+ */
+static List *
+worker_consumers(MemoryContext cxt, bool *installed)
+{
+	ConsumerList list = {cxt, NIL};
+
+	if (!worker_transaction(worker_list_consumers, &list, installed))
+		return NIL;
+	return list.names;
+}
+
+typedef struct Failure
+{
+	const char *name;
+	const char *message;
+} Failure;
+
+static void
+worker_record_failure(void *arg)
+{
+	Failure    *f = (Failure *) arg;
+	Datum		args[2];
+
+	args[0] = CStringGetTextDatum(f->name);
+	args[1] = CStringGetTextDatum(f->message);
+	if (SPI_execute_plan(es_plan(&failed_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not record the failure of consumer \"%s\"", f->name);
+}
+
+/*
+ * Run a consumer's batches until it has caught up, fails, or has had its
+ * share of the pass.  Errors are reported and recorded, not raised.
+ */
+static void
+worker_serve(const char *name, TimestampTz *next_due)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	TimestampTz started = GetCurrentTimestamp();
+	char	   *volatile failure = NULL;
+
+	pgstat_report_activity(STATE_RUNNING, psprintf("ultracore_es: consumer %s", name));
+	PG_TRY();
+	{
+		while (es_consumer_run(name, next_due) >= es_worker_batch_size &&
+			   !TimestampDifferenceExceeds(started, GetCurrentTimestamp(), CONSUMER_SHARE_MS))
+			CHECK_FOR_INTERRUPTS();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		EmitErrorReport();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		failure = es_consumer_error_text(edata);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	if (failure != NULL)
+	{
+		Failure		f = {name, failure};
+		bool		installed;
+
+		(void) worker_transaction(worker_record_failure, &f, &installed);
+	}
+}
+
+/* Delete idempotency records older than ultracore_es.handled_retention. */
+static void
+worker_prune_ledger(void *arg)
+{
+	Datum		retention = DirectFunctionCall7(make_interval, Int32GetDatum(0), Int32GetDatum(0),
+												Int32GetDatum(0), Int32GetDatum(0), Int32GetDatum(0),
+												Int32GetDatum(0), Float8GetDatum((double) es_handled_retention));
+
+	if (SPI_execute_plan(es_plan(&prune_plan), &retention, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not prune the idempotency ledger");
+}
+
+static void
+worker_prune(void)
+{
+	bool		installed;
+
+	if (es_handled_retention <= 0)
+		return;
+	pgstat_report_activity(STATE_RUNNING, "ultracore_es: pruning the idempotency ledger");
+	(void) worker_transaction(worker_prune_ledger, NULL, &installed);
+}
+
+/*
+ * es_worker_main: the worker's entry point.
+ */
+void
+es_worker_main(Datum arg)
+{
+	MemoryContext pass_cxt;
+	bool		warned_not_installed = false;
+	bool		was_enabled = es_worker_enabled;
+	TimestampTz last_prune = 0;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(es_worker_database, NULL, 0);
+	pgstat_report_appname("ultracore_es worker");
+	es_shmem_register_worker();
+	ereport(LOG,
+			(errmsg("ultracore_es worker started for database \"%s\"", es_worker_database)));
+
+	pass_cxt = AllocSetContextCreate(TopMemoryContext, "ultracore_es worker pass", ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		TimestampTz now;
+		TimestampTz next_due;
+		long		timeout = es_worker_poll_interval;
+		bool		installed = true;
+
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			if (es_worker_enabled != was_enabled)
+				ereport(LOG,
+						(errmsg("ultracore_es worker %s delivering events (ultracore_es.worker_enabled is %s)",
+								es_worker_enabled ? "resumes" : "stops",
+								es_worker_enabled ? "on" : "off")));
+			was_enabled = es_worker_enabled;
+		}
+		MemoryContextReset(pass_cxt);
+		MemoryContextSwitchTo(pass_cxt);
+
+		now = GetCurrentTimestamp();
+		next_due = TimestampTzPlusMilliseconds(now, es_worker_poll_interval);
+		if (es_worker_enabled)
+		{
+			List	   *names = worker_consumers(pass_cxt, &installed);
+			ListCell   *lc;
+
+			if (!installed)
+			{
+				if (!warned_not_installed)
+					ereport(LOG,
+							(errmsg("ultracore_es worker: extension ultracore_es is not installed in database \"%s\"",
+									es_worker_database),
+							 errhint("Run CREATE EXTENSION ultracore_es in that database, or set ultracore_es.database.")));
+				warned_not_installed = true;
+				timeout = NOT_INSTALLED_NAP_MS;
+			}
+			else
+			{
+				warned_not_installed = false;
+				foreach(lc, names)
+				{
+					CHECK_FOR_INTERRUPTS();
+					worker_serve((const char *) lfirst(lc), &next_due);
+					MemoryContextSwitchTo(pass_cxt);
+				}
+				if (TimestampDifferenceExceeds(last_prune, GetCurrentTimestamp(), PRUNE_INTERVAL_MS))
+				{
+					worker_prune();
+					last_prune = GetCurrentTimestamp();
+				}
+				now = GetCurrentTimestamp();
+				timeout = Max(0, Min((long) es_worker_poll_interval,
+									 (long) ((next_due - now) / 1000)));
+			}
+		}
+		pgstat_report_activity(STATE_IDLE, NULL);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 timeout, PG_WAIT_EXTENSION);
+	}
+}
