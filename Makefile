@@ -16,9 +16,9 @@ DATA = $(wildcard sql/ultracore_es--*.sql)
 PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
 
 # pg_regress: one file per feature, run in this order on one temporary instance.
-REGRESS = install event_types append append_batch idempotency read_stream read_all \
-	causation append_only bad_input privileges rebase load reducers upcasting snapshots \
-	snapshot_property handlers dead_letters builtin_handlers stats
+REGRESS = install read_models rebuild projections event_types append append_batch idempotency \
+	read_stream read_all causation append_only bad_input privileges rebase load reducers upcasting \
+	snapshots snapshot_property handlers dead_letters builtin_handlers stats
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=$(CURDIR)/tmp_check
 
 # Isolation specs: test/specs/*.spec with expected output in test/expected/.

@@ -75,9 +75,11 @@ CREATE TABLE @extschema@.es_events (
     CONSTRAINT es_events_version_key UNIQUE (aggregate_id, version)
 );
 ALTER SEQUENCE @extschema@.es_events_position_seq OWNED BY @extschema@.es_events.position;
--- Commit-order reads; positions are unique by construction (one sequence),
--- and this index also serves lookups by tx_id.
+-- Commit-order reads; this index also serves lookups by tx_id.
 CREATE INDEX es_events_commit_order ON @extschema@.es_events (tx_id, position);
+-- Lookups by position (es_wait_for_projection); positions come from one
+-- sequence, and the index makes their uniqueness a rule, restores included.
+CREATE UNIQUE INDEX es_events_position_key ON @extschema@.es_events (position);
 CREATE INDEX es_events_correlation ON @extschema@.es_events (correlation_id, position)
     WHERE correlation_id IS NOT NULL;
 
@@ -380,6 +382,10 @@ ALTER TABLE @extschema@.es_event_types ENABLE ALWAYS TRIGGER es_event_types_chan
 ALTER TABLE @extschema@.es_upcasters ENABLE ALWAYS TRIGGER es_upcasters_changed;
 ALTER TABLE @extschema@.es_reducers ENABLE ALWAYS TRIGGER es_reducers_changed;
 ALTER TABLE @extschema@.es_snapshot_policies ENABLE ALWAYS TRIGGER es_snapshot_policies_changed;
+-- Backends cache their cluster's transaction id offset (store.c).
+CREATE TRIGGER es_clusters_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON @extschema@.es_clusters FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.es_catalog_changed();
+ALTER TABLE @extschema@.es_clusters ENABLE ALWAYS TRIGGER es_clusters_changed;
 
 CREATE TYPE @extschema@.es_aggregate_state AS (
     aggregate_type      text,
@@ -496,7 +502,7 @@ COMMENT ON FUNCTION @extschema@.es_set_snapshot_policy(text, integer) IS
 CREATE TABLE @extschema@.es_consumers (
     name                text COLLATE "C" PRIMARY KEY
                         CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.:-]*$' AND octet_length(name) <= 63),
-    kind                text NOT NULL CHECK (kind IN ('handler')),
+    kind                text NOT NULL CHECK (kind IN ('handler', 'projection')),
     checkpoint_tx       xid8 NOT NULL DEFAULT '0',
     checkpoint_position bigint NOT NULL DEFAULT 0,
     paused              boolean NOT NULL DEFAULT false,
@@ -826,7 +832,7 @@ SELECT h.name AS handler, h.function, h.event_types, h.max_retries, h.backoff, h
        c.checkpoint_tx, c.checkpoint_position, c.events_processed, c.last_processed_at,
        c.retry_event_id, c.retry_attempts, c.retry_at, c.last_error, c.last_error_at,
        (SELECT count(*) FROM @extschema@.es_dead_letters d
-         WHERE d.consumer OPERATOR(pg_catalog.=) h.name AND d.status OPERATOR(pg_catalog.=) 'dead') AS dead_letters,
+         WHERE d.consumer OPERATOR(pg_catalog.=) h.name AND d.status IN ('dead', 'retrying')) AS dead_letters,
        (SELECT count(*) FROM @extschema@.es_dead_letters d
          WHERE d.consumer OPERATOR(pg_catalog.=) h.name AND d.status OPERATOR(pg_catalog.=) 'parked') AS parked
   FROM @extschema@.es_handlers h
@@ -840,6 +846,296 @@ COMMENT ON VIEW @extschema@.es_handler_status IS
     'ultracore_es: each handler: running, paused or retrying, its checkpoint, progress, retries and dead letters; built-in handlers not switched on show as off';
 
 ------------------------------------------------------------------------------
+-- Projections and read models: functions that fold events into tables,
+-- inline (in the append's transaction) or async (by the worker's consumer
+-- engine, like handlers).
+------------------------------------------------------------------------------
+
+-- Registered projections.  An async one also has its consumer row (kind
+-- 'projection') in es_consumers: checkpoint, progress, retries.
+CREATE TABLE @extschema@.es_projections (
+    name            text COLLATE "C" PRIMARY KEY
+                    CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.:-]*$' AND octet_length(name) <= 63),
+    id              integer NOT NULL UNIQUE,
+    function        regprocedure NOT NULL,
+    event_types     text[] COLLATE "C",
+    mode            text NOT NULL CHECK (mode IN ('inline', 'async')),
+    reset_function  regprocedure,
+    max_retries     integer NOT NULL DEFAULT 3 CHECK (max_retries >= 0),
+    backoff         interval NOT NULL DEFAULT '1 second' CHECK (backoff >= '0'),
+    run_as          regrole NOT NULL,
+    registered_at   timestamptz NOT NULL DEFAULT now(),
+    last_rebuild_at timestamptz,
+    last_rebuild_duration interval,
+    last_rebuild_events bigint
+);
+CREATE SEQUENCE @extschema@.es_projections_id_seq AS integer OWNED BY @extschema@.es_projections.id;
+ALTER TABLE @extschema@.es_projections
+    ALTER COLUMN id SET DEFAULT pg_catalog.nextval('@extschema@.es_projections_id_seq');
+COMMENT ON TABLE @extschema@.es_projections IS
+    'ultracore_es: projections: function(event es_events) folding events into read models, inline or async';
+COMMENT ON SEQUENCE @extschema@.es_projections_id_seq IS
+    'ultracore_es: projection ids, the objects their rebuilds lock';
+CREATE TRIGGER es_projections_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON @extschema@.es_projections FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.es_catalog_changed();
+ALTER TABLE @extschema@.es_projections ENABLE ALWAYS TRIGGER es_projections_changed;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_projections', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_projections_id_seq', '');
+
+-- The guide's five read models: one row per aggregate, written only by their
+-- projections.  Money is numeric.  Clients query the views below.
+CREATE TABLE @extschema@.es_rm_customers (
+    customer_id     text COLLATE "C" PRIMARY KEY,
+    name            text,
+    email           text,
+    phone           text,
+    address         jsonb,
+    kyc_status      text NOT NULL,
+    risk_rating     text,
+    status          text NOT NULL,
+    created_at      timestamptz,
+    updated_at      timestamptz NOT NULL,
+    version         bigint NOT NULL,
+    last_position   bigint NOT NULL
+);
+CREATE TABLE @extschema@.es_rm_accounts (
+    account_id      text COLLATE "C" PRIMARY KEY,
+    customer_id     text COLLATE "C",
+    account_type    text,
+    currency        text,
+    balance         numeric NOT NULL,
+    daily_limit     numeric,
+    overdraft_limit numeric,
+    status          text NOT NULL,
+    opened_at       timestamptz,
+    closed_at       timestamptz,
+    updated_at      timestamptz NOT NULL,
+    version         bigint NOT NULL,
+    last_position   bigint NOT NULL
+);
+CREATE INDEX es_rm_accounts_customer ON @extschema@.es_rm_accounts (customer_id);
+CREATE TABLE @extschema@.es_rm_transactions (
+    transaction_id  text COLLATE "C" PRIMARY KEY,
+    account_id      text COLLATE "C",
+    amount          numeric,
+    currency        text,
+    direction       text,
+    description     text,
+    status          text NOT NULL,
+    created_at      timestamptz,
+    posted_at       timestamptz,
+    settled_at      timestamptz,
+    reversed_at     timestamptz,
+    reversal_reason text,
+    failed_at       timestamptz,
+    failure_reason  text,
+    updated_at      timestamptz NOT NULL,
+    version         bigint NOT NULL,
+    last_position   bigint NOT NULL
+);
+CREATE INDEX es_rm_transactions_account ON @extschema@.es_rm_transactions (account_id, created_at);
+CREATE TABLE @extschema@.es_rm_payments (
+    payment_id      text COLLATE "C" PRIMARY KEY,
+    from_account    text COLLATE "C",
+    to_account      text COLLATE "C",
+    amount          numeric,
+    currency        text,
+    status          text NOT NULL,
+    initiated_at    timestamptz,
+    authorized_at   timestamptz,
+    completed_at    timestamptz,
+    failed_at       timestamptz,
+    failure_reason  text,
+    refunded_at     timestamptz,
+    refunded_amount numeric,
+    cancelled_at    timestamptz,
+    updated_at      timestamptz NOT NULL,
+    version         bigint NOT NULL,
+    last_position   bigint NOT NULL
+);
+CREATE INDEX es_rm_payments_from ON @extschema@.es_rm_payments (from_account);
+CREATE TABLE @extschema@.es_rm_loans (
+    loan_id         text COLLATE "C" PRIMARY KEY,
+    customer_id     text COLLATE "C",
+    product         text,
+    requested_amount numeric,
+    approved_amount numeric,
+    interest_rate   numeric,
+    term_months     integer,
+    status          text NOT NULL,
+    applied_at      timestamptz,
+    approved_at     timestamptz,
+    rejected_at     timestamptz,
+    rejection_reason text,
+    disbursed_at    timestamptz,
+    disbursed_amount numeric,
+    repaid_amount   numeric NOT NULL,
+    repayments      integer NOT NULL,
+    outstanding_balance numeric,
+    defaulted_at    timestamptz,
+    paid_off_at     timestamptz,
+    updated_at      timestamptz NOT NULL,
+    version         bigint NOT NULL,
+    last_position   bigint NOT NULL
+);
+CREATE INDEX es_rm_loans_customer ON @extschema@.es_rm_loans (customer_id);
+COMMENT ON TABLE @extschema@.es_rm_customers IS 'ultracore_es: rows of the read model es_customers (projection es_customers)';
+COMMENT ON TABLE @extschema@.es_rm_accounts IS 'ultracore_es: rows of the read model es_accounts (projection es_accounts)';
+COMMENT ON TABLE @extschema@.es_rm_transactions IS 'ultracore_es: rows of the read model es_transactions (projection es_transactions)';
+COMMENT ON TABLE @extschema@.es_rm_payments IS 'ultracore_es: rows of the read model es_payments (projection es_payments)';
+COMMENT ON TABLE @extschema@.es_rm_loans IS 'ultracore_es: rows of the read model es_loans (projection es_loans)';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_rm_customers', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_rm_accounts', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_rm_transactions', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_rm_payments', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_rm_loans', '');
+
+CREATE VIEW @extschema@.es_customers AS
+SELECT customer_id, name, email, phone, address, kyc_status, risk_rating, status, created_at, updated_at,
+       version, last_position
+  FROM @extschema@.es_rm_customers;
+CREATE VIEW @extschema@.es_accounts AS
+SELECT account_id, customer_id, account_type, currency, balance, daily_limit, overdraft_limit, status,
+       opened_at, closed_at, updated_at, version, last_position
+  FROM @extschema@.es_rm_accounts;
+CREATE VIEW @extschema@.es_transactions AS
+SELECT transaction_id, account_id, amount, currency, direction, description, status, created_at, posted_at,
+       settled_at, reversed_at, reversal_reason, failed_at, failure_reason, updated_at, version, last_position
+  FROM @extschema@.es_rm_transactions;
+CREATE VIEW @extschema@.es_payments AS
+SELECT payment_id, from_account, to_account, amount, currency, status, initiated_at, authorized_at,
+       completed_at, failed_at, failure_reason, refunded_at, refunded_amount, cancelled_at, updated_at,
+       version, last_position
+  FROM @extschema@.es_rm_payments;
+CREATE VIEW @extschema@.es_loans AS
+SELECT loan_id, customer_id, product, requested_amount, approved_amount, interest_rate, term_months, status,
+       applied_at, approved_at, rejected_at, rejection_reason, disbursed_at, disbursed_amount, repaid_amount,
+       repayments, outstanding_balance, defaulted_at, paid_off_at, updated_at, version, last_position
+  FROM @extschema@.es_rm_loans;
+COMMENT ON VIEW @extschema@.es_customers IS
+    'ultracore_es: read model: customers (name, contact, KYC status, risk rating, status), from the Customer events';
+COMMENT ON VIEW @extschema@.es_accounts IS
+    'ultracore_es: read model: accounts (customer, type, currency, balance, limits, status), from the Account events';
+COMMENT ON VIEW @extschema@.es_transactions IS
+    'ultracore_es: read model: transactions per account (amount, direction, created/posted/settled/reversed/failed), from the Transaction events';
+COMMENT ON VIEW @extschema@.es_payments IS
+    'ultracore_es: read model: payments (amount, status initiated/authorized/completed/failed/refunded/cancelled, timestamps), from the Payment events';
+COMMENT ON VIEW @extschema@.es_loans IS
+    'ultracore_es: read model: loans (application, approval or rejection, disbursement, repayments, default, outstanding balance), from the Loan events';
+
+-- The projections that maintain them, in C.
+CREATE FUNCTION @extschema@.es_project_customers(event @extschema@.es_events) RETURNS void
+AS 'MODULE_PATHNAME', 'es_project_customers' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+CREATE FUNCTION @extschema@.es_project_accounts(event @extschema@.es_events) RETURNS void
+AS 'MODULE_PATHNAME', 'es_project_accounts' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+CREATE FUNCTION @extschema@.es_project_transactions(event @extschema@.es_events) RETURNS void
+AS 'MODULE_PATHNAME', 'es_project_transactions' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+CREATE FUNCTION @extschema@.es_project_payments(event @extschema@.es_events) RETURNS void
+AS 'MODULE_PATHNAME', 'es_project_payments' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+CREATE FUNCTION @extschema@.es_project_loans(event @extschema@.es_events) RETURNS void
+AS 'MODULE_PATHNAME', 'es_project_loans' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_project_customers(@extschema@.es_events) IS
+    'ultracore_es: built-in projection es_customers: folds a Customer event into es_customers';
+COMMENT ON FUNCTION @extschema@.es_project_accounts(@extschema@.es_events) IS
+    'ultracore_es: built-in projection es_accounts: folds an Account event into es_accounts';
+COMMENT ON FUNCTION @extschema@.es_project_transactions(@extschema@.es_events) IS
+    'ultracore_es: built-in projection es_transactions: folds a Transaction event into es_transactions';
+COMMENT ON FUNCTION @extschema@.es_project_payments(@extschema@.es_events) IS
+    'ultracore_es: built-in projection es_payments: folds a Payment event into es_payments';
+COMMENT ON FUNCTION @extschema@.es_project_loans(@extschema@.es_events) IS
+    'ultracore_es: built-in projection es_loans: folds a Loan event into es_loans';
+
+-- The built-in projections, off until es_register_projection(name) switches
+-- one on.  Part of the extension: not dumped.
+CREATE TABLE @extschema@.es_builtin_projections (
+    name            text COLLATE "C" PRIMARY KEY,
+    function        regprocedure NOT NULL,
+    event_types     text[] COLLATE "C" NOT NULL,
+    read_model      regclass NOT NULL,
+    description     text NOT NULL
+);
+COMMENT ON TABLE @extschema@.es_builtin_projections IS
+    'ultracore_es: the built-in projections (the guide''s read models) es_register_projection switches on';
+INSERT INTO @extschema@.es_builtin_projections VALUES
+    ('es_customers', '@extschema@.es_project_customers(@extschema@.es_events)',
+     ARRAY['CUSTOMER_CREATED', 'CUSTOMER_UPDATED', 'CUSTOMER_KYC_COMPLETED', 'CUSTOMER_RISK_ASSESSED',
+           'CUSTOMER_DEACTIVATED', 'CUSTOMER_REACTIVATED', 'CUSTOMER_ADDRESS_CHANGED'],
+     '@extschema@.es_customers', 'customers: profile, KYC status, risk rating, status'),
+    ('es_accounts', '@extschema@.es_project_accounts(@extschema@.es_events)',
+     ARRAY['ACCOUNT_OPENED', 'ACCOUNT_BALANCE_UPDATED', 'ACCOUNT_LIMIT_CHANGED', 'ACCOUNT_STATUS_CHANGED',
+           'ACCOUNT_FROZEN', 'ACCOUNT_UNFROZEN', 'ACCOUNT_CLOSED'],
+     '@extschema@.es_accounts', 'accounts: customer, type, currency, balance, limits, status'),
+    ('es_transactions', '@extschema@.es_project_transactions(@extschema@.es_events)',
+     ARRAY['TRANSACTION_CREATED', 'TRANSACTION_POSTED', 'TRANSACTION_SETTLED', 'TRANSACTION_REVERSED',
+           'TRANSACTION_FAILED'],
+     '@extschema@.es_transactions', 'transactions per account: amount, direction, status'),
+    ('es_payments', '@extschema@.es_project_payments(@extschema@.es_events)',
+     ARRAY['PAYMENT_INITIATED', 'PAYMENT_AUTHORIZED', 'PAYMENT_COMPLETED', 'PAYMENT_FAILED',
+           'PAYMENT_REFUNDED', 'PAYMENT_CANCELLED'],
+     '@extschema@.es_payments', 'payments: amount, status, timestamps'),
+    ('es_loans', '@extschema@.es_project_loans(@extschema@.es_events)',
+     ARRAY['LOAN_APPLICATION_SUBMITTED', 'LOAN_APPROVED', 'LOAN_REJECTED', 'LOAN_DISBURSED',
+           'LOAN_REPAYMENT_MADE', 'LOAN_DEFAULTED', 'LOAN_PAID_OFF', 'LOAN_RESTRUCTURED'],
+     '@extschema@.es_loans', 'loans: application to repayment or default, outstanding balance');
+
+CREATE FUNCTION @extschema@.es_register_projection(
+    name            text,
+    function        regprocedure DEFAULT NULL,
+    event_types     text[] DEFAULT NULL,
+    mode            text DEFAULT 'async',
+    reset_function  regprocedure DEFAULT NULL,
+    max_retries     integer DEFAULT 3,
+    backoff         interval DEFAULT '1 second')
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_register_projection' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_register_projection(text, regprocedure, text[], text, regprocedure, integer, interval) IS
+    'ultracore_es: project events (of event_types) with function(event es_events), inline in the append''s transaction or async by the worker, from the first event; function NULL switches on a built-in read model';
+
+CREATE FUNCTION @extschema@.es_unregister_projection(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_unregister_projection' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_unregister_projection(text) IS
+    'ultracore_es: stop a projection (its read model''s rows stay)';
+
+CREATE FUNCTION @extschema@.es_rebuild_projection(name text, aggregate_id text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_rebuild_projection' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_rebuild_projection(text, text) IS
+    'ultracore_es: replay a projection from the store, for one aggregate or all (NULL), in one transaction; returns the events replayed';
+
+CREATE FUNCTION @extschema@.es_wait_for_projection(name text, "position" bigint,
+                                                   timeout interval DEFAULT '5 seconds')
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'es_wait_for_projection' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_wait_for_projection(text, bigint, interval) IS
+    'ultracore_es: read-your-writes: wait until a projection has applied the event at position; false at the timeout';
+
+CREATE VIEW @extschema@.es_projection_status AS
+SELECT p.name, p.mode,
+       EXISTS (SELECT FROM @extschema@.es_builtin_projections b
+                WHERE b.name OPERATOR(pg_catalog.=) p.name AND b.function OPERATOR(pg_catalog.=) p.function) AS builtin,
+       p.function, p.event_types,
+       CASE WHEN p.mode OPERATOR(pg_catalog.=) 'inline' THEN coalesce(k.events_applied, 0)
+            ELSE c.events_processed END AS events_processed,
+       c.checkpoint_tx, c.checkpoint_position,
+       CASE WHEN p.mode OPERATOR(pg_catalog.=) 'inline' THEN 0 ELSE s.lag_events END AS lag_events,
+       CASE WHEN p.mode OPERATOR(pg_catalog.=) 'inline' THEN 0 ELSE s.lag_seconds END AS lag_seconds,
+       p.last_rebuild_at, p.last_rebuild_duration, p.last_rebuild_events,
+       c.last_error, c.last_error_at,
+       CASE WHEN p.mode OPERATOR(pg_catalog.=) 'inline' THEN 'inline'
+            WHEN c.paused THEN 'paused'
+            WHEN c.retry_event_id IS NOT NULL THEN 'retrying'
+            ELSE 'running' END AS state,
+       (SELECT count(*) FROM @extschema@.es_dead_letters d
+         WHERE d.consumer OPERATOR(pg_catalog.=) p.name AND d.status OPERATOR(pg_catalog.<>) 'resolved') AS dead_letters
+  FROM @extschema@.es_projections p
+  LEFT JOIN @extschema@.es_consumers c ON c.name OPERATOR(pg_catalog.=) p.name
+  LEFT JOIN @extschema@.es_stats s ON s.consumer OPERATOR(pg_catalog.=) p.name
+  LEFT JOIN @extschema@.es_consumer_counters() k ON k.consumer OPERATOR(pg_catalog.=) p.name;
+COMMENT ON VIEW @extschema@.es_projection_status IS
+    'ultracore_es: each projection: mode, events processed, checkpoint, lag in events and seconds, last rebuild, last error';
+
+------------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC.  Tables are written only through the
 -- functions above; reading them directly needs an explicit GRANT SELECT.
 ------------------------------------------------------------------------------
@@ -849,8 +1145,11 @@ REVOKE ALL ON TABLE @extschema@.es_clusters, @extschema@.es_event_types, @extsch
     @extschema@.es_snapshot_list, @extschema@.es_consumers, @extschema@.es_handlers, @extschema@.es_handled,
     @extschema@.es_dead_letters, @extschema@.es_dead_letter_queue, @extschema@.es_audit_trail,
     @extschema@.es_notification_outbox, @extschema@.es_event_counts, @extschema@.es_builtin_handlers,
-    @extschema@.es_store_stats,
-    @extschema@.es_stats, @extschema@.es_handler_status FROM PUBLIC;
+    @extschema@.es_store_stats, @extschema@.es_stats, @extschema@.es_handler_status,
+    @extschema@.es_projections, @extschema@.es_builtin_projections, @extschema@.es_rm_customers,
+    @extschema@.es_rm_accounts, @extschema@.es_rm_transactions, @extschema@.es_rm_payments,
+    @extschema@.es_rm_loans, @extschema@.es_customers, @extschema@.es_accounts, @extschema@.es_transactions,
+    @extschema@.es_payments, @extschema@.es_loans, @extschema@.es_projection_status FROM PUBLIC;
 REVOKE ALL ON SEQUENCE @extschema@.es_events_position_seq FROM PUBLIC;
 -- Every function of the extension, as created above.
 DO $$

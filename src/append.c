@@ -25,7 +25,7 @@
  * probes, heap inserts and index inserts), not SQL statements: executor
  * start-up for a one-row INSERT costs as much as the insert.  The price:
  * es_events and es_aggregates fire no triggers on insert, and must not be
- * given any (projections hook into this file instead), and partitioning
+ * given any (inline projections run from here instead, projection.c), and partitioning
  * es_events later means routing tuples here.
  *
  * A refused append says why: a version conflict, an aggregate of another
@@ -403,7 +403,8 @@ append_translate_unique_violation(EsAppendRequest *req, MemoryContext cxt)
 /*
  * Insert the events of req after version base: heap inserts (one
  * multi-insert per slice for batches) and their index entries, with the
- * unique checks of the indexes; then the automatic snapshots they call for.  A unique violation on event_id (two
+ * unique checks of the indexes; then the inline projections and the
+ * automatic snapshots they call for.  A unique violation on event_id (two
  * identical retries racing) is reported as such; one on (aggregate_id,
  * version) would mean a writer bypassed the aggregate's lock, and is reported
  * as the version conflict it is.
@@ -421,11 +422,15 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 	Datum		aggregate_id = CStringGetTextDatum(req->aggregate_id);
 	Datum		appended_by = CStringGetTextDatum(req->appended_by);
 	int			nslots = Min(req->nevents, INSERT_SLICE);
+	HeapTuple  *stored = NULL;
 	int			first;
 	int			i;
 
 	if (RelationGetDescr(rel)->natts != EV_NATTS)
 		elog(ERROR, "es_events has %d columns, expected %d", RelationGetDescr(rel)->natts, EV_NATTS);
+	/* After opening es_events for writing: see projection.c on why. */
+	if (es_inline_projections_exist())
+		stored = palloc(sizeof(HeapTuple) * req->nevents);
 
 	estate = CreateExecutorState();
 	rri = makeNode(ResultRelInfo);
@@ -480,6 +485,8 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 			{
 				(void) ExecInsertIndexTuples(rri, slots[i], estate, false, false, NULL, NIL);
 				ResetPerTupleExprContext(estate);
+				if (stored != NULL)
+					stored[first + i] = ExecCopySlotHeapTuple(slots[i]);
 			}
 		}
 	}
@@ -493,6 +500,8 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 	ExecCloseIndices(rri);
 	ExecResetTupleTable(estate->es_tupleTable, false);
 	FreeExecutorState(estate);
+	if (stored != NULL)
+		es_project_inline(RelationGetDescr(rel), stored, req->nevents);
 	table_close(rel, NoLock);
 
 	es_shmem_note_append(req->nevents, tx);

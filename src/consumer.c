@@ -42,10 +42,12 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
@@ -87,6 +89,7 @@ typedef struct Consumer
 	int			max_events;
 	/* what the batch did */
 	int			handled;
+	int			retried_letters;	/* the first ones handled: dead letters */
 	Datum	   *handled_ids;
 	Datum	   *handled_positions;
 	uint64	   *latencies;		/* filled after commit */
@@ -96,18 +99,37 @@ typedef struct Consumer
 	bool		retry_changed;
 } Consumer;
 
-/* Index of the event being applied on the fast path, for its error. */
+/* The event being applied on the fast path, for its error. */
 static int	applying_index = -1;
+static const BatchEvent *applying_event = NULL;
 
+/* A handler's failure on the fast path, for the careful rerun. */
+typedef struct FastFailure
+{
+	int			index;			/* in the batch; -1: none */
+	char		event_id[ES_MAX_ID_LEN + 1];
+	char	   *error;
+} FastFailure;
+
+/*
+ * A consumer and what it calls: a handler, or an async projection.  A
+ * consumer locked by someone else (a rebuild, a pause) is skipped until the
+ * next pass rather than waited for, which would stall every consumer.
+ */
 static EsPlan load_plan = {
 	"SELECT c.checkpoint_tx, c.checkpoint_position, c.paused, c.retry_event_id, c.retry_attempts,"
-	"       c.retry_first_failed_at, c.retry_at, h.function, h.event_types, h.max_retries,"
-	"       (pg_catalog.date_part('epoch', h.backoff) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8,"
-	"       h.run_as"
+	"       c.retry_first_failed_at, c.retry_at, f.function, f.event_types, f.max_retries,"
+	"       (pg_catalog.date_part('epoch', f.backoff) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8,"
+	"       f.run_as"
 	"  FROM @extschema@.es_consumers c"
-	"  JOIN @extschema@.es_handlers h ON h.name OPERATOR(pg_catalog.=) c.name"
+	"  JOIN (SELECT h.name, h.function, h.event_types, h.max_retries, h.backoff, h.run_as"
+	"          FROM @extschema@.es_handlers h"
+	"        UNION ALL"
+	"        SELECT p.name, p.function, p.event_types, p.max_retries, p.backoff, p.run_as"
+	"          FROM @extschema@.es_projections p WHERE p.mode OPERATOR(pg_catalog.=) 'async') f"
+	"    ON f.name OPERATOR(pg_catalog.=) c.name"
 	" WHERE c.name OPERATOR(pg_catalog.=) $1"
-	"   FOR NO KEY UPDATE OF c",
+	"   FOR NO KEY UPDATE OF c SKIP LOCKED",
 	1, {TEXTOID}
 };
 
@@ -257,13 +279,18 @@ consumer_load(Consumer *c)
 	return !c->paused;
 }
 
-/* Call the handler with one event, as the role that registered it. */
+/*
+ * Call the handler with one event, as the role that registered it, with the
+ * settings it changes undone afterwards (they would leak into the next
+ * consumer's calls, run as another role).
+ */
 static void
 consumer_apply(Consumer *c, BatchEvent *ev)
 {
 	LOCAL_FCINFO(fcinfo, 1);
 	Oid			save_userid;
 	int			save_sec_context;
+	int			save_nestlevel;
 
 	InitFunctionCallInfoData(*fcinfo, &c->flinfo, 1, InvalidOid, NULL, NULL);
 	fcinfo->args[0].value = HeapTupleGetDatum(ev->tuple);
@@ -271,8 +298,21 @@ consumer_apply(Consumer *c, BatchEvent *ev)
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(c->run_as,
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	save_nestlevel = NewGUCNestLevel();
 	(void) FunctionCallInvoke(fcinfo);
+	AtEOXact_GUC(false, save_nestlevel);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
+/*
+ * Errors that are not the handler's: a cancel of the worker (an operator's
+ * pg_cancel_backend) or running out of memory must not use up an event's
+ * attempts.
+ */
+static bool
+consumer_error_is_handlers(ErrorData *edata)
+{
+	return edata->sqlerrcode != ERRCODE_QUERY_CANCELED && edata->sqlerrcode != ERRCODE_OUT_OF_MEMORY;
 }
 
 /* Apply one event in a subtransaction; false, with *error, when it failed. */
@@ -298,6 +338,8 @@ consumer_apply_careful(Consumer *c, BatchEvent *ev, char **error)
 
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
+		if (!consumer_error_is_handlers(edata))
+			PG_RE_THROW();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
@@ -476,13 +518,13 @@ consumer_retry_dead_letters(Consumer *c)
 }
 
 /*
- * Apply the batch.  careful: one subtransaction per event; fail_at >= 0:
- * the fast path already saw that event fail with fail_error, so its failure
- * is recorded without calling the handler again.  Returns the number of
- * events of the batch the checkpoint passed.
+ * Apply the batch.  careful: one subtransaction per event; failed: the fast
+ * path already saw that event fail, so its failure is recorded without
+ * calling the handler again (if the rerun read the same event there).
+ * Returns the number of events of the batch the checkpoint passed.
  */
 static int
-consumer_apply_batch(Consumer *c, bool careful, int fail_at, const char *fail_error)
+consumer_apply_batch(Consumer *c, bool careful, const FastFailure *failed)
 {
 	HTAB	   *parked = consumer_parked(c);
 	HTAB	   *seen = consumer_ledger(c);
@@ -525,14 +567,15 @@ consumer_apply_batch(Consumer *c, bool careful, int fail_at, const char *fail_er
 		if (!careful)
 		{
 			applying_index = i;
+			applying_event = ev;
 			consumer_apply(c, ev);
 			applying_index = -1;
 			consumer_handled(c, ev);
 			done = i + 1;
 			continue;
 		}
-		if (i == fail_at)
-			error = pstrdup(fail_error);
+		if (failed != NULL && i == failed->index && strcmp(ev->event_id, failed->event_id) == 0)
+			error = pstrdup(failed->error);
 		else if (consumer_apply_careful(c, ev, &error))
 		{
 			consumer_handled(c, ev);
@@ -644,10 +687,11 @@ consumer_keep_latencies(Consumer *c)
 			pfree(latency_commit_times);
 		latency_commit_times = MemoryContextAlloc(TopMemoryContext, sizeof(TimestampTz) * latency_size);
 	}
+	/* Dead letters retried are late by design: they would skew the latencies. */
 	strlcpy(latency_consumer, c->name, sizeof(latency_consumer));
-	for (i = 0; i < c->handled; i++)
-		latency_commit_times[i] = es_shmem_commit_time(c->handled_tx[i], c->handled_recorded[i]);
-	latency_count = c->handled;
+	latency_count = 0;
+	for (i = c->retried_letters; i < c->handled; i++)
+		latency_commit_times[latency_count++] = es_shmem_commit_time(c->handled_tx[i], c->handled_recorded[i]);
 }
 
 static void
@@ -676,28 +720,32 @@ consumer_publish_latencies(void)
  * the failing event.
  */
 static int
-consumer_pass(const char *name, bool careful, int fail_at, const char *fail_error,
-			  TimestampTz *next_due)
+consumer_pass(const char *name, bool careful, const FastFailure *failed, TimestampTz *next_due)
 {
 	Consumer	c;
 	EsStore    *s = es_store_current();
+	ConstraintsSetStmt *immediate = makeNode(ConstraintsSetStmt);
 	FullTransactionId horizon;
 	Datum		args[6];
 	char		nulls[6] = {' ', ' ', ' ', 'n', ' ', ' '};
-	int			done;
-	int			nread;
+	int			done = 0;
+	int			nread = 0;
+	bool		retry_due;
 
 	memset(&c, 0, sizeof(c));
 	c.name = name;
 	if (s == NULL || !consumer_load(&c))
 		return 0;
-	if (c.retry_event_id != NULL && c.retry_at > GetCurrentTimestamp())
-	{
-		*next_due = Min(*next_due, c.retry_at);
-		return 0;
-	}
+	retry_due = (c.retry_event_id == NULL || c.retry_at <= GetCurrentTimestamp());
 	if (c.retry_event_id != NULL)
 		careful = true;			/* the retried event goes first: one call per attempt */
+
+	/*
+	 * Deferred constraints are checked as each handler call ends, so that
+	 * their failure is the event's, not the commit's.
+	 */
+	immediate->deferred = false;
+	AfterTriggerSetState(immediate);
 
 	fmgr_info(c.function, &c.flinfo);
 	c.event_desc = lookup_rowtype_tupdesc_copy(s->events_rowtype, -1);
@@ -710,19 +758,22 @@ consumer_pass(const char *name, bool careful, int fail_at, const char *fail_erro
 	c.handled_recorded = palloc(sizeof(TimestampTz) * 2 * c.max_events);
 
 	consumer_retry_dead_letters(&c);
+	c.retried_letters = c.handled;
 
 	horizon = es_commit_horizon_of(GetActiveSnapshot());
-	args[0] = FullTransactionIdGetDatum(c.ck_tx);
-	args[1] = Int64GetDatum(c.ck_pos);
-	args[2] = FullTransactionIdGetDatum(horizon);
-	args[4] = c.event_types;
-	nulls[4] = c.event_types ? ' ' : 'n';
-	args[5] = Int32GetDatum(es_worker_batch_size);
-	es_read_rows(es_commit_order_plan(), args, nulls, true, false, 0, consumer_collect, &c);
-	nread = c.nevents;
-
-	done = consumer_apply_batch(&c, careful, fail_at, fail_error);
-	consumer_save(&c, done, nread < es_worker_batch_size, horizon);
+	if (retry_due)
+	{
+		args[0] = FullTransactionIdGetDatum(c.ck_tx);
+		args[1] = Int64GetDatum(c.ck_pos);
+		args[2] = FullTransactionIdGetDatum(horizon);
+		args[4] = c.event_types;
+		nulls[4] = c.event_types ? ' ' : 'n';
+		args[5] = Int32GetDatum(es_worker_batch_size);
+		es_read_rows(es_commit_order_plan(), args, nulls, true, false, 0, consumer_collect, &c);
+		nread = c.nevents;
+		done = consumer_apply_batch(&c, careful, failed);
+	}
+	consumer_save(&c, done, retry_due && nread < es_worker_batch_size, horizon);
 	if (c.retry_event_id != NULL)
 		*next_due = Min(*next_due, c.retry_at);
 	consumer_keep_latencies(&c);
@@ -739,10 +790,10 @@ int
 es_consumer_run(const char *name, TimestampTz *next_due)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	char	   *volatile fail_error = NULL;
-	volatile int fail_at = -1;
+	FastFailure failed;
 	volatile int nread = 0;
 
+	failed.index = -1;
 	latency_count = 0;
 	applying_index = -1;
 	SetCurrentStatementStartTimestamp();
@@ -752,26 +803,27 @@ es_consumer_run(const char *name, TimestampTz *next_due)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	PG_TRY();
 	{
-		nread = consumer_pass(name, false, -1, NULL, next_due);
+		nread = consumer_pass(name, false, NULL, next_due);
 	}
 	PG_CATCH();
 	{
 		ErrorData  *edata;
 
-		if (applying_index < 0)
-			PG_RE_THROW();		/* not a handler's error */
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
+		if (applying_index < 0 || !consumer_error_is_handlers(edata))
+			PG_RE_THROW();
 		FlushErrorState();
-		fail_at = applying_index;
+		failed.index = applying_index;
+		strlcpy(failed.event_id, applying_event->event_id, sizeof(failed.event_id));
+		failed.error = es_consumer_error_text(edata);
 		applying_index = -1;
-		fail_error = es_consumer_error_text(edata);
 		FreeErrorData(edata);
 		AbortCurrentTransaction();
 	}
 	PG_END_TRY();
 
-	if (fail_at >= 0)
+	if (failed.index >= 0)
 	{
 		/* The same batch again, one subtransaction per event. */
 		latency_count = 0;
@@ -779,7 +831,7 @@ es_consumer_run(const char *name, TimestampTz *next_due)
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		PushActiveSnapshot(GetTransactionSnapshot());
-		nread = consumer_pass(name, true, fail_at, fail_error, next_due);
+		nread = consumer_pass(name, true, &failed, next_due);
 	}
 	PopActiveSnapshot();
 	if (SPI_finish() != SPI_OK_FINISH)

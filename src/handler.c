@@ -29,26 +29,36 @@
 #include "utils/timestamp.h"
 #include "utils/xid8.h"
 
-/* A handler's name: a consumer name, at most 63 bytes (NAMEDATALEN - 1). */
-static char *
-handler_name(FunctionCallInfo fcinfo, int argno)
+/*
+ * es_arg_consumer_name: a handler's or projection's name (what), argument
+ * argno: a name, at most 63 bytes (NAMEDATALEN - 1).
+ */
+char *
+es_arg_consumer_name(FunctionCallInfo fcinfo, int argno, const char *what)
 {
-	char	   *name = es_arg_name(fcinfo, argno, "handler name", true);
+	char	   *name = es_arg_name(fcinfo, argno, what, true);
 
 	if (strlen(name) >= NAMEDATALEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("handler name is too long"),
+				 errmsg("%s is too long", what),
 				 errdetail("It is %zu bytes long; the limit is %d bytes.", strlen(name), NAMEDATALEN - 1)));
 	return name;
 }
 
+static char *
+handler_name(FunctionCallInfo fcinfo, int argno)
+{
+	return es_arg_consumer_name(fcinfo, argno, "handler name");
+}
+
 /*
- * A handler function takes one es_events row; the registering role must be
- * allowed to execute it (it runs as that role).
+ * es_check_consumer_function: a handler or projection function takes one
+ * es_events row; the registering role must be allowed to execute it (it
+ * runs as that role).  what: "handler" or "projection".
  */
-static void
-handler_check_function(Oid fn, Oid events_rowtype, Oid caller)
+void
+es_check_consumer_function(Oid fn, Oid events_rowtype, Oid caller, const char *what)
 {
 	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
 	Form_pg_proc proc;
@@ -65,18 +75,18 @@ handler_check_function(Oid fn, Oid events_rowtype, Oid caller)
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
-				 errmsg("function %s cannot be a handler", format_procedure(fn)),
-				 errdetail("A handler is a plain function taking one argument of type es_events.")));
+				 errmsg("function %s cannot be a %s", format_procedure(fn), what),
+				 errdetail("A %s is a plain function taking one argument of type es_events.", what)));
 	if (pg_proc_aclcheck(fn, caller, ACL_EXECUTE) != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for function %s", format_procedure(fn)),
-				 errdetail("A handler runs as the role that registers it.")));
+				 errdetail("A %s runs as the role that registers it.", what)));
 }
 
-/* Each event type of a handler's filter must be registered. */
-static void
-handler_check_event_types(ArrayType *types)
+/* es_check_event_type_filter: each event type of a filter must be registered. */
+void
+es_check_event_type_filter(ArrayType *types)
 {
 	Datum	   *elems;
 	bool	   *nulls;
@@ -171,7 +181,7 @@ handler_register(EsCall *call, const char *name, Oid fn, Datum event_types, int3
 	Datum		args[7];
 	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
-	handler_check_function(fn, call->store->events_rowtype, call->caller);
+	es_check_consumer_function(fn, call->store->events_rowtype, call->caller, "handler");
 	args[0] = CStringGetTextDatum(name);
 	args[1] = ObjectIdGetDatum(fn);
 	args[2] = event_types;
@@ -218,6 +228,33 @@ handler_switch_on_builtin(EsCall *call, const char *name)
 }
 
 /*
+ * es_check_retry_policy: max_retries not negative, backoff (NULL: the
+ * default) between zero and a day.
+ */
+void
+es_check_retry_policy(int32 max_retries, Interval *backoff)
+{
+	int64		us;
+
+	if (max_retries < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("max_retries must not be negative")));
+	if (backoff == NULL)
+		return;
+	/* As a span of time: a month counts 30 days, as interval comparison does. */
+	us = backoff->time + (backoff->day + (int64) backoff->month * DAYS_PER_MONTH) * USECS_PER_DAY;
+	if (us < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("backoff must not be negative")));
+	if (us > USECS_PER_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("backoff must be at most one day")));
+}
+
+/*
  * es_register_handler(name, function, event_types, max_retries, backoff,
  *					   replay_history) returns void
  *
@@ -239,24 +276,13 @@ es_register_handler(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("function must not be null")));
-	if (max_retries < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("max_retries must not be negative")));
 	backoff = PG_ARGISNULL(4) ? NULL : PG_GETARG_INTERVAL_P(4);
-	if (backoff != NULL && (backoff->time < 0 || backoff->day < 0 || backoff->month < 0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("backoff must not be negative")));
-	if (backoff != NULL && (backoff->month != 0 || backoff->day > 1 ||
-							(backoff->day == 1 && backoff->time > 0)))
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("backoff must be at most one day")));
+	es_check_retry_policy(max_retries, backoff);
 
 	es_call_begin(fcinfo, &call);
 	if (!PG_ARGISNULL(2))
-		handler_check_event_types(PG_GETARG_ARRAYTYPE_P(2));
+		es_check_event_type_filter(PG_GETARG_ARRAYTYPE_P(2));
+	es_check_not_projection(name);
 	(void) handler_lock(name);
 	handler_register(&call, name, PG_GETARG_OID(1), PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
 					 max_retries, backoff, replay);

@@ -11,10 +11,10 @@
  * messages while nobody listens); the worker also polls.
  *
  * Locking: the append counters are an atomic plus a per-second ring under a
- * spinlock; commit times are written and read without locks (a torn read only
- * loses one latency sample, which then falls back to the append time); the
- * worker's registration is under the spinlock; consumer statistics are
- * written by the worker and read by SQL functions under an LWLock.
+ * spinlock; each commit-time slot has a spinlock of its own; the worker's
+ * registration is under the spinlock; consumer statistics are written by
+ * the worker (and inline projections at commit) and read by SQL functions
+ * under an LWLock.
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -42,6 +42,7 @@
 #define MAX_CONSUMERS		64
 #define MAX_NEST			64		/* subtransaction levels counted apart */
 #define MAX_PENDING_KEYS	8
+#define MAX_PENDING_PROJECTED 32	/* (projection, level) pairs counted apart */
 
 /*
  * Latency histogram buckets, in microseconds: exact below 16, then four
@@ -66,7 +67,8 @@ typedef struct ConsumerStats
 
 typedef struct CommitTime
 {
-	pg_atomic_uint64 key;
+	slock_t		mutex;
+	uint64		key;
 	TimestampTz at;
 } CommitTime;
 
@@ -96,6 +98,19 @@ static uint64 pending_keys[MAX_PENDING_KEYS];
 static int	npending_keys = 0;
 static bool wake_at_commit = false;
 
+/* Events the current transaction's inline projections applied, per level. */
+typedef struct PendingProjected
+{
+	char		projection[NAMEDATALEN];
+	int			level;
+	uint64		count;
+} PendingProjected;
+
+static PendingProjected pending_projected[MAX_PENDING_PROJECTED];
+static int	npending_projected = 0;
+
+static void count_projected(void);
+
 static void
 es_shmem_request(void)
 {
@@ -124,7 +139,7 @@ es_shmem_startup(void)
 		es_shared->counting_since = GetCurrentTimestamp();
 		pg_atomic_init_u64(&es_shared->events_appended, 0);
 		for (i = 0; i < COMMIT_RING; i++)
-			pg_atomic_init_u64(&es_shared->commits[i].key, 0);
+			SpinLockInit(&es_shared->commits[i].mutex);
 	}
 	LWLockRelease(AddinShmemInitLock);
 }
@@ -136,12 +151,37 @@ pending_reset(void)
 	pending_top_level = 0;
 	npending_keys = 0;
 	wake_at_commit = false;
+	npending_projected = 0;
 }
 
-/* At commit: count the appends, stamp their keys, wake the worker. */
+/*
+ * Just before commit, stamp the transaction's commit-order keys with the
+ * time (the worker measures latencies from it); at commit, count the
+ * appends and wake the worker.  A key shared by transactions (raised to an
+ * aggregate's last key) keeps the earliest stamp.  Prepared transactions
+ * are neither stamped nor counted: their events are found at the next poll.
+ */
 static void
 es_xact_callback(XactEvent event, void *arg)
 {
+	if (event == XACT_EVENT_PRE_COMMIT && es_shared != NULL && npending_keys > 0)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		int			i;
+
+		for (i = 0; i < npending_keys; i++)
+		{
+			CommitTime *ct = &es_shared->commits[pending_keys[i] % COMMIT_RING];
+
+			SpinLockAcquire(&ct->mutex);
+			if (ct->key != pending_keys[i])
+			{
+				ct->key = pending_keys[i];
+				ct->at = now;
+			}
+			SpinLockRelease(&ct->mutex);
+		}
+	}
 	if (event == XACT_EVENT_COMMIT && es_shared != NULL)
 	{
 		uint64		appended = 0;
@@ -164,20 +204,10 @@ es_xact_callback(XactEvent event, void *arg)
 			}
 			es_shared->second_count[slot] += appended;
 			SpinLockRelease(&es_shared->mutex);
-
-			for (i = 0; i < npending_keys; i++)
-			{
-				CommitTime *ct = &es_shared->commits[pending_keys[i] % COMMIT_RING];
-
-				pg_atomic_write_u64(&ct->key, 0);
-				pg_write_barrier();
-				ct->at = now;
-				pg_write_barrier();
-				pg_atomic_write_u64(&ct->key, pending_keys[i]);
-			}
 		}
 		if (appended > 0 || wake_at_commit)
 			es_wake_worker();
+		count_projected();
 	}
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
 		event == XACT_EVENT_PREPARE || event == XACT_EVENT_PARALLEL_ABORT)
@@ -198,11 +228,20 @@ es_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransaction
 			pending_count[level - 1] += pending_count[i];
 			pending_count[i] = 0;
 		}
+		for (i = 0; i < npending_projected; i++)
+			if (pending_projected[i].level >= level)
+				pending_projected[i].level = level - 1;
 	}
 	else if (event == SUBXACT_EVENT_ABORT_SUB)
 	{
+		int			kept = 0;
+
 		for (i = level; i <= pending_top_level; i++)
 			pending_count[i] = 0;
+		for (i = 0; i < npending_projected; i++)
+			if (pending_projected[i].level < level)
+				pending_projected[kept++] = pending_projected[i];
+		npending_projected = kept;
 	}
 }
 
@@ -277,10 +316,7 @@ worker_unregister(int code, Datum arg)
 	SpinLockRelease(&es_shared->mutex);
 }
 
-/*
- * es_shmem_register_worker: the worker announces its latch; its consumer
- * statistics start over.
- */
+/* es_shmem_register_worker: the worker announces its latch. */
 void
 es_shmem_register_worker(void)
 {
@@ -291,9 +327,6 @@ es_shmem_register_worker(void)
 	es_shared->worker_started_at = GetCurrentTimestamp();
 	es_shared->worker_latch = MyLatch;
 	SpinLockRelease(&es_shared->mutex);
-	LWLockAcquire(es_shared->lock, LW_EXCLUSIVE);
-	memset(es_shared->consumers, 0, sizeof(es_shared->consumers));
-	LWLockRelease(es_shared->lock);
 	on_shmem_exit(worker_unregister, (Datum) 0);
 }
 
@@ -306,17 +339,16 @@ es_shmem_commit_time(FullTransactionId key, TimestampTz fallback)
 {
 	uint64		k = U64FromFullTransactionId(key);
 	CommitTime *ct;
-	TimestampTz at;
+	TimestampTz at = fallback;
 
 	if (es_shared == NULL)
 		return fallback;
 	ct = &es_shared->commits[k % COMMIT_RING];
-	if (pg_atomic_read_u64(&ct->key) != k)
-		return fallback;
-	pg_read_barrier();
-	at = ct->at;
-	pg_read_barrier();
-	return pg_atomic_read_u64(&ct->key) == k ? at : fallback;
+	SpinLockAcquire(&ct->mutex);
+	if (ct->key == k)
+		at = ct->at;
+	SpinLockRelease(&ct->mutex);
+	return at;
 }
 
 static int
@@ -370,13 +402,86 @@ latency_percentile(const LatencyHistogram *h, double fraction, bool *valid)
 }
 
 /*
+ * The statistics slot of a consumer or inline projection, taken on first use;
+ * NULL when all are taken.  Caller holds the lock exclusively.
+ */
+static ConsumerStats *
+consumer_slot(const char *name)
+{
+	int			i;
+
+	for (i = 0; i < MAX_CONSUMERS; i++)
+		if (strcmp(es_shared->consumers[i].name, name) == 0)
+			return &es_shared->consumers[i];
+	for (i = 0; i < MAX_CONSUMERS; i++)
+		if (es_shared->consumers[i].name[0] == '\0')
+		{
+			strlcpy(es_shared->consumers[i].name, name, NAMEDATALEN);
+			return &es_shared->consumers[i];
+		}
+	return NULL;
+}
+
+/* At commit: the events of the transaction's inline projections count. */
+static void
+count_projected(void)
+{
+	TimestampTz now;
+	int			i;
+
+	if (npending_projected == 0)
+		return;
+	now = GetCurrentTimestamp();
+	LWLockAcquire(es_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < npending_projected; i++)
+	{
+		ConsumerStats *cs = consumer_slot(pending_projected[i].projection);
+
+		if (cs != NULL)
+		{
+			cs->events_applied += pending_projected[i].count;
+			cs->last_applied_at = now;
+		}
+	}
+	LWLockRelease(es_shared->lock);
+}
+
+/*
+ * es_shmem_note_projected: an inline projection applied n events; counted
+ * when (and if) the transaction commits.  Statistics: beyond
+ * MAX_PENDING_PROJECTED pairs in one transaction, counts are dropped.
+ */
+void
+es_shmem_note_projected(const char *projection, int n)
+{
+	int			level = Min(GetCurrentTransactionNestLevel(), MAX_NEST);
+	int			i;
+
+	if (es_shared == NULL)
+		return;
+	for (i = 0; i < npending_projected; i++)
+		if (pending_projected[i].level == level &&
+			strcmp(pending_projected[i].projection, projection) == 0)
+		{
+			pending_projected[i].count += n;
+			return;
+		}
+	if (npending_projected == MAX_PENDING_PROJECTED)
+		return;
+	strlcpy(pending_projected[npending_projected].projection, projection, NAMEDATALEN);
+	pending_projected[npending_projected].level = level;
+	pending_projected[npending_projected].count = n;
+	npending_projected++;
+}
+
+/*
  * es_shmem_record_applied: the worker applied n events for consumer, with
  * these commit-to-applied latencies (microseconds).
  */
 void
 es_shmem_record_applied(const char *consumer, int n, const uint64 *latencies_us, TimestampTz now)
 {
-	ConsumerStats *cs = NULL;
+	ConsumerStats *cs;
 	int64		minute = now / (60 * USECS_PER_SEC);
 	int			r = (int) (minute % 2);
 	int			i;
@@ -384,15 +489,7 @@ es_shmem_record_applied(const char *consumer, int n, const uint64 *latencies_us,
 	if (es_shared == NULL || n == 0)
 		return;
 	LWLockAcquire(es_shared->lock, LW_EXCLUSIVE);
-	for (i = 0; i < MAX_CONSUMERS && cs == NULL; i++)
-		if (strcmp(es_shared->consumers[i].name, consumer) == 0)
-			cs = &es_shared->consumers[i];
-	for (i = 0; i < MAX_CONSUMERS && cs == NULL; i++)
-		if (es_shared->consumers[i].name[0] == '\0')
-		{
-			cs = &es_shared->consumers[i];
-			strlcpy(cs->name, consumer, sizeof(cs->name));
-		}
+	cs = consumer_slot(consumer);
 	if (cs != NULL)
 	{
 		if (cs->recent_minute[r] != minute)

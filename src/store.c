@@ -90,11 +90,15 @@ store_relcache_callback(Datum arg, Oid relid)
 		relid == store.aggregates_relid ||
 		relid == store.clusters_relid)
 		store_valid = false;
+	if (relid == InvalidOid || relid == store.clusters_relid)
+		offset_settled = false;
 	if (relid == InvalidOid || relid == store.event_types_relid || relid == store.upcasters_relid)
 		es_event_type_cache_reset();
 	if (relid == InvalidOid || relid == store.event_types_relid || relid == store.upcasters_relid ||
 		relid == store.reducers_relid || relid == store.policies_relid)
 		es_aggregate_type_cache_reset();
+	if (relid == InvalidOid || relid == store.projections_relid)
+		es_projection_cache_reset();
 }
 
 /* A schema was renamed (or dropped): the plans name the extension's schema. */
@@ -165,6 +169,7 @@ store_resolve(Oid nspid)
 	next.upcasters_relid = store_relation("es_upcasters", nspid);
 	next.policies_relid = store_relation("es_snapshot_policies", nspid);
 	next.snapshots_relid = store_relation("es_snapshots", nspid);
+	next.projections_relid = store_relation("es_projections", nspid);
 	next.events_rowtype = get_rel_type_id(next.events_relid);
 	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(next.events_relid));
 	if (!HeapTupleIsValid(tup))
@@ -198,6 +203,7 @@ store_resolve(Oid nspid)
 		next.upcasters_relid != store.upcasters_relid ||
 		next.policies_relid != store.policies_relid ||
 		next.snapshots_relid != store.snapshots_relid ||
+		next.projections_relid != store.projections_relid ||
 		next.owner != store.owner)
 	{
 		next.nspname = MemoryContextStrdup(TopMemoryContext, nspname);
@@ -208,6 +214,7 @@ store_resolve(Oid nspid)
 		offset_settled = false;
 		es_event_type_cache_reset();
 		es_aggregate_type_cache_reset();
+		es_projection_cache_reset();
 	}
 	store_valid = true;
 }

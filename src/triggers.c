@@ -51,7 +51,7 @@ es_refuse_modification(PG_FUNCTION_ARGS)
 
 /*
  * es_catalog_changed: after any change to es_event_types, es_upcasters,
- * es_reducers or es_snapshot_policies, however made (the registering
+ * es_reducers, es_snapshot_policies, es_projections or es_clusters, however made (the registering
  * functions, an owner's DML, a data-only restore), send a relcache
  * invalidation for the table: at commit every backend empties the caches
  * built from it (store.c dispatches).  Plain DML sends none by itself.

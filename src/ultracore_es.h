@@ -36,8 +36,11 @@
 
 #include "postgres.h"
 
+#include "access/htup.h"
+#include "access/tupdesc.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "utils/array.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
@@ -100,10 +103,23 @@ extern void es_shmem_register_worker(void);
 extern TimestampTz es_shmem_commit_time(FullTransactionId key, TimestampTz fallback);
 extern void es_shmem_record_applied(const char *consumer, int n, const uint64 *latencies_us,
 									TimestampTz now);
+extern void es_shmem_note_projected(const char *projection, int n);
 
 /* worker.c */
 extern void es_worker_register(void);
 PGDLLEXPORT void es_worker_main(Datum arg);
+
+/* handler.c: checks shared with projections */
+extern char *es_arg_consumer_name(FunctionCallInfo fcinfo, int argno, const char *what);
+extern void es_check_consumer_function(Oid fn, Oid events_rowtype, Oid caller, const char *what);
+extern void es_check_event_type_filter(ArrayType *types);
+extern void es_check_retry_policy(int32 max_retries, Interval *backoff);
+
+/* projection.c */
+extern void es_check_not_projection(const char *name);
+extern void es_projection_cache_reset(void);
+extern bool es_inline_projections_exist(void);
+extern void es_project_inline(TupleDesc desc, HeapTuple *events, int nevents);
 
 /* consumer.c */
 extern int	es_consumer_run(const char *name, TimestampTz *next_due);
@@ -132,6 +148,7 @@ typedef struct EsStore
 	Oid			upcasters_relid;
 	Oid			policies_relid; /* es_snapshot_policies */
 	Oid			snapshots_relid;
+	Oid			projections_relid;
 	Oid			events_rowtype; /* composite type of es_events */
 	uint32		generation;		/* bumped on every re-resolution */
 } EsStore;
@@ -144,11 +161,13 @@ typedef struct EsStore
  * a saved plan under the caller's search_path whenever that path changes, so
  * nothing in the text may depend on it.
  */
+#define ES_PLAN_MAX_ARGS 24
+
 typedef struct EsPlan
 {
 	const char *sql;
 	int			nargs;
-	Oid			argtypes[16];
+	Oid			argtypes[ES_PLAN_MAX_ARGS];
 	SPIPlanPtr	plan;
 	uint32		generation;
 } EsPlan;

@@ -35,6 +35,7 @@
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -260,6 +261,9 @@ es_worker_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(es_worker_database, NULL, 0);
 	pgstat_report_appname("ultracore_es worker");
+	/* Batches are READ COMMITTED and read-write, whatever the server's defaults. */
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	es_shmem_register_worker();
 	ereport(LOG,
 			(errmsg("ultracore_es worker started for database \"%s\"", es_worker_database)));
@@ -319,6 +323,8 @@ es_worker_main(Datum arg)
 					worker_prune();
 					last_prune = GetCurrentTimestamp();
 				}
+				/* Table statistics, for autovacuum of what the batches wrote. */
+				pgstat_report_stat(false);
 				now = GetCurrentTimestamp();
 				timeout = Max(0, Min((long) es_worker_poll_interval,
 									 (long) ((next_due - now) / 1000)));
