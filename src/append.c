@@ -501,7 +501,7 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 	ExecResetTupleTable(estate->es_tupleTable, false);
 	FreeExecutorState(estate);
 	if (stored != NULL)
-		es_project_inline(RelationGetDescr(rel), stored, req->nevents);
+		es_project_inline(store, RelationGetDescr(rel), stored, req->nevents);
 	table_close(rel, NoLock);
 
 	es_shmem_note_append(req->nevents, tx);

@@ -127,13 +127,13 @@ projection_call(const Projection *p, FmgrInfo *fn, Datum arg, bool isnull)
 
 /* Apply events (rows of desc, one aggregate, version order) with p. */
 static void
-projection_apply(Projection *p, TupleDesc desc, HeapTuple *events, int nevents)
+projection_apply(Projection *p, EsStore *s, TupleDesc desc, HeapTuple *events, int nevents)
 {
 	int			i;
 
 	if (p->model != NULL)
 	{
-		(void) es_read_model_apply(p->model, desc, events, nevents);
+		(void) es_read_model_apply(p->model, s, desc, events, nevents);
 		return;
 	}
 	for (i = 0; i < nevents; i++)
@@ -247,9 +247,8 @@ es_inline_projections_exist(void)
  * transaction: an error refuses the append.  Needs SPI, as the store's owner.
  */
 void
-es_project_inline(TupleDesc desc, HeapTuple *events, int nevents)
+es_project_inline(EsStore *s, TupleDesc desc, HeapTuple *events, int nevents)
 {
-	EsStore    *s = es_store_current();
 	HeapTuple  *taken = palloc(sizeof(HeapTuple) * nevents);
 	int			i;
 
@@ -273,7 +272,7 @@ es_project_inline(TupleDesc desc, HeapTuple *events, int nevents)
 			if (n == 0)
 				continue;
 			LockDatabaseObject(s->projections_relid, (Oid) p->id, 0, RowExclusiveLock);
-			projection_apply(p, desc, taken, n);
+			projection_apply(p, s, desc, taken, n);
 			es_shmem_note_projected(p->name, n);
 		}
 	}

@@ -23,9 +23,9 @@
  * numeric, never through floating point.  A value of the wrong kind is an
  * error naming the event and the field; inline, it refuses the append.
  *
- * The rows are read and written with saved plans (store.c's EsPlan) built
- * from the column lists below, which must match the tables of the extension
- * script.
+ * A row is read with a primary-key probe and written with saved plans
+ * (store.c's EsPlan) built from the column lists below, which must match
+ * the tables of the extension script (checked).
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -33,15 +33,25 @@
  */
 #include "read_model.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
+#include "executor/tuptable.h"
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+#include "utils/snapmgr.h"
 #include "utils/typcache.h"
 #include "utils/xid8.h"
 
@@ -82,10 +92,12 @@ struct EsReadModel
 	void		(*fold) (RmRow *row, const RmEvent *ev);
 	/* filled on first use */
 	bool		ready;
+	uint32		store_generation;	/* of relid */
+	Oid			relid;
 	int16		typlen[RM_MAX_COLUMNS];
 	bool		typbyval[RM_MAX_COLUMNS];
-	EsPlan		load_plan;
-	EsPlan		save_plan;
+	EsPlan		insert_plan;
+	EsPlan		update_plan;
 	EsPlan		reset_one_plan;
 	EsPlan		reset_all_plan;
 };
@@ -666,18 +678,16 @@ rm_prepare(EsReadModel *m)
 		appendStringInfo(&cols, "%s%s", i ? ", " : "", m->columns[i].name);
 		appendStringInfo(&params, "%s$%d", i ? ", " : "", i + 1);
 		if (i > 0)
-			appendStringInfo(&sets, "%s%s = excluded.%s", i > 1 ? ", " : "", m->columns[i].name,
-							 m->columns[i].name);
-		m->save_plan.argtypes[i] = m->columns[i].type;
+			appendStringInfo(&sets, "%s%s = $%d", i > 1 ? ", " : "", m->columns[i].name, i + 1);
+		m->insert_plan.argtypes[i] = m->columns[i].type;
+		m->update_plan.argtypes[i] = m->columns[i].type;
 	}
-	m->load_plan.sql = psprintf("SELECT %s FROM @extschema@.%s WHERE %s OPERATOR(pg_catalog.=) $1",
-								cols.data, m->table, m->columns[0].name);
-	m->load_plan.nargs = 1;
-	m->load_plan.argtypes[0] = TEXTOID;
-	m->save_plan.sql = psprintf("INSERT INTO @extschema@.%s (%s) VALUES (%s)"
-								" ON CONFLICT (%s) DO UPDATE SET %s",
-								m->table, cols.data, params.data, m->columns[0].name, sets.data);
-	m->save_plan.nargs = m->ncolumns;
+	m->insert_plan.sql = psprintf("INSERT INTO @extschema@.%s (%s) VALUES (%s)",
+								  m->table, cols.data, params.data);
+	m->insert_plan.nargs = m->ncolumns;
+	m->update_plan.sql = psprintf("UPDATE @extschema@.%s SET %s WHERE %s OPERATOR(pg_catalog.=) $1",
+								  m->table, sets.data, m->columns[0].name);
+	m->update_plan.nargs = m->ncolumns;
 	m->reset_one_plan.sql = psprintf("DELETE FROM @extschema@.%s WHERE %s OPERATOR(pg_catalog.=) $1",
 									 m->table, m->columns[0].name);
 	m->reset_one_plan.nargs = 1;
@@ -701,28 +711,84 @@ rm_row_init(const EsReadModel *m, RmRow *row, const char *aggregate_id)
 	row->exists = false;
 }
 
-/* The stored row of aggregate_id, copied into the current context; or a new one. */
-static void
-rm_load(EsReadModel *m, RmRow *row, const char *aggregate_id)
+/*
+ * The table of m in store s, checked against the column list (the code
+ * reads and writes rows by column number).
+ */
+static Oid
+rm_relation(EsReadModel *m, EsStore *s)
 {
-	Datum		arg = CStringGetTextDatum(aggregate_id);
+	int			i;
+
+	if (OidIsValid(m->relid) && m->store_generation == s->generation)
+		return m->relid;
+	m->relid = get_relname_relid(m->table, s->nspid);
+	if (!OidIsValid(m->relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("table \"%s\" of ultracore_es does not exist", m->table),
+				 errhint("The extension is damaged: run ALTER EXTENSION ultracore_es UPDATE, or recreate it.")));
+	for (i = 0; i < m->ncolumns; i++)
+	{
+		char	   *attname = get_attname(m->relid, i + 1, true);
+
+		if (attname == NULL || strcmp(attname, m->columns[i].name) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("column %d of %s is \"%s\", expected \"%s\"",
+							i + 1, m->table, attname ? attname : "(dropped)", m->columns[i].name),
+					 errhint("The table was altered outside the extension's scripts; restore its definition.")));
+	}
+	m->store_generation = s->generation;
+	return m->relid;
+}
+
+/*
+ * The stored row of aggregate_id, copied into the current context; or a
+ * new one.  A primary-key probe with SnapshotSelf, without the executor (this
+ * is on the write path of inline projections): nobody else writes the row
+ * meanwhile (see rm_save), so the committed row plus our own changes is the
+ * row.
+ */
+static void
+rm_load(EsReadModel *m, EsStore *s, RmRow *row, const char *aggregate_id)
+{
+	Relation	rel = table_open(rm_relation(m, s), RowExclusiveLock);
+	Relation	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	ScanKeyData key;
+	IndexScanDesc scan;
 	int			i;
 
 	rm_row_init(m, row, aggregate_id);
-	if (SPI_execute_plan(es_plan(&m->load_plan), &arg, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read %s row \"%s\"", m->name, aggregate_id);
-	if (SPI_processed == 0)
-		return;
-	for (i = 0; i < m->ncolumns; i++)
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(aggregate_id));
+	key.sk_collation = C_COLLATION_OID;
+	CommandCounterIncrement();	/* see what this transaction wrote before */
+	scan = index_beginscan(rel, idx, SnapshotSelf, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, i + 1, &row->nulls[i]);
-
-		row->values[i] = row->nulls[i] ? (Datum) 0 : datumCopy(d, m->typbyval[i], m->typlen[i]);
+		slot_getallattrs(slot);
+		for (i = 0; i < m->ncolumns; i++)
+		{
+			row->nulls[i] = slot->tts_isnull[i];
+			row->values[i] = row->nulls[i] ? (Datum) 0
+				: datumCopy(slot->tts_values[i], m->typbyval[i], m->typlen[i]);
+		}
+		row->exists = true;
 	}
-	row->exists = true;
-	SPI_freetuptable(SPI_tuptable);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, NoLock);
+	table_close(rel, NoLock);
 }
 
+/*
+ * Write the row back: an UPDATE of the row loaded, or an INSERT of a new
+ * one.  Nobody else writes it meanwhile: inline, the append holds the
+ * aggregate's lock; async, the worker is its only writer; rebuilds hold the
+ * locks that keep both away (projection.c).
+ */
 static void
 rm_save(EsReadModel *m, RmRow *row)
 {
@@ -731,8 +797,14 @@ rm_save(EsReadModel *m, RmRow *row)
 
 	for (i = 0; i < m->ncolumns; i++)
 		nulls[i] = row->nulls[i] ? 'n' : ' ';
-	if (SPI_execute_plan(es_plan(&m->save_plan), row->values, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not write %s row", m->name);
+	if (row->exists)
+	{
+		if (SPI_execute_plan(es_plan(&m->update_plan), row->values, nulls, false, 0) != SPI_OK_UPDATE ||
+			SPI_processed != 1)
+			elog(ERROR, "could not update %s row", m->name);
+	}
+	else if (SPI_execute_plan(es_plan(&m->insert_plan), row->values, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not insert %s row", m->name);
 	row->exists = true;
 }
 
@@ -798,7 +870,7 @@ es_read_model(const char *name)
  * folded (not skipped as folded before).  Needs SPI, as the store's owner.
  */
 int
-es_read_model_apply(EsReadModel *m, TupleDesc desc, HeapTuple *events, int nevents)
+es_read_model_apply(EsReadModel *m, EsStore *s, TupleDesc desc, HeapTuple *events, int nevents)
 {
 	Datum		values[EV_NATTS];
 	bool		nulls[EV_NATTS];
@@ -813,7 +885,7 @@ es_read_model_apply(EsReadModel *m, TupleDesc desc, HeapTuple *events, int neven
 		heap_deform_tuple(events[i], desc, values, nulls);
 		rm_event_from_values(&ev, values, nulls);
 		if (i == 0)
-			rm_load(m, &row, ev.aggregate_id);
+			rm_load(m, s, &row, ev.aggregate_id);
 		if (rm_fold(m, &row, &ev))
 			folded++;
 	}
@@ -966,7 +1038,7 @@ rm_project_one(FunctionCallInfo fcinfo, const char *model)
 	tuple.t_tableOid = InvalidOid;
 	tuple.t_data = th;
 	events[0] = &tuple;
-	(void) es_read_model_apply(m, desc, events, 1);
+	(void) es_read_model_apply(m, call.store, desc, events, 1);
 	ReleaseTupleDesc(desc);
 	es_call_end(&call);
 	PG_RETURN_VOID();

@@ -20,7 +20,8 @@ typedef struct EsReadModel EsReadModel;
 
 /* The model maintained by built-in projection name; NULL when there is none. */
 extern EsReadModel *es_read_model(const char *name);
-extern int	es_read_model_apply(EsReadModel *m, TupleDesc desc, HeapTuple *events, int nevents);
+extern int	es_read_model_apply(EsReadModel *m, EsStore *s, TupleDesc desc, HeapTuple *events,
+								int nevents);
 extern void es_read_model_reset(EsReadModel *m, const char *aggregate_id);
 extern int64 es_read_model_rebuild(EsReadModel *m, ArrayType *event_types, const char *aggregate_id,
 								   FullTransactionId bound_tx, int64 bound_position);

@@ -58,7 +58,7 @@ typedef struct LatencyHistogram
 typedef struct ConsumerStats
 {
 	char		name[NAMEDATALEN];	/* "" when free */
-	uint64		events_applied;
+	pg_atomic_uint64 events_applied;
 	TimestampTz last_applied_at;
 	LatencyHistogram total;
 	int64		recent_minute[2];	/* the minutes recent[] cover */
@@ -83,6 +83,7 @@ typedef struct EsShared
 	int			worker_pid;
 	TimestampTz worker_started_at;
 	Latch	   *worker_latch;
+	Oid			worker_database;	/* commits elsewhere do not concern it */
 	CommitTime	commits[COMMIT_RING];
 	ConsumerStats consumers[MAX_CONSUMERS];
 } EsShared;
@@ -101,7 +102,7 @@ static bool wake_at_commit = false;
 /* Events the current transaction's inline projections applied, per level. */
 typedef struct PendingProjected
 {
-	char		projection[NAMEDATALEN];
+	ConsumerStats *slot;
 	int			level;
 	uint64		count;
 } PendingProjected;
@@ -205,7 +206,7 @@ es_xact_callback(XactEvent event, void *arg)
 			es_shared->second_count[slot] += appended;
 			SpinLockRelease(&es_shared->mutex);
 		}
-		if (appended > 0 || wake_at_commit)
+		if ((appended > 0 || wake_at_commit) && es_shared->worker_database == MyDatabaseId)
 			es_wake_worker();
 		count_projected();
 	}
@@ -326,6 +327,7 @@ es_shmem_register_worker(void)
 	es_shared->worker_pid = MyProcPid;
 	es_shared->worker_started_at = GetCurrentTimestamp();
 	es_shared->worker_latch = MyLatch;
+	es_shared->worker_database = MyDatabaseId;
 	SpinLockRelease(&es_shared->mutex);
 	on_shmem_exit(worker_unregister, (Datum) 0);
 }
@@ -417,12 +419,44 @@ consumer_slot(const char *name)
 		if (es_shared->consumers[i].name[0] == '\0')
 		{
 			strlcpy(es_shared->consumers[i].name, name, NAMEDATALEN);
+			pg_atomic_init_u64(&es_shared->consumers[i].events_applied, 0);
 			return &es_shared->consumers[i];
 		}
 	return NULL;
 }
 
-/* At commit: the events of the transaction's inline projections count. */
+/*
+ * The slot of an inline projection, from a backend-local cache: a slot,
+ * once taken, keeps its name for the life of the server.
+ */
+static ConsumerStats *
+projection_slot(const char *name)
+{
+	static char cached_name[MAX_CONSUMERS][NAMEDATALEN];
+	static ConsumerStats *cached_slot[MAX_CONSUMERS];
+	static int	ncached = 0;
+	ConsumerStats *cs;
+	int			i;
+
+	for (i = 0; i < ncached; i++)
+		if (strcmp(cached_name[i], name) == 0)
+			return cached_slot[i];
+	LWLockAcquire(es_shared->lock, LW_EXCLUSIVE);
+	cs = consumer_slot(name);
+	LWLockRelease(es_shared->lock);
+	if (cs != NULL && ncached < MAX_CONSUMERS)
+	{
+		strlcpy(cached_name[ncached], name, NAMEDATALEN);
+		cached_slot[ncached++] = cs;
+	}
+	return cs;
+}
+
+/*
+ * At commit: the events of the transaction's inline projections count.
+ * Lock-free, as commits are frequent: an atomic counter, and a timestamp
+ * whose readers may see the previous value.
+ */
 static void
 count_projected(void)
 {
@@ -432,18 +466,11 @@ count_projected(void)
 	if (npending_projected == 0)
 		return;
 	now = GetCurrentTimestamp();
-	LWLockAcquire(es_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < npending_projected; i++)
 	{
-		ConsumerStats *cs = consumer_slot(pending_projected[i].projection);
-
-		if (cs != NULL)
-		{
-			cs->events_applied += pending_projected[i].count;
-			cs->last_applied_at = now;
-		}
+		pg_atomic_fetch_add_u64(&pending_projected[i].slot->events_applied, pending_projected[i].count);
+		pending_projected[i].slot->last_applied_at = now;
 	}
-	LWLockRelease(es_shared->lock);
 }
 
 /*
@@ -455,20 +482,20 @@ void
 es_shmem_note_projected(const char *projection, int n)
 {
 	int			level = Min(GetCurrentTransactionNestLevel(), MAX_NEST);
+	ConsumerStats *slot;
 	int			i;
 
-	if (es_shared == NULL)
+	if (es_shared == NULL || (slot = projection_slot(projection)) == NULL)
 		return;
 	for (i = 0; i < npending_projected; i++)
-		if (pending_projected[i].level == level &&
-			strcmp(pending_projected[i].projection, projection) == 0)
+		if (pending_projected[i].level == level && pending_projected[i].slot == slot)
 		{
 			pending_projected[i].count += n;
 			return;
 		}
 	if (npending_projected == MAX_PENDING_PROJECTED)
 		return;
-	strlcpy(pending_projected[npending_projected].projection, projection, NAMEDATALEN);
+	pending_projected[npending_projected].slot = slot;
 	pending_projected[npending_projected].level = level;
 	pending_projected[npending_projected].count = n;
 	npending_projected++;
@@ -504,7 +531,7 @@ es_shmem_record_applied(const char *consumer, int n, const uint64 *latencies_us,
 			cs->total.counts[b]++;
 			cs->recent[r].counts[b]++;
 		}
-		cs->events_applied += n;
+		pg_atomic_fetch_add_u64(&cs->events_applied, n);
 		cs->last_applied_at = now;
 	}
 	LWLockRelease(es_shared->lock);
@@ -590,7 +617,7 @@ es_consumer_counters(PG_FUNCTION_ARGS)
 				for (b = 0; b < LATENCY_BUCKETS; b++)
 					recent.counts[b] += cs->recent[r].counts[b];
 		values[0] = CStringGetTextDatum(cs->name);
-		values[1] = Int64GetDatum((int64) cs->events_applied);
+		values[1] = Int64GetDatum((int64) pg_atomic_read_u64(&cs->events_applied));
 		values[2] = Float8GetDatum(latency_percentile(&cs->total, 0.50, &valid));
 		nulls[2] = !valid;
 		values[3] = Float8GetDatum(latency_percentile(&cs->total, 0.99, &valid));

@@ -115,11 +115,6 @@ extern void es_check_consumer_function(Oid fn, Oid events_rowtype, Oid caller, c
 extern void es_check_event_type_filter(ArrayType *types);
 extern void es_check_retry_policy(int32 max_retries, Interval *backoff);
 
-/* projection.c */
-extern void es_check_not_projection(const char *name);
-extern void es_projection_cache_reset(void);
-extern bool es_inline_projections_exist(void);
-extern void es_project_inline(TupleDesc desc, HeapTuple *events, int nevents);
 
 /* consumer.c */
 extern int	es_consumer_run(const char *name, TimestampTz *next_due);
@@ -301,5 +296,11 @@ extern void es_check_object(Jsonb *jb, const char *what);
 extern void es_check_event_size(Jsonb *data, Jsonb *metadata, const char *event_id);
 extern int64 es_arg_expected_version(FunctionCallInfo fcinfo, int argno, bool *any);
 extern Jsonb *es_empty_object(void);
+
+/* projection.c */
+extern void es_check_not_projection(const char *name);
+extern void es_projection_cache_reset(void);
+extern bool es_inline_projections_exist(void);
+extern void es_project_inline(EsStore *s, TupleDesc desc, HeapTuple *events, int nevents);
 
 #endif							/* ULTRACORE_ES_H */
