@@ -120,3 +120,16 @@ COMMIT;
 SELECT events_appended, appended_per_second_last_minute, dead_letters FROM es_store_stats;
 SELECT consumer, events_processed, latency_p50_ms, latency_p99_ms, lag_events, dead_letters FROM es_stats;
 SELECT handler, state, events_processed, dead_letters, parked FROM es_handler_status;
+
+\echo '== 14. Read models: customers and accounts inline (built from the history at once), payments async'
+SELECT es_register_projection('es_customers', mode => 'inline');
+SELECT es_register_projection('es_accounts', mode => 'inline');
+SELECT es_register_projection('es_payments');
+SELECT customer_id, name, email, kyc_status, risk_rating, status, version FROM es_customers;
+SELECT position AS last_position
+  FROM es_append('Account', 'ACC001', 'ACCOUNT_BALANCE_UPDATED', '{"amount": "-25.50"}', 4) \gset
+SELECT account_id, customer_id, account_type, currency, balance, status, version FROM es_accounts;
+SELECT position AS last_position FROM es_append('Payment', 'PAY001', 'PAYMENT_REFUNDED', '{"amount": "20"}', 2) \gset
+SELECT es_wait_for_projection('es_payments', :last_position, '30 seconds') AS payments_caught_up;
+SELECT payment_id, amount, status, refunded_amount, version FROM es_payments ORDER BY 1;
+SELECT name, mode, events_processed, lag_events, last_rebuild_events FROM es_projection_status ORDER BY 1;
