@@ -13,12 +13,16 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 # Install scripts live in sql/ beside the pg_regress inputs; their names tell them apart.
 DATA = $(wildcard sql/ultracore_es--*.sql)
 
-PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
+PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
+	$(shell pkg-config --cflags rdkafka)
+
+# librdkafka (Debian's librdkafka-dev), found with pkg-config; only src/kafka.c includes it.
+SHLIB_LINK = $(shell pkg-config --libs rdkafka)
 
 # pg_regress: one file per feature, run in this order on one temporary instance.
 REGRESS = install read_models rebuild projections event_types append append_batch idempotency \
 	read_stream read_all causation append_only bad_input privileges rebase load reducers upcasting \
-	snapshots snapshot_property handlers dead_letters builtin_handlers stats
+	snapshots snapshot_property handlers dead_letters builtin_handlers stats kafka_settings
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=$(CURDIR)/tmp_check
 
 # Isolation specs: test/specs/*.spec with expected output in test/expected/.
@@ -29,10 +33,9 @@ ISOLATION_OPTS = --inputdir=$(srcdir)/test --temp-config=$(srcdir)/test/isolatio
 # TAP tests: test/t/NNN_name.pl (PostgreSQL::Test::Cluster).
 TAP_TESTS = 1
 PROVE_TESTS = $(sort $(wildcard test/t/*.pl))
-PROVE_FLAGS = -I $(srcdir)/test
 
 EXTRA_CLEAN = tmp_check tmp_check_iso output_iso results regression.diffs regression.out \
-	log test/tmp_check
+	log test/tmp_check test/kafka_mock_broker
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
@@ -40,3 +43,8 @@ include $(PGXS)
 
 # PGXS tracks no header dependencies: rebuild everything when a header changes.
 $(OBJS): $(wildcard src/*.h)
+
+# The Kafka cluster of the tests and the demo (librdkafka's mock), built with the module.
+all: test/kafka_mock_broker
+test/kafka_mock_broker: test/kafka_mock_broker.c
+	$(CC) $(CFLAGS) $(PG_CFLAGS) -o $@ $< $(shell pkg-config --cflags --libs rdkafka)

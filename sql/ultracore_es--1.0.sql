@@ -502,7 +502,7 @@ COMMENT ON FUNCTION @extschema@.es_set_snapshot_policy(text, integer) IS
 CREATE TABLE @extschema@.es_consumers (
     name                text COLLATE "C" PRIMARY KEY
                         CHECK (name ~ '^[A-Za-z][A-Za-z0-9_.:-]*$' AND octet_length(name) <= 63),
-    kind                text NOT NULL CHECK (kind IN ('handler', 'projection')),
+    kind                text NOT NULL CHECK (kind IN ('handler', 'projection', 'kafka')),
     checkpoint_tx       xid8 NOT NULL DEFAULT '0',
     checkpoint_position bigint NOT NULL DEFAULT 0,
     paused              boolean NOT NULL DEFAULT false,
@@ -819,7 +819,9 @@ SELECT c.name AS consumer, c.kind, c.paused, s.appended_per_second_last_minute,
        c.checkpoint_tx, c.checkpoint_position, c.last_processed_at, c.last_error, c.last_error_at
   FROM @extschema@.es_consumers c
   CROSS JOIN @extschema@.es_store_stats s
-  LEFT JOIN @extschema@.es_consumer_counters() k ON k.consumer OPERATOR(pg_catalog.=) c.name;
+  LEFT JOIN @extschema@.es_consumer_counters() k ON k.consumer OPERATOR(pg_catalog.=) c.name
+ -- The Kafka ingest reads topics, not the store: es_kafka_status shows it.
+ WHERE c.name OPERATOR(pg_catalog.<>) 'kafka_ingest';
 COMMENT ON VIEW @extschema@.es_stats IS
     'ultracore_es: per consumer: events processed, commit-to-applied latency (p50, p99), lag in events (up to 1,000,000) and seconds, open dead letters; with the store''s append rates';
 
@@ -1136,6 +1138,97 @@ COMMENT ON VIEW @extschema@.es_projection_status IS
     'ultracore_es: each projection: mode, events processed, checkpoint, lag in events and seconds, last rebuild, last error';
 
 ------------------------------------------------------------------------------
+-- Kafka: the mirror (committed events to topics) and the ingest (topics to
+-- appends), run by the background worker when ultracore_es.kafka_brokers is
+-- set (src/kafka.c).
+------------------------------------------------------------------------------
+
+-- Where an aggregate type's events go; by default the topic is
+-- ultracore_es.kafka_topic_prefix followed by the aggregate type.
+CREATE TABLE @extschema@.es_kafka_routes (
+    aggregate_type  text COLLATE "C" PRIMARY KEY,
+    topic           text CHECK (topic ~ '^[A-Za-z0-9._-]+$' AND octet_length(topic) <= 249 AND topic NOT IN ('.', '..'))
+);
+COMMENT ON TABLE @extschema@.es_kafka_routes IS
+    'ultracore_es: the Kafka topic of an aggregate type''s events (NULL: not mirrored); others go to kafka_topic_prefix || aggregate_type';
+
+-- The ingest's offsets, written with the appended events.  epoch grows with
+-- each assignment of the partition; a write with an older epoch is refused.
+CREATE TABLE @extschema@.es_kafka_offsets (
+    group_id        text NOT NULL,
+    topic           text NOT NULL,
+    partition       integer NOT NULL,
+    next_offset     bigint,
+    epoch           bigint NOT NULL,
+    high_watermark  bigint,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (group_id, topic, partition)
+);
+COMMENT ON TABLE @extschema@.es_kafka_offsets IS
+    'ultracore_es: per consumer group, topic and partition, the next offset to ingest (stored with the appends) and the brokers'' high watermark';
+
+-- Messages the ingest could not append.
+CREATE TABLE @extschema@.es_kafka_dead_letters (
+    id              bigserial PRIMARY KEY,
+    topic           text NOT NULL,
+    partition       integer NOT NULL,
+    "offset"        bigint NOT NULL,
+    key             bytea,
+    headers         jsonb NOT NULL,
+    value           bytea,
+    error           text NOT NULL,
+    received_at     timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX es_kafka_dead_letters_source ON @extschema@.es_kafka_dead_letters (topic, partition, "offset");
+COMMENT ON TABLE @extschema@.es_kafka_dead_letters IS
+    'ultracore_es: Kafka messages the ingest could not append (malformed, unknown type, version conflict, id reused), with the error';
+COMMENT ON SEQUENCE @extschema@.es_kafka_dead_letters_id_seq IS 'ultracore_es: Kafka dead letter ids';
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_kafka_routes', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_kafka_offsets', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_kafka_dead_letters', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_kafka_dead_letters_id_seq', '');
+
+CREATE FUNCTION @extschema@.es_set_kafka_route(aggregate_type text, topic text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF $2 IS NOT NULL AND ($2 !~ '^[A-Za-z0-9._-]+$' OR octet_length($2) > 249 OR $2 IN ('.', '..')) THEN
+        RAISE EXCEPTION 'invalid Kafka topic name "%"', $2
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Kafka topic names are 1 to 249 characters among ASCII letters, digits, ".", "_" and "-", and neither "." nor "..".',
+                  HINT = 'Pass NULL as the topic to stop mirroring the aggregate type.';
+    END IF;
+    INSERT INTO @extschema@.es_kafka_routes AS r VALUES ($1, $2)
+    ON CONFLICT ON CONSTRAINT es_kafka_routes_pkey DO UPDATE SET topic = excluded.topic;
+END
+$$;
+COMMENT ON FUNCTION @extschema@.es_set_kafka_route(text, text) IS
+    'ultracore_es: mirror an aggregate type''s events to topic (NULL: do not mirror them); the worker reads routes at each batch';
+
+CREATE VIEW @extschema@.es_kafka_status AS
+SELECT 'mirror'::text AS component, NULL::text AS group_id, NULL::text AS topic, NULL::integer AS partition,
+       c.checkpoint_tx, c.checkpoint_position, s.lag_events, s.lag_seconds,
+       c.events_processed AS events, c.last_processed_at AS last_acknowledged_at,
+       s.latency_p50_ms, s.latency_p99_ms,
+       NULL::bigint AS next_offset, NULL::bigint AS high_watermark, NULL::bigint AS consumer_lag,
+       NULL::bigint AS dead_letters, c.last_error, c.last_error_at
+  FROM @extschema@.es_consumers c
+  LEFT JOIN @extschema@.es_stats s ON s.consumer OPERATOR(pg_catalog.=) c.name
+ WHERE c.name OPERATOR(pg_catalog.=) 'kafka_mirror'
+UNION ALL
+SELECT 'ingest', o.group_id, o.topic, o.partition, NULL, NULL, NULL, NULL, NULL, o.updated_at, NULL, NULL,
+       o.next_offset, o.high_watermark,
+       greatest(o.high_watermark OPERATOR(pg_catalog.-) coalesce(o.next_offset, 0), 0),
+       (SELECT count(*) FROM @extschema@.es_kafka_dead_letters d
+         WHERE d.topic OPERATOR(pg_catalog.=) o.topic AND d.partition OPERATOR(pg_catalog.=) o.partition),
+       c.last_error, c.last_error_at
+  FROM @extschema@.es_kafka_offsets o
+  LEFT JOIN @extschema@.es_consumers c ON c.name OPERATOR(pg_catalog.=) 'kafka_ingest';
+COMMENT ON VIEW @extschema@.es_kafka_status IS
+    'ultracore_es: the Kafka mirror (checkpoint, lag, last acknowledgement, commit-to-acknowledgement latency, last error) and, per ingested partition, the next offset, the brokers'' high watermark, the consumer lag and the dead letters';
+
+------------------------------------------------------------------------------
 -- Privileges: nothing for PUBLIC.  Tables are written only through the
 -- functions above; reading them directly needs an explicit GRANT SELECT.
 ------------------------------------------------------------------------------
@@ -1149,7 +1242,9 @@ REVOKE ALL ON TABLE @extschema@.es_clusters, @extschema@.es_event_types, @extsch
     @extschema@.es_projections, @extschema@.es_builtin_projections, @extschema@.es_rm_customers,
     @extschema@.es_rm_accounts, @extschema@.es_rm_transactions, @extschema@.es_rm_payments,
     @extschema@.es_rm_loans, @extschema@.es_customers, @extschema@.es_accounts, @extschema@.es_transactions,
-    @extschema@.es_payments, @extschema@.es_loans, @extschema@.es_projection_status FROM PUBLIC;
+    @extschema@.es_payments, @extschema@.es_loans, @extschema@.es_projection_status,
+    @extschema@.es_kafka_routes, @extschema@.es_kafka_offsets, @extschema@.es_kafka_dead_letters,
+    @extschema@.es_kafka_status FROM PUBLIC;
 REVOKE ALL ON SEQUENCE @extschema@.es_events_position_seq FROM PUBLIC;
 -- Every function of the extension, as created above.
 DO $$

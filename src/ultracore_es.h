@@ -92,6 +92,17 @@ extern bool es_worker_enabled;
 extern int	es_worker_poll_interval;
 extern int	es_worker_batch_size;
 extern int	es_handled_retention;
+extern char *es_kafka_brokers;
+extern char *es_kafka_topic_prefix;
+extern char *es_kafka_producer_properties;
+extern char *es_kafka_consumer_properties;
+extern char *es_kafka_ingest_topics;
+extern char *es_kafka_group_id;
+extern char *es_kafka_partitioner;
+extern char *es_kafka_source;
+extern bool es_kafka_transactional;
+extern int	es_kafka_batch_size;
+extern int	es_kafka_ingest_batch_size;
 extern void es_guc_init(void);
 
 /* shmem.c: counters, the worker's latch, commit times (when preloaded) */
@@ -115,6 +126,10 @@ extern void es_check_consumer_function(Oid fn, Oid events_rowtype, Oid caller, c
 extern void es_check_event_type_filter(ArrayType *types);
 extern void es_check_retry_policy(int32 max_retries, Interval *backoff);
 
+
+/* kafka.c */
+extern bool es_kafka_pass(void);
+extern void es_kafka_stop(void);
 
 /* consumer.c */
 extern int	es_consumer_run(const char *name, TimestampTz *next_due);

@@ -13,7 +13,8 @@
  * passes.  SIGTERM ends it at the next interrupt check; a crash (of the
  * worker or of any backend) restarts it with the server, from the committed
  * checkpoints.  pg_stat_activity shows it as "ultracore_es worker", with the
- * consumer it is serving.
+ * consumer it is serving.  When ultracore_es.kafka_brokers is set, each
+ * pass also runs the Kafka mirror and ingest (kafka.c).
  *
  * An error in one consumer's batch (other than a handler's, which
  * consumer.c turns into retries and dead letters) is logged, recorded in the
@@ -49,6 +50,9 @@
 /* How often the idempotency ledger is pruned. */
 #define PRUNE_INTERVAL_MS	60000
 
+/* Sleep while Kafka messages are in flight (their acknowledgements are polled). */
+#define KAFKA_BUSY_MS		5
+
 /*
  * es_worker_register: from _PG_init while preloading.
  */
@@ -69,7 +73,8 @@ es_worker_register(void)
 }
 
 static EsPlan consumers_plan = {
-	"SELECT name FROM @extschema@.es_consumers WHERE NOT paused ORDER BY name",
+	"SELECT name FROM @extschema@.es_consumers"
+	" WHERE NOT paused AND kind OPERATOR(pg_catalog.<>) 'kafka' ORDER BY name",
 	0, {InvalidOid}
 };
 
@@ -245,6 +250,13 @@ worker_prune(void)
 	(void) worker_transaction(worker_prune_ledger, NULL, &installed);
 }
 
+/* On the way out, however it exits: no librdkafka client survives the worker. */
+static void
+worker_exit(int code, Datum arg)
+{
+	es_kafka_stop();
+}
+
 /*
  * es_worker_main: the worker's entry point.
  */
@@ -265,6 +277,7 @@ es_worker_main(Datum arg)
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	es_shmem_register_worker();
+	before_shmem_exit(worker_exit, (Datum) 0);
 	ereport(LOG,
 			(errmsg("ultracore_es worker started for database \"%s\"", es_worker_database)));
 
@@ -323,6 +336,9 @@ es_worker_main(Datum arg)
 					worker_prune();
 					last_prune = GetCurrentTimestamp();
 				}
+				/* Kafka: while messages are in flight, come back within a few milliseconds. */
+				if (es_kafka_pass())
+					next_due = Min(next_due, TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KAFKA_BUSY_MS));
 				/* Table statistics, for autovacuum of what the batches wrote. */
 				pgstat_report_stat(false);
 				now = GetCurrentTimestamp();

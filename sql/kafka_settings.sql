@@ -1,0 +1,32 @@
+-- The Kafka settings, routes and status as SQL sees them.  The mirror and
+-- the ingest themselves run against brokers: test/t/005 and 006.
+
+-- Kafka is off by default; the other settings have their defaults.
+SELECT name, setting, context FROM pg_settings WHERE name LIKE 'ultracore_es.kafka%' ORDER BY name;
+
+-- With Kafka off there is nothing to report.
+SELECT count(*) FROM es_kafka_status;
+
+-- An unknown partitioner is refused when the configuration is written.
+ALTER SYSTEM SET ultracore_es.kafka_partitioner = 'java';
+ALTER SYSTEM SET ultracore_es.kafka_partitioner = 'murmur2_random';
+ALTER SYSTEM RESET ultracore_es.kafka_partitioner;
+
+-- The properties may hold credentials: only superusers read them.
+CREATE ROLE kafka_reader;
+SET ROLE kafka_reader;
+SHOW ultracore_es.kafka_producer_properties;
+SHOW ultracore_es.kafka_consumer_properties;
+SHOW ultracore_es.kafka_brokers;
+RESET ROLE;
+DROP ROLE kafka_reader;
+
+-- Routes: a topic per aggregate type, NULL for none, invalid names refused.
+SELECT es_set_kafka_route('Customer', 'customers-v1');
+SELECT es_set_kafka_route('Loan', NULL);
+SELECT es_set_kafka_route('Customer', 'customers.v2');
+SELECT es_set_kafka_route('Payment', 'payments v1');
+SELECT es_set_kafka_route('Payment', '..');
+SELECT es_set_kafka_route('Payment', repeat('p', 250));
+SELECT * FROM es_kafka_routes ORDER BY aggregate_type;
+DELETE FROM es_kafka_routes;
