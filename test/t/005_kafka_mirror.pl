@@ -1,0 +1,142 @@
+# The Kafka mirror against a real Kafka wire protocol (librdkafka's mock
+# cluster, three brokers), checked with kcat: every committed event reaches
+# its topic, keyed by aggregate, as a CloudEvent, in each aggregate's
+# version order; nothing is missing after the brokers are down for ten
+# seconds, after kill -9 of the worker, or after kill -9 of the postmaster.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/..";
+use EsKafka;
+
+my $kafka = EsKafka->new('es.Account:4', 'es.Customer:2');
+
+my $node = PostgreSQL::Test::Cluster->new('kafka_mirror');
+$node->init;
+$node->append_conf(
+	'postgresql.conf', qq{
+shared_preload_libraries = 'ultracore_es'
+ultracore_es.database = 'postgres'
+ultracore_es.worker_poll_interval = 200
+ultracore_es.kafka_brokers = '@{[ $kafka->bootstrap ]}'
+ultracore_es.kafka_batch_size = 100
+restart_after_crash = on
+});
+$node->start;
+$node->safe_psql(
+	'postgres', q{
+	CREATE EXTENSION ultracore_es;
+	CREATE PROCEDURE append_accounts(prefix text, aggregates int, versions int, pause float8 DEFAULT 0)
+	LANGUAGE plpgsql AS $$
+	BEGIN
+	    FOR v IN 1..versions LOOP
+	        PERFORM es_append('Account', prefix || a, CASE WHEN v = 1 THEN 'ACCOUNT_OPENED' ELSE 'ACCOUNT_BALANCE_UPDATED' END,
+	                          jsonb_build_object('balance', v), v - 1, correlation_id => 'req-' || v)
+	           FROM generate_series(1, aggregates) a;
+	        COMMIT;
+	        PERFORM pg_sleep(pause);
+	    END LOOP;
+	END $$;
+});
+
+sub mirrored_all
+{
+	my ($what) = @_;
+	ok( $node->poll_query_until(
+			'postgres', q{SELECT lag_events = 0 FROM es_kafka_status WHERE component = 'mirror'}, 't'),
+		"$what: the mirror caught up");
+	my @messages = $kafka->consume('es.Account');
+	my $events = $node->safe_psql('postgres', q{SELECT count(*) FROM es_events WHERE aggregate_type = 'Account'});
+	my $distinct = eval { EsKafka::check_order(@messages) };
+	is($@, '', "$what: per-aggregate order kept, duplicates only of the same event");
+	is($distinct, $events, "$what: every event on the topic ($events)");
+	return scalar @messages;
+}
+
+# 10,000 events over 100 aggregates.
+$node->safe_psql('postgres', q{CALL append_accounts('ACC-', 100, 100)});
+my $n = mirrored_all('10,000 events');
+is($n, 10000, 'no duplicate without a fault');
+
+# The CloudEvents binary mode: data as the value, attributes as headers.
+my ($m) = grep { $_->{key} eq 'ACC-7' && $_->{headers}{ce_aggregateversion} == 3 } $kafka->consume('es.Account');
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT concat_ws('|', event_id, event_type, aggregate_id, aggregate_type, version, correlation_id, data)
+	  FROM es_events WHERE aggregate_id = 'ACC-7' AND version = 3}),
+	join('|',
+		$m->{headers}{ce_id}, $m->{headers}{ce_type}, $m->{headers}{ce_subject},
+		$m->{headers}{ce_aggregatetype}, $m->{headers}{ce_aggregateversion},
+		$m->{headers}{ce_correlationid}, $m->{value}),
+	'headers and value carry the event');
+is($m->{headers}{ce_specversion}, '1.0', 'CloudEvents 1.0');
+like($m->{headers}{ce_time}, qr/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d/, 'ce_time in RFC 3339');
+like($m->{headers}{ce_source}, qr{^/ultracore_es/\d+/postgres$}, 'ce_source names the store');
+
+# The brokers down for ten seconds while events keep coming.
+my $appender = $node->background_psql('postgres');
+$appender->query_until(qr/started/, qq{\\echo started\nCALL append_accounts('OUT-', 20, 40, 0.5);\n\\echo done\n});
+sleep(2);
+$kafka->command('down -1');
+sleep(10);
+cmp_ok($node->safe_psql('postgres', q{SELECT lag_events FROM es_kafka_status WHERE component = 'mirror'}),
+	'>', 0, 'while the brokers are down, the checkpoint waits');
+$kafka->command('up -1');
+$appender->query_until(qr/done/, '');
+$appender->quit;
+mirrored_all('brokers down for ten seconds');
+
+# kill -9 of the worker in the middle of a backlog (slow brokers, so that it is one).
+$kafka->command('rtt -1 200');
+$node->safe_psql('postgres', q{CALL append_accounts('KILLW-', 50, 40)});
+ok( $node->poll_query_until(
+		'postgres', q{SELECT events > 12000 FROM es_kafka_status WHERE component = 'mirror'}, 't'),
+	'the mirror is draining the backlog');
+my $log_offset = -s $node->logfile;
+kill 'KILL', $node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'ultracore_es worker'});
+$node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset);
+ok($node->poll_query_until('postgres', 'SELECT true'), 'server back after kill -9 of the worker');
+$kafka->command('rtt -1 0');	# fast brokers again for kcat
+mirrored_all('kill -9 of the worker');
+
+# kill -9 of the postmaster in the middle of a backlog.
+$kafka->command('rtt -1 200');
+$node->safe_psql('postgres', q{CALL append_accounts('KILLP-', 50, 40)});
+ok( $node->poll_query_until(
+		'postgres', q{SELECT lag_events < 1900 FROM es_kafka_status WHERE component = 'mirror'}, 't'),
+	'the mirror is draining the backlog');
+# The orphaned children notice the postmaster's death and exit on their own
+# (the worker after closing its Kafka clients); a new postmaster refuses to
+# start while any of them is still attached to the shared memory.
+my $postmaster = (split /\n/, slurp_file($node->data_dir . '/postmaster.pid'))[0];
+my @processes = ($postmaster, split(' ', `ps -o pid= --ppid $postmaster`));
+$node->kill9;
+for (1 .. 60)
+{
+	last unless grep { kill 0, $_ } @processes;
+	sleep 1;
+}
+$node->start;
+$kafka->command('rtt -1 0');
+mirrored_all('kill -9 of the postmaster');
+
+# An aggregate type routed elsewhere, one not mirrored.
+$node->safe_psql(
+	'postgres', q{
+	SELECT es_set_kafka_route('Customer', 'customers-v1');
+	SELECT es_set_kafka_route('Loan', NULL);
+	SELECT es_append('Customer', 'C-1', 'CUSTOMER_CREATED', '{"name": "routed"}', 0);
+	SELECT es_append('Loan', 'L-1', 'LOAN_APPLICATION_SUBMITTED', '{"amount": 1}', 0);
+	SELECT es_append('Account', 'AFTER-ROUTES', 'ACCOUNT_OPENED', '{}', 0);
+});
+mirrored_all('routes');
+is(scalar(grep { $_->{key} eq 'C-1' } $kafka->consume('customers-v1')), 1, 'routed to its topic');
+my @default = $kafka->consume('es.Customer');
+is(scalar @default, 0, 'not to the default one');
+
+$node->stop;
+$kafka->stop;
+done_testing();

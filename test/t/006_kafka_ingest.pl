@@ -1,0 +1,194 @@
+# The Kafka ingest against librdkafka's mock cluster: 10,000 messages with
+# duplicates, version conflicts, malformed JSON and unknown event types;
+# exactly the valid ones are appended, once, the rest are dead-lettered, and
+# kill -9 of the worker in the middle neither loses nor repeats an append.
+# Events this store mirrored are not ingested back, and ingested events are
+# not mirrored back into the topic they came from.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/..";
+use EsKafka;
+
+my $kafka = EsKafka->new('bank.in:4', 'es.Account:4');
+
+my $node = PostgreSQL::Test::Cluster->new('kafka_ingest');
+$node->init;
+$node->append_conf(
+	'postgresql.conf', qq{
+shared_preload_libraries = 'ultracore_es'
+ultracore_es.database = 'postgres'
+ultracore_es.worker_poll_interval = 200
+ultracore_es.kafka_brokers = '@{[ $kafka->bootstrap ]}'
+ultracore_es.kafka_ingest_topics = 'bank.in, es.Account'
+ultracore_es.kafka_ingest_batch_size = 100
+# librdkafka's mock holds the first join for 3 s and a dead member for a
+# session timeout: keep both short.
+ultracore_es.kafka_consumer_properties = 'session.timeout.ms=6000;heartbeat.interval.ms=500'
+restart_after_crash = on
+});
+$node->start;
+# Customer events go to the ingested topic: the ingested ones must not be
+# sent back there, the local ones must be, and must not come back in.
+$node->safe_psql(
+	'postgres', q{
+	CREATE EXTENSION ultracore_es;
+	SELECT es_set_kafka_route('Customer', 'bank.in');
+	SELECT es_append('Customer', 'LOCAL-' || i, 'CUSTOMER_CREATED', '{"local": true}', 0)
+	  FROM generate_series(1, 10) i;
+});
+
+# The messages, in the order produced (a key's messages stay in order on
+# its partition).  Account IN-a has versions 1..8, ids in-a-v; after each
+# round of versions come identical resends (absorbed) and messages reusing
+# a taken version under a new id (conflicts).
+my @messages;
+my ($valid, $duplicates, $conflicts, $malformed, $unknown, $any) = (0, 0, 0, 0, 0, 0);
+
+sub account_message
+{
+	my ($a, $v, $id) = @_;
+	return [
+		'bank.in', "IN-$a",
+		{
+			ce_specversion => '1.0',
+			ce_id => $id,
+			ce_source => '/core-banking/ledger',
+			ce_type => $v == 1 ? 'ACCOUNT_OPENED' : 'ACCOUNT_BALANCE_UPDATED',
+			ce_subject => "IN-$a",
+			ce_aggregatetype => 'Account',
+			ce_aggregateversion => $v,
+			ce_correlationid => "corr-$a",
+		},
+		qq({"balance": $v})
+	];
+}
+
+for my $v (1 .. 8)
+{
+	for my $a (1 .. 1000)
+	{
+		push @messages, account_message($a, $v, "in-$a-$v");
+		$valid++;
+	}
+	for my $i (grep { $_ % 8 == $v - 1 } 0 .. 499)
+	{
+		push @messages, account_message(2 * $i + 1, $v, sprintf('in-%d-%d', 2 * $i + 1, $v));
+		$duplicates++;
+		push @messages, account_message(2 * $i + 2, $v, "conflict-$i");
+		$conflicts++;
+	}
+	for my $i (1 .. 40)
+	{
+		my $n = ($v - 1) * 40 + $i;
+		push @messages,
+		  [ 'bank.in', "BAD-$n", { ce_id => "bad-$n", ce_type => 'ACCOUNT_OPENED', ce_aggregatetype => 'Account' },
+			'{"balance": ' ];
+		$malformed++;
+		push @messages,
+		  [ 'bank.in', "ODD-$n", { ce_id => "odd-$n", ce_type => 'NO_SUCH_EVENT', ce_aggregatetype => 'Account' },
+			'{}' ];
+		$unknown++;
+	}
+	for my $i (1 .. 31)
+	{
+		# No version: appended at any version; no aggregate type: the event type's.
+		my $n = ($v - 1) * 31 + $i;
+		push @messages, [ 'bank.in', "CUS-$n", { ce_id => "cus-$n", ce_type => 'CUSTOMER_CREATED' }, '{"name": "x"}' ];
+		$any++;
+	}
+}
+# Round it up to 10,000 with more malformed messages: no ce_id.
+while (@messages < 10000)
+{
+	my $n = scalar @messages;
+	push @messages, [ 'bank.in', "NOID-$n", { ce_type => 'ACCOUNT_OPENED' }, '{}' ];
+	$malformed++;
+}
+is(scalar @messages, 10000, 'ten thousand messages');
+
+# All of them, then kill -9 of the worker in the middle of the ingest.
+$kafka->produce(@messages);
+ok( $node->poll_query_until(
+		'postgres', q{SELECT events_processed > 1000 FROM es_consumers WHERE name = 'kafka_ingest'}, 't'),
+	'the ingest is running');
+my $log_offset = -s $node->logfile;
+my $taken = $node->safe_psql('postgres', q{SELECT events_processed FROM es_consumers WHERE name = 'kafka_ingest'});
+kill 'KILL', $node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'ultracore_es worker'});
+$node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset);
+ok($node->poll_query_until('postgres', 'SELECT true'), 'server back after kill -9 of the worker');
+cmp_ok($taken, '<', 10000, "killed in the middle of the ingest ($taken messages taken)");
+
+# Done when every partition of both topics is ingested up to its high watermark.
+ok( $node->poll_query_until(
+		'postgres', q{
+	SELECT count(*) = 8 AND bool_and(next_offset = high_watermark AND next_offset > 0)
+	  FROM es_kafka_status WHERE component = 'ingest'}, 't'),
+	'every partition ingested to its high watermark');
+
+is( $node->safe_psql('postgres', q{SELECT count(*) FROM es_events WHERE appended_by = 'kafka:bank.in'}),
+	$valid + $any, "the valid messages appended ($valid versioned, $any at any version)");
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT count(*) FROM es_events
+	 WHERE aggregate_id LIKE 'IN-%'
+	   AND event_id = 'in-' || substr(aggregate_id, 4) || '-' || version
+	   AND data = jsonb_build_object('balance', version)
+	   AND metadata->'kafka_origin'->>'topic' = 'bank.in'
+	   AND correlation_id = 'corr-' || substr(aggregate_id, 4)}),
+	$valid, 'each at the version its message named, with its id, data, origin and correlation');
+is( $node->safe_psql('postgres', q{SELECT count(*) FROM es_aggregate_versions WHERE aggregate_id LIKE 'IN-%' AND version = 8}),
+	1000, 'every account at version 8');
+is( $node->safe_psql(
+		'postgres', q{SELECT count(*) FROM es_events WHERE aggregate_id LIKE 'CUS-%' AND aggregate_type = 'Customer'}),
+	$any, 'messages without a version or aggregate type appended');
+
+my %dead = split /[|\n]/, $node->safe_psql(
+	'postgres', q{
+	SELECT CASE WHEN error LIKE '%version conflict%' THEN 'conflict'
+	            WHEN error LIKE '%is not registered%' THEN 'unknown'
+	            ELSE 'malformed' END, count(*)
+	  FROM es_kafka_dead_letters GROUP BY 1 ORDER BY 1});
+is($dead{conflict} // 0, $conflicts, 'version conflicts dead-lettered');
+is($dead{unknown} // 0, $unknown, 'unknown event types dead-lettered');
+is($dead{malformed} // 0, $malformed, 'malformed messages dead-lettered');
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT count(*) FROM es_kafka_dead_letters
+	 WHERE headers->>'ce_id' LIKE 'in-%'
+	    OR (topic, partition, "offset") IN (SELECT topic, partition, "offset" FROM es_kafka_dead_letters
+	                                         GROUP BY 1, 2, 3 HAVING count(*) > 1)}),
+	0, 'duplicates absorbed, not dead-lettered; no message dead-lettered twice');
+like(
+	$node->safe_psql('postgres', q{SELECT error FROM es_kafka_dead_letters WHERE headers->>'ce_id' = 'conflict-0'}),
+	qr/IN-2/, 'a dead letter says what went wrong');
+
+# What this store mirrored came back through es.Account and bank.in and was
+# skipped; what it ingested from bank.in was not sent back there.
+ok( $node->poll_query_until(
+		'postgres', q{SELECT lag_events = 0 FROM es_kafka_status WHERE component = 'mirror'}, 't'),
+	'the mirror caught up');
+my @in = $kafka->consume('bank.in');
+is(scalar(@in), 10000 + 10, 'bank.in holds the messages and the local Customer events, nothing ingested from it');
+is(scalar(grep { ($_->{key} // '') =~ /^LOCAL-/ } @in), 10, 'the local Customer events went to bank.in');
+my @mirrored = $kafka->consume('es.Account');
+is(EsKafka::check_order(@mirrored), $valid, 'ingested Account events mirrored to es.Account, in order');
+ok( $node->poll_query_until(
+		'postgres', qq{
+	SELECT sum(next_offset) FILTER (WHERE topic = 'bank.in') = @{[ scalar @in ]}
+	   AND sum(next_offset) FILTER (WHERE topic = 'es.Account') = @{[ scalar @mirrored ]}
+	  FROM es_kafka_offsets}, 't'),
+	'the ingest consumed what the mirror produced');
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT count(*) FILTER (WHERE appended_by LIKE 'kafka:%'), count(*) FROM es_events}),
+	join('|', $valid + $any, $valid + $any + 10), 'no mirrored event ingested back');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_kafka_dead_letters WHERE topic <> 'bank.in'}),
+	0, 'nor dead-lettered');
+
+$node->stop;
+$kafka->stop;
+done_testing();
