@@ -87,3 +87,39 @@ es_stop_server() {
 }
 
 es_psql() { es_as_postgres psql -X -h "$ES_SOCKDIR" -p "$ES_PORT" -U postgres -d postgres "$@"; }
+
+# Wait (at most 60 s) until a query returns true.
+es_wait_sql() { # query
+	local i
+	for i in $(seq 600); do
+		[ "$(es_psql -Atq -c "$1")" = t ] && return 0
+		sleep 0.1
+	done
+	echo "timed out waiting for: $1" >&2
+	return 1
+}
+
+# Start the local test broker (test/kafka_mock_broker, built with the
+# extension: librdkafka's mock cluster, three brokers on loopback) with
+# the given options (-t topic:partitions); its address goes to $ES_BROKERS.
+es_start_test_broker() {
+	local i
+	es_workdir
+	"$ES_WORKDIR/src/test/kafka_mock_broker" -b 3 "$@" </dev/null >"$ES_WORKDIR/broker.out" 2>&1 &
+	ES_BROKER_PID=$!
+	for i in $(seq 100); do
+		grep -q '^ready$' "$ES_WORKDIR/broker.out" && break
+		sleep 0.1
+	done
+	ES_BROKERS=$(sed -n 's/^bootstrap\.servers=//p' "$ES_WORKDIR/broker.out")
+	[ -n "$ES_BROKERS" ] || { cat "$ES_WORKDIR/broker.out" >&2; return 1; }
+	export ES_BROKERS ES_BROKER_PID
+}
+
+es_stop_test_broker() {
+	if [ -n "${ES_BROKER_PID:-}" ]; then
+		kill "$ES_BROKER_PID" 2>/dev/null || true
+		wait "$ES_BROKER_PID" 2>/dev/null || true
+		ES_BROKER_PID=
+	fi
+}
