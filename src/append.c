@@ -83,7 +83,16 @@ static EsPlan stored_events_plan = {
 	1, {TEXTARRAYOID}
 };
 
-/* Column numbers of stored_events_plan. */
+/* The same for a single id: a plain index probe, no array, no sort. */
+static EsPlan stored_event_plan = {
+	"SELECT event_id, event_type, aggregate_type, aggregate_id, version, position,"
+	"       causation_id, correlation_id, data, metadata, occurred_at"
+	"  FROM @extschema@.es_events"
+	" WHERE event_id OPERATOR(pg_catalog.=) $1",
+	1, {TEXTOID}
+};
+
+/* Column numbers of stored_events_plan and stored_event_plan. */
 enum
 {
 	SE_EVENT_ID = 1, SE_EVENT_TYPE, SE_AGGREGATE_TYPE, SE_AGGREGATE_ID, SE_VERSION,
@@ -266,9 +275,13 @@ append_find_stored(EsAppendRequest *req)
 	for (i = 0; i < req->nevents; i++)
 		if (req->events[i].event_id_given)
 			ids[nids++] = CStringGetTextDatum(req->events[i].event_id);
-	arg = PointerGetDatum(construct_array(ids, nids, TEXTOID, -1, false, TYPALIGN_INT));
+	if (nids == 1)
+		arg = ids[0];
+	else
+		arg = PointerGetDatum(construct_array(ids, nids, TEXTOID, -1, false, TYPALIGN_INT));
 
-	if (SPI_execute_plan(es_plan(&stored_events_plan), &arg, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(es_plan(nids == 1 ? &stored_event_plan : &stored_events_plan), &arg, NULL, false, 0)
+		!= SPI_OK_SELECT)
 		elog(ERROR, "could not look up stored events");
 	if (SPI_processed == 0)
 		return false;

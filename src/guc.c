@@ -46,7 +46,7 @@ check_kafka_partitioner(char **newval, void **extra, GucSource source)
 	};
 	int			i;
 
-	for (i = 0; i < lengthof(known); i++)
+	for (i = 0; i < (int) lengthof(known); i++)
 		if (strcmp(*newval, known[i]) == 0)
 			return true;
 	GUC_check_errdetail("Known partitioners: consistent_random, murmur2_random, consistent, murmur2, fnv1a, fnv1a_random, random.");

@@ -88,10 +88,10 @@ es_stop_server() {
 
 es_psql() { es_as_postgres psql -X -h "$ES_SOCKDIR" -p "$ES_PORT" -U postgres -d postgres "$@"; }
 
-# Wait (at most 60 s) until a query returns true.
-es_wait_sql() { # query
+# Wait (at most 60 s, or the given seconds) until a query returns true.
+es_wait_sql() { # query [seconds]
 	local i
-	for i in $(seq 600); do
+	for i in $(seq $((${2:-60} * 10))); do
 		[ "$(es_psql -Atq -c "$1")" = t ] && return 0
 		sleep 0.1
 	done
