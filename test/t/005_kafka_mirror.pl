@@ -137,6 +137,48 @@ is(scalar(grep { $_->{key} eq 'C-1' } $kafka->consume('customers-v1')), 1, 'rout
 my @default = $kafka->consume('es.Customer');
 is(scalar @default, 0, 'not to the default one');
 
+# A transactional producer, partitioning as Java clients do.
+$node->append_conf(
+	'postgresql.conf', q{
+ultracore_es.kafka_transactional = on
+ultracore_es.kafka_partitioner = 'murmur2_random'
+});
+$node->reload;
+$node->safe_psql('postgres', q{CALL append_accounts('TXN-', 20, 10)});
+mirrored_all('transactional producer');
+my @txn = grep { $_->{key} =~ /^TXN-/ } $kafka->consume('es.Account');
+is(scalar @txn, 200, 'every event of the transactional batches on the topic');
+is( scalar(grep { $_->{partition} != java_partition($_->{key}, 4) } @txn),
+	0, 'each aggregate on the partition the Java client would choose');
+
 $node->stop;
 $kafka->stop;
 done_testing();
+
+# The Java client's default partition of a key: murmur2 (Kafka's
+# Utils.murmur2), positive, modulo the partitions.
+sub java_partition
+{
+	my ($key, $partitions) = @_;
+	my @b = unpack('C*', $key);
+	my $m = 0x5bd1e995;
+	my $mul = sub { my ($x, $y) = @_; return (($x & 0xffff) * $y + ((($x >> 16) * $y & 0xffff) << 16)) & 0xffffffff; };
+	my $h = (0x9747b28c ^ scalar @b) & 0xffffffff;
+	my $n4 = int(@b / 4);
+	for my $i (0 .. $n4 - 1)
+	{
+		my $k = $b[ 4 * $i ] | ($b[ 4 * $i + 1 ] << 8) | ($b[ 4 * $i + 2 ] << 16) | ($b[ 4 * $i + 3 ] << 24);
+		$k = $mul->($k, $m);
+		$k ^= $k >> 24;
+		$k = $mul->($k, $m);
+		$h = $mul->($h, $m) ^ $k;
+	}
+	my $rest = @b % 4;
+	$h ^= $b[ 4 * $n4 + 2 ] << 16 if $rest >= 3;
+	$h ^= $b[ 4 * $n4 + 1 ] << 8 if $rest >= 2;
+	$h = $mul->($h ^ $b[ 4 * $n4 ], $m) if $rest >= 1;
+	$h ^= $h >> 13;
+	$h = $mul->($h, $m);
+	$h ^= $h >> 15;
+	return ($h & 0x7fffffff) % $partitions;
+}
