@@ -89,6 +89,21 @@ $appender->query_until(qr/done/, '');
 $appender->quit;
 mirrored_all('brokers down for ten seconds');
 
+# A shutdown while the brokers are unreachable and messages are in flight:
+# the worker does not wait for them, and nothing is lost.
+$kafka->command('down -1');
+$node->safe_psql('postgres', q{CALL append_accounts('TERM-', 10, 5)});
+sleep(2);
+is($node->safe_psql('postgres', q{SELECT lag_events FROM es_kafka_status WHERE component = 'mirror'}),
+	50, 'the events wait for the brokers');
+my $stop_started = time;
+$node->stop('fast');
+my $stop_seconds = time - $stop_started;
+cmp_ok($stop_seconds, '<', 15, "the server stops with the brokers down ($stop_seconds s)");
+$kafka->command('up -1');
+$node->start;
+mirrored_all('stopped with the brokers down');
+
 # kill -9 of the worker in the middle of a backlog (slow brokers, so that it is one).
 $kafka->command('rtt -1 200');
 $node->safe_psql('postgres', q{CALL append_accounts('KILLW-', 50, 40)});
