@@ -89,7 +89,7 @@ static EsPlan stored_event_plan = {
 	"       causation_id, correlation_id, data, metadata, occurred_at"
 	"  FROM @extschema@.es_events"
 	" WHERE event_id OPERATOR(pg_catalog.=) $1",
-	1, {TEXTOID}
+	1, {TEXTOID}, true
 };
 
 /* Column numbers of stored_events_plan and stored_event_plan. */

@@ -819,7 +819,7 @@ es_consumer_run(const char *name, TimestampTz *next_due)
 		failed.error = es_consumer_error_text(edata);
 		applying_index = -1;
 		FreeErrorData(edata);
-		AbortCurrentTransaction();
+		AbortOutOfAnyTransaction();
 	}
 	PG_END_TRY();
 

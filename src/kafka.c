@@ -185,10 +185,11 @@ client_conf(const char *properties, char *errstr, size_t errlen)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 
-	if (rd_kafka_conf_set(conf, "bootstrap.servers", es_kafka_brokers, errstr, errlen) != RD_KAFKA_CONF_OK ||
-		rd_kafka_conf_set(conf, "log.queue", "true", errstr, errlen) != RD_KAFKA_CONF_OK ||
-		rd_kafka_conf_set(conf, "client.id", "ultracore_es", errstr, errlen) != RD_KAFKA_CONF_OK ||
-		!set_properties(conf, properties, errstr, errlen))
+	/* The user's properties first: they cannot undo what the rules need. */
+	if (rd_kafka_conf_set(conf, "client.id", "ultracore_es", errstr, errlen) != RD_KAFKA_CONF_OK ||
+		!set_properties(conf, properties, errstr, errlen) ||
+		rd_kafka_conf_set(conf, "bootstrap.servers", es_kafka_brokers, errstr, errlen) != RD_KAFKA_CONF_OK ||
+		rd_kafka_conf_set(conf, "log.queue", "true", errstr, errlen) != RD_KAFKA_CONF_OK)
 	{
 		rd_kafka_conf_destroy(conf);
 		return NULL;
@@ -321,10 +322,16 @@ producer_create(void)
 	producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
 	if (producer == NULL)
 	{
+		rd_kafka_conf_destroy(conf);	/* rd_kafka_new takes it only on success */
 		ereport(WARNING, (errmsg("ultracore_es kafka: could not create the producer: %s", errstr)));
 		return false;
 	}
-	rd_kafka_set_log_queue(producer, NULL);
+	if (rd_kafka_set_log_queue(producer, NULL) != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		producer_destroy();
+		ereport(WARNING, (errmsg("ultracore_es kafka: could not forward the producer's logs")));
+		return false;
+	}
 	if (es_kafka_transactional)
 	{
 		/* Bounded: init_transactions waits for the coordinator; the next pass tries again. */
@@ -589,17 +596,32 @@ note_error(const char *consumer, const char *message)
 	(void) SPI_execute_plan(es_plan(&note_error_plan), args, NULL, false, 0);
 }
 
+/* The number of messages at the head of inflight all acknowledged. */
+static int
+acknowledged_prefix(void)
+{
+	int			done = 0;
+
+	if (in_transaction)
+		return 0;				/* a Kafka transaction counts once committed */
+	while (done < ninflight && inflight[done].state == MSG_DELIVERED)
+		done++;
+	return done;
+}
+
+/* Messages whose checkpoint mirror_checkpoint_step saved, if it commits. */
+static int	checkpointed = 0;
+
 /*
- * The mirror's step in a transaction of the worker: the checkpoint past
- * the acknowledged prefix, then more events produced.  A new mirror starts
- * at the first event: Kafka gets the whole store.
+ * The mirror's checkpoint step, in a transaction of its own: past the
+ * acknowledged prefix.  A new mirror starts at the first event: Kafka gets
+ * the whole store.  The prefix leaves inflight only once this commits.
  */
 static void
-mirror_step(EsStore *s)
+mirror_checkpoint_step(EsStore *s)
 {
-	FullTransactionId horizon = es_commit_horizon_of(GetActiveSnapshot());
 	Datum		name = CStringGetTextDatum(MIRROR_CONSUMER);
-	int			done = 0;
+	int			done = acknowledged_prefix();
 
 	if (!produced_known)
 	{
@@ -613,16 +635,9 @@ mirror_step(EsStore *s)
 		produced_position = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 		produced_known = true;
 	}
-
-	/* The checkpoint passes the longest acknowledged prefix. */
-	while (done < ninflight && inflight[done].state == MSG_DELIVERED)
-		done++;
-	if (done > 0 && !in_transaction)
+	if (done > 0)
 	{
 		Datum		args[4];
-		uint64	   *us = palloc(sizeof(uint64) * done);
-		int			nus = 0;
-		int			i;
 
 		args[0] = name;
 		args[1] = FullTransactionIdGetDatum(inflight[done - 1].tx);
@@ -630,31 +645,49 @@ mirror_step(EsStore *s)
 		args[3] = Int64GetDatum(done);
 		if (SPI_execute_plan(es_plan(&mirror_save_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not save the checkpoint of the Kafka mirror");
-		for (i = 0; i < done; i++)
-			if (inflight[i].acked_at > 0)
-				us[nus++] = inflight[i].acked_at > inflight[i].committed_at
-					? (uint64) (inflight[i].acked_at - inflight[i].committed_at) : 0;
-		es_shmem_record_applied(MIRROR_CONSUMER, nus, us, GetCurrentTimestamp());
-		memmove(inflight, inflight + done, sizeof(InFlight) * (ninflight - done));
-		ninflight -= done;
-		base_seq += done;
 	}
+	checkpointed = done;
+	(void) s;
+}
 
-	/* More, up to the batch size in flight; a Kafka transaction per batch. */
-	if (ninflight < es_kafka_batch_size && !in_transaction)
-	{
-		MirrorRead	r = {es_kafka_batch_size - ninflight, 0, false};
-		Datum		args[6];
-		char		nulls[6] = {' ', ' ', ' ', 'n', 'n', ' '};
+/* After the checkpoint committed: the prefix's latencies, then it leaves inflight. */
+static void
+mirror_forget(int done)
+{
+	uint64	   *us = palloc(sizeof(uint64) * done);
+	int			nus = 0;
+	int			i;
 
-		routes_load();
-		args[0] = FullTransactionIdGetDatum(produced_tx);
-		args[1] = Int64GetDatum(produced_position);
-		args[2] = FullTransactionIdGetDatum(horizon);
-		args[5] = Int32GetDatum(r.wanted);
-		es_read_rows(es_commit_order_plan(), args, nulls, true, false, 0, mirror_event, &r);
-		routes = NULL;
-	}
+	for (i = 0; i < done; i++)
+		if (inflight[i].acked_at > 0)
+			us[nus++] = inflight[i].acked_at > inflight[i].committed_at
+				? (uint64) (inflight[i].acked_at - inflight[i].committed_at) : 0;
+	es_shmem_record_applied(MIRROR_CONSUMER, nus, us, GetCurrentTimestamp());
+	pfree(us);
+	memmove(inflight, inflight + done, sizeof(InFlight) * (ninflight - done));
+	ninflight -= done;
+	base_seq += done;
+}
+
+/*
+ * The mirror's produce step, in a transaction of the worker: more events
+ * read in commit order from the point produced so far, up to the batch
+ * size in flight; a Kafka transaction per batch.
+ */
+static void
+mirror_produce_step(EsStore *s)
+{
+	MirrorRead	r = {es_kafka_batch_size - ninflight, 0, false};
+	Datum		args[6];
+	char		nulls[6] = {' ', ' ', ' ', 'n', 'n', ' '};
+
+	routes_load();
+	args[0] = FullTransactionIdGetDatum(produced_tx);
+	args[1] = Int64GetDatum(produced_position);
+	args[2] = FullTransactionIdGetDatum(es_commit_horizon_of(GetActiveSnapshot()));
+	args[5] = Int32GetDatum(r.wanted);
+	es_read_rows(es_commit_order_plan(), args, nulls, true, false, 0, mirror_event, &r);
+	routes = NULL;
 	(void) s;
 }
 
@@ -723,7 +756,16 @@ mirror_pass(void)
 		kafka_note(MIRROR_CONSUMER, failure);
 		return false;
 	}
-	kafka_run(MIRROR_CONSUMER, mirror_step);
+	/*
+	 * Two transactions: a checkpoint is saved even when producing fails
+	 * (an event the brokers refuse stops the mirror there, every pass).
+	 */
+	checkpointed = 0;
+	if ((!produced_known || acknowledged_prefix() > 0) &&
+		kafka_run(MIRROR_CONSUMER, mirror_checkpoint_step) && checkpointed > 0)
+		mirror_forget(checkpointed);
+	if (produced_known && ninflight < es_kafka_batch_size && !in_transaction)
+		kafka_run(MIRROR_CONSUMER, mirror_produce_step);
 	rd_kafka_poll(producer, 0);
 	return ninflight > 0;
 }
@@ -828,14 +870,34 @@ consumer_create(void)
 	char	   *topic;
 	rd_kafka_resp_err_t err;
 
+	/*
+	 * Offsets are ours (es_kafka_offsets), and one out of range (messages
+	 * deleted before they were ingested) is an error to see in
+	 * es_kafka_status, never a silent jump.
+	 */
 	if (conf != NULL &&
 		(rd_kafka_conf_set(conf, "group.id", es_kafka_group_id, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		 rd_kafka_conf_set(conf, "enable.auto.commit", "false", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		 rd_kafka_conf_set(conf, "enable.auto.offset.store", "false", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
-		 rd_kafka_conf_set(conf, "auto.offset.reset", "earliest", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK))
+		 rd_kafka_conf_set(conf, "auto.offset.reset", "error", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK))
 	{
 		rd_kafka_conf_destroy(conf);
 		conf = NULL;
+	}
+	/* Assignments are taken whole (rd_kafka_assign): an eager assignor only. */
+	if (conf != NULL)
+	{
+		char		strategy[256];
+		size_t		size = sizeof(strategy);
+
+		if (rd_kafka_conf_get(conf, "partition.assignment.strategy", strategy, &size) == RD_KAFKA_CONF_OK &&
+			strstr(strategy, "cooperative") != NULL)
+		{
+			snprintf(errstr, sizeof(errstr), "partition.assignment.strategy \"%s\" is not supported (use range or roundrobin)",
+					 strategy);
+			rd_kafka_conf_destroy(conf);
+			conf = NULL;
+		}
 	}
 	if (conf == NULL)
 	{
@@ -848,10 +910,14 @@ consumer_create(void)
 	consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
 	if (consumer == NULL)
 	{
+		rd_kafka_conf_destroy(conf);	/* rd_kafka_new takes it only on success */
 		ereport(WARNING, (errmsg("ultracore_es kafka: could not create the consumer: %s", errstr)));
 		return false;
 	}
-	rd_kafka_poll_set_consumer(consumer);	/* logs and errors come with the messages */
+	/* Logs and errors come with the messages, from the consumer queue. */
+	rd_kafka_poll_set_consumer(consumer);
+	if (rd_kafka_set_log_queue(consumer, NULL) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		elog(ERROR, "could not forward the consumer's logs");
 	topics = rd_kafka_topic_partition_list_new(4);
 	copy = pstrdup(es_kafka_ingest_topics);
 	for (topic = strtok_r(copy, ", ", &save); topic != NULL; topic = strtok_r(NULL, ", ", &save))
@@ -919,6 +985,7 @@ rebalance_step(EsStore *s)
 
 /* Messages taken by a pass, appended in one transaction. */
 static rd_kafka_message_t **batch = NULL;
+static int	batch_allocated = 0;
 static int	nbatch = 0;
 
 static void
@@ -1154,6 +1221,26 @@ static EsPlan ingest_progress_plan = {
 };
 
 /*
+ * Errors that say nothing about the message (a deadlock, a serialization
+ * failure, a lock timeout, a full disk, a cancel, an internal error): the
+ * message must not be dead-lettered for them.
+ */
+static bool
+error_is_transient(int sqlerrcode)
+{
+	switch (ERRCODE_TO_CATEGORY(sqlerrcode))
+	{
+		case ERRCODE_TO_CATEGORY(ERRCODE_TRANSACTION_ROLLBACK):
+		case ERRCODE_TO_CATEGORY(ERRCODE_INSUFFICIENT_RESOURCES):
+		case ERRCODE_TO_CATEGORY(ERRCODE_OPERATOR_INTERVENTION):
+		case ERRCODE_TO_CATEGORY(ERRCODE_SYSTEM_ERROR):
+		case ERRCODE_TO_CATEGORY(ERRCODE_INTERNAL_ERROR):
+			return true;
+	}
+	return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE || sqlerrcode == ERRCODE_OBJECT_IN_USE;
+}
+
+/*
  * The ingest's step in a transaction of the worker: the messages taken,
  * each appended in a subtransaction (its failure a dead letter), then the
  * partitions' new offsets, only where the epoch is still ours.
@@ -1197,13 +1284,14 @@ ingest_step(EsStore *s)
 
 			MemoryContextSwitchTo(cxt);
 			edata = CopyErrorData();
-			if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED || edata->sqlerrcode == ERRCODE_OUT_OF_MEMORY)
-				PG_RE_THROW();
 			FlushErrorState();
 			RollbackAndReleaseCurrentSubTransaction();
 			MemoryContextSwitchTo(cxt);
 			CurrentResourceOwner = owner;
 			SetUserIdAndSecContext(save_userid, save_sec_context);
+			/* Not the message's fault: the batch is taken again from the stored offsets. */
+			if (error_is_transient(edata->sqlerrcode))
+				ReThrowError(edata);
 			ingest_dead_letter(msg, es_consumer_error_text(edata));
 			FreeErrorData(edata);
 		}
@@ -1270,8 +1358,13 @@ ingest_pass(void)
 		}
 		consumer_failed_at = 0;
 	}
-	if (batch == NULL)
+	if (batch_allocated < es_kafka_ingest_batch_size)	/* first pass, or raised on reload */
+	{
+		if (batch != NULL)
+			pfree(batch);
 		batch = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_message_t *) * es_kafka_ingest_batch_size);
+		batch_allocated = es_kafka_ingest_batch_size;
+	}
 	while (nbatch < es_kafka_ingest_batch_size && (msg = rd_kafka_consumer_poll(consumer, 0)) != NULL)
 	{
 		if (pending_revocation)
@@ -1359,7 +1452,7 @@ kafka_run(const char *consumer_name, void (*step) (EsStore *s))
 		edata = CopyErrorData();
 		EmitErrorReport();
 		FlushErrorState();
-		AbortCurrentTransaction();
+		AbortOutOfAnyTransaction();
 		message = es_consumer_error_text(edata);
 		FreeErrorData(edata);
 		ok = false;
@@ -1395,7 +1488,7 @@ kafka_note(const char *consumer_name, const char *message)
 		MemoryContextSwitchTo(cxt);
 		EmitErrorReport();
 		FlushErrorState();
-		AbortCurrentTransaction();
+		AbortOutOfAnyTransaction();
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);

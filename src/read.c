@@ -42,7 +42,7 @@ static EsPlan stream_plan = {
 	"   AND e.version OPERATOR(pg_catalog.>=) $2"
 	"   AND e.version OPERATOR(pg_catalog.<=) $3"
 	" ORDER BY e.version",
-	3, {TEXTOID, INT8OID, INT8OID}
+	3, {TEXTOID, INT8OID, INT8OID}, true
 };
 
 static EsPlan read_all_plan = {
@@ -58,21 +58,21 @@ static EsPlan read_all_plan = {
 
 static EsPlan event_plan = {
 	"SELECT e.* FROM @extschema@.es_events e WHERE e.event_id OPERATOR(pg_catalog.=) $1",
-	1, {TEXTOID}
+	1, {TEXTOID}, true
 };
 
 static EsPlan correlated_plan = {
 	"SELECT e.* FROM @extschema@.es_events e"
 	" WHERE e.correlation_id OPERATOR(pg_catalog.=) $1"
 	" ORDER BY e.position",
-	1, {TEXTOID}
+	1, {TEXTOID}, true
 };
 
 static EsPlan version_plan = {
 	"SELECT e.version FROM @extschema@.es_events e"
 	" WHERE e.aggregate_id OPERATOR(pg_catalog.=) $1"
 	" ORDER BY e.version DESC LIMIT 1",
-	1, {TEXTOID}
+	1, {TEXTOID}, true
 };
 
 /*

@@ -372,11 +372,11 @@ es_call_user_function(EsUserFunction *f, Datum arg1, Datum arg2, bool *isnull)
  * es_plan: the saved plan of p for the current store, prepared on first use
  * (needs an SPI connection).  The plan lives until the store moves.
  *
- * Plans are generic: every query here is a short index-driven statement
- * whose best plan does not depend on its arguments, and the plan cache's
- * default would plan some of them again at each execution (those with an
- * array argument: a custom plan looks cheaper than the generic one), which
- * cost the per-event paths about a third of their time.
+ * Plans marked generic skip the plan cache's choice: for lookups by key
+ * whose best plan cannot depend on the arguments, a custom plan often looks
+ * cheaper than the generic one (range and array estimates), so the cache
+ * would plan them again at every execution.  Queries with optional
+ * arguments ($1 IS NULL OR ...) need custom plans and are not marked.
  */
 SPIPlanPtr
 es_plan(EsPlan *p)
@@ -403,7 +403,7 @@ es_plan(EsPlan *p)
 	}
 	appendStringInfoString(&sql, from);
 
-	plan = SPI_prepare_cursor(sql.data, p->nargs, p->argtypes, CURSOR_OPT_GENERIC_PLAN);
+	plan = SPI_prepare_cursor(sql.data, p->nargs, p->argtypes, p->generic ? CURSOR_OPT_GENERIC_PLAN : 0);
 	if (plan == NULL)
 		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
 			 sql.data, SPI_result_code_string(SPI_result));

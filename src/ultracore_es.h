@@ -178,6 +178,7 @@ typedef struct EsPlan
 	const char *sql;
 	int			nargs;
 	Oid			argtypes[ES_PLAN_MAX_ARGS];
+	bool		generic;		/* always the generic plan (see es_plan) */
 	SPIPlanPtr	plan;
 	uint32		generation;
 } EsPlan;

@@ -121,7 +121,7 @@ worker_transaction(void (*fn) (void *arg), void *arg, bool *installed)
 		MemoryContextSwitchTo(cxt);
 		EmitErrorReport();
 		FlushErrorState();
-		AbortCurrentTransaction();
+		AbortOutOfAnyTransaction();
 		ok = false;
 	}
 	PG_END_TRY();
@@ -212,7 +212,7 @@ worker_serve(const char *name, TimestampTz *next_due)
 		edata = CopyErrorData();
 		EmitErrorReport();
 		FlushErrorState();
-		AbortCurrentTransaction();
+		AbortOutOfAnyTransaction();
 		failure = es_consumer_error_text(edata);
 		FreeErrorData(edata);
 	}
@@ -321,6 +321,7 @@ es_worker_main(Datum arg)
 							 errhint("Run CREATE EXTENSION ultracore_es in that database, or set ultracore_es.database.")));
 				warned_not_installed = true;
 				timeout = NOT_INSTALLED_NAP_MS;
+				es_kafka_stop();	/* nothing to mirror or ingest into */
 			}
 			else
 			{
@@ -346,6 +347,8 @@ es_worker_main(Datum arg)
 									 (long) ((next_due - now) / 1000)));
 			}
 		}
+		else
+			es_kafka_stop();	/* disabled: Kafka clients are not left unpolled */
 		pgstat_report_activity(STATE_IDLE, NULL);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
