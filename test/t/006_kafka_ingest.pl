@@ -29,6 +29,7 @@ ultracore_es.kafka_ingest_batch_size = 100
 # session timeout: keep both short.
 ultracore_es.kafka_consumer_properties = 'session.timeout.ms=6000;heartbeat.interval.ms=500'
 restart_after_crash = on
+lock_timeout = '1s'
 });
 $node->start;
 # Customer events go to the ingested topic: the ingested ones must not be
@@ -188,6 +189,28 @@ is( $node->safe_psql(
 	join('|', $valid + $any, $valid + $any + 10), 'no mirrored event ingested back');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM es_kafka_dead_letters WHERE topic <> 'bank.in'}),
 	0, 'nor dead-lettered');
+
+# A lock timeout is not the message's fault: the batch is taken again
+# once the lock is free, and nothing is dead-lettered.
+$node->safe_psql('postgres', q{SELECT es_append('Account', 'LOCKED-1', 'ACCOUNT_OPENED', '{}', 0)});
+my $holder = $node->background_psql('postgres');
+$holder->query_safe(q{BEGIN; SELECT 1 FROM es_aggregates WHERE aggregate_id = 'LOCKED-1' FOR UPDATE;});
+$kafka->produce(
+	[
+		'bank.in', 'LOCKED-1',
+		{ ce_id => 'locked-2', ce_type => 'ACCOUNT_BALANCE_UPDATED', ce_aggregatetype => 'Account', ce_aggregateversion => 2 },
+		'{"balance": 2}'
+	]);
+ok( $node->poll_query_until(
+		'postgres', q{SELECT last_error LIKE '%lock timeout%' FROM es_consumers WHERE name = 'kafka_ingest'}, 't'),
+	'the ingest timed out on the locked aggregate');
+$holder->query_safe('COMMIT');
+$holder->quit;
+ok( $node->poll_query_until(
+		'postgres', q{SELECT count(*) = 1 FROM es_events WHERE event_id = 'locked-2' AND version = 2}, 't'),
+	'appended once the lock is free');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_kafka_dead_letters WHERE headers->>'ce_id' = 'locked-2'}),
+	0, 'not dead-lettered');
 
 $node->stop;
 $kafka->stop;
