@@ -40,7 +40,9 @@
  * to its stored offset; a batch of messages becomes appends (es_append's
  * path, inline projections included) and the new offsets are written in the
  * same transaction, only where the epoch is still the worker's (a worker
- * that lost the partition cannot write).  A message that cannot be
+ * that lost the partition cannot write).  A batch is appended directly; if
+ * a message fails, the batch is rolled back and appended again with each
+ * message in a subtransaction.  A message that cannot be
  * appended (a malformed one, an unknown type, a version conflict, an event
  * id reused with other content) goes to es_kafka_dead_letters, with its
  * topic, partition, offset and error, and the stream goes on; an identical
@@ -85,6 +87,8 @@
 #define WATERMARK_EVERY_MS	1000
 
 static bool kafka_run(const char *consumer_name, void (*step) (EsStore *s));
+static bool kafka_try(void (*step) (EsStore *s), bool report, int *sqlerrcode);
+static char *kafka_error = NULL;	/* of the last kafka_try that failed */
 static void kafka_note(const char *consumer_name, const char *message);
 
 /*-------------------------------------------------------------------------
@@ -1241,9 +1245,28 @@ error_is_transient(int sqlerrcode)
 }
 
 /*
+ * How ingest_step appends: all messages directly (a batch normally fails
+ * nowhere), or, after that failed, each in a subtransaction, its failure
+ * a dead letter.  Subtransactions only then: a thousand of them in one
+ * transaction would overflow its subtransaction cache, and every snapshot
+ * of the server would then pay for it while the transaction runs.
+ */
+static bool ingest_careful = false;
+
+/* Append one message directly, as the store's owner. */
+static void
+ingest_direct(EsStore *s, rd_kafka_message_t *msg, Oid save_userid, int save_sec_context)
+{
+	SetUserIdAndSecContext(s->owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	ingest_message(s, msg);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
+/*
  * The ingest's step in a transaction of the worker: the messages taken,
- * each appended in a subtransaction (its failure a dead letter), then the
- * partitions' new offsets, only where the epoch is still ours.
+ * appended (see ingest_careful), then the partitions' new offsets, only
+ * where the epoch is still ours.
  */
 static void
 ingest_step(EsStore *s)
@@ -1266,14 +1289,16 @@ ingest_step(EsStore *s)
 			continue;			/* revoked meanwhile */
 		o->next_offset = msg->offset + 1;
 		o->touched = true;
+		if (!ingest_careful)
+		{
+			ingest_direct(s, msg, save_userid, save_sec_context);
+			continue;
+		}
 		BeginInternalSubTransaction(NULL);
 		MemoryContextSwitchTo(cxt);
 		PG_TRY();
 		{
-			SetUserIdAndSecContext(s->owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-								   SECURITY_RESTRICTED_OPERATION);
-			ingest_message(s, msg);
-			SetUserIdAndSecContext(save_userid, save_sec_context);
+			ingest_direct(s, msg, save_userid, save_sec_context);
 			ReleaseCurrentSubTransaction();
 			MemoryContextSwitchTo(cxt);
 			CurrentResourceOwner = owner;
@@ -1398,7 +1423,24 @@ ingest_pass(void)
 	if (nbatch > 0 || (nowned > 0 && TimestampDifferenceExceeds(watermarks_at, GetCurrentTimestamp(),
 																 WATERMARK_EVERY_MS)))
 	{
-		if (!kafka_run(INGEST_CONSUMER, ingest_step))
+		int			sqlerrcode;
+		bool		ok;
+
+		ingest_careful = false;
+		ok = kafka_try(ingest_step, false, &sqlerrcode);
+		if (!ok && !error_is_transient(sqlerrcode))
+		{
+			/* A message failed: the batch again, its failures dead letters. */
+			ingest_careful = true;
+			ok = kafka_run(INGEST_CONSUMER, ingest_step);
+			ingest_careful = false;
+		}
+		else if (!ok)
+		{
+			ereport(LOG, (errcode(sqlerrcode), errmsg("ultracore_es kafka: %s", kafka_error)));
+			kafka_note(INGEST_CONSUMER, kafka_error);
+		}
+		if (!ok)
 		{
 			/* Not stored: start again from the stored offsets. */
 			batch_release();
@@ -1416,17 +1458,17 @@ ingest_pass(void)
  */
 
 /*
- * kafka_run: run step in a transaction of its own, as es_consumers'
+ * kafka_try: run step in a transaction of its own, as es_consumers'
  * owner would write, with SPI and a snapshot, when the extension is
- * installed.  An error is logged, recorded on the consumer's row
- * (consumer), and false returned.
+ * installed.  An error rolls it back (logged if report) and returns
+ * false, with its SQLSTATE in *sqlerrcode and its text in kafka_error (in
+ * the caller's memory).
  */
 static bool
-kafka_run(const char *consumer_name, void (*step) (EsStore *s))
+kafka_try(void (*step) (EsStore *s), bool report, int *sqlerrcode)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile bool ok = true;
-	char	   *volatile message = NULL;
 
 	PG_TRY();
 	{
@@ -1450,18 +1492,34 @@ kafka_run(const char *consumer_name, void (*step) (EsStore *s))
 
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
-		EmitErrorReport();
+		if (report)
+			EmitErrorReport();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
-		message = es_consumer_error_text(edata);
+		MemoryContextSwitchTo(cxt);
+		*sqlerrcode = edata->sqlerrcode;
+		kafka_error = es_consumer_error_text(edata);
 		FreeErrorData(edata);
 		ok = false;
 	}
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
-	if (!ok)
-		kafka_note(consumer_name, message);
 	return ok;
+}
+
+/*
+ * kafka_run: kafka_try, and an error logged and recorded on the consumer's
+ * row (consumer_name).
+ */
+static bool
+kafka_run(const char *consumer_name, void (*step) (EsStore *s))
+{
+	int			sqlerrcode;
+
+	if (kafka_try(step, true, &sqlerrcode))
+		return true;
+	kafka_note(consumer_name, kafka_error);
+	return false;
 }
 
 /* kafka_note: record an error on a Kafka consumer's row, in its own transaction. */

@@ -84,6 +84,7 @@ typedef struct EsShared
 	TimestampTz worker_started_at;
 	Latch	   *worker_latch;
 	Oid			worker_database;	/* commits elsewhere do not concern it */
+	bool		worker_reads_appends;	/* it has consumers or a Kafka mirror */
 	CommitTime	commits[COMMIT_RING];
 	ConsumerStats consumers[MAX_CONSUMERS];
 } EsShared;
@@ -207,7 +208,7 @@ es_xact_callback(XactEvent event, void *arg)
 			SpinLockRelease(&es_shared->mutex);
 		}
 		if ((appended > 0 || wake_at_commit) && es_shared->worker_database == MyDatabaseId)
-			es_wake_worker();
+			es_wake_worker(!wake_at_commit);
 		count_projected();
 	}
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
@@ -291,18 +292,35 @@ es_wake_worker_at_commit(void)
 	wake_at_commit = true;
 }
 
+/*
+ * es_wake_worker: set the worker's latch; for appends alone (for_appends),
+ * only when it reads them: a worker with nothing to deliver is not woken
+ * by every commit, which would cost the writers a share of the CPU.
+ */
 void
-es_wake_worker(void)
+es_wake_worker(bool for_appends)
 {
 	Latch	   *latch = NULL;
 
 	if (es_shared == NULL)
 		return;
 	SpinLockAcquire(&es_shared->mutex);
-	latch = es_shared->worker_latch;
+	if (!for_appends || es_shared->worker_reads_appends)
+		latch = es_shared->worker_latch;
 	SpinLockRelease(&es_shared->mutex);
 	if (latch != NULL)
 		SetLatch(latch);
+}
+
+/* es_shmem_worker_reads_appends: whether appends should wake the worker. */
+void
+es_shmem_worker_reads_appends(bool reads)
+{
+	if (es_shared == NULL)
+		return;
+	SpinLockAcquire(&es_shared->mutex);
+	es_shared->worker_reads_appends = reads;
+	SpinLockRelease(&es_shared->mutex);
 }
 
 static void

@@ -108,7 +108,8 @@ extern void es_guc_init(void);
 /* shmem.c: counters, the worker's latch, commit times (when preloaded) */
 extern void es_shmem_init(void);
 extern void es_shmem_note_append(int n, FullTransactionId key);
-extern void es_wake_worker(void);
+extern void es_wake_worker(bool for_appends);
+extern void es_shmem_worker_reads_appends(bool reads);
 extern void es_wake_worker_at_commit(void);
 extern void es_shmem_register_worker(void);
 extern TimestampTz es_shmem_commit_time(FullTransactionId key, TimestampTz fallback);

@@ -312,6 +312,9 @@ es_worker_main(Datum arg)
 			List	   *names = worker_consumers(pass_cxt, &installed);
 			ListCell   *lc;
 
+			es_shmem_worker_reads_appends(installed &&
+										  (names != NIL || (es_kafka_brokers != NULL && es_kafka_brokers[0] != '\0')));
+
 			if (!installed)
 			{
 				if (!warned_not_installed)
@@ -348,7 +351,10 @@ es_worker_main(Datum arg)
 			}
 		}
 		else
+		{
+			es_shmem_worker_reads_appends(false);
 			es_kafka_stop();	/* disabled: Kafka clients are not left unpolled */
+		}
 		pgstat_report_activity(STATE_IDLE, NULL);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);
