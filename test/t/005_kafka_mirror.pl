@@ -152,6 +152,16 @@ is(scalar(grep { $_->{key} eq 'C-1' } $kafka->consume('customers-v1')), 1, 'rout
 my @default = $kafka->consume('es.Customer');
 is(scalar @default, 0, 'not to the default one');
 
+# Produce requests the brokers refuse for good (not retriable): the failed
+# deliveries recreate the producer, which produces again from the checkpoint.
+$log_offset = -s $node->logfile;
+$kafka->command('produce-errors 5 29');    # TOPIC_AUTHORIZATION_FAILED
+$node->safe_psql('postgres', q{CALL append_accounts('REFUSED-', 10, 3)});
+$node->wait_for_log(qr/producing again from the mirror's checkpoint/, $log_offset);
+like( $node->safe_psql('postgres', q{SELECT last_error FROM es_kafka_status WHERE component = 'mirror'}),
+	qr/authoriz/i, 'the refusal is in es_kafka_status');
+mirrored_all('deliveries refused');
+
 # A transactional producer, partitioning as Java clients do.
 $node->append_conf(
 	'postgresql.conf', q{
