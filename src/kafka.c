@@ -86,9 +86,7 @@
 /* How often the ingest records the brokers' high watermarks. */
 #define WATERMARK_EVERY_MS	1000
 
-static bool kafka_run(const char *consumer_name, void (*step) (EsStore *s));
-static bool kafka_try(void (*step) (EsStore *s), bool report, int *sqlerrcode);
-static char *kafka_error = NULL;	/* of the last kafka_try that failed */
+static bool kafka_run(const char *consumer_name, void (*step) (EsStore *s, void *arg));
 static void kafka_note(const char *consumer_name, const char *message);
 
 /*-------------------------------------------------------------------------
@@ -622,7 +620,7 @@ static int	checkpointed = 0;
  * the whole store.  The prefix leaves inflight only once this commits.
  */
 static void
-mirror_checkpoint_step(EsStore *s)
+mirror_checkpoint_step(EsStore *s, void *arg)
 {
 	Datum		name = CStringGetTextDatum(MIRROR_CONSUMER);
 	int			done = acknowledged_prefix();
@@ -651,7 +649,6 @@ mirror_checkpoint_step(EsStore *s)
 			elog(ERROR, "could not save the checkpoint of the Kafka mirror");
 	}
 	checkpointed = done;
-	(void) s;
 }
 
 /* After the checkpoint committed: the prefix's latencies, then it leaves inflight. */
@@ -679,7 +676,7 @@ mirror_forget(int done)
  * size in flight; a Kafka transaction per batch.
  */
 static void
-mirror_produce_step(EsStore *s)
+mirror_produce_step(EsStore *s, void *arg)
 {
 	MirrorRead	r = {es_kafka_batch_size - ninflight, 0, false};
 	Datum		args[6];
@@ -692,7 +689,6 @@ mirror_produce_step(EsStore *s)
 	args[5] = Int32GetDatum(r.wanted);
 	es_read_rows(es_commit_order_plan(), args, nulls, true, false, 0, mirror_event, &r);
 	routes = NULL;
-	(void) s;
 }
 
 /*
@@ -947,7 +943,7 @@ static EsPlan take_partition_plan = {
 
 /* After a poll: take the partitions assigned (bumping their epochs, seeking to their offsets). */
 static void
-rebalance_step(EsStore *s)
+rebalance_step(EsStore *s, void *arg)
 {
 	rd_kafka_topic_partition_list_t *parts = pending_assignment;
 	rd_kafka_resp_err_t err;
@@ -984,7 +980,6 @@ rebalance_step(EsStore *s)
 	pending_assignment = NULL;
 	if (err)
 		elog(ERROR, "could not assign the partitions: %s", rd_kafka_err2str(err));
-	(void) s;
 }
 
 /* Messages taken by a pass, appended in one transaction. */
@@ -1269,7 +1264,7 @@ ingest_direct(EsStore *s, rd_kafka_message_t *msg, Oid save_userid, int save_sec
  * where the epoch is still ours.
  */
 static void
-ingest_step(EsStore *s)
+ingest_step(EsStore *s, void *arg)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
@@ -1424,10 +1419,11 @@ ingest_pass(void)
 																 WATERMARK_EVERY_MS)))
 	{
 		int			sqlerrcode;
+		char	   *error;
 		bool		ok;
 
 		ingest_careful = false;
-		ok = kafka_try(ingest_step, false, &sqlerrcode);
+		ok = es_worker_transaction(ingest_step, NULL, false, NULL, &sqlerrcode, &error);
 		if (!ok && !error_is_transient(sqlerrcode))
 		{
 			/* A message failed: the batch again, its failures dead letters. */
@@ -1437,8 +1433,8 @@ ingest_pass(void)
 		}
 		else if (!ok)
 		{
-			ereport(LOG, (errcode(sqlerrcode), errmsg("ultracore_es kafka: %s", kafka_error)));
-			kafka_note(INGEST_CONSUMER, kafka_error);
+			ereport(LOG, (errcode(sqlerrcode), errmsg("ultracore_es kafka: %s", error)));
+			kafka_note(INGEST_CONSUMER, error);
 		}
 		if (!ok)
 		{
@@ -1458,98 +1454,41 @@ ingest_pass(void)
  */
 
 /*
- * kafka_try: run step in a transaction of its own, as es_consumers'
- * owner would write, with SPI and a snapshot, when the extension is
- * installed.  An error rolls it back (logged if report) and returns
- * false, with its SQLSTATE in *sqlerrcode and its text in kafka_error (in
- * the caller's memory).
+ * kafka_run: a step in a transaction of its own (es_worker_transaction);
+ * an error is logged and recorded on the consumer's row.
  */
 static bool
-kafka_try(void (*step) (EsStore *s), bool report, int *sqlerrcode)
+kafka_run(const char *consumer_name, void (*step) (EsStore *s, void *arg))
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	volatile bool ok = true;
+	char	   *error;
 
-	PG_TRY();
-	{
-		EsStore    *s;
-
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
-		s = es_store_current();
-		if (s != NULL)
-			step(s);
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		if (report)
-			EmitErrorReport();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-		MemoryContextSwitchTo(cxt);
-		*sqlerrcode = edata->sqlerrcode;
-		kafka_error = es_consumer_error_text(edata);
-		FreeErrorData(edata);
-		ok = false;
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	return ok;
+	if (es_worker_transaction(step, NULL, true, NULL, NULL, &error))
+		return true;
+	kafka_note(consumer_name, error);
+	return false;
 }
 
-/*
- * kafka_run: kafka_try, and an error logged and recorded on the consumer's
- * row (consumer_name).
- */
-static bool
-kafka_run(const char *consumer_name, void (*step) (EsStore *s))
+typedef struct Note
 {
-	int			sqlerrcode;
+	const char *consumer_name;
+	const char *message;
+} Note;
 
-	if (kafka_try(step, true, &sqlerrcode))
-		return true;
-	kafka_note(consumer_name, kafka_error);
-	return false;
+static void
+note_step(EsStore *s, void *arg)
+{
+	Note	   *n = (Note *) arg;
+
+	note_error(n->consumer_name, n->message);
 }
 
 /* kafka_note: record an error on a Kafka consumer's row, in its own transaction. */
 static void
 kafka_note(const char *consumer_name, const char *message)
 {
-	MemoryContext cxt = CurrentMemoryContext;
+	Note		n = {consumer_name, message};
 
-	PG_TRY();
-	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		if (SPI_connect() != SPI_OK_CONNECT)
-			elog(ERROR, "SPI_connect failed");
-		PushActiveSnapshot(GetTransactionSnapshot());
-		if (es_store_current() != NULL)
-			note_error(consumer_name, message);
-		PopActiveSnapshot();
-		SPI_finish();
-		CommitTransactionCommand();
-	}
-	PG_CATCH();
-	{
-		MemoryContextSwitchTo(cxt);
-		EmitErrorReport();
-		FlushErrorState();
-		AbortOutOfAnyTransaction();
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
+	(void) es_worker_transaction(note_step, &n, true, NULL, NULL, NULL);
 }
 
 /*

@@ -164,6 +164,10 @@ typedef struct EsStore
 	uint32		generation;		/* bumped on every re-resolution */
 } EsStore;
 
+/* worker.c: a step of the worker in a transaction of its own */
+extern bool es_worker_transaction(void (*fn) (EsStore *s, void *arg), void *arg, bool report,
+								  bool *installed, int *sqlerrcode, char **error);
+
 /*
  * A query of the extension, prepared once per backend and kept.
  *

@@ -91,37 +91,55 @@ static EsPlan prune_plan = {
 };
 
 /*
- * Run fn(arg) in a transaction of its own, with an SPI connection and a
- * snapshot, when the extension is installed (*installed tells).  An error
- * is reported, the transaction aborted, and false returned: the worker goes
- * on.
+ * es_worker_transaction: run fn(store, arg) in a transaction of its own,
+ * with an SPI connection and a snapshot, when the extension is installed
+ * (*installed tells, when not NULL).  An error is logged (if report), the
+ * transaction aborted, its SQLSTATE and "SQLSTATE: message" text (in the
+ * caller's memory) returned in *sqlerrcode and *error when not NULL, and
+ * false returned: the worker goes on.  The worker's loop and the Kafka
+ * clients (kafka.c) run their steps through it.
  */
-static bool
-worker_transaction(void (*fn) (void *arg), void *arg, bool *installed)
+bool
+es_worker_transaction(void (*fn) (EsStore *s, void *arg), void *arg, bool report, bool *installed,
+					  int *sqlerrcode, char **error)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	volatile bool ok = true;
 
 	PG_TRY();
 	{
+		EsStore    *s;
+
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		PushActiveSnapshot(GetTransactionSnapshot());
-		*installed = (es_store_current() != NULL);
-		if (*installed)
-			fn(arg);
+		s = es_store_current();
+		if (installed != NULL)
+			*installed = (s != NULL);
+		if (s != NULL)
+			fn(s, arg);
 		PopActiveSnapshot();
 		SPI_finish();
 		CommitTransactionCommand();
 	}
 	PG_CATCH();
 	{
+		ErrorData  *edata;
+
 		MemoryContextSwitchTo(cxt);
-		EmitErrorReport();
+		edata = CopyErrorData();
+		if (report)
+			EmitErrorReport();
 		FlushErrorState();
 		AbortOutOfAnyTransaction();
+		MemoryContextSwitchTo(cxt);
+		if (sqlerrcode != NULL)
+			*sqlerrcode = edata->sqlerrcode;
+		if (error != NULL)
+			*error = es_consumer_error_text(edata);
+		FreeErrorData(edata);
 		ok = false;
 	}
 	PG_END_TRY();
@@ -136,7 +154,7 @@ typedef struct ConsumerList
 } ConsumerList;
 
 static void
-worker_list_consumers(void *arg)
+worker_list_consumers(EsStore *s, void *arg)
 {
 	ConsumerList *list = (ConsumerList *) arg;
 	uint64		i;
@@ -163,7 +181,7 @@ worker_consumers(MemoryContext cxt, bool *installed)
 {
 	ConsumerList list = {cxt, NIL};
 
-	if (!worker_transaction(worker_list_consumers, &list, installed))
+	if (!es_worker_transaction(worker_list_consumers, &list, true, installed, NULL, NULL))
 		return NIL;
 	return list.names;
 }
@@ -175,7 +193,7 @@ typedef struct Failure
 } Failure;
 
 static void
-worker_record_failure(void *arg)
+worker_record_failure(EsStore *s, void *arg)
 {
 	Failure    *f = (Failure *) arg;
 	Datum		args[2];
@@ -221,15 +239,13 @@ worker_serve(const char *name, TimestampTz *next_due)
 	if (failure != NULL)
 	{
 		Failure		f = {name, failure};
-		bool		installed;
-
-		(void) worker_transaction(worker_record_failure, &f, &installed);
+		(void) es_worker_transaction(worker_record_failure, &f, true, NULL, NULL, NULL);
 	}
 }
 
 /* Delete idempotency records older than ultracore_es.handled_retention. */
 static void
-worker_prune_ledger(void *arg)
+worker_prune_ledger(EsStore *s, void *arg)
 {
 	Datum		retention = DirectFunctionCall7(make_interval, Int32GetDatum(0), Int32GetDatum(0),
 												Int32GetDatum(0), Int32GetDatum(0), Int32GetDatum(0),
@@ -242,12 +258,10 @@ worker_prune_ledger(void *arg)
 static void
 worker_prune(void)
 {
-	bool		installed;
-
 	if (es_handled_retention <= 0)
 		return;
 	pgstat_report_activity(STATE_RUNNING, "ultracore_es: pruning the idempotency ledger");
-	(void) worker_transaction(worker_prune_ledger, NULL, &installed);
+	(void) es_worker_transaction(worker_prune_ledger, NULL, true, NULL, NULL, NULL);
 }
 
 /* On the way out, however it exits: no librdkafka client survives the worker. */
