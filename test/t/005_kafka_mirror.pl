@@ -14,16 +14,8 @@ use EsKafka;
 
 my $kafka = EsKafka->new('es.Account:4', 'es.Customer:2');
 
-my $node = PostgreSQL::Test::Cluster->new('kafka_mirror');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'ultracore_es'
-ultracore_es.database = 'postgres'
-ultracore_es.worker_poll_interval = 200
-ultracore_es.kafka_brokers = '@{[ $kafka->bootstrap ]}'
+my $node = $kafka->node('kafka_mirror', q{
 ultracore_es.kafka_batch_size = 100
-restart_after_crash = on
 });
 $node->start;
 $node->safe_psql(

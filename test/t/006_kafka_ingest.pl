@@ -15,20 +15,12 @@ use EsKafka;
 
 my $kafka = EsKafka->new('bank.in:4', 'es.Account:4');
 
-my $node = PostgreSQL::Test::Cluster->new('kafka_ingest');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', qq{
-shared_preload_libraries = 'ultracore_es'
-ultracore_es.database = 'postgres'
-ultracore_es.worker_poll_interval = 200
-ultracore_es.kafka_brokers = '@{[ $kafka->bootstrap ]}'
+my $node = $kafka->node('kafka_ingest', q{
 ultracore_es.kafka_ingest_topics = 'bank.in, es.Account'
 ultracore_es.kafka_ingest_batch_size = 100
 # librdkafka's mock holds the first join for 3 s and a dead member for a
 # session timeout: keep both short.
 ultracore_es.kafka_consumer_properties = 'session.timeout.ms=6000;heartbeat.interval.ms=500'
-restart_after_crash = on
 lock_timeout = '1s'
 });
 $node->start;
