@@ -94,7 +94,7 @@ static EsPlan reducer_plan = {
 	"  JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) r.reducer::pg_catalog.oid"
 	"  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace"
 	" WHERE r.aggregate_type OPERATOR(pg_catalog.=) $1",
-	1, {TEXTOID}
+	1, {TEXTOID}, true
 };
 
 /*
@@ -164,7 +164,7 @@ static EsPlan fingerprint_plan = {
 	"  WHERE (t.aggregate_type OPERATOR(pg_catalog.=) $1 OR t.aggregate_type IS NULL)"
 	"    AND t.schema_version OPERATOR(pg_catalog.>) 1"
 	") s",
-	2, {TEXTOID, TEXTOID}
+	2, {TEXTOID, TEXTOID}, true
 };
 
 /*
@@ -194,7 +194,7 @@ es_aggregate_type_fingerprint(const char *aggregate_type)
 static EsPlan policy_plan = {
 	"SELECT every_n_events FROM @extschema@.es_snapshot_policies"
 	" WHERE aggregate_type OPERATOR(pg_catalog.=) $1",
-	1, {TEXTOID}
+	1, {TEXTOID}, true
 };
 
 /*

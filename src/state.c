@@ -169,7 +169,7 @@ static EsPlan head_plan = {
 	"         ORDER BY e.version DESC LIMIT 1)"
 	"  FROM @extschema@.es_aggregates a"
 	" WHERE a.aggregate_id OPERATOR(pg_catalog.=) $1",
-	1, {TEXTOID}
+	1, {TEXTOID}, true
 };
 
 /*
@@ -199,7 +199,7 @@ static EsPlan first_later_plan = {
 	"SELECT pg_catalog.min(e.version) FROM @extschema@.es_events e"
 	" WHERE e.aggregate_id OPERATOR(pg_catalog.=) $1"
 	"   AND e.occurred_at OPERATOR(pg_catalog.>) $2",
-	2, {TEXTOID, TIMESTAMPTZOID}
+	2, {TEXTOID, TIMESTAMPTZOID}, true
 };
 
 static EsPlan snapshot_plan = {
@@ -208,7 +208,7 @@ static EsPlan snapshot_plan = {
 	"   AND s.version OPERATOR(pg_catalog.<=) $2"
 	"   AND s.fingerprint OPERATOR(pg_catalog.=) $3"
 	" ORDER BY s.version DESC LIMIT 1",
-	3, {TEXTOID, INT8OID, TEXTOID}
+	3, {TEXTOID, INT8OID, TEXTOID}, true
 };
 
 /*
