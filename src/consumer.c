@@ -315,41 +315,67 @@ consumer_error_is_handlers(ErrorData *edata)
 	return edata->sqlerrcode != ERRCODE_QUERY_CANCELED && edata->sqlerrcode != ERRCODE_OUT_OF_MEMORY;
 }
 
-/* Apply one event in a subtransaction; false, with *error, when it failed. */
-static bool
-consumer_apply_careful(Consumer *c, BatchEvent *ev, char **error)
+/*
+ * es_subtransaction: run fn(arg) in a subtransaction of its own.  NULL
+ * when it succeeded; else the error (in the caller's memory), with the
+ * subtransaction rolled back: the caller records it or re-throws it
+ * (ReThrowError).  Also used by the Kafka ingest.
+ */
+ErrorData *
+es_subtransaction(void (*fn) (void *arg), void *arg)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool ok = true;
+	ErrorData  *volatile edata = NULL;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		consumer_apply(c, ev);
+		fn(arg);
 		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
-		if (!consumer_error_is_handlers(edata))
-			PG_RE_THROW();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		*error = es_consumer_error_text(edata);
-		FreeErrorData(edata);
-		ok = false;
 	}
 	PG_END_TRY();
-	return ok;
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return edata;
+}
+
+typedef struct Apply
+{
+	Consumer   *c;
+	BatchEvent *ev;
+} Apply;
+
+static void
+consumer_apply_step(void *arg)
+{
+	Apply	   *a = (Apply *) arg;
+
+	consumer_apply(a->c, a->ev);
+}
+
+/* Apply one event in a subtransaction; false, with *error, when it failed. */
+static bool
+consumer_apply_careful(Consumer *c, BatchEvent *ev, char **error)
+{
+	Apply		a = {c, ev};
+	ErrorData  *edata = es_subtransaction(consumer_apply_step, &a);
+
+	if (edata == NULL)
+		return true;
+	if (!consumer_error_is_handlers(edata))
+		ReThrowError(edata);
+	*error = es_consumer_error_text(edata);
+	FreeErrorData(edata);
+	return false;
 }
 
 static void

@@ -69,7 +69,6 @@
 #include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
-#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/xid8.h"
@@ -1258,6 +1257,22 @@ ingest_direct(EsStore *s, rd_kafka_message_t *msg, Oid save_userid, int save_sec
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 }
 
+typedef struct IngestOne
+{
+	EsStore    *s;
+	rd_kafka_message_t *msg;
+	Oid			save_userid;
+	int			save_sec_context;
+} IngestOne;
+
+static void
+ingest_one_step(void *arg)
+{
+	IngestOne  *one = (IngestOne *) arg;
+
+	ingest_direct(one->s, one->msg, one->save_userid, one->save_sec_context);
+}
+
 /*
  * The ingest's step in a transaction of the worker: the messages taken,
  * appended (see ingest_careful), then the partitions' new offsets, only
@@ -1266,8 +1281,6 @@ ingest_direct(EsStore *s, rd_kafka_message_t *msg, Oid save_userid, int save_sec
 static void
 ingest_step(EsStore *s, void *arg)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
 	Oid			save_userid;
 	int			save_sec_context;
 	bool		record_watermarks = TimestampDifferenceExceeds(watermarks_at, GetCurrentTimestamp(),
@@ -1285,37 +1298,20 @@ ingest_step(EsStore *s, void *arg)
 		o->next_offset = msg->offset + 1;
 		o->touched = true;
 		if (!ingest_careful)
-		{
 			ingest_direct(s, msg, save_userid, save_sec_context);
-			continue;
-		}
-		BeginInternalSubTransaction(NULL);
-		MemoryContextSwitchTo(cxt);
-		PG_TRY();
+		else
 		{
-			ingest_direct(s, msg, save_userid, save_sec_context);
-			ReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
+			IngestOne	one = {s, msg, save_userid, save_sec_context};
+			ErrorData  *edata = es_subtransaction(ingest_one_step, &one);
 
-			MemoryContextSwitchTo(cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-			SetUserIdAndSecContext(save_userid, save_sec_context);
+			if (edata == NULL)
+				continue;
 			/* Not the message's fault: the batch is taken again from the stored offsets. */
 			if (error_is_transient(edata->sqlerrcode))
 				ReThrowError(edata);
 			ingest_dead_letter(msg, es_consumer_error_text(edata));
 			FreeErrorData(edata);
 		}
-		PG_END_TRY();
 	}
 
 	for (i = 0; i < nowned; i++)

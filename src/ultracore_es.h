@@ -135,6 +135,7 @@ extern void es_kafka_stop(void);
 /* consumer.c */
 extern int	es_consumer_run(const char *name, TimestampTz *next_due);
 extern char *es_consumer_error_text(ErrorData *edata);
+extern ErrorData *es_subtransaction(void (*fn) (void *arg), void *arg);
 
 /*
  * store.c
