@@ -76,6 +76,20 @@ sub produce
 	return;
 }
 
+# How many messages a topic's partitions hold: the sum of their high
+# watermarks, asked of the brokers with kcat.
+sub messages
+{
+	my ($self, $topic, $partitions) = @_;
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ 'kcat', '-b', $self->{bootstrap}, '-Q', map { ('-t', "$topic:$_:-1") } 0 .. $partitions - 1 ],
+		'>', \$out, '2>', \$err)
+	  or die "kcat -Q: $err";
+	my $sum = 0;
+	$sum += $1 while $out =~ /offset (\d+)/g;
+	return $sum;
+}
+
 # Every message of a topic, read with kcat, in partition and offset order:
 # {partition, offset, key, headers => {name => value}, value}.
 sub consume
