@@ -86,7 +86,6 @@
 #define WATERMARK_EVERY_MS	1000
 
 static bool kafka_run(const char *consumer_name, void (*step) (EsStore *s, void *arg));
-static void kafka_note(const char *consumer_name, const char *message);
 
 /*-------------------------------------------------------------------------
  * What callbacks record
@@ -580,23 +579,6 @@ static EsPlan mirror_save_plan = {
 	4, {TEXTOID, XID8OID, INT8OID, INT8OID}
 };
 
-static EsPlan note_error_plan = {
-	"UPDATE @extschema@.es_consumers SET last_error = $2, last_error_at = pg_catalog.now()"
-	" WHERE name OPERATOR(pg_catalog.=) $1",
-	2, {TEXTOID, TEXTOID}
-};
-
-/* Record an error on a Kafka consumer row; in the current transaction. */
-static void
-note_error(const char *consumer, const char *message)
-{
-	Datum		args[2];
-
-	args[0] = CStringGetTextDatum(consumer);
-	args[1] = CStringGetTextDatum(message);
-	(void) SPI_execute_plan(es_plan(&note_error_plan), args, NULL, false, 0);
-}
-
 /* The number of messages at the head of inflight all acknowledged. */
 static int
 acknowledged_prefix(void)
@@ -752,7 +734,7 @@ mirror_pass(void)
 		ereport(LOG,
 				(errmsg("ultracore_es kafka: %s; producing again from the mirror's checkpoint", failure)));
 		mirror_rewind();
-		kafka_note(MIRROR_CONSUMER, failure);
+		es_worker_record_failure(MIRROR_CONSUMER, failure);
 		return false;
 	}
 	/*
@@ -1430,7 +1412,7 @@ ingest_pass(void)
 		else if (!ok)
 		{
 			ereport(LOG, (errcode(sqlerrcode), errmsg("ultracore_es kafka: %s", error)));
-			kafka_note(INGEST_CONSUMER, error);
+			es_worker_record_failure(INGEST_CONSUMER, error);
 		}
 		if (!ok)
 		{
@@ -1460,31 +1442,8 @@ kafka_run(const char *consumer_name, void (*step) (EsStore *s, void *arg))
 
 	if (es_worker_transaction(step, NULL, true, NULL, NULL, &error))
 		return true;
-	kafka_note(consumer_name, error);
+	es_worker_record_failure(consumer_name, error);
 	return false;
-}
-
-typedef struct Note
-{
-	const char *consumer_name;
-	const char *message;
-} Note;
-
-static void
-note_step(EsStore *s, void *arg)
-{
-	Note	   *n = (Note *) arg;
-
-	note_error(n->consumer_name, n->message);
-}
-
-/* kafka_note: record an error on a Kafka consumer's row, in its own transaction. */
-static void
-kafka_note(const char *consumer_name, const char *message)
-{
-	Note		n = {consumer_name, message};
-
-	(void) es_worker_transaction(note_step, &n, true, NULL, NULL, NULL);
 }
 
 /*

@@ -168,6 +168,7 @@ typedef struct EsStore
 /* worker.c: a step of the worker in a transaction of its own */
 extern bool es_worker_transaction(void (*fn) (EsStore *s, void *arg), void *arg, bool report,
 								  bool *installed, int *sqlerrcode, char **error);
+extern void es_worker_record_failure(const char *name, const char *message);
 
 /*
  * A query of the extension, prepared once per backend and kept.

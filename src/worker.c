@@ -237,10 +237,19 @@ worker_serve(const char *name, TimestampTz *next_due)
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
 	if (failure != NULL)
-	{
-		Failure		f = {name, failure};
-		(void) es_worker_transaction(worker_record_failure, &f, true, NULL, NULL, NULL);
-	}
+		es_worker_record_failure(name, failure);
+}
+
+/*
+ * es_worker_record_failure: keep an error on a consumer's row (last_error),
+ * in a transaction of its own.  Also for the Kafka clients' rows.
+ */
+void
+es_worker_record_failure(const char *name, const char *message)
+{
+	Failure		f = {name, message};
+
+	(void) es_worker_transaction(worker_record_failure, &f, true, NULL, NULL, NULL);
 }
 
 /* Delete idempotency records older than ultracore_es.handled_retention. */
