@@ -7,7 +7,7 @@ package EsKafka;
 use strict;
 use warnings;
 use IPC::Run;
-use PostgreSQL::Test::Cluster;
+use EsNode;
 use Test::More;
 
 my $program = 'test/kafka_mock_broker';
@@ -28,23 +28,11 @@ sub new
 
 sub bootstrap { return $_[0]->{bootstrap}; }
 
-# A node (initialized, not started) with the library preloaded, its worker
-# on database postgres and these brokers, restarting after a crash, and
-# the extra postgresql.conf lines given.
+# An EsNode whose worker uses these brokers.
 sub node
 {
 	my ($self, $name, $extra) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
-	$node->append_conf(
-		'postgresql.conf', qq{
-shared_preload_libraries = 'ultracore_es'
-ultracore_es.database = 'postgres'
-ultracore_es.worker_poll_interval = 200
-ultracore_es.kafka_brokers = '$self->{bootstrap}'
-restart_after_crash = on
-} . ($extra // ''));
-	return $node;
+	return EsNode->new($name, "ultracore_es.kafka_brokers = '$self->{bootstrap}'\n" . ($extra // ''));
 }
 
 # A command of the mock cluster (see test/kafka_mock_broker.c); dies on an error.

@@ -10,16 +10,12 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/..";
+use EsNode;
 
-my $node = PostgreSQL::Test::Cluster->new('worker');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'ultracore_es'
-ultracore_es.database = 'postgres'
-ultracore_es.worker_poll_interval = 200
+my $node = EsNode->new('worker', q{
 ultracore_es.worker_batch_size = 50
-restart_after_crash = on
 });
 $node->start;
 

@@ -7,16 +7,11 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/..";
+use EsNode;
 
-my $node = PostgreSQL::Test::Cluster->new('projection_rebuild');
-$node->init;
-$node->append_conf(
-	'postgresql.conf', q{
-shared_preload_libraries = 'ultracore_es'
-ultracore_es.database = 'postgres'
-ultracore_es.worker_poll_interval = 200
-restart_after_crash = on
-});
+my $node = EsNode->new('projection_rebuild');
 $node->start;
 
 # A slow projection (a millisecond per event), so that the kill lands mid-rebuild.
