@@ -56,9 +56,11 @@
  */
 #include "append.h"
 
+#include "access/genam.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "common/pg_prng.h"
@@ -68,36 +70,13 @@
 #include "nodes/execnodes.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/xid8.h"
 
 /* Events are inserted in slices of this many (as COPY does). */
 #define INSERT_SLICE 1000
-
-static EsPlan stored_events_plan = {
-	"SELECT event_id, event_type, aggregate_type, aggregate_id, version, position,"
-	"       causation_id, correlation_id, data, metadata, occurred_at"
-	"  FROM @extschema@.es_events"
-	" WHERE event_id OPERATOR(pg_catalog.=) ANY ($1)"
-	" ORDER BY position",
-	1, {TEXTARRAYOID}
-};
-
-/* The same for a single id: a plain index probe, no array, no sort. */
-static EsPlan stored_event_plan = {
-	"SELECT event_id, event_type, aggregate_type, aggregate_id, version, position,"
-	"       causation_id, correlation_id, data, metadata, occurred_at"
-	"  FROM @extschema@.es_events"
-	" WHERE event_id OPERATOR(pg_catalog.=) $1",
-	1, {TEXTOID}, true
-};
-
-/* Column numbers of stored_events_plan and stored_event_plan. */
-enum
-{
-	SE_EVENT_ID = 1, SE_EVENT_TYPE, SE_AGGREGATE_TYPE, SE_AGGREGATE_ID, SE_VERSION,
-	SE_POSITION, SE_CAUSATION_ID, SE_CORRELATION_ID, SE_DATA, SE_METADATA, SE_OCCURRED_AT
-};
 
 /*
  * A random (version 4) UUID in its text form, for events appended without an
@@ -200,10 +179,10 @@ append_check_events(EsAppendRequest *req)
 }
 
 static bool
-text_equal_or_both_null(HeapTuple row, TupleDesc desc, int col, const char *value)
+text_equal_or_both_null(HeapTuple row, TupleDesc desc, int att, const char *value)
 {
 	bool		isnull;
-	Datum		d = SPI_getbinval(row, desc, col, &isnull);
+	Datum		d = heap_getattr(row, att + 1, desc, &isnull);
 
 	if (isnull || value == NULL)
 		return isnull && value == NULL;
@@ -211,12 +190,20 @@ text_equal_or_both_null(HeapTuple row, TupleDesc desc, int col, const char *valu
 }
 
 static bool
-jsonb_equal(HeapTuple row, TupleDesc desc, int col, Jsonb *value)
+jsonb_equal(HeapTuple row, TupleDesc desc, int att, Jsonb *value)
 {
 	bool		isnull;
-	Jsonb	   *stored = DatumGetJsonbP(SPI_getbinval(row, desc, col, &isnull));
+	Jsonb	   *stored = DatumGetJsonbP(heap_getattr(row, att + 1, desc, &isnull));
 
 	return compareJsonbContainers(&stored->root, &value->root) == 0;
+}
+
+static int64
+int64_att(HeapTuple row, TupleDesc desc, int att)
+{
+	bool		isnull;
+
+	return DatumGetInt64(heap_getattr(row, att + 1, desc, &isnull));
 }
 
 /*
@@ -228,24 +215,75 @@ append_event_difference(HeapTuple row, TupleDesc desc, EsAppendRequest *req, EsE
 {
 	bool		isnull;
 
-	if (!text_equal_or_both_null(row, desc, SE_AGGREGATE_ID, req->aggregate_id))
+	if (!text_equal_or_both_null(row, desc, EV_AGGREGATE_ID, req->aggregate_id))
 		return "aggregate_id";
-	if (!text_equal_or_both_null(row, desc, SE_AGGREGATE_TYPE, req->aggregate_type))
+	if (!text_equal_or_both_null(row, desc, EV_AGGREGATE_TYPE, req->aggregate_type))
 		return "aggregate_type";
-	if (!text_equal_or_both_null(row, desc, SE_EVENT_TYPE, ev->event_type))
+	if (!text_equal_or_both_null(row, desc, EV_EVENT_TYPE, ev->event_type))
 		return "event_type";
-	if (!jsonb_equal(row, desc, SE_DATA, ev->data))
+	if (!jsonb_equal(row, desc, EV_DATA, ev->data))
 		return "data";
-	if (!jsonb_equal(row, desc, SE_METADATA, ev->metadata))
+	if (!jsonb_equal(row, desc, EV_METADATA, ev->metadata))
 		return "metadata";
-	if (!text_equal_or_both_null(row, desc, SE_CAUSATION_ID, ev->causation_id))
+	if (!text_equal_or_both_null(row, desc, EV_CAUSATION_ID, ev->causation_id))
 		return "causation_id";
-	if (!text_equal_or_both_null(row, desc, SE_CORRELATION_ID, ev->correlation_id))
+	if (!text_equal_or_both_null(row, desc, EV_CORRELATION_ID, ev->correlation_id))
 		return "correlation_id";
 	if (ev->occurred_at_given &&
-		DatumGetTimestampTz(SPI_getbinval(row, desc, SE_OCCURRED_AT, &isnull)) != ev->occurred_at)
+		DatumGetTimestampTz(heap_getattr(row, EV_OCCURRED_AT + 1, desc, &isnull)) != ev->occurred_at)
 		return "occurred_at";
 	return NULL;
+}
+
+/*
+ * The stored events with the caller's event ids, in the order of req (NULL
+ * where none), and how many were found.  Probes of the primary key, read
+ * with SnapshotSelf under the aggregate's lock, as its last event is
+ * (aggregate.c): an identical append that committed while this one waited
+ * for the lock is seen.  Not a query: a plan for "event_id = ANY ($1)" made
+ * while the table was small scans it whole, and keeps doing so as it grows.
+ */
+static HeapTuple *
+append_probe_event_ids(EsAppendRequest *req, EsStore *store, Relation rel, int *nfound)
+{
+	Relation	idx = index_open(store->events_id_idx, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	IndexScanDesc scan = index_beginscan(rel, idx, SnapshotSelf, 1, 0);
+	HeapTuple  *rows = palloc0(sizeof(HeapTuple) * req->nevents);
+	int			i;
+
+	*nfound = 0;
+	for (i = 0; i < req->nevents; i++)
+	{
+		ScanKeyData key;
+
+		if (!req->events[i].event_id_given)
+			continue;
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ,
+					CStringGetTextDatum(req->events[i].event_id));
+		key.sk_collation = C_COLLATION_OID;
+		index_rescan(scan, &key, 1, NULL, 0);
+		if (index_getnext_slot(scan, ForwardScanDirection, slot))
+		{
+			rows[i] = ExecCopySlotHeapTuple(slot);
+			(*nfound)++;
+		}
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, NoLock);
+	return rows;
+}
+
+/* Order of a request's events by their stored positions; arg is those. */
+static int
+append_position_order(const void *a, const void *b, void *arg)
+{
+	const int64 *positions = (const int64 *) arg;
+	int64		x = positions[*(const int *) a];
+	int64		y = positions[*(const int *) b];
+
+	return (x > y) - (x < y);
 }
 
 /*
@@ -256,74 +294,68 @@ append_event_difference(HeapTuple row, TupleDesc desc, EsAppendRequest *req, EsE
  * matching an earlier one) is an error.
  */
 static bool
-append_find_stored(EsAppendRequest *req)
+append_find_stored(EsAppendRequest *req, EsStore *store)
 {
-	Datum	   *ids;
-	int			nids = 0;
+	Relation	rel = table_open(store->events_relid, RowExclusiveLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			nfound;
+	HeapTuple  *rows = append_probe_event_ids(req, store, rel, &nfound);
+	int		   *order;
 	int			i;
-	Datum		arg;
-	SPITupleTable *tt;
-	bool		isnull;
 
-	for (i = 0; i < req->nevents; i++)
-		nids += req->events[i].event_id_given;
-	if (nids == 0)
+	if (nfound == 0)
+	{
+		table_close(rel, NoLock);
 		return false;
-
-	ids = palloc(sizeof(Datum) * nids);
-	nids = 0;
-	for (i = 0; i < req->nevents; i++)
-		if (req->events[i].event_id_given)
-			ids[nids++] = CStringGetTextDatum(req->events[i].event_id);
-	if (nids == 1)
-		arg = ids[0];
-	else
-		arg = PointerGetDatum(construct_array(ids, nids, TEXTOID, -1, false, TYPALIGN_INT));
-
-	if (SPI_execute_plan(es_plan(nids == 1 ? &stored_event_plan : &stored_events_plan), &arg, NULL, false, 0)
-		!= SPI_OK_SELECT)
-		elog(ERROR, "could not look up stored events");
-	if (SPI_processed == 0)
-		return false;
-
-	tt = SPI_tuptable;
-	if (SPI_processed != (uint64) req->nevents || nids != req->nevents)
+	}
+	if (nfound != req->nevents)
+	{
+		for (i = 0; rows[i] == NULL; i++)
+			;
 		ereport(ERROR,
 				(errcode(ERRCODE_UNIQUE_VIOLATION),
 				 errmsg("batch overlaps events stored by an earlier append"),
-				 errdetail("%llu of its %d events carry event ids that are already stored, for example \"%s\".",
-						   (unsigned long long) SPI_processed, req->nevents,
-						   TextDatumGetCString(SPI_getbinval(tt->vals[0], tt->tupdesc, SE_EVENT_ID, &isnull))),
+				 errdetail("%d of its %d events carry event ids that are already stored, for example \"%s\".",
+						   nfound, req->nevents, req->events[i].event_id),
 				 errhint("Resend exactly the earlier batch to retry it, or use new event ids for new events.")));
+	}
 
+	/* The earlier append stored them in an order: the retry must repeat it. */
+	order = palloc(sizeof(int) * req->nevents);
 	for (i = 0; i < req->nevents; i++)
 	{
-		HeapTuple	row = tt->vals[i];
+		order[i] = i;
+		req->positions[i] = int64_att(rows[i], desc, EV_POSITION);
+	}
+	qsort_arg(order, req->nevents, sizeof(int), append_position_order, req->positions);
+	for (i = 0; i < req->nevents; i++)
+	{
+		HeapTuple	row = rows[i];
 		EsEventIn  *ev = &req->events[i];
 		const char *diff;
 
-		if (!text_equal_or_both_null(row, tt->tupdesc, SE_EVENT_ID, ev->event_id))
+		if (order[i] != i)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNIQUE_VIOLATION),
 					 errmsg("batch repeats an earlier append in another order"),
 					 errdetail("Event \"%s\" is at index %d of the batch; the earlier append stored \"%s\" there.",
-							   ev->event_id, i, TextDatumGetCString(SPI_getbinval(row, tt->tupdesc, SE_EVENT_ID, &isnull))),
+							   ev->event_id, i, req->events[order[i]].event_id),
 					 errhint("Resend the earlier batch exactly as it was.")));
-		diff = append_event_difference(row, tt->tupdesc, req, ev);
+		diff = append_event_difference(row, desc, req, ev);
 		if (diff != NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNIQUE_VIOLATION),
 					 errmsg("event id \"%s\" is already used by another event", ev->event_id),
 					 errdetail("The stored event with that id differs in %s.", diff),
 					 errhint("Use a new event_id for a new event; resend identical content to retry an append.")));
-		req->versions[i] = DatumGetInt64(SPI_getbinval(row, tt->tupdesc, SE_VERSION, &isnull));
-		req->positions[i] = DatumGetInt64(SPI_getbinval(row, tt->tupdesc, SE_POSITION, &isnull));
+		req->versions[i] = int64_att(row, desc, EV_VERSION);
 		if (i > 0 && req->versions[i] != req->versions[i - 1] + 1)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNIQUE_VIOLATION),
 					 errmsg("batch overlaps events stored by earlier appends"),
 					 errdetail("Its event ids were stored by more than one append.")));
 	}
+	table_close(rel, NoLock);
 	req->was_stored = true;
 	return true;
 }
@@ -550,7 +582,7 @@ es_append_execute(EsAppendRequest *req, EsStore *store)
 		{
 			if (es_aggregate_lock(store, req->aggregate_id, &row))
 			{
-				if (append_find_stored(req))
+				if (append_find_stored(req, store))
 					return;
 				append_check_row(req, &row);
 				/* The commit-order key never goes back within an aggregate. */
@@ -560,7 +592,7 @@ es_append_execute(EsAppendRequest *req, EsStore *store)
 			}
 			if (!req->any && req->expected != ES_EXPECT_NEW)
 			{
-				if (!append_find_stored(req))
+				if (!append_find_stored(req, store))
 					append_raise_conflict(req, 0);
 				return;
 			}
@@ -568,7 +600,7 @@ es_append_execute(EsAppendRequest *req, EsStore *store)
 		if (es_aggregate_create(req->aggregate_id, req->aggregate_type, req->now))
 		{
 			/* No event can be stored for a new aggregate; ids used elsewhere are refused. */
-			(void) append_find_stored(req);
+			(void) append_find_stored(req, store);
 			append_insert_events(req, store, 0, own);
 			return;
 		}

@@ -160,6 +160,7 @@ store_resolve(Oid nspid)
 	memset(&next, 0, sizeof(next));
 	next.nspid = nspid;
 	next.events_relid = store_relation("es_events", nspid);
+	next.events_id_idx = store_relation("es_events_event_id_key", nspid);
 	next.events_version_idx = store_relation("es_events_version_key", nspid);
 	next.position_seq = store_relation("es_events_position_seq", nspid);
 	next.aggregates_relid = store_relation("es_aggregates", nspid);
@@ -194,6 +195,7 @@ store_resolve(Oid nspid)
 	if (next.nspid != store.nspid ||
 		store.nspname == NULL || strcmp(nspname, store.nspname) != 0 ||
 		next.events_relid != store.events_relid ||
+		next.events_id_idx != store.events_id_idx ||
 		next.events_version_idx != store.events_version_idx ||
 		next.position_seq != store.position_seq ||
 		next.aggregates_relid != store.aggregates_relid ||

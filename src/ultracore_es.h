@@ -151,6 +151,7 @@ typedef struct EsStore
 	char	   *nspname;		/* its name, quoted for SQL text */
 	Oid			owner;			/* role that owns the tables */
 	Oid			events_relid;
+	Oid			events_id_idx;	/* primary key (event_id) */
 	Oid			events_version_idx; /* unique (aggregate_id, version) */
 	Oid			position_seq;	/* es_events_position_seq */
 	Oid			aggregates_relid;
