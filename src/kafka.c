@@ -1004,16 +1004,14 @@ required_header(rd_kafka_headers_t *h, const char *name)
 }
 
 /*
- * Append the event one message carries, as es_append would; errors
- * propagate.  A message this store's mirror produced is skipped: its event
- * is already here.
+ * The event one message carries, as a one-event append request of its own
+ * in *req (ev its event); errors propagate.  False for a message this
+ * store's mirror produced: its event is already here.
  */
-static void
-ingest_message(EsStore *s, rd_kafka_message_t *msg)
+static bool
+ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *ev)
 {
 	rd_kafka_headers_t *h = NULL;
-	EsAppendRequest req;
-	EsEventIn	ev;
 	const char *topic = rd_kafka_topic_name(msg->rkt);
 	char	   *version;
 	char	   *time;
@@ -1024,40 +1022,40 @@ ingest_message(EsStore *s, rd_kafka_message_t *msg)
 	(void) rd_kafka_message_headers(msg, &h);
 	source = header(h, "ce_source");
 	if (source != NULL && strcmp(source, own_source()) == 0)
-		return;
-	memset(&req, 0, sizeof(req));
-	memset(&ev, 0, sizeof(ev));
-	ev.event_id = required_header(h, "ce_id");
-	es_check_id(ev.event_id, "ce_id");
-	ev.event_id_given = true;
-	ev.event_type = required_header(h, "ce_type");
-	es_check_name(ev.event_type, "ce_type");
-	req.aggregate_id = header(h, "ce_subject");
-	if (req.aggregate_id == NULL && msg->key != NULL)
-		req.aggregate_id = pnstrdup(msg->key, msg->key_len);
-	if (req.aggregate_id == NULL)
+		return false;
+	memset(req, 0, sizeof(*req));
+	memset(ev, 0, sizeof(*ev));
+	ev->event_id = required_header(h, "ce_id");
+	es_check_id(ev->event_id, "ce_id");
+	ev->event_id_given = true;
+	ev->event_type = required_header(h, "ce_type");
+	es_check_name(ev->event_type, "ce_type");
+	req->aggregate_id = header(h, "ce_subject");
+	if (req->aggregate_id == NULL && msg->key != NULL)
+		req->aggregate_id = pnstrdup(msg->key, msg->key_len);
+	if (req->aggregate_id == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("message has neither a ce_subject header nor a key")));
-	es_check_id(req.aggregate_id, "ce_subject");
-	req.aggregate_type = header(h, "ce_aggregatetype");
-	if (req.aggregate_type == NULL)
+	es_check_id(req->aggregate_id, "ce_subject");
+	req->aggregate_type = header(h, "ce_aggregatetype");
+	if (req->aggregate_type == NULL)
 	{
 		EsEventType type;
 
-		es_event_type_lookup(ev.event_type, &type);
+		es_event_type_lookup(ev->event_type, &type);
 		if (type.aggregate_type[0] == '\0')
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("message has no ce_aggregatetype header, and event type \"%s\" fits any aggregate type",
-							ev.event_type)));
-		req.aggregate_type = pstrdup(type.aggregate_type);
+							ev->event_type)));
+		req->aggregate_type = pstrdup(type.aggregate_type);
 	}
-	es_check_name(req.aggregate_type, "ce_aggregatetype");
+	es_check_name(req->aggregate_type, "ce_aggregatetype");
 
 	/* Version v is appended at expected version v - 1; without one, at any. */
 	version = header(h, "ce_aggregateversion");
-	req.any = (version == NULL);
+	req->any = (version == NULL);
 	if (version != NULL)
 	{
 		int64		v = DatumGetInt64(DirectFunctionCall1(int8in, CStringGetDatum(version)));
@@ -1066,27 +1064,27 @@ ingest_message(EsStore *s, rd_kafka_message_t *msg)
 			ereport(ERROR,
 					(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 					 errmsg("ce_aggregateversion must be at least 1")));
-		req.expected = v - 1;
+		req->expected = v - 1;
 	}
 	if (msg->payload == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("message has no value")));
-	ev.data = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-												 CStringGetDatum(pnstrdup(msg->payload, msg->len))));
-	es_check_object(ev.data, "data");
+	ev->data = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+												  CStringGetDatum(pnstrdup(msg->payload, msg->len))));
+	es_check_object(ev->data, "data");
 	time = header(h, "ce_time");
-	ev.occurred_at_given = (time != NULL);
+	ev->occurred_at_given = (time != NULL);
 	if (time != NULL)
-		ev.occurred_at = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(time),
-																 ObjectIdGetDatum(InvalidOid),
-																 Int32GetDatum(-1)));
-	ev.causation_id = header(h, "ce_causationid");
-	ev.correlation_id = header(h, "ce_correlationid");
-	if (ev.causation_id)
-		es_check_id(ev.causation_id, "ce_causationid");
-	if (ev.correlation_id)
-		es_check_id(ev.correlation_id, "ce_correlationid");
+		ev->occurred_at = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(time),
+																  ObjectIdGetDatum(InvalidOid),
+																  Int32GetDatum(-1)));
+	ev->causation_id = header(h, "ce_causationid");
+	ev->correlation_id = header(h, "ce_correlationid");
+	if (ev->causation_id)
+		es_check_id(ev->causation_id, "ce_causationid");
+	if (ev->correlation_id)
+		es_check_id(ev->correlation_id, "ce_correlationid");
 
 	/*
 	 * Where it came from, so that the mirror does not send it back there.
@@ -1097,22 +1095,32 @@ ingest_message(EsStore *s, rd_kafka_message_t *msg)
 	appendStringInfoString(&origin, "{\"kafka_origin\": {\"topic\": ");
 	escape_json(&origin, topic);
 	appendStringInfo(&origin, ", \"partition\": %d}}", msg->partition);
-	ev.metadata = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(origin.data)));
+	ev->metadata = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(origin.data)));
 	metadata = header(h, "ce_metadata");
 	if (metadata != NULL)
 	{
 		Jsonb	   *given = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(metadata)));
 
 		es_check_object(given, "ce_metadata");
-		ev.metadata = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(given),
-														 JsonbPGetDatum(ev.metadata)));
+		ev->metadata = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(given),
+														  JsonbPGetDatum(ev->metadata)));
 	}
 
-	req.nevents = 1;
-	req.events = &ev;
-	es_append_prepare(&req);
-	req.appended_by = psprintf("kafka:%s", topic);
-	es_append_execute(&req, s);
+	req->nevents = 1;
+	req->events = ev;
+	req->appended_by = psprintf("kafka:%s", topic);
+	return true;
+}
+
+/* Append req as es_append would: the kafka:<topic> role it was parsed with. */
+static void
+ingest_append(EsStore *s, EsAppendRequest *req)
+{
+	char	   *appended_by = req->appended_by;
+
+	es_append_prepare(req);
+	req->appended_by = appended_by;
+	es_append_execute(req, s);
 }
 
 static EsPlan ingest_dead_letter_plan = {
@@ -1229,30 +1237,129 @@ error_is_transient(int sqlerrcode)
  */
 static bool ingest_careful = false;
 
-/* Append one message directly, as the store's owner. */
-static void
-ingest_direct(EsStore *s, rd_kafka_message_t *msg, Oid save_userid, int save_sec_context)
+/*
+ * Order of the direct path: by aggregate, then topic, then place in the
+ * batch; arg is the requests.
+ */
+static int
+ingest_order(const void *a, const void *b, void *arg)
 {
+	const EsAppendRequest *reqs = (const EsAppendRequest *) arg;
+	int			x = *(const int *) a;
+	int			y = *(const int *) b;
+	int			c = strcmp(reqs[x].aggregate_id, reqs[y].aggregate_id);
+
+	if (c == 0)
+		c = strcmp(reqs[x].appended_by, reqs[y].appended_by);
+	return c != 0 ? c : (x > y) - (x < y);
+}
+
+/*
+ * Append the messages directly, as runs: the messages of one aggregate in a
+ * batch are appended in their order, and those that follow each other
+ * (versions v, v + 1, ..., or all without a version, of one type and topic)
+ * as one multi-event append.  The aggregate is then locked and checked once
+ * per run, and its events go to the heap in one multi-insert, instead of
+ * once per message.  A message that cannot be appended fails the batch; a
+ * run that is partly stored already too (es_append_execute refuses a batch
+ * that overlaps an earlier one), and the careful path absorbs its stored
+ * messages one by one.  Across aggregates the events of a batch are
+ * appended in aggregate order, not in the order of the partitions' offsets:
+ * the store orders events per aggregate, as Kafka orders them per key.
+ */
+static void
+ingest_directly(EsStore *s, rd_kafka_message_t **msgs, int n)
+{
+	EsAppendRequest *reqs = palloc(sizeof(EsAppendRequest) * n);
+	EsEventIn  *evs = palloc(sizeof(EsEventIn) * n);
+	int		   *order = palloc(sizeof(int) * n);
+	int			nparsed = 0;
+	int			first;
+	int			last;
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (ingest_parse(msgs[i], &reqs[nparsed], &evs[nparsed]))
+		{
+			order[nparsed] = nparsed;
+			nparsed++;
+		}
+	qsort_arg(order, nparsed, sizeof(int), ingest_order, reqs);
+	for (first = 0; first < nparsed; first = last)
+	{
+		EsAppendRequest run = reqs[order[first]];
+
+		for (last = first + 1; last < nparsed; last++)
+		{
+			EsAppendRequest *next = &reqs[order[last]];
+
+			if (strcmp(next->aggregate_id, run.aggregate_id) != 0 ||
+				strcmp(next->appended_by, run.appended_by) != 0 ||
+				strcmp(next->aggregate_type, run.aggregate_type) != 0 ||
+				next->any != run.any ||
+				(!run.any && next->expected != run.expected + (last - first)))
+				break;
+		}
+		run.nevents = last - first;
+		run.events = palloc(sizeof(EsEventIn) * run.nevents);
+		for (i = 0; i < run.nevents; i++)
+			run.events[i] = evs[order[first + i]];
+		ingest_append(s, &run);
+	}
+}
+
+/* Run append(s, arg) as the store's owner, as es_append does. */
+static void
+ingest_as_owner(EsStore *s, void (*append) (EsStore *s, void *arg), void *arg)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(s->owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
 						   SECURITY_RESTRICTED_OPERATION);
-	ingest_message(s, msg);
+	append(s, arg);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
+/* The messages a step appends. */
+typedef struct IngestTaken
+{
+	rd_kafka_message_t **msgs;
+	int			n;
+} IngestTaken;
+
+static void
+ingest_directly_step(EsStore *s, void *arg)
+{
+	IngestTaken *taken = (IngestTaken *) arg;
+
+	ingest_directly(s, taken->msgs, taken->n);
+}
+
+static void
+ingest_one(EsStore *s, void *arg)
+{
+	EsAppendRequest req;
+	EsEventIn	ev;
+
+	if (ingest_parse((rd_kafka_message_t *) arg, &req, &ev))
+		ingest_append(s, &req);
 }
 
 typedef struct IngestOne
 {
 	EsStore    *s;
 	rd_kafka_message_t *msg;
-	Oid			save_userid;
-	int			save_sec_context;
 } IngestOne;
 
+/* The careful path's subtransaction (its abort restores the user too). */
 static void
 ingest_one_step(void *arg)
 {
 	IngestOne  *one = (IngestOne *) arg;
 
-	ingest_direct(one->s, one->msg, one->save_userid, one->save_sec_context);
+	ingest_as_owner(one->s, ingest_one, one->msg);
 }
 
 /*
@@ -1263,13 +1370,11 @@ ingest_one_step(void *arg)
 static void
 ingest_step(EsStore *s, void *arg)
 {
-	Oid			save_userid;
-	int			save_sec_context;
 	bool		record_watermarks = TimestampDifferenceExceeds(watermarks_at, GetCurrentTimestamp(),
 															   WATERMARK_EVERY_MS);
+	IngestTaken taken = {palloc(sizeof(rd_kafka_message_t *) * Max(nbatch, 1)), 0};
 	int			i;
 
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	for (i = 0; i < nbatch; i++)
 	{
 		rd_kafka_message_t *msg = batch[i];
@@ -1279,11 +1384,14 @@ ingest_step(EsStore *s, void *arg)
 			continue;			/* revoked meanwhile */
 		o->next_offset = msg->offset + 1;
 		o->touched = true;
-		if (!ingest_careful)
-			ingest_direct(s, msg, save_userid, save_sec_context);
-		else
+		taken.msgs[taken.n++] = msg;
+	}
+	if (!ingest_careful)
+		ingest_as_owner(s, ingest_directly_step, &taken);
+	else
+		for (i = 0; i < taken.n; i++)
 		{
-			IngestOne	one = {s, msg, save_userid, save_sec_context};
+			IngestOne	one = {s, taken.msgs[i]};
 			ErrorData  *edata = es_subtransaction(ingest_one_step, &one);
 
 			if (edata == NULL)
@@ -1291,10 +1399,9 @@ ingest_step(EsStore *s, void *arg)
 			/* Not the message's fault: the batch is taken again from the stored offsets. */
 			if (error_is_transient(edata->sqlerrcode))
 				ReThrowError(edata);
-			ingest_dead_letter(msg, es_consumer_error_text(edata));
+			ingest_dead_letter(taken.msgs[i], es_consumer_error_text(edata));
 			FreeErrorData(edata);
 		}
-	}
 
 	for (i = 0; i < nowned; i++)
 	{
