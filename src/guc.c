@@ -36,6 +36,7 @@ char	   *es_kafka_source = NULL;
 bool		es_kafka_transactional = false;
 int			es_kafka_batch_size = 10000;
 int			es_kafka_ingest_batch_size = 1000;
+int			es_kafka_ingest_workers = 1;
 
 /* librdkafka's partitioners; murmur2_random is the Java client's. */
 static bool
@@ -77,6 +78,17 @@ es_guc_init(void)
 								   PGC_POSTMASTER,
 								   0,
 								   NULL, NULL, NULL);
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("ultracore_es.kafka_ingest_workers",
+								"Background workers that ingest the Kafka topics, as members of one consumer group.",
+								"The partitions are shared among them; each needs one of max_worker_processes.",
+								&es_kafka_ingest_workers,
+								1,
+								1,
+								32,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("ultracore_es.worker_enabled",
 							 "Whether the background worker delivers events to consumers.",

@@ -1,10 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * kafka.c
- *	  Kafka, from the background worker: the mirror that produces every
- *	  committed event to Kafka in commit order, and the ingest that appends
- *	  the messages of Kafka topics to the store.  The only file that talks to
- *	  librdkafka.
+ *	  Kafka, from the background workers: the mirror that produces every
+ *	  committed event to Kafka in commit order (in the worker), and the
+ *	  ingest that appends the messages of Kafka topics to the store (in the
+ *	  ingest workers, worker.c).  The only file that talks to librdkafka.
  *
  * Rules (DESIGN.md, "Rules for code that talks to Kafka"):
  *
@@ -34,19 +34,21 @@
  * ce_id.  Optionally the producer is transactional: a batch is one Kafka
  * transaction, and the checkpoint passes it once it commits.
  *
- * The ingest.  A consumer in group ultracore_es.kafka_group_id reads
- * ultracore_es.kafka_ingest_topics.  Offsets live in es_kafka_offsets, not
- * in Kafka: on assignment the worker bumps each partition's epoch and seeks
- * to its stored offset; a batch of messages becomes appends (es_append's
- * path, inline projections included) and the new offsets are written in the
- * same transaction, only where the epoch is still the worker's (a worker
- * that lost the partition cannot write).  A batch is appended directly; if
- * a message fails, the batch is rolled back and appended again with each
- * message in a subtransaction.  A message that cannot be
- * appended (a malformed one, an unknown type, a version conflict, an event
- * id reused with other content) goes to es_kafka_dead_letters, with its
- * topic, partition, offset and error, and the stream goes on; an identical
- * event already stored is absorbed.  Appended events record their origin in
+ * The ingest.  Each of the ultracore_es.kafka_ingest_workers ingest workers
+ * is a consumer in group ultracore_es.kafka_group_id, reading
+ * ultracore_es.kafka_ingest_topics; the group shares the partitions among
+ * them.  Offsets live in es_kafka_offsets, not in Kafka: on assignment a
+ * worker bumps each partition's epoch and seeks to its stored offset; a
+ * batch of messages becomes appends (es_append's path, inline projections
+ * included) and the new offsets are written in the same transaction, only
+ * where the epoch is still the worker's (a worker that lost the partition
+ * cannot write).  A batch is appended directly, aggregate by aggregate;
+ * if a message fails, the batch is rolled back and appended again with
+ * each message in a subtransaction.  A message that cannot be appended (a
+ * malformed one, an unknown type, a version conflict, an event id reused
+ * with other content) goes to es_kafka_dead_letters, with its topic,
+ * partition, offset and error, and the stream goes on; an identical event
+ * already stored is absorbed.  Appended events record their origin in
  * their metadata (kafka_origin), and the mirror does not produce them back
  * into the topic they came from.
  *
@@ -1554,15 +1556,14 @@ kafka_run(const char *consumer_name, void (*step) (EsStore *s, void *arg))
 }
 
 /*
- * es_kafka_pass: one pass of the mirror and the ingest, when brokers are
- * configured.  Returns true when the worker should come back soon:
- * messages in flight, or more to ingest.
+ * Whether brokers are configured.  When the settings the clients were made
+ * with changed, the clients are destroyed, to be made again with the new
+ * ones; when Kafka is off, they are destroyed for good.
  */
-bool
-es_kafka_pass(void)
+static bool
+kafka_configured(void)
 {
 	char	   *settings;
-	bool		busy = false;
 
 	if (es_kafka_brokers == NULL || es_kafka_brokers[0] == '\0')
 	{
@@ -1575,13 +1576,46 @@ es_kafka_pass(void)
 		es_kafka_stop();
 		client_settings = MemoryContextStrdup(TopMemoryContext, settings);
 	}
+	return true;
+}
+
+/*
+ * es_kafka_mirror_pass: one pass of the mirror (the main worker), when
+ * brokers are configured.  Returns true when the worker should come back
+ * soon: messages in flight.
+ */
+bool
+es_kafka_mirror_pass(void)
+{
+	bool		busy;
+
+	if (!kafka_configured())
+		return false;
 	pgstat_report_activity(STATE_RUNNING, "ultracore_es: kafka mirror");
-	busy |= mirror_pass();
-	if (es_kafka_ingest_topics != NULL && es_kafka_ingest_topics[0] != '\0')
+	busy = mirror_pass();
+	emit_logs();
+	return busy;
+}
+
+/*
+ * es_kafka_ingest_pass: one pass of the ingest (an ingest worker), when
+ * brokers and topics are configured.  Returns true when the worker should
+ * come back soon: it took a full batch, more may be waiting.
+ */
+bool
+es_kafka_ingest_pass(void)
+{
+	bool		busy;
+
+	if (!kafka_configured())
+		return false;
+	if (es_kafka_ingest_topics == NULL || es_kafka_ingest_topics[0] == '\0')
 	{
-		pgstat_report_activity(STATE_RUNNING, "ultracore_es: kafka ingest");
-		busy |= ingest_pass();
+		es_kafka_stop();
+		return false;
 	}
+	pgstat_report_activity(STATE_RUNNING, "ultracore_es: kafka ingest");
+	busy = ingest_pass();
 	emit_logs();
 	return busy;
 }

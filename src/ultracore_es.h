@@ -103,6 +103,7 @@ extern char *es_kafka_source;
 extern bool es_kafka_transactional;
 extern int	es_kafka_batch_size;
 extern int	es_kafka_ingest_batch_size;
+extern int	es_kafka_ingest_workers;
 extern void es_guc_init(void);
 
 /* shmem.c: counters, the worker's latch, commit times (when preloaded) */
@@ -129,7 +130,8 @@ extern void es_check_retry_policy(int32 max_retries, Interval *backoff);
 
 
 /* kafka.c */
-extern bool es_kafka_pass(void);
+extern bool es_kafka_mirror_pass(void);
+extern bool es_kafka_ingest_pass(void);
 extern void es_kafka_stop(void);
 
 /* consumer.c */

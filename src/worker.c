@@ -56,22 +56,36 @@
 #define KAFKA_BUSY_MS		5
 
 /*
- * es_worker_register: from _PG_init while preloading.
+ * es_worker_register: from _PG_init while preloading.  The worker (member
+ * 0), and the Kafka ingest workers (members 1 to kafka_ingest_workers).
  */
 void
 es_worker_register(void)
 {
 	BackgroundWorker worker;
+	int			member;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 5;
-	snprintf(worker.bgw_library_name, BGW_MAXLEN, "ultracore_es");
-	snprintf(worker.bgw_function_name, BGW_MAXLEN, "es_worker_main");
-	snprintf(worker.bgw_name, BGW_MAXLEN, "ultracore_es worker");
-	snprintf(worker.bgw_type, BGW_MAXLEN, "ultracore_es worker");
-	RegisterBackgroundWorker(&worker);
+	for (member = 0; member <= es_kafka_ingest_workers; member++)
+	{
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		worker.bgw_restart_time = 5;
+		worker.bgw_main_arg = Int32GetDatum(member);
+		snprintf(worker.bgw_library_name, BGW_MAXLEN, "ultracore_es");
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "es_worker_main");
+		if (member == 0)
+		{
+			snprintf(worker.bgw_name, BGW_MAXLEN, "ultracore_es worker");
+			snprintf(worker.bgw_type, BGW_MAXLEN, "ultracore_es worker");
+		}
+		else
+		{
+			snprintf(worker.bgw_name, BGW_MAXLEN, "ultracore_es kafka ingest %d", member);
+			snprintf(worker.bgw_type, BGW_MAXLEN, "ultracore_es kafka ingest");
+		}
+		RegisterBackgroundWorker(&worker);
+	}
 }
 
 static EsPlan consumers_plan = {
@@ -282,12 +296,103 @@ worker_exit(int code, Datum arg)
 	es_kafka_stop();
 }
 
+static void
+worker_nothing(EsStore *s, void *arg)
+{
+}
+
 /*
- * es_worker_main: the worker's entry point.
+ * A pass of an ingest worker: the ingest, when the worker is enabled and
+ * the extension installed.  Returns how long to sleep.
+ */
+static long
+worker_ingest_pass(void)
+{
+	bool		installed = false;
+
+	if (!es_worker_enabled)
+	{
+		es_kafka_stop();		/* disabled: Kafka clients are not left unpolled */
+		return es_worker_poll_interval;
+	}
+	(void) es_worker_transaction(worker_nothing, NULL, true, &installed, NULL, NULL);
+	if (!installed)
+	{
+		es_kafka_stop();		/* nothing to ingest into */
+		return NOT_INSTALLED_NAP_MS;
+	}
+	if (es_kafka_ingest_pass())
+		return 0;
+	pgstat_report_stat(false);
+	return es_worker_poll_interval;
+}
+
+/*
+ * A pass of the worker: the consumers (handlers, async projections), the
+ * ledger's pruning, the Kafka mirror.  Returns how long to sleep.
+ */
+static long
+worker_pass(MemoryContext pass_cxt, bool *warned_not_installed, TimestampTz *last_prune)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next_due = TimestampTzPlusMilliseconds(now, es_worker_poll_interval);
+	bool		installed = true;
+	List	   *names;
+	ListCell   *lc;
+
+	if (!es_worker_enabled)
+	{
+		es_shmem_worker_reads_appends(false);
+		es_kafka_stop();		/* disabled: Kafka clients are not left unpolled */
+		return es_worker_poll_interval;
+	}
+	names = worker_consumers(pass_cxt, &installed);
+	es_shmem_worker_reads_appends(installed &&
+								  (names != NIL || (es_kafka_brokers != NULL && es_kafka_brokers[0] != '\0')));
+	if (!installed)
+	{
+		if (!*warned_not_installed)
+			ereport(LOG,
+					(errmsg("ultracore_es worker: extension ultracore_es is not installed in database \"%s\"",
+							es_worker_database),
+					 errhint("Run CREATE EXTENSION ultracore_es in that database, or set ultracore_es.database.")));
+		*warned_not_installed = true;
+		es_kafka_stop();		/* nothing to mirror */
+		return NOT_INSTALLED_NAP_MS;
+	}
+	*warned_not_installed = false;
+	foreach(lc, names)
+	{
+		CHECK_FOR_INTERRUPTS();
+		worker_serve((const char *) lfirst(lc), &next_due);
+		MemoryContextSwitchTo(pass_cxt);
+	}
+	if (TimestampDifferenceExceeds(*last_prune, GetCurrentTimestamp(), PRUNE_INTERVAL_MS))
+	{
+		worker_prune();
+		*last_prune = GetCurrentTimestamp();
+	}
+	/* Kafka: while messages are in flight, come back within a few milliseconds. */
+	if (es_kafka_mirror_pass())
+		next_due = Min(next_due, TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KAFKA_BUSY_MS));
+	/* Table statistics, for autovacuum of what the batches wrote. */
+	pgstat_report_stat(false);
+	now = GetCurrentTimestamp();
+	return Max(0, Min((long) es_worker_poll_interval, (long) ((next_due - now) / 1000)));
+}
+
+/*
+ * es_worker_main: the entry point of the worker (member 0) and of the
+ * Kafka ingest workers (members 1 and up).  The ingest has processes of
+ * its own: an append per message costs several times what a batch append
+ * costs per event, and the members share the topics' partitions, so more
+ * of them append in parallel; the mirror's lag does not wait on the
+ * ingest's batches either.
  */
 void
 es_worker_main(Datum arg)
 {
+	int			member = DatumGetInt32(arg);
 	MemoryContext pass_cxt;
 	bool		warned_not_installed = false;
 	bool		was_enabled = es_worker_enabled;
@@ -297,14 +402,16 @@ es_worker_main(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(es_worker_database, NULL, 0);
-	pgstat_report_appname("ultracore_es worker");
+	pgstat_report_appname(member == 0 ? "ultracore_es worker" : "ultracore_es kafka ingest");
 	/* Batches are READ COMMITTED and read-write, whatever the server's defaults. */
 	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("default_transaction_read_only", "off", PGC_SUSET, PGC_S_OVERRIDE);
-	es_shmem_register_worker();
+	if (member == 0)
+		es_shmem_register_worker();
 	before_shmem_exit(worker_exit, (Datum) 0);
-	ereport(LOG,
-			(errmsg("ultracore_es worker started for database \"%s\"", es_worker_database)));
+	if (member == 0)
+		ereport(LOG,
+				(errmsg("ultracore_es worker started for database \"%s\"", es_worker_database)));
 
 	/*
 	 * The worker's batches allocate and free tens of megabytes per
@@ -320,10 +427,7 @@ es_worker_main(Datum arg)
 	pass_cxt = AllocSetContextCreate(TopMemoryContext, "ultracore_es worker pass", ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
-		TimestampTz now;
-		TimestampTz next_due;
-		long		timeout = es_worker_poll_interval;
-		bool		installed = true;
+		long		timeout;
 
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
@@ -331,7 +435,7 @@ es_worker_main(Datum arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
-			if (es_worker_enabled != was_enabled)
+			if (es_worker_enabled != was_enabled && member == 0)
 				ereport(LOG,
 						(errmsg("ultracore_es worker %s delivering events (ultracore_es.worker_enabled is %s)",
 								es_worker_enabled ? "resumes" : "stops",
@@ -340,57 +444,10 @@ es_worker_main(Datum arg)
 		}
 		MemoryContextReset(pass_cxt);
 		MemoryContextSwitchTo(pass_cxt);
-
-		now = GetCurrentTimestamp();
-		next_due = TimestampTzPlusMilliseconds(now, es_worker_poll_interval);
-		if (es_worker_enabled)
-		{
-			List	   *names = worker_consumers(pass_cxt, &installed);
-			ListCell   *lc;
-
-			es_shmem_worker_reads_appends(installed &&
-										  (names != NIL || (es_kafka_brokers != NULL && es_kafka_brokers[0] != '\0')));
-
-			if (!installed)
-			{
-				if (!warned_not_installed)
-					ereport(LOG,
-							(errmsg("ultracore_es worker: extension ultracore_es is not installed in database \"%s\"",
-									es_worker_database),
-							 errhint("Run CREATE EXTENSION ultracore_es in that database, or set ultracore_es.database.")));
-				warned_not_installed = true;
-				timeout = NOT_INSTALLED_NAP_MS;
-				es_kafka_stop();	/* nothing to mirror or ingest into */
-			}
-			else
-			{
-				warned_not_installed = false;
-				foreach(lc, names)
-				{
-					CHECK_FOR_INTERRUPTS();
-					worker_serve((const char *) lfirst(lc), &next_due);
-					MemoryContextSwitchTo(pass_cxt);
-				}
-				if (TimestampDifferenceExceeds(last_prune, GetCurrentTimestamp(), PRUNE_INTERVAL_MS))
-				{
-					worker_prune();
-					last_prune = GetCurrentTimestamp();
-				}
-				/* Kafka: while messages are in flight, come back within a few milliseconds. */
-				if (es_kafka_pass())
-					next_due = Min(next_due, TimestampTzPlusMilliseconds(GetCurrentTimestamp(), KAFKA_BUSY_MS));
-				/* Table statistics, for autovacuum of what the batches wrote. */
-				pgstat_report_stat(false);
-				now = GetCurrentTimestamp();
-				timeout = Max(0, Min((long) es_worker_poll_interval,
-									 (long) ((next_due - now) / 1000)));
-			}
-		}
+		if (member == 0)
+			timeout = worker_pass(pass_cxt, &warned_not_installed, &last_prune);
 		else
-		{
-			es_shmem_worker_reads_appends(false);
-			es_kafka_stop();	/* disabled: Kafka clients are not left unpolled */
-		}
+			timeout = worker_ingest_pass();
 		pgstat_report_activity(STATE_IDLE, NULL);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 timeout, PG_WAIT_EXTENSION);

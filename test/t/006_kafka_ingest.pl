@@ -1,7 +1,8 @@
 # The Kafka ingest against librdkafka's mock cluster: 10,000 messages with
 # duplicates, version conflicts, malformed JSON and unknown event types;
 # exactly the valid ones are appended, once, the rest are dead-lettered, and
-# kill -9 of the worker in the middle neither loses nor repeats an append.
+# kill -9 of an ingest worker in the middle neither loses nor repeats an
+# append.  Two ingest workers share the partitions.
 # Events this store mirrored are not ingested back, and ingested events are
 # not mirrored back into the topic they came from.
 use strict;
@@ -18,6 +19,7 @@ my $kafka = EsKafka->new('bank.in:4', 'es.Account:4');
 my $node = $kafka->node('kafka_ingest', q{
 ultracore_es.kafka_ingest_topics = 'bank.in, es.Account'
 ultracore_es.kafka_ingest_batch_size = 100
+ultracore_es.kafka_ingest_workers = 2
 # librdkafka's mock holds the first join for 3 s and a dead member for a
 # session timeout: keep both short.
 ultracore_es.kafka_consumer_properties = 'session.timeout.ms=6000;heartbeat.interval.ms=500'
@@ -103,16 +105,22 @@ while (@messages < 10000)
 }
 is(scalar @messages, 10000, 'ten thousand messages');
 
-# All of them, then kill -9 of the worker in the middle of the ingest.
+is( $node->safe_psql(
+		'postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'ultracore_es kafka ingest'}),
+	2, 'two ingest workers');
+
+# All of them, then kill -9 of an ingest worker in the middle of the ingest.
 $kafka->produce(@messages);
 ok( $node->poll_query_until(
 		'postgres', q{SELECT events_processed > 1000 FROM es_consumers WHERE name = 'kafka_ingest'}, 't'),
 	'the ingest is running');
 my $log_offset = -s $node->logfile;
 my $taken = $node->safe_psql('postgres', q{SELECT events_processed FROM es_consumers WHERE name = 'kafka_ingest'});
-kill 'KILL', $node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'ultracore_es worker'});
+kill 'KILL',
+  $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'ultracore_es kafka ingest' LIMIT 1});
 $node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset);
-ok($node->poll_query_until('postgres', 'SELECT true'), 'server back after kill -9 of the worker');
+ok($node->poll_query_until('postgres', 'SELECT true'), 'server back after kill -9 of an ingest worker');
 cmp_ok($taken, '<', 10000, "killed in the middle of the ingest ($taken messages taken)");
 
 # Done when the offsets stored for bank.in add up to what the brokers hold
