@@ -4,6 +4,10 @@
 -- Kafka is off by default; the other settings have their defaults.
 SELECT name, setting, context FROM pg_settings WHERE name LIKE 'ultracore_es.kafka%' ORDER BY name;
 
+-- The worker and one ingest worker run (idle while Kafka is off).
+SELECT backend_type, count(*) FROM pg_stat_activity WHERE backend_type LIKE 'ultracore_es%'
+ GROUP BY backend_type ORDER BY backend_type;
+
 -- With Kafka off there is nothing to report.
 SELECT count(*) FROM es_kafka_status;
 
