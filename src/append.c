@@ -296,13 +296,22 @@ append_position_order(const void *a, const void *b, void *arg)
 static bool
 append_find_stored(EsAppendRequest *req, EsStore *store)
 {
-	Relation	rel = table_open(store->events_relid, RowExclusiveLock);
-	TupleDesc	desc = RelationGetDescr(rel);
+	Relation	rel;
+	TupleDesc	desc;
 	int			nfound;
-	HeapTuple  *rows = append_probe_event_ids(req, store, rel, &nfound);
+	HeapTuple  *rows;
 	int		   *order;
 	int			i;
 
+	/* Ids the append generated cannot be stored yet. */
+	for (i = 0; i < req->nevents && !req->events[i].event_id_given; i++)
+		;
+	if (i == req->nevents)
+		return false;
+
+	rel = table_open(store->events_relid, RowExclusiveLock);
+	desc = RelationGetDescr(rel);
+	rows = append_probe_event_ids(req, store, rel, &nfound);
 	if (nfound == 0)
 	{
 		table_close(rel, NoLock);
