@@ -58,6 +58,9 @@
  */
 #include "append.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <librdkafka/rdkafka.h>
 
 #include "access/htup_details.h"
@@ -769,6 +772,7 @@ typedef struct Owned
 } Owned;
 
 static rd_kafka_t *consumer = NULL;
+static int	wake_pipe[2] = {-1, -1};	/* librdkafka writes, the ingest worker waits */
 static TimestampTz consumer_failed_at = 0;
 static Owned *owned = NULL;
 static int	nowned = 0;
@@ -835,6 +839,12 @@ consumer_destroy(void)
 		rd_kafka_destroy_flags(consumer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
 		consumer = NULL;
 	}
+	if (wake_pipe[0] >= 0)
+	{
+		close(wake_pipe[0]);
+		close(wake_pipe[1]);
+		wake_pipe[0] = wake_pipe[1] = -1;
+	}
 	if (pending_assignment != NULL)
 		rd_kafka_topic_partition_list_destroy(pending_assignment);
 	pending_assignment = NULL;
@@ -848,6 +858,7 @@ consumer_create(void)
 	char		errstr[512];
 	rd_kafka_conf_t *conf = client_conf(es_kafka_consumer_properties, errstr, sizeof(errstr));
 	rd_kafka_topic_partition_list_t *topics;
+	rd_kafka_queue_t *queue;
 	char	   *copy;
 	char	   *save = NULL;
 	char	   *topic;
@@ -901,6 +912,17 @@ consumer_create(void)
 	rd_kafka_poll_set_consumer(consumer);
 	if (rd_kafka_set_log_queue(consumer, NULL) != RD_KAFKA_RESP_ERR_NO_ERROR)
 		elog(ERROR, "could not forward the consumer's logs");
+	/* A byte on the pipe when that queue gets something: see es_kafka_ingest_wait_fd. */
+	if (pipe2(wake_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
+	{
+		wake_pipe[0] = wake_pipe[1] = -1;
+		ereport(WARNING, (errcode_for_file_access(), errmsg("ultracore_es kafka: could not create a pipe: %m")));
+		consumer_destroy();
+		return false;
+	}
+	queue = rd_kafka_queue_get_consumer(consumer);
+	rd_kafka_queue_io_event_enable(queue, wake_pipe[1], "!", 1);
+	rd_kafka_queue_destroy(queue);	/* our reference; the queue stays */
 	topics = rd_kafka_topic_partition_list_new(4);
 	copy = pstrdup(es_kafka_ingest_topics);
 	for (topic = strtok_r(copy, ", ", &save); topic != NULL; topic = strtok_r(NULL, ", ", &save))
@@ -1268,6 +1290,10 @@ ingest_order(const void *a, const void *b, void *arg)
  * messages one by one.  Across aggregates the events of a batch are
  * appended in aggregate order, not in the order of the partitions' offsets:
  * the store orders events per aggregate, as Kafka orders them per key.
+ * That order is also the order in which a batch takes the aggregates'
+ * locks, the same in every ingest worker: two of them appending to the
+ * same aggregates (messages whose ce_subject is not their key) cannot
+ * deadlock.
  */
 static void
 ingest_directly(EsStore *s, rd_kafka_message_t **msgs, int n)
@@ -1452,6 +1478,7 @@ ingest_pass(void)
 {
 	rd_kafka_message_t *msg;
 	bool		full;
+	char		drained[64];
 
 	if (consumer == NULL)
 	{
@@ -1472,6 +1499,9 @@ ingest_pass(void)
 		batch = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_message_t *) * es_kafka_ingest_batch_size);
 		batch_allocated = es_kafka_ingest_batch_size;
 	}
+	/* Emptied before the polls: what arrives after them writes again. */
+	while (read(wake_pipe[0], drained, sizeof(drained)) > 0)
+		;
 	while (nbatch < es_kafka_ingest_batch_size && (msg = rd_kafka_consumer_poll(consumer, 0)) != NULL)
 	{
 		if (pending_revocation)
@@ -1618,6 +1648,20 @@ es_kafka_ingest_pass(void)
 	busy = ingest_pass();
 	emit_logs();
 	return busy;
+}
+
+/*
+ * es_kafka_ingest_wait_fd: a descriptor that becomes readable when the
+ * ingest's consumer has something to poll (messages, a rebalance, logs),
+ * for an ingest worker to sleep on with its latch; -1 without a consumer.
+ * librdkafka writes to it when the consumer queue stops being empty, so
+ * the worker ingests a message as it arrives, not at its next poll
+ * interval.
+ */
+int
+es_kafka_ingest_wait_fd(void)
+{
+	return consumer != NULL ? wake_pipe[0] : -1;
 }
 
 /* es_kafka_stop: destroy the clients (what is in flight is produced again later). */

@@ -132,6 +132,7 @@ extern void es_check_retry_policy(int32 max_retries, Interval *backoff);
 /* kafka.c */
 extern bool es_kafka_mirror_pass(void);
 extern bool es_kafka_ingest_pass(void);
+extern int	es_kafka_ingest_wait_fd(void);
 extern void es_kafka_stop(void);
 
 /* consumer.c */

@@ -449,7 +449,11 @@ es_worker_main(Datum arg)
 		else
 			timeout = worker_ingest_pass();
 		pgstat_report_activity(STATE_IDLE, NULL);
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 timeout, PG_WAIT_EXTENSION);
+		if (member > 0 && es_kafka_ingest_wait_fd() >= 0)
+			(void) WaitLatchOrSocket(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH | WL_SOCKET_READABLE,
+									 es_kafka_ingest_wait_fd(), timeout, PG_WAIT_EXTENSION);
+		else
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 timeout, PG_WAIT_EXTENSION);
 	}
 }

@@ -216,6 +216,22 @@ ok( $node->poll_query_until(
 is($node->safe_psql('postgres', q{SELECT count(*) FROM es_kafka_dead_letters WHERE headers->>'ce_id' = 'locked-2'}),
 	0, 'not dead-lettered');
 
+# The ingest workers sleep on their consumer's queue: a message is appended
+# as it arrives, not at the next poll interval (ten minutes from here on,
+# longer than poll_query_until waits).
+$node->append_conf('postgresql.conf', "ultracore_es.worker_poll_interval = '10min'");
+$node->reload;
+sleep 2;    # for the workers to go to sleep with it
+$kafka->produce(
+	[
+		'bank.in', 'LOCKED-1',
+		{ ce_id => 'locked-3', ce_type => 'ACCOUNT_BALANCE_UPDATED', ce_aggregatetype => 'Account', ce_aggregateversion => 3 },
+		'{"balance": 3}'
+	]);
+ok( $node->poll_query_until(
+		'postgres', q{SELECT count(*) = 1 FROM es_events WHERE event_id = 'locked-3' AND version = 3}, 't'),
+	'a message arriving wakes its ingest worker');
+
 $node->stop;
 $kafka->stop;
 done_testing();
