@@ -303,7 +303,9 @@ append_find_stored(EsAppendRequest *req, EsStore *store)
 	int		   *order;
 	int			i;
 
-	/* Ids the append generated cannot be stored yet. */
+	/* Ids the caller knows new, or that the append generated, are not stored yet. */
+	if (req->ids_unseen)
+		return false;
 	for (i = 0; i < req->nevents && !req->events[i].event_id_given; i++)
 		;
 	if (i == req->nevents)

@@ -39,6 +39,10 @@ typedef struct EsAppendRequest
 	int			nevents;
 	EsEventIn  *events;
 	char	   *appended_by;	/* the calling role */
+	bool		ids_unseen;		/* the caller knows its event ids are not stored:
+								 * they are not looked up, and one that is stored
+								 * fails the append (the primary key refuses it)
+								 * instead of being absorbed */
 	TimestampTz now;
 	/* results, one per event */
 	int64	   *versions;

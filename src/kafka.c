@@ -1262,6 +1262,14 @@ error_is_transient(int sqlerrcode)
 static bool ingest_careful = false;
 
 /*
+ * Whether the direct path looks the event ids up: after a batch that
+ * needed the careful path (duplicates come in bursts, a producer's
+ * retries), until a batch succeeds directly.  Otherwise a stored id fails
+ * the batch (ingest_directly).
+ */
+static bool ingest_lookup_ids = false;
+
+/*
  * Order of the direct path: by aggregate, then topic, then place in the
  * batch; arg is the requests.
  */
@@ -1284,10 +1292,11 @@ ingest_order(const void *a, const void *b, void *arg)
  * (versions v, v + 1, ..., or all without a version, of one type and topic)
  * as one multi-event append.  The aggregate is then locked and checked once
  * per run, and its events go to the heap in one multi-insert, instead of
- * once per message.  A message that cannot be appended fails the batch; a
- * run that is partly stored already too (es_append_execute refuses a batch
- * that overlaps an earlier one), and the careful path absorbs its stored
- * messages one by one.  Across aggregates the events of a batch are
+ * once per message.  A message that cannot be appended fails the batch.
+ * So does a message whose event is stored already, unless ingest_lookup_ids:
+ * its id is not looked up (ids_unseen; duplicates are rare, the lookup
+ * costs every message an index probe), the primary key refuses it, and the
+ * careful path then absorbs it.  Across aggregates the events of a batch are
  * appended in aggregate order, not in the order of the partitions' offsets:
  * the store orders events per aggregate, as Kafka orders them per key.
  * That order is also the order in which a batch takes the aggregates'
@@ -1329,6 +1338,7 @@ ingest_directly(EsStore *s, rd_kafka_message_t **msgs, int n)
 				break;
 		}
 		run.nevents = last - first;
+		run.ids_unseen = !ingest_lookup_ids;
 		run.events = palloc(sizeof(EsEventIn) * run.nevents);
 		for (i = 0; i < run.nevents; i++)
 			run.events[i] = evs[order[first + i]];
@@ -1541,6 +1551,7 @@ ingest_pass(void)
 
 		ingest_careful = false;
 		ok = es_worker_transaction(ingest_step, NULL, false, NULL, &sqlerrcode, &error);
+		ingest_lookup_ids = !ok;
 		if (!ok && !error_is_transient(sqlerrcode))
 		{
 			/* A message failed: the batch again, its failures dead letters. */
