@@ -15,9 +15,10 @@
  *	  client's queue (log.queue) and are emitted after a poll returns; the
  *	  delivery-report, error and rebalance callbacks, which the polls run on
  *	  the worker's own thread, only record what happened.
- *	- The worker never blocks in librdkafka: polls have no timeout, and the
- *	  worker sleeps on its latch (a few milliseconds while messages are in
- *	  flight), so SIGTERM stops it at once even while brokers are gone.
+ *	- No worker blocks in librdkafka: polls have no timeout, and the workers
+ *	  sleep on their latch (the worker a few milliseconds while messages are
+ *	  in flight; an ingest worker also on a pipe its consumer queue writes
+ *	  to), so SIGTERM stops them at once even while brokers are gone.
  *
  * The mirror.  Events are read in commit order (as es_read_all) from the
  * point produced so far and produced with key = aggregate_id by an
