@@ -81,10 +81,10 @@ es_guc_init(void)
 	if (process_shared_preload_libraries_in_progress)
 		DefineCustomIntVariable("ultracore_es.kafka_ingest_workers",
 								"Background workers that ingest the Kafka topics, as members of one consumer group.",
-								"The partitions are shared among them; each needs one of max_worker_processes.",
+								"The partitions are shared among them; each needs one of max_worker_processes.  0: no ingest.",
 								&es_kafka_ingest_workers,
 								1,
-								1,
+								0,
 								32,
 								PGC_POSTMASTER,
 								0,

@@ -922,6 +922,14 @@ consumer_create(void)
 		return false;
 	}
 	queue = rd_kafka_queue_get_consumer(consumer);
+	if (queue == NULL)			/* no group (an empty group.id) */
+	{
+		ereport(WARNING,
+				(errmsg("ultracore_es kafka: the consumer has no consumer group"),
+				 errhint("Set ultracore_es.kafka_group_id.")));
+		consumer_destroy();
+		return false;
+	}
 	rd_kafka_queue_io_event_enable(queue, wake_pipe[1], "!", 1);
 	rd_kafka_queue_destroy(queue);	/* our reference; the queue stays */
 	topics = rd_kafka_topic_partition_list_new(4);
@@ -1270,10 +1278,10 @@ static bool ingest_careful = false;
  */
 static bool ingest_lookup_ids = false;
 
-/*
- * Order of the direct path: by aggregate, then topic, then place in the
- * batch; arg is the requests.
- */
+/* Set when a batch found a partition's epoch no longer its worker's. */
+static bool partition_lost = false;
+
+/* Order of the direct path: by aggregate, then place in the batch; arg is the requests. */
 static int
 ingest_order(const void *a, const void *b, void *arg)
 {
@@ -1282,15 +1290,14 @@ ingest_order(const void *a, const void *b, void *arg)
 	int			y = *(const int *) b;
 	int			c = strcmp(reqs[x].aggregate_id, reqs[y].aggregate_id);
 
-	if (c == 0)
-		c = strcmp(reqs[x].appended_by, reqs[y].appended_by);
 	return c != 0 ? c : (x > y) - (x < y);
 }
 
 /*
  * Append the messages directly, as runs: the messages of one aggregate in a
  * batch are appended in their order, and those that follow each other
- * (versions v, v + 1, ..., or all without a version, of one type and topic)
+ * (versions v, v + 1, ..., or all without a version, of one type, from one
+ * topic)
  * as one multi-event append.  The aggregate is then locked and checked once
  * per run, and its events go to the heap in one multi-insert, instead of
  * once per message.  A message that cannot be appended fails the batch.
@@ -1465,11 +1472,14 @@ ingest_step(EsStore *s, void *arg)
 		if (SPI_execute_plan(es_plan(&advance_plan), args, nulls, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not store the offset of %s[%d]", o->topic, o->partition);
 		if (SPI_processed != 1)
+		{
+			partition_lost = true;
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("partition %s[%d] was taken by another consumer", o->topic, o->partition),
 					 errdetail("Its epoch is no longer %lld; the messages taken are left to the new owner.",
 							   (long long) o->epoch)));
+		}
 		o->touched = false;
 	}
 	if (record_watermarks)
@@ -1481,6 +1491,31 @@ ingest_step(EsStore *s, void *arg)
 		if (SPI_execute_plan(es_plan(&ingest_progress_plan), args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not record the ingest's progress");
 	}
+}
+
+/*
+ * After a batch that was not stored: take the partitions owned again from
+ * their stored offsets, through the assignment's own path (epochs bumped,
+ * the consumer assigned at those offsets; librdkafka drops what it fetched
+ * before), and stay in the group: leaving it would stop every member for
+ * a rebalance.  Not when a partition was taken by another member (a
+ * rebalance is under way: the consumer leaves and joins again), nor with
+ * nothing owned or an assignment pending, nor when the assignment fails;
+ * false then.
+ */
+static bool
+ingest_rewind(void)
+{
+	rd_kafka_topic_partition_list_t *parts;
+	int			i;
+
+	if (nowned == 0 || pending_assignment != NULL)
+		return false;
+	parts = rd_kafka_topic_partition_list_new(nowned);
+	for (i = 0; i < nowned; i++)
+		rd_kafka_topic_partition_list_add(parts, owned[i].topic, owned[i].partition);
+	pending_assignment = parts;
+	return kafka_run(INGEST_CONSUMER, rebalance_step);
 }
 
 /* The ingest's part of a pass; true when it took a full batch (more may be waiting). */
@@ -1551,6 +1586,7 @@ ingest_pass(void)
 		bool		ok;
 
 		ingest_careful = false;
+		partition_lost = false;
 		ok = es_worker_transaction(ingest_step, NULL, false, NULL, &sqlerrcode, &error);
 		ingest_lookup_ids = !ok;
 		if (!ok && !error_is_transient(sqlerrcode))
@@ -1569,7 +1605,8 @@ ingest_pass(void)
 		{
 			/* Not stored: start again from the stored offsets. */
 			batch_release();
-			consumer_destroy();
+			if (partition_lost || !ingest_rewind())
+				consumer_destroy();
 			return false;
 		}
 	}

@@ -26,7 +26,9 @@
  */
 #include "ultracore_es.h"
 
+#ifdef __GLIBC__
 #include <malloc.h>
+#endif
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -309,10 +311,13 @@ static long
 worker_ingest_pass(void)
 {
 	bool		installed = false;
+	bool		busy;
 
-	if (!es_worker_enabled)
+	/* Disabled, or nothing to ingest: Kafka clients are not left unpolled. */
+	if (!es_worker_enabled || es_kafka_brokers == NULL || es_kafka_brokers[0] == '\0' ||
+		es_kafka_ingest_topics == NULL || es_kafka_ingest_topics[0] == '\0')
 	{
-		es_kafka_stop();		/* disabled: Kafka clients are not left unpolled */
+		es_kafka_stop();
 		return es_worker_poll_interval;
 	}
 	(void) es_worker_transaction(worker_nothing, NULL, true, &installed, NULL, NULL);
@@ -321,10 +326,10 @@ worker_ingest_pass(void)
 		es_kafka_stop();		/* nothing to ingest into */
 		return NOT_INSTALLED_NAP_MS;
 	}
-	if (es_kafka_ingest_pass())
-		return 0;
+	busy = es_kafka_ingest_pass();
+	/* Table statistics, for autovacuum of what the batches wrote (at most once a second). */
 	pgstat_report_stat(false);
-	return es_worker_poll_interval;
+	return busy ? 0 : es_worker_poll_interval;
 }
 
 /*
@@ -420,7 +425,7 @@ es_worker_main(Datum arg)
 	 * quarter of the ingest's time (page faults are dear on virtual
 	 * machines).  Keep what was freed for the next batch instead.
 	 */
-#ifdef M_TRIM_THRESHOLD
+#ifdef __GLIBC__
 	mallopt(M_MMAP_THRESHOLD, 32 * 1024 * 1024);
 	mallopt(M_TRIM_THRESHOLD, 256 * 1024 * 1024);
 #endif
