@@ -205,14 +205,21 @@ client_conf(const char *properties, char *errstr, size_t errlen)
 	return conf;
 }
 
-/* The settings the clients were made with; they are remade when these change. */
+/*
+ * The settings the clients were made with; they are remade when these
+ * change.  A worker has the mirror's producer or the ingest's consumer,
+ * and only that client's settings count: an ingest worker does not leave
+ * its group when the producer's properties change.
+ */
 static char *client_settings = NULL;
 
 static char *
-current_settings(void)
+current_settings(bool ingest)
 {
-	return psprintf("%s|%s|%s|%s|%s|%s|%d", es_kafka_brokers, es_kafka_producer_properties,
-					es_kafka_consumer_properties, es_kafka_ingest_topics, es_kafka_group_id,
+	if (ingest)
+		return psprintf("%s|%s|%s|%s", es_kafka_brokers, es_kafka_consumer_properties,
+						es_kafka_ingest_topics, es_kafka_group_id);
+	return psprintf("%s|%s|%s|%d", es_kafka_brokers, es_kafka_producer_properties,
 					es_kafka_partitioner, (int) es_kafka_transactional);
 }
 
@@ -1635,12 +1642,13 @@ kafka_run(const char *consumer_name, void (*step) (EsStore *s, void *arg))
 }
 
 /*
- * Whether brokers are configured.  When the settings the clients were made
- * with changed, the clients are destroyed, to be made again with the new
- * ones; when Kafka is off, they are destroyed for good.
+ * Whether brokers are configured.  When the settings the worker's client
+ * (the ingest's consumer, or the mirror's producer) was made with changed,
+ * the clients are destroyed, to be made again with the new ones; when
+ * Kafka is off, they are destroyed for good.
  */
 static bool
-kafka_configured(void)
+kafka_configured(bool ingest)
 {
 	char	   *settings;
 
@@ -1649,7 +1657,7 @@ kafka_configured(void)
 		es_kafka_stop();
 		return false;
 	}
-	settings = current_settings();
+	settings = current_settings(ingest);
 	if (client_settings == NULL || strcmp(settings, client_settings) != 0)
 	{
 		es_kafka_stop();
@@ -1668,7 +1676,7 @@ es_kafka_mirror_pass(void)
 {
 	bool		busy;
 
-	if (!kafka_configured())
+	if (!kafka_configured(false))
 		return false;
 	pgstat_report_activity(STATE_RUNNING, "ultracore_es: kafka mirror");
 	busy = mirror_pass();
@@ -1686,7 +1694,7 @@ es_kafka_ingest_pass(void)
 {
 	bool		busy;
 
-	if (!kafka_configured())
+	if (!kafka_configured(true))
 		return false;
 	if (es_kafka_ingest_topics == NULL || es_kafka_ingest_topics[0] == '\0')
 	{
