@@ -206,6 +206,33 @@ client_conf(const char *properties, char *errstr, size_t errlen)
 }
 
 /*
+ * The client of conf, or NULL with a warning: conf NULL means its settings
+ * were refused (errstr says why, hint which settings to check).  conf is
+ * freed on failure; rd_kafka_new takes it only on success.
+ */
+static rd_kafka_t *
+client_new(rd_kafka_type_t type, rd_kafka_conf_t *conf, char *errstr, size_t errlen, const char *hint)
+{
+	const char *what = type == RD_KAFKA_PRODUCER ? "producer" : "consumer";
+	rd_kafka_t *rk;
+
+	if (conf == NULL)
+	{
+		ereport(WARNING,
+				(errmsg("ultracore_es kafka: invalid %s setting: %s", what, errstr),
+				 errhint("Check %s.", hint)));
+		return NULL;
+	}
+	rk = rd_kafka_new(type, conf, errstr, errlen);
+	if (rk == NULL)
+	{
+		rd_kafka_conf_destroy(conf);
+		ereport(WARNING, (errmsg("ultracore_es kafka: could not create the %s: %s", what, errstr)));
+	}
+	return rk;
+}
+
+/*
  * The settings the clients were made with; they are remade when these
  * change.  A worker has the mirror's producer or the ingest's consumer,
  * and only that client's settings count: an ingest worker does not leave
@@ -324,21 +351,12 @@ producer_create(void)
 		rd_kafka_conf_destroy(conf);
 		conf = NULL;
 	}
-	if (conf == NULL)
-	{
-		ereport(WARNING,
-				(errmsg("ultracore_es kafka: invalid producer setting: %s", errstr),
-				 errhint("Check ultracore_es.kafka_producer_properties and ultracore_es.kafka_partitioner.")));
-		return false;
-	}
-	rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
-	producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
+	if (conf != NULL)
+		rd_kafka_conf_set_dr_msg_cb(conf, on_delivery);
+	producer = client_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr),
+						  "ultracore_es.kafka_producer_properties and ultracore_es.kafka_partitioner");
 	if (producer == NULL)
-	{
-		rd_kafka_conf_destroy(conf);	/* rd_kafka_new takes it only on success */
-		ereport(WARNING, (errmsg("ultracore_es kafka: could not create the producer: %s", errstr)));
 		return false;
-	}
 	if (rd_kafka_set_log_queue(producer, NULL) != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
 		producer_destroy();
@@ -901,21 +919,12 @@ consumer_create(void)
 			conf = NULL;
 		}
 	}
-	if (conf == NULL)
-	{
-		ereport(WARNING,
-				(errmsg("ultracore_es kafka: invalid consumer setting: %s", errstr),
-				 errhint("Check ultracore_es.kafka_consumer_properties.")));
-		return false;
-	}
-	rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
-	consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+	if (conf != NULL)
+		rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+	consumer = client_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr),
+						  "ultracore_es.kafka_consumer_properties");
 	if (consumer == NULL)
-	{
-		rd_kafka_conf_destroy(conf);	/* rd_kafka_new takes it only on success */
-		ereport(WARNING, (errmsg("ultracore_es kafka: could not create the consumer: %s", errstr)));
 		return false;
-	}
 	/* Logs and errors come with the messages, from the consumer queue. */
 	rd_kafka_poll_set_consumer(consumer);
 	if (rd_kafka_set_log_queue(consumer, NULL) != RD_KAFKA_RESP_ERR_NO_ERROR)
