@@ -109,7 +109,17 @@ is( $node->safe_psql(
 		'postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'ultracore_es kafka ingest'}),
 	2, 'two ingest workers');
 
-# All of them, then kill -9 of an ingest worker in the middle of the ingest.
+# All of them, then kill -9 of an ingest worker in the middle of the
+# ingest.  The middle is made sure of: a session holds the offset row of
+# bank.in's partition 0, so the worker that owns it cannot store a batch
+# (its lock times out, it takes the batch again, and again), while the
+# other one goes on.
+ok( $node->poll_query_until(
+		'postgres', q{SELECT count(*) = 4 FROM es_kafka_offsets WHERE topic = 'bank.in'}, 't'),
+	'the partitions of bank.in assigned');
+my $holder = $node->background_psql('postgres');
+$holder->query_safe(
+	q{BEGIN; SELECT 1 FROM es_kafka_offsets WHERE topic = 'bank.in' AND partition = 0 FOR UPDATE;});
 $kafka->produce(@messages);
 ok( $node->poll_query_until(
 		'postgres', q{SELECT events_processed > 1000 FROM es_consumers WHERE name = 'kafka_ingest'}, 't'),
@@ -118,8 +128,10 @@ my $log_offset = -s $node->logfile;
 my $taken = $node->safe_psql('postgres', q{SELECT events_processed FROM es_consumers WHERE name = 'kafka_ingest'});
 kill 'KILL',
   $node->safe_psql('postgres',
-	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'ultracore_es kafka ingest' LIMIT 1});
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'ultracore_es kafka ingest'
+	   ORDER BY wait_event_type IS NOT DISTINCT FROM 'Lock' DESC LIMIT 1});
 $node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset);
+eval { $holder->quit; };    # ended by the crash
 ok($node->poll_query_until('postgres', 'SELECT true'), 'server back after kill -9 of an ingest worker');
 cmp_ok($taken, '<', 10000, "killed in the middle of the ingest ($taken messages taken)");
 
@@ -197,6 +209,7 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM es_kafka_dead_letters WHE
 # A lock timeout is not the message's fault: the batch is taken again
 # once the lock is free, and nothing is dead-lettered.
 $node->safe_psql('postgres', q{SELECT es_append('Account', 'LOCKED-1', 'ACCOUNT_OPENED', '{}', 0)});
+my $before_lock = $node->safe_psql('postgres', 'SELECT clock_timestamp()');
 my $holder = $node->background_psql('postgres');
 $holder->query_safe(q{BEGIN; SELECT 1 FROM es_aggregates WHERE aggregate_id = 'LOCKED-1' FOR UPDATE;});
 $kafka->produce(
@@ -206,7 +219,8 @@ $kafka->produce(
 		'{"balance": 2}'
 	]);
 ok( $node->poll_query_until(
-		'postgres', q{SELECT last_error LIKE '%lock timeout%' FROM es_consumers WHERE name = 'kafka_ingest'}, 't'),
+		'postgres', qq{SELECT last_error LIKE '%lock timeout%' AND last_error_at > '$before_lock'
+		                 FROM es_consumers WHERE name = 'kafka_ingest'}, 't'),
 	'the ingest timed out on the locked aggregate');
 $holder->query_safe('COMMIT');
 $holder->quit;
