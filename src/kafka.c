@@ -1694,9 +1694,9 @@ es_kafka_mirror_pass(void)
 }
 
 /*
- * es_kafka_ingest_pass: one pass of the ingest (an ingest worker), when
- * brokers and topics are configured.  Returns true when the worker should
- * come back soon: it took a full batch, more may be waiting.
+ * es_kafka_ingest_pass: one pass of the ingest (an ingest worker, which
+ * calls it only when topics to ingest are set).  Returns true when the
+ * worker should come back soon: it took a full batch, more may be waiting.
  */
 bool
 es_kafka_ingest_pass(void)
@@ -1705,11 +1705,6 @@ es_kafka_ingest_pass(void)
 
 	if (!kafka_configured(true))
 		return false;
-	if (es_kafka_ingest_topics == NULL || es_kafka_ingest_topics[0] == '\0')
-	{
-		es_kafka_stop();
-		return false;
-	}
 	pgstat_report_activity(STATE_RUNNING, "ultracore_es: kafka ingest");
 	busy = ingest_pass();
 	emit_logs();
