@@ -75,6 +75,7 @@
 #include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
+#include "utils/numeric.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/xid8.h"
@@ -1052,6 +1053,43 @@ required_header(rd_kafka_headers_t *h, const char *name)
 	return value;
 }
 
+static void
+push_string(JsonbParseState **state, JsonbIteratorToken token, const char *str)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = (char *) str;
+	v.val.string.len = strlen(str);
+	(void) pushJsonbValue(state, token, &v);
+}
+
+/*
+ * {"kafka_origin": {"topic": topic, "partition": partition}}: where an
+ * ingested event came from, so that the mirror does not send it back
+ * there.  Not the offset: a message produced twice (a producer's retry)
+ * must carry the same event, to be absorbed as a duplicate.  Built, not
+ * parsed from text: it is made for every message.
+ */
+static Jsonb *
+origin_metadata(const char *topic, int32 partition)
+{
+	JsonbParseState *state = NULL;
+	JsonbValue	v;
+
+	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	push_string(&state, WJB_KEY, "kafka_origin");
+	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	push_string(&state, WJB_KEY, "topic");
+	push_string(&state, WJB_VALUE, topic);
+	push_string(&state, WJB_KEY, "partition");
+	v.type = jbvNumeric;
+	v.val.numeric = int64_to_numeric(partition);
+	(void) pushJsonbValue(&state, WJB_VALUE, &v);
+	(void) pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+}
+
 /*
  * The event one message carries, as a one-event append request of its own
  * in *req (ev its event); errors propagate.  False for a message this
@@ -1066,7 +1104,6 @@ ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *ev)
 	char	   *time;
 	char	   *metadata;
 	char	   *source;
-	StringInfoData origin;
 
 	(void) rd_kafka_message_headers(msg, &h);
 	source = header(h, "ce_source");
@@ -1135,16 +1172,7 @@ ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *ev)
 	if (ev->correlation_id)
 		es_check_id(ev->correlation_id, "ce_correlationid");
 
-	/*
-	 * Where it came from, so that the mirror does not send it back there.
-	 * Not the offset: a message produced twice (a producer's retry) must
-	 * carry the same event, to be absorbed as a duplicate.
-	 */
-	initStringInfo(&origin);
-	appendStringInfoString(&origin, "{\"kafka_origin\": {\"topic\": ");
-	escape_json(&origin, topic);
-	appendStringInfo(&origin, ", \"partition\": %d}}", msg->partition);
-	ev->metadata = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(origin.data)));
+	ev->metadata = origin_metadata(topic, msg->partition);
 	metadata = header(h, "ce_metadata");
 	if (metadata != NULL)
 	{
