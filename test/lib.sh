@@ -89,12 +89,33 @@ es_stop_server() {
 es_psql() { es_as_postgres psql -X -h "$ES_SOCKDIR" -p "$ES_PORT" -U postgres -d postgres "$@"; }
 
 # Wait (at most 60 s, or the given seconds) until a query returns true.
+# The loop runs in one session on the server, every 50 ms: a new psql
+# (and backend) per try would cost the benchmarks that wait on it a
+# sixth of the machine.  An error counts as not yet.
 es_wait_sql() { # query [seconds]
-	local i
-	for i in $(seq $((${2:-60} * 10))); do
-		[ "$(es_psql -Atq -c "$1")" = t ] && return 0
-		sleep 0.1
-	done
+	es_psql -Atq -v ON_ERROR_STOP=1 -v query="$1" -v seconds="${2:-60}" >/dev/null 2>&1 <<'SQL' && return 0
+SELECT set_config('es_wait.query', :'query', false), set_config('es_wait.seconds', :'seconds', false);
+DO $wait$
+DECLARE
+	deadline timestamptz := clock_timestamp() + make_interval(secs => current_setting('es_wait.seconds')::float8);
+	ok boolean;
+BEGIN
+	LOOP
+		BEGIN
+			EXECUTE current_setting('es_wait.query') INTO ok;
+		EXCEPTION WHEN OTHERS THEN
+			ok := false;
+		END;
+		EXIT WHEN ok;
+		COMMIT;	-- drop the snapshot: no xmin held while waiting
+		IF clock_timestamp() > deadline THEN
+			RAISE EXCEPTION 'timed out';
+		END IF;
+		PERFORM pg_sleep(0.05);
+	END LOOP;
+END
+$wait$;
+SQL
 	echo "timed out waiting for: $1" >&2
 	return 1
 }
