@@ -113,7 +113,7 @@ append_new_event_id(void)
 
 /*
  * es_append_prepare: allocate the results of req and fill in what the caller
- * left out (event ids, occurred_at, the caller's role, the time).  Runs
+ * left out (event ids, occurred_at, appended_by: the caller's role; the time).  Runs
  * before es_call_begin, in the caller's memory context, so that everything
  * outlives the SPI connection.  A request naming the same event id twice is
  * refused here.
@@ -126,7 +126,8 @@ es_append_prepare(EsAppendRequest *req)
 	char	  **ids = palloc(sizeof(char *) * req->nevents);
 
 	req->now = GetCurrentTimestamp();
-	req->appended_by = GetUserNameFromId(GetUserId(), false);
+	if (req->appended_by == NULL)
+		req->appended_by = GetUserNameFromId(GetUserId(), false);
 	req->versions = palloc(sizeof(int64) * req->nevents);
 	req->positions = palloc(sizeof(int64) * req->nevents);
 	req->was_stored = false;
@@ -456,6 +457,48 @@ append_translate_unique_violation(EsAppendRequest *req, MemoryContext cxt)
 	}
 }
 
+struct EsEventInserter
+{
+	Relation	rel;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot **slots;
+	int			nslots;
+};
+
+/*
+ * es_event_inserter_open: open es_events and its indexes for inserts, in the
+ * current memory context, until es_event_inserter_close.  An error in
+ * between needs no close: the transaction's abort releases all of it.
+ */
+EsEventInserter *
+es_event_inserter_open(EsStore *store)
+{
+	EsEventInserter *ins = palloc0(sizeof(EsEventInserter));
+
+	ins->rel = table_open(store->events_relid, RowExclusiveLock);
+	if (RelationGetDescr(ins->rel)->natts != EV_NATTS)
+		elog(ERROR, "es_events has %d columns, expected %d",
+			 RelationGetDescr(ins->rel)->natts, EV_NATTS);
+	ins->estate = CreateExecutorState();
+	ins->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(ins->rri, ins->rel, 1, NULL, 0);
+	ExecOpenIndices(ins->rri, false);
+	ins->slots = palloc(sizeof(TupleTableSlot *) * INSERT_SLICE);
+	return ins;
+}
+
+void
+es_event_inserter_close(EsEventInserter *ins)
+{
+	ExecCloseIndices(ins->rri);
+	ExecResetTupleTable(ins->estate->es_tupleTable, false);
+	FreeExecutorState(ins->estate);
+	table_close(ins->rel, NoLock);
+	pfree(ins->slots);
+	pfree(ins);
+}
+
 /*
  * Insert the events of req after version base: heap inserts (one
  * multi-insert per slice for batches) and their index entries, with the
@@ -463,17 +506,17 @@ append_translate_unique_violation(EsAppendRequest *req, MemoryContext cxt)
  * automatic snapshots they call for.  A unique violation on event_id (two
  * identical retries racing) is reported as such; one on (aggregate_id,
  * version) would mean a writer bypassed the aggregate's lock, and is reported
- * as the version conflict it is.
+ * as the version conflict it is.  Through req->inserter, or an inserter of
+ * its own.
  */
 static void
 append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTransactionId tx)
 {
-	Relation	rel = table_open(store->events_relid, RowExclusiveLock);
+	EsEventInserter *ins = req->inserter ? req->inserter : es_event_inserter_open(store);
+	Relation	rel = ins->rel;
+	EState	   *estate = ins->estate;
 	MemoryContext cxt = CurrentMemoryContext;
 	CommandId	cid = GetCurrentCommandId(true);
-	EState	   *estate;
-	ResultRelInfo *rri;
-	TupleTableSlot **slots;
 	Datum		aggregate_type = CStringGetTextDatum(req->aggregate_type);
 	Datum		aggregate_id = CStringGetTextDatum(req->aggregate_id);
 	Datum		appended_by = CStringGetTextDatum(req->appended_by);
@@ -482,25 +525,18 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 	int			first;
 	int			i;
 
-	if (RelationGetDescr(rel)->natts != EV_NATTS)
-		elog(ERROR, "es_events has %d columns, expected %d", RelationGetDescr(rel)->natts, EV_NATTS);
 	/* After opening es_events for writing: see projection.c on why. */
 	if (es_inline_projections_exist())
 		stored = palloc(sizeof(HeapTuple) * req->nevents);
-
-	estate = CreateExecutorState();
-	rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(rri, rel, 1, NULL, 0);
-	ExecOpenIndices(rri, false);
-	slots = palloc(sizeof(TupleTableSlot *) * nslots);
-	for (i = 0; i < nslots; i++)
-		slots[i] = table_slot_create(rel, &estate->es_tupleTable);
+	for (; ins->nslots < nslots; ins->nslots++)
+		ins->slots[ins->nslots] = table_slot_create(rel, &estate->es_tupleTable);
 
 	PG_TRY();
 	{
 		for (first = 0; first < req->nevents; first += nslots)
 		{
 			int			n = Min(nslots, req->nevents - first);
+			TupleTableSlot **slots = ins->slots;
 
 			CHECK_FOR_INTERRUPTS();
 			for (i = 0; i < n; i++)
@@ -539,7 +575,7 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 				table_multi_insert(rel, slots, n, cid, 0, NULL);
 			for (i = 0; i < n; i++)
 			{
-				(void) ExecInsertIndexTuples(rri, slots[i], estate, false, false, NULL, NIL);
+				(void) ExecInsertIndexTuples(ins->rri, slots[i], estate, false, false, NULL, NIL);
 				ResetPerTupleExprContext(estate);
 				if (stored != NULL)
 					stored[first + i] = ExecCopySlotHeapTuple(slots[i]);
@@ -553,12 +589,13 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 	}
 	PG_END_TRY();
 
-	ExecCloseIndices(rri);
-	ExecResetTupleTable(estate->es_tupleTable, false);
-	FreeExecutorState(estate);
+	/* The slots' values point into this append's memory. */
+	for (i = 0; i < nslots; i++)
+		ExecClearTuple(ins->slots[i]);
 	if (stored != NULL)
 		es_project_inline(store, RelationGetDescr(rel), stored, req->nevents);
-	table_close(rel, NoLock);
+	if (req->inserter == NULL)
+		es_event_inserter_close(ins);
 
 	es_shmem_note_append(req->nevents, tx);
 	es_snapshot_after_append(store, req->aggregate_id, req->aggregate_type,

@@ -29,6 +29,13 @@ typedef struct EsEventIn
 	int32		schema_version; /* set from the catalog */
 } EsEventIn;
 
+/*
+ * es_events opened for inserts (its indexes, an executor state, slots):
+ * callers that make many appends in one transaction (the Kafka ingest's
+ * runs) open it once instead of once per append.
+ */
+typedef struct EsEventInserter EsEventInserter;
+
 /* An append: events to one aggregate, and what was stored for them. */
 typedef struct EsAppendRequest
 {
@@ -44,6 +51,7 @@ typedef struct EsAppendRequest
 								 * fails the append (the primary key refuses it)
 								 * instead of being absorbed */
 	TimestampTz now;
+	EsEventInserter *inserter;	/* es_events opened by the caller, or NULL */
 	/* results, one per event */
 	int64	   *versions;
 	int64	   *positions;
@@ -52,5 +60,7 @@ typedef struct EsAppendRequest
 
 extern void es_append_prepare(EsAppendRequest *req);
 extern void es_append_execute(EsAppendRequest *req, EsStore *store);
+extern EsEventInserter *es_event_inserter_open(EsStore *store);
+extern void es_event_inserter_close(EsEventInserter *ins);
 
 #endif							/* ES_APPEND_H */

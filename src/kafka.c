@@ -1189,14 +1189,11 @@ ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *ev)
 	return true;
 }
 
-/* Append req as es_append would: the kafka:<topic> role it was parsed with. */
+/* Append req as es_append would, appended by the kafka:<topic> it was parsed with. */
 static void
 ingest_append(EsStore *s, EsAppendRequest *req)
 {
-	char	   *appended_by = req->appended_by;
-
 	es_append_prepare(req);
-	req->appended_by = appended_by;
 	es_append_execute(req, s);
 }
 
@@ -1362,6 +1359,7 @@ ingest_directly(EsStore *s, rd_kafka_message_t **msgs, int n)
 	EsAppendRequest *reqs = palloc(sizeof(EsAppendRequest) * n);
 	EsEventIn  *evs = palloc(sizeof(EsEventIn) * n);
 	int		   *order = palloc(sizeof(int) * n);
+	EsEventInserter *inserter;
 	int			nparsed = 0;
 	int			first;
 	int			last;
@@ -1374,6 +1372,7 @@ ingest_directly(EsStore *s, rd_kafka_message_t **msgs, int n)
 			nparsed++;
 		}
 	qsort_arg(order, nparsed, sizeof(int), ingest_order, reqs);
+	inserter = es_event_inserter_open(s);
 	for (first = 0; first < nparsed; first = last)
 	{
 		EsAppendRequest run = reqs[order[first]];
@@ -1391,11 +1390,13 @@ ingest_directly(EsStore *s, rd_kafka_message_t **msgs, int n)
 		}
 		run.nevents = last - first;
 		run.ids_unseen = !ingest_lookup_ids;
+		run.inserter = inserter;
 		run.events = palloc(sizeof(EsEventIn) * run.nevents);
 		for (i = 0; i < run.nevents; i++)
 			run.events[i] = evs[order[first + i]];
 		ingest_append(s, &run);
 	}
+	es_event_inserter_close(inserter);
 }
 
 /* Run append(s, arg) as the store's owner, as es_append does. */
@@ -1435,6 +1436,12 @@ ingest_one(EsStore *s, void *arg)
 
 	if (ingest_parse((rd_kafka_message_t *) arg, &req, &ev))
 		ingest_append(s, &req);
+}
+
+static void
+ingest_record_cluster(EsStore *s, void *arg)
+{
+	(void) es_xid_offset(true);
 }
 
 typedef struct IngestOne
@@ -1479,6 +1486,13 @@ ingest_step(EsStore *s, void *arg)
 	if (!ingest_careful)
 		ingest_as_owner(s, ingest_directly_step, &taken);
 	else
+	{
+		/*
+		 * A store's first append records its cluster (es_xid_offset): in a
+		 * subtransaction that fails, the record would be rolled back and
+		 * made again by every message after it.
+		 */
+		ingest_as_owner(s, ingest_record_cluster, NULL);
 		for (i = 0; i < taken.n; i++)
 		{
 			IngestOne	one = {s, taken.msgs[i]};
@@ -1492,6 +1506,7 @@ ingest_step(EsStore *s, void *arg)
 			ingest_dead_letter(taken.msgs[i], es_consumer_error_text(edata));
 			FreeErrorData(edata);
 		}
+	}
 
 	for (i = 0; i < nowned; i++)
 	{

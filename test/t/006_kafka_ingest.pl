@@ -210,7 +210,7 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM es_kafka_dead_letters WHE
 # once the lock is free, and nothing is dead-lettered.
 $node->safe_psql('postgres', q{SELECT es_append('Account', 'LOCKED-1', 'ACCOUNT_OPENED', '{}', 0)});
 my $before_lock = $node->safe_psql('postgres', 'SELECT clock_timestamp()');
-my $holder = $node->background_psql('postgres');
+$holder = $node->background_psql('postgres');
 $holder->query_safe(q{BEGIN; SELECT 1 FROM es_aggregates WHERE aggregate_id = 'LOCKED-1' FOR UPDATE;});
 $kafka->produce(
 	[
