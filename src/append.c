@@ -467,9 +467,10 @@ struct EsEventInserter
 };
 
 /*
- * es_event_inserter_open: open es_events and its indexes for inserts, in the
- * current memory context, until es_event_inserter_close.  An error in
- * between needs no close: the transaction's abort releases all of it.
+ * es_event_inserter_open: open es_events and its indexes for inserts until
+ * es_event_inserter_close; its slots live in the executor state's memory.
+ * An error in between needs no close: the transaction's abort releases all
+ * of it.
  */
 EsEventInserter *
 es_event_inserter_open(EsStore *store)
@@ -484,7 +485,6 @@ es_event_inserter_open(EsStore *store)
 	ins->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(ins->rri, ins->rel, 1, NULL, 0);
 	ExecOpenIndices(ins->rri, false);
-	ins->slots = palloc(sizeof(TupleTableSlot *) * INSERT_SLICE);
 	return ins;
 }
 
@@ -495,7 +495,6 @@ es_event_inserter_close(EsEventInserter *ins)
 	ExecResetTupleTable(ins->estate->es_tupleTable, false);
 	FreeExecutorState(ins->estate);
 	table_close(ins->rel, NoLock);
-	pfree(ins->slots);
 	pfree(ins);
 }
 
@@ -528,8 +527,16 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 	/* After opening es_events for writing: see projection.c on why. */
 	if (es_inline_projections_exist())
 		stored = palloc(sizeof(HeapTuple) * req->nevents);
-	for (; ins->nslots < nslots; ins->nslots++)
-		ins->slots[ins->nslots] = table_slot_create(rel, &estate->es_tupleTable);
+	if (ins->nslots < nslots)
+	{
+		MemoryContext old = MemoryContextSwitchTo(estate->es_query_cxt);
+
+		ins->slots = ins->slots ? repalloc(ins->slots, sizeof(TupleTableSlot *) * nslots)
+			: palloc(sizeof(TupleTableSlot *) * nslots);
+		for (; ins->nslots < nslots; ins->nslots++)
+			ins->slots[ins->nslots] = table_slot_create(rel, &estate->es_tupleTable);
+		MemoryContextSwitchTo(old);
+	}
 
 	PG_TRY();
 	{
