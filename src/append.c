@@ -596,7 +596,7 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 	}
 	PG_END_TRY();
 
-	/* The slots' values point into this append's memory. */
+	/* Free the rows the inserts copied into the slots. */
 	for (i = 0; i < nslots; i++)
 		ExecClearTuple(ins->slots[i]);
 	if (stored != NULL)

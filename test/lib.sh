@@ -91,9 +91,13 @@ es_psql() { es_as_postgres psql -X -h "$ES_SOCKDIR" -p "$ES_PORT" -U postgres -d
 # Wait (at most 60 s, or the given seconds) until a query returns true.
 # The loop runs in one session on the server, every 50 ms: a new psql
 # (and backend) per try would cost the benchmarks that wait on it a
-# sixth of the machine.  An error counts as not yet.
+# sixth of the machine.  An error counts as not yet; so does a server that
+# cannot be reached yet (psql's exit status 2), tried again every second.
 es_wait_sql() { # query [seconds]
-	es_psql -Atq -v ON_ERROR_STOP=1 -v query="$1" -v seconds="${2:-60}" >/dev/null 2>&1 <<'SQL' && return 0
+	local deadline=$((SECONDS + ${2:-60})) rc
+	while :; do
+		rc=0
+		es_psql -Atq -v ON_ERROR_STOP=1 -v query="$1" -v seconds="$((deadline - SECONDS))" >/dev/null 2>&1 <<'SQL' || rc=$?
 SELECT set_config('es_wait.query', :'query', false), set_config('es_wait.seconds', :'seconds', false);
 DO $wait$
 DECLARE
@@ -107,7 +111,7 @@ BEGIN
 			ok := false;
 		END;
 		EXIT WHEN ok;
-		COMMIT;	-- drop the snapshot: no xmin held while waiting
+		COMMIT;	-- a new snapshot for each try: none held for long
 		IF clock_timestamp() > deadline THEN
 			RAISE EXCEPTION 'timed out';
 		END IF;
@@ -116,6 +120,10 @@ BEGIN
 END
 $wait$;
 SQL
+		[ "$rc" = 0 ] && return 0
+		[ "$rc" = 2 ] && [ "$SECONDS" -lt "$deadline" ] || break
+		sleep 1
+	done
 	echo "timed out waiting for: $1" >&2
 	return 1
 }
