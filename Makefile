@@ -8,7 +8,7 @@
 
 EXTENSION = ultracore_es
 MODULE_big = ultracore_es
-OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c src/*/*.c)))
 
 # Install scripts live in sql/ beside the pg_regress inputs; their names tell them apart.
 DATA = $(wildcard sql/ultracore_es--*.sql)
@@ -16,7 +16,7 @@ DATA = $(wildcard sql/ultracore_es--*.sql)
 PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
 	$(shell pkg-config --cflags rdkafka)
 
-# librdkafka (Debian's librdkafka-dev), found with pkg-config; only src/kafka.c includes it.
+# librdkafka (Debian's librdkafka-dev), found with pkg-config; only src/kafka/ includes it.
 SHLIB_LINK = $(shell pkg-config --libs rdkafka)
 
 # pg_regress: one file per feature, run in this order on one temporary instance.
@@ -42,7 +42,7 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # PGXS tracks no header dependencies: rebuild everything when a header changes.
-$(OBJS): $(wildcard src/*.h)
+$(OBJS): $(wildcard src/*/*.h)
 
 # The Kafka cluster of the tests and the demo (librdkafka's mock), built with the module.
 all: test/kafka_mock_broker

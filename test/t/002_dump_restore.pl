@@ -1,7 +1,7 @@
 # pg_dump of a store, restored into another cluster: every event, aggregate,
 # registered event type and the position sequence come back; appends after
 # the restore land after the restored events in commit order (the store is
-# re-based, src/store.c), so a reader's checkpoint from the old cluster stays
+# re-based, src/core/store.c), so a reader's checkpoint from the old cluster stays
 # valid on the new one.
 use strict;
 use warnings;

@@ -1,0 +1,245 @@
+/*-------------------------------------------------------------------------
+ *
+ * guc.c
+ *	  The ultracore_es.* settings.
+ *
+ * Contexts are chosen on purpose: limits that protect the store are SUSET, so
+ * that an application role cannot lift them for its own session; the
+ * worker's database is POSTMASTER (the worker connects once), so it exists
+ * only when the library is preloaded; what the worker loop reads each pass
+ * is SIGHUP.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "core/guc.h"
+
+#include <limits.h>
+
+#include "miscadmin.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+int			es_max_event_bytes = 1024 * 1024;
+char	   *es_worker_database = NULL;
+bool		es_worker_enabled = true;
+int			es_worker_poll_interval = 1000;
+int			es_worker_batch_size = 1000;
+int			es_handled_retention = 7 * 24 * 3600;
+char	   *es_kafka_brokers = NULL;
+char	   *es_kafka_topic_prefix = NULL;
+char	   *es_kafka_producer_properties = NULL;
+char	   *es_kafka_consumer_properties = NULL;
+char	   *es_kafka_ingest_topics = NULL;
+char	   *es_kafka_group_id = NULL;
+char	   *es_kafka_partitioner = NULL;
+char	   *es_kafka_source = NULL;
+bool		es_kafka_transactional = false;
+int			es_kafka_batch_size = 10000;
+int			es_kafka_ingest_batch_size = 1000;
+int			es_kafka_ingest_workers = 1;
+
+/* librdkafka's partitioners; murmur2_random is the Java client's. */
+static bool
+check_kafka_partitioner(char **newval, void **extra, GucSource source)
+{
+	static const char *const known[] = {
+		"consistent_random", "murmur2_random", "consistent", "murmur2", "fnv1a", "fnv1a_random", "random"
+	};
+	int			i;
+
+	for (i = 0; i < (int) lengthof(known); i++)
+		if (strcmp(*newval, known[i]) == 0)
+			return true;
+	GUC_check_errdetail("Known partitioners: consistent_random, murmur2_random, consistent, murmur2, fnv1a, fnv1a_random, random.");
+	return false;
+}
+
+void
+es_guc_init(void)
+{
+	DefineCustomIntVariable("ultracore_es.max_event_bytes",
+							"Largest event accepted, data and metadata together.",
+							"Appends of larger events are refused with SQLSTATE 54000.",
+							&es_max_event_bytes,
+							1024 * 1024,
+							1024,
+							MaxAllocSize / 2,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	/* A POSTMASTER setting can only be defined while preloading. */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("ultracore_es.database",
+								   "Database whose event store the background worker serves.",
+								   "The worker starts only when ultracore_es is in shared_preload_libraries.",
+								   &es_worker_database,
+								   "postgres",
+								   PGC_POSTMASTER,
+								   0,
+								   NULL, NULL, NULL);
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("ultracore_es.kafka_ingest_workers",
+								"Background workers that ingest the Kafka topics, as members of one consumer group.",
+								"The partitions are shared among them; each needs one of max_worker_processes.  0: no ingest.",
+								&es_kafka_ingest_workers,
+								1,
+								0,
+								32,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("ultracore_es.worker_enabled",
+							 "Whether the background worker delivers events to consumers.",
+							 NULL,
+							 &es_worker_enabled,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("ultracore_es.worker_poll_interval",
+							"Longest the worker sleeps between passes when no commit wakes it.",
+							"Commits that append wake the worker at once; this is the fallback.",
+							&es_worker_poll_interval,
+							1000,
+							10,
+							3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("ultracore_es.worker_batch_size",
+							"Most events a consumer applies in one transaction.",
+							NULL,
+							&es_worker_batch_size,
+							1000,
+							1,
+							100000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("ultracore_es.handled_retention",
+							"How long the idempotency records of applied events are kept.",
+							"0 keeps them forever.  Records older than this are deleted by the worker.",
+							&es_handled_retention,
+							7 * 24 * 3600,
+							0,
+							INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	/*
+	 * Kafka (kafka.c).  Properties may hold credentials (sasl.password): only
+	 * superusers see them.
+	 */
+	DefineCustomStringVariable("ultracore_es.kafka_brokers",
+							   "Kafka bootstrap servers (host:port,...); empty switches Kafka off.",
+							   NULL,
+							   &es_kafka_brokers,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("ultracore_es.kafka_topic_prefix",
+							   "Prefix of the topic an aggregate type is mirrored to, unless es_kafka_routes says otherwise.",
+							   "The topic is the prefix followed by the aggregate type.",
+							   &es_kafka_topic_prefix,
+							   "es.",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("ultracore_es.kafka_producer_properties",
+							   "librdkafka properties of the mirror's producer, as key=value;key=value.",
+							   NULL,
+							   &es_kafka_producer_properties,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("ultracore_es.kafka_consumer_properties",
+							   "librdkafka properties of the ingest's consumer, as key=value;key=value.",
+							   NULL,
+							   &es_kafka_consumer_properties,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("ultracore_es.kafka_ingest_topics",
+							   "Topics whose messages are appended to the store (comma-separated); empty: none.",
+							   NULL,
+							   &es_kafka_ingest_topics,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("ultracore_es.kafka_group_id",
+							   "Consumer group of the ingest.",
+							   NULL,
+							   &es_kafka_group_id,
+							   "ultracore_es",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("ultracore_es.kafka_partitioner",
+							   "librdkafka partitioner of the mirror: consistent_random, or murmur2_random to partition as Java clients do.",
+							   NULL,
+							   &es_kafka_partitioner,
+							   "consistent_random",
+							   PGC_SIGHUP,
+							   0,
+							   check_kafka_partitioner, NULL, NULL);
+
+	DefineCustomStringVariable("ultracore_es.kafka_source",
+							   "CloudEvents source (ce_source) of mirrored events.",
+							   "Empty: /ultracore_es/<system identifier>/<database>.  The ingest skips messages of this source.",
+							   &es_kafka_source,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("ultracore_es.kafka_transactional",
+							 "Whether the mirror produces each batch in a Kafka transaction (for consumers that read committed only).",
+							 NULL,
+							 &es_kafka_transactional,
+							 false,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("ultracore_es.kafka_batch_size",
+							"Most messages the mirror has in flight.",
+							NULL,
+							&es_kafka_batch_size,
+							10000,
+							1,
+							1000000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("ultracore_es.kafka_ingest_batch_size",
+							"Most messages the ingest appends in one transaction.",
+							NULL,
+							&es_kafka_ingest_batch_size,
+							1000,
+							1,
+							100000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+}

@@ -1,0 +1,39 @@
+/*-------------------------------------------------------------------------
+ *
+ * guc.h
+ *	  The ultracore_es.* settings (guc.c), read by every layer.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ES_GUC_H
+#define ES_GUC_H
+
+/* The store */
+extern int	es_max_event_bytes;
+
+/* The background workers */
+extern char *es_worker_database;
+extern bool es_worker_enabled;
+extern int	es_worker_poll_interval;
+extern int	es_worker_batch_size;
+extern int	es_handled_retention;
+
+/* Kafka */
+extern char *es_kafka_brokers;
+extern char *es_kafka_topic_prefix;
+extern char *es_kafka_producer_properties;
+extern char *es_kafka_consumer_properties;
+extern char *es_kafka_ingest_topics;
+extern char *es_kafka_group_id;
+extern char *es_kafka_partitioner;
+extern char *es_kafka_source;
+extern bool es_kafka_transactional;
+extern int	es_kafka_batch_size;
+extern int	es_kafka_ingest_batch_size;
+extern int	es_kafka_ingest_workers;
+
+extern void es_guc_init(void);
+
+#endif							/* ES_GUC_H */

@@ -1,0 +1,213 @@
+/*-------------------------------------------------------------------------
+ *
+ * validate.c
+ *	  Argument checks and defaults shared by the SQL-callable functions.
+ *
+ * Each check raises a user-facing error with a standard SQLSTATE and says
+ * what was wrong and how to fix it.  The checks run before any write, so a
+ * refused call leaves nothing behind.  No locks, no catalog access; safe to
+ * call with or without an SPI connection.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "core/validate.h"
+
+#include "core/event.h"
+#include "core/guc.h"
+
+#include "utils/builtins.h"
+
+static const char *
+json_kind(Jsonb *jb)
+{
+	if (JB_ROOT_IS_SCALAR(jb))
+	{
+		JsonbValue	v;
+
+		if (JsonbExtractScalar(&jb->root, &v))
+		{
+			switch (v.type)
+			{
+				case jbvNull:
+					return "null";
+				case jbvString:
+					return "string";
+				case jbvNumeric:
+					return "number";
+				case jbvBool:
+					return "boolean";
+				default:
+					break;
+			}
+		}
+		return "scalar";
+	}
+	return JB_ROOT_IS_ARRAY(jb) ? "array" : "object";
+}
+
+/*
+ * es_check_id: an identifier (event, aggregate, causation or correlation id)
+ * must be non-empty and at most ES_MAX_ID_LEN bytes.
+ */
+void
+es_check_id(const char *value, const char *what)
+{
+	size_t		len = strlen(value);
+
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what)));
+	if (len > ES_MAX_ID_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("%s is too long", what),
+				 errdetail("It is %zu bytes long; the limit is %d bytes.",
+						   len, ES_MAX_ID_LEN)));
+}
+
+/*
+ * es_check_name: event type and aggregate type names start with a letter and
+ * hold only letters, digits and _ . : -, so that they travel unchanged into
+ * Kafka topic names and CloudEvents headers.
+ */
+void
+es_check_name(const char *value, const char *what)
+{
+	size_t		len = strlen(value);
+	const char *p;
+
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not be empty", what)));
+	if (len > ES_MAX_NAME_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("%s is too long", what),
+				 errdetail("It is %zu bytes long; the limit is %d bytes.",
+						   len, ES_MAX_NAME_LEN)));
+	for (p = value; *p; p++)
+	{
+		bool		ok = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z');
+
+		if (p != value)
+			ok = ok || (*p >= '0' && *p <= '9') ||
+				*p == '_' || *p == '.' || *p == ':' || *p == '-';
+		if (!ok)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid %s \"%s\"", what, value),
+					 errdetail("Names start with a letter and contain only letters, digits, \"_\", \".\", \":\" and \"-\".")));
+	}
+}
+
+/*
+ * Fetch a text argument as a C string, refusing NULL when required.  The
+ * result is palloc'd in the caller's memory context.
+ */
+static char *
+arg_text(FunctionCallInfo fcinfo, int argno, const char *what, bool required)
+{
+	if (PG_ARGISNULL(argno))
+	{
+		if (required)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not be null", what)));
+		return NULL;
+	}
+	return text_to_cstring(PG_GETARG_TEXT_PP(argno));
+}
+
+char *
+es_arg_id(FunctionCallInfo fcinfo, int argno, const char *what, bool required)
+{
+	char	   *value = arg_text(fcinfo, argno, what, required);
+
+	if (value != NULL)
+		es_check_id(value, what);
+	return value;
+}
+
+char *
+es_arg_name(FunctionCallInfo fcinfo, int argno, const char *what, bool required)
+{
+	char	   *value = arg_text(fcinfo, argno, what, required);
+
+	if (value != NULL)
+		es_check_name(value, what);
+	return value;
+}
+
+/* es_check_object: data and metadata are JSON objects, never arrays or scalars. */
+void
+es_check_object(Jsonb *jb, const char *what)
+{
+	if (!JB_ROOT_IS_OBJECT(jb))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be a JSON object", what),
+				 errdetail("The value given is a JSON %s.", json_kind(jb)),
+				 errhint("Wrap the value in an object, for example {\"value\": ...}.")));
+}
+
+/*
+ * es_check_event_size: the stored payload of one event (data plus metadata)
+ * may not exceed ultracore_es.max_event_bytes.  The guide asks for small
+ * events; a limit keeps one careless producer from bloating every consumer.
+ */
+void
+es_check_event_size(Jsonb *data, Jsonb *metadata, const char *event_id)
+{
+	Size		size = VARSIZE(data) + (metadata ? VARSIZE(metadata) : 0);
+
+	if (size > (Size) es_max_event_bytes)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("event is too large"),
+				 event_id ?
+				 errdetail("Event \"%s\" has %zu bytes of data and metadata; ultracore_es.max_event_bytes is %d.",
+						   event_id, size, es_max_event_bytes) :
+				 errdetail("The event has %zu bytes of data and metadata; ultracore_es.max_event_bytes is %d.",
+						   size, es_max_event_bytes),
+				 errhint("Keep large payloads outside the event store and put a reference in the event.")));
+}
+
+/*
+ * es_arg_expected_version: NULL means "any version" (*any is set); 0 means the
+ * aggregate must not exist; -1 (ES_EXPECT_EXISTS) that it must exist; N >= 1
+ * that its current version is N.  Anything below -1 is refused.
+ */
+int64
+es_arg_expected_version(FunctionCallInfo fcinfo, int argno, bool *any)
+{
+	int64		v;
+
+	*any = PG_ARGISNULL(argno);
+	if (*any)
+		return 0;
+	v = PG_GETARG_INT64(argno);
+	if (v < ES_EXPECT_EXISTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("expected_version %lld is out of range", (long long) v),
+				 errdetail("Use NULL for any version, 0 for a new aggregate, -1 for an existing aggregate, or the current version (1 or more).")));
+	return v;
+}
+
+/* es_empty_object: a new, empty JSON object ('{}'), palloc'd. */
+Jsonb *
+es_empty_object(void)
+{
+	JsonbValue	v;
+
+	v.type = jbvObject;
+	v.val.object.nPairs = 0;
+	v.val.object.pairs = NULL;
+	return JsonbValueToJsonb(&v);
+}

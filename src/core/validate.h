@@ -1,0 +1,26 @@
+/*-------------------------------------------------------------------------
+ *
+ * validate.h
+ *	  Argument checks and defaults shared by the SQL-callable functions
+ *	  (validate.c).  No locks, no catalog access.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ES_VALIDATE_H
+#define ES_VALIDATE_H
+
+#include "fmgr.h"
+#include "utils/jsonb.h"
+
+extern char *es_arg_id(FunctionCallInfo fcinfo, int argno, const char *what, bool required);
+extern char *es_arg_name(FunctionCallInfo fcinfo, int argno, const char *what, bool required);
+extern void es_check_id(const char *value, const char *what);
+extern void es_check_name(const char *value, const char *what);
+extern void es_check_object(Jsonb *jb, const char *what);
+extern void es_check_event_size(Jsonb *data, Jsonb *metadata, const char *event_id);
+extern int64 es_arg_expected_version(FunctionCallInfo fcinfo, int argno, bool *any);
+extern Jsonb *es_empty_object(void);
+
+#endif							/* ES_VALIDATE_H */

@@ -1,0 +1,200 @@
+/*-------------------------------------------------------------------------
+ *
+ * consumer_catalog.c
+ *	  The consumer catalog's rules, shared by handlers and projections:
+ *	  names, the function a consumer calls, its event-type filter, its retry
+ *	  policy; and the last error kept on a consumer's row.
+ *
+ * Needs an SPI connection where it queries (es_call_begin).
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "delivery/consumer.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+
+#include "core/step.h"
+#include "core/validate.h"
+#include "write/event_type.h"
+
+/*
+ * es_arg_consumer_name: a handler's or projection's name (what), argument
+ * argno: a name, at most 63 bytes (NAMEDATALEN - 1).
+ */
+char *
+es_arg_consumer_name(FunctionCallInfo fcinfo, int argno, const char *what)
+{
+	char	   *name = es_arg_name(fcinfo, argno, what, true);
+
+	if (strlen(name) >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("%s is too long", what),
+				 errdetail("It is %zu bytes long; the limit is %d bytes.", strlen(name), NAMEDATALEN - 1)));
+	return name;
+}
+
+static EsPlan projection_named_plan = {
+	"SELECT FROM @extschema@.es_projections WHERE name OPERATOR(pg_catalog.=) $1",
+	1, {TEXTOID}
+};
+
+static EsPlan handler_named_plan = {
+	"SELECT FROM @extschema@.es_consumers"
+	" WHERE name OPERATOR(pg_catalog.=) $1 AND kind OPERATOR(pg_catalog.=) 'handler'",
+	1, {TEXTOID}
+};
+
+/*
+ * es_check_consumer_name_free: handler names and projection names do not
+ * overlap; name is about to become one of kind ("handler" or
+ * "projection").
+ */
+void
+es_check_consumer_name_free(const char *name, const char *kind)
+{
+	bool		for_handler = strcmp(kind, "handler") == 0;
+	Datum		arg = CStringGetTextDatum(name);
+
+	if (SPI_execute_plan(es_plan(for_handler ? &projection_named_plan : &handler_named_plan),
+						 &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up consumer \"%s\"", name);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("\"%s\" is the name of a %s", name, for_handler ? "projection" : "handler"),
+				 errhint("Handlers and projections need different names.")));
+}
+
+/*
+ * es_check_consumer_function: a handler or projection function takes one
+ * es_events row; the registering role must be allowed to execute it (it
+ * runs as that role).  what: "handler" or "projection".
+ */
+void
+es_check_consumer_function(Oid fn, Oid events_rowtype, Oid caller, const char *what)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+	Form_pg_proc proc;
+	bool		ok;
+
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("function with OID %u does not exist", fn)));
+	proc = (Form_pg_proc) GETSTRUCT(tup);
+	ok = proc->prokind == PROKIND_FUNCTION && !proc->proretset && proc->pronargs == 1 &&
+		proc->proargtypes.values[0] == events_rowtype;
+	ReleaseSysCache(tup);
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("function %s cannot be a %s", format_procedure(fn), what),
+				 errdetail("A %s is a plain function taking one argument of type es_events.", what)));
+	if (pg_proc_aclcheck(fn, caller, ACL_EXECUTE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for function %s", format_procedure(fn)),
+				 errdetail("A %s runs as the role that registers it.", what)));
+}
+
+/* es_check_event_type_filter: each event type of a filter must be registered. */
+void
+es_check_event_type_filter(ArrayType *types)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+	int			i;
+
+	deconstruct_array(types, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	if (n == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event_types must not be empty"),
+				 errhint("Pass NULL for every event type.")));
+	for (i = 0; i < n; i++)
+	{
+		EsEventType type;
+
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("event_types must not contain NULL")));
+		es_event_type_lookup(TextDatumGetCString(elems[i]), &type);
+	}
+}
+
+/*
+ * es_check_retry_policy: max_retries not negative, backoff (NULL: the
+ * default) between zero and a day.
+ */
+void
+es_check_retry_policy(int32 max_retries, Interval *backoff)
+{
+	int64		us;
+
+	if (max_retries < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("max_retries must not be negative")));
+	if (backoff == NULL)
+		return;
+	/* As a span of time: a month counts 30 days, as interval comparison does. */
+	us = backoff->time + (backoff->day + (int64) backoff->month * DAYS_PER_MONTH) * USECS_PER_DAY;
+	if (us < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("backoff must not be negative")));
+	if (us > USECS_PER_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("backoff must be at most one day")));
+}
+
+static EsPlan failed_plan = {
+	"UPDATE @extschema@.es_consumers SET last_error = $2, last_error_at = pg_catalog.now()"
+	" WHERE name OPERATOR(pg_catalog.=) $1",
+	2, {TEXTOID, TEXTOID}
+};
+
+typedef struct Failure
+{
+	const char *name;
+	const char *message;
+} Failure;
+
+static void
+record_failure_step(EsStore *s, void *arg)
+{
+	Failure    *f = (Failure *) arg;
+	Datum		args[2];
+
+	args[0] = CStringGetTextDatum(f->name);
+	args[1] = CStringGetTextDatum(f->message);
+	if (SPI_execute_plan(es_plan(&failed_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not record the failure of consumer \"%s\"", f->name);
+}
+
+/*
+ * es_consumer_record_failure: keep an error on a consumer's row
+ * (last_error), in a transaction of its own: for the background processes,
+ * outside any transaction.  The Kafka clients' rows too.
+ */
+void
+es_consumer_record_failure(const char *name, const char *message)
+{
+	Failure		f = {name, message};
+
+	(void) es_step_in_transaction(record_failure_step, &f, true, NULL, NULL, NULL);
+}

@@ -1,0 +1,397 @@
+/*-------------------------------------------------------------------------
+ *
+ * handler.c
+ *	  Event handlers and their dead letters: the SQL functions that register,
+ *	  pause, resume and remove handlers and retry dead letters.  The worker
+ *	  delivers the events (consumer.c).
+ *
+ * A handler is a function(event es_events) that the worker calls once per
+ * committed event of the handler's event types, in commit order, as the role
+ * that registered it.  Every change here wakes the worker when the
+ * transaction commits.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "delivery/consumer.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/regproc.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/xid8.h"
+
+#include "core/store.h"
+#include "delivery/worker.h"
+
+static char *
+handler_name(FunctionCallInfo fcinfo, int argno)
+{
+	return es_arg_consumer_name(fcinfo, argno, "handler name");
+}
+
+static EsPlan register_plan = {
+	"WITH c AS ("
+	"  INSERT INTO @extschema@.es_consumers (name, kind, checkpoint_tx, checkpoint_position)"
+	"  VALUES ($1, 'handler', $7, 0)"
+	"  ON CONFLICT (name) DO NOTHING)"
+	" INSERT INTO @extschema@.es_handlers (name, function, event_types, max_retries, backoff, run_as)"
+	" VALUES ($1, $2, $3, $4, $5, $6)"
+	" ON CONFLICT (name) DO UPDATE"
+	"    SET function = excluded.function, event_types = excluded.event_types,"
+	"        max_retries = excluded.max_retries, backoff = excluded.backoff, run_as = excluded.run_as",
+	7, {TEXTOID, REGPROCEDUREOID, TEXTARRAYOID, INT4OID, INTERVALOID, REGROLEOID, XID8OID}
+};
+
+static EsPlan kind_plan = {
+	"SELECT kind FROM @extschema@.es_consumers WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+	1, {TEXTOID}
+};
+
+/*
+ * Lock the consumer row of handler name; false when there is none, an error
+ * when the name belongs to another kind of consumer.
+ */
+static bool
+handler_lock(const char *name)
+{
+	Datum		arg = CStringGetTextDatum(name);
+	bool		isnull;
+	char	   *kind;
+
+	if (SPI_execute_plan(es_plan(&kind_plan), &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up consumer \"%s\"", name);
+	if (SPI_processed == 0)
+		return false;
+	kind = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (strcmp(kind, "handler") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("consumer \"%s\" is a %s, not a handler", name, kind)));
+	return true;
+}
+
+static void
+handler_not_found(const char *name)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_UNDEFINED_OBJECT),
+			 errmsg("handler \"%s\" does not exist", name),
+			 errhint("See es_handler_status for the registered handlers.")));
+}
+
+static void
+handler_must_exist(const char *name)
+{
+	if (!handler_lock(name))
+		handler_not_found(name);
+}
+
+/*
+ * Insert or update handler name (its consumer row locked, or absent) to run
+ * fn as the caller; event_types is a text[] or 0 for every type, backoff
+ * NULL for the default.  A new handler starts at the first event with
+ * replay, else at the current commit horizon.
+ */
+static void
+handler_register(EsCall *call, const char *name, Oid fn, Datum event_types, int32 max_retries,
+				 Interval *backoff, bool replay)
+{
+	Datum		args[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+
+	es_check_consumer_function(fn, call->store->events_rowtype, call->caller, "handler");
+	args[0] = CStringGetTextDatum(name);
+	args[1] = ObjectIdGetDatum(fn);
+	args[2] = event_types;
+	nulls[2] = event_types == (Datum) 0 ? 'n' : ' ';
+	args[3] = Int32GetDatum(max_retries);
+	args[4] = backoff ? IntervalPGetDatum(backoff)
+		: DirectFunctionCall3(interval_in, CStringGetDatum("1 second"), ObjectIdGetDatum(InvalidOid),
+							  Int32GetDatum(-1));
+	args[5] = ObjectIdGetDatum(call->caller);
+	args[6] = FullTransactionIdGetDatum(replay ? InvalidFullTransactionId
+										: es_commit_horizon_of(GetActiveSnapshot()));
+	if (SPI_execute_plan(es_plan(&register_plan), args, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not register handler \"%s\"", name);
+	es_worker_wake_at_commit();
+}
+
+static EsPlan builtin_plan = {
+	"SELECT function, event_types FROM @extschema@.es_builtin_handlers WHERE name OPERATOR(pg_catalog.=) $1",
+	1, {TEXTOID}
+};
+
+/*
+ * Switch on built-in handler name, not registered yet: register it from the
+ * present with its default event types.  False when name is not built in.
+ */
+static bool
+handler_switch_on_builtin(EsCall *call, const char *name)
+{
+	Datum		arg = CStringGetTextDatum(name);
+	bool		fn_null;
+	bool		types_null;
+	Datum		fn;
+	Datum		types;
+
+	if (SPI_execute_plan(es_plan(&builtin_plan), &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up built-in handler \"%s\"", name);
+	if (SPI_processed == 0)
+		return false;
+	fn = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &fn_null);
+	types = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &types_null);
+	types = types_null ? (Datum) 0 : SPI_datumTransfer(types, false, -1);
+	handler_register(call, name, DatumGetObjectId(fn), types, 3, NULL, false);
+	return true;
+}
+
+/*
+ * es_register_handler(name, function, event_types, max_retries, backoff,
+ *					   replay_history) returns void
+ *
+ * Registers a handler, or reconfigures it (its checkpoint stays).  A new
+ * handler starts at the current commit horizon, or with replay_history at
+ * the first event.  It runs as the calling role.
+ */
+PG_FUNCTION_INFO_V1(es_register_handler);
+Datum
+es_register_handler(PG_FUNCTION_ARGS)
+{
+	char	   *name = handler_name(fcinfo, 0);
+	int32		max_retries = PG_ARGISNULL(3) ? 3 : PG_GETARG_INT32(3);
+	Interval   *backoff;
+	bool		replay = !PG_ARGISNULL(5) && PG_GETARG_BOOL(5);
+	EsCall		call;
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("function must not be null")));
+	backoff = PG_ARGISNULL(4) ? NULL : PG_GETARG_INTERVAL_P(4);
+	es_check_retry_policy(max_retries, backoff);
+
+	es_call_begin(fcinfo, &call);
+	if (!PG_ARGISNULL(2))
+		es_check_event_type_filter(PG_GETARG_ARRAYTYPE_P(2));
+	es_check_consumer_name_free(name, "handler");
+	(void) handler_lock(name);
+	handler_register(&call, name, PG_GETARG_OID(1), PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
+					 max_retries, backoff, replay);
+	es_call_end(&call);
+	PG_RETURN_VOID();
+}
+
+static EsPlan unregister_plan = {
+	"DELETE FROM @extschema@.es_consumers WHERE name OPERATOR(pg_catalog.=) $1",
+	1, {TEXTOID}
+};
+
+/*
+ * es_unregister_handler(name) returns void
+ *
+ * Removes a handler with its checkpoint, idempotency records and dead
+ * letters (a built-in handler's tables stay).
+ */
+PG_FUNCTION_INFO_V1(es_unregister_handler);
+Datum
+es_unregister_handler(PG_FUNCTION_ARGS)
+{
+	char	   *name = handler_name(fcinfo, 0);
+	EsCall		call;
+	Datum		arg;
+
+	es_call_begin(fcinfo, &call);
+	handler_must_exist(name);
+	arg = CStringGetTextDatum(name);
+	if (SPI_execute_plan(es_plan(&unregister_plan), &arg, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not remove handler \"%s\"", name);
+	es_call_end(&call);
+	PG_RETURN_VOID();
+}
+
+static EsPlan pause_plan = {
+	"UPDATE @extschema@.es_consumers SET paused = $2 WHERE name OPERATOR(pg_catalog.=) $1",
+	2, {TEXTOID, BOOLOID}
+};
+
+static EsPlan catch_up_plan = {
+	"UPDATE @extschema@.es_consumers"
+	"   SET checkpoint_tx = $2, checkpoint_position = 0,"
+	"       retry_event_id = NULL, retry_attempts = 0, retry_first_failed_at = NULL, retry_at = NULL"
+	" WHERE name OPERATOR(pg_catalog.=) $1"
+	"   AND ROW(checkpoint_tx, checkpoint_position) OPERATOR(pg_catalog.<) ROW($2, 0::pg_catalog.int8)",
+	2, {TEXTOID, XID8OID}
+};
+
+/*
+ * es_pause_handler(name) returns void
+ *
+ * Stops delivering events to a handler; its checkpoint stays.  A built-in
+ * handler that was never switched on is off already.
+ */
+PG_FUNCTION_INFO_V1(es_pause_handler);
+Datum
+es_pause_handler(PG_FUNCTION_ARGS)
+{
+	char	   *name = handler_name(fcinfo, 0);
+	EsCall		call;
+	Datum		args[2];
+
+	es_call_begin(fcinfo, &call);
+	if (!handler_lock(name))
+	{
+		Datum		arg = CStringGetTextDatum(name);
+
+		if (SPI_execute_plan(es_plan(&builtin_plan), &arg, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not look up built-in handler \"%s\"", name);
+		if (SPI_processed == 0)
+			handler_not_found(name);
+	}
+	args[0] = CStringGetTextDatum(name);
+	args[1] = BoolGetDatum(true);
+	if (SPI_execute_plan(es_plan(&pause_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not pause handler \"%s\"", name);
+	es_call_end(&call);
+	PG_RETURN_VOID();
+}
+
+/*
+ * es_resume_handler(name, from_now) returns void
+ *
+ * Delivers events to a paused handler again, from its checkpoint, or with
+ * from_now from the current commit horizon (skipping what happened while it
+ * was paused).  A built-in handler not registered yet is registered, from
+ * the present, to run as the caller.
+ */
+PG_FUNCTION_INFO_V1(es_resume_handler);
+Datum
+es_resume_handler(PG_FUNCTION_ARGS)
+{
+	char	   *name = handler_name(fcinfo, 0);
+	bool		from_now = !PG_ARGISNULL(1) && PG_GETARG_BOOL(1);
+	EsCall		call;
+	Datum		args[2];
+
+	es_call_begin(fcinfo, &call);
+	if (!handler_lock(name) && !handler_switch_on_builtin(&call, name))
+		handler_not_found(name);
+	args[0] = CStringGetTextDatum(name);
+	args[1] = BoolGetDatum(false);
+	if (SPI_execute_plan(es_plan(&pause_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not resume handler \"%s\"", name);
+	if (from_now)
+	{
+		args[1] = FullTransactionIdGetDatum(es_commit_horizon_of(GetActiveSnapshot()));
+		if (SPI_execute_plan(es_plan(&catch_up_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not move handler \"%s\" to the present", name);
+	}
+	es_worker_wake_at_commit();
+	es_call_end(&call);
+	PG_RETURN_VOID();
+}
+
+static EsPlan retry_one_plan = {
+	"UPDATE @extschema@.es_dead_letters SET status = 'retrying'"
+	" WHERE id OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.=) 'dead'",
+	1, {INT8OID}
+};
+
+static EsPlan status_plan = {
+	"SELECT status, parked_behind FROM @extschema@.es_dead_letters WHERE id OPERATOR(pg_catalog.=) $1",
+	1, {INT8OID}
+};
+
+/*
+ * es_retry_dead_letter(id) returns void
+ *
+ * Marks a dead letter for delivery again; the worker delivers it, and then
+ * the events parked behind it, in order.  A parked or resolved letter is an
+ * error that says what to do instead.
+ */
+PG_FUNCTION_INFO_V1(es_retry_dead_letter);
+Datum
+es_retry_dead_letter(PG_FUNCTION_ARGS)
+{
+	EsCall		call;
+	Datum		arg;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("id must not be null")));
+	es_call_begin(fcinfo, &call);
+	arg = PG_GETARG_DATUM(0);
+	if (SPI_execute_plan(es_plan(&retry_one_plan), &arg, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not retry dead letter %lld", (long long) PG_GETARG_INT64(0));
+	if (SPI_processed == 0)
+	{
+		bool		isnull;
+		char	   *status;
+
+		if (SPI_execute_plan(es_plan(&status_plan), &arg, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read dead letter %lld", (long long) PG_GETARG_INT64(0));
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("dead letter %lld does not exist", (long long) PG_GETARG_INT64(0))));
+		status = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		if (strcmp(status, "parked") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("dead letter %lld is parked behind dead letter %lld",
+							(long long) PG_GETARG_INT64(0),
+							(long long) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull))),
+					 errdetail("An event parked behind an earlier one of its aggregate is delivered after it."),
+					 errhint("Retry the dead letter it is parked behind.")));
+		if (strcmp(status, "resolved") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("dead letter %lld is resolved already", (long long) PG_GETARG_INT64(0))));
+		/* retrying already: nothing to do */
+	}
+	es_worker_wake_at_commit();
+	es_call_end(&call);
+	PG_RETURN_VOID();
+}
+
+static EsPlan retry_all_plan = {
+	"UPDATE @extschema@.es_dead_letters SET status = 'retrying'"
+	" WHERE consumer OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.=) 'dead'",
+	1, {TEXTOID}
+};
+
+/*
+ * es_retry_dead_letters(handler) returns bigint
+ *
+ * Marks every dead letter of a handler for delivery again; returns how many.
+ */
+PG_FUNCTION_INFO_V1(es_retry_dead_letters);
+Datum
+es_retry_dead_letters(PG_FUNCTION_ARGS)
+{
+	char	   *name = handler_name(fcinfo, 0);
+	EsCall		call;
+	Datum		arg;
+	uint64		n;
+
+	es_call_begin(fcinfo, &call);
+	handler_must_exist(name);
+	arg = CStringGetTextDatum(name);
+	if (SPI_execute_plan(es_plan(&retry_all_plan), &arg, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not retry the dead letters of handler \"%s\"", name);
+	n = SPI_processed;
+	es_worker_wake_at_commit();
+	es_call_end(&call);
+	PG_RETURN_INT64((int64) n);
+}

@@ -1,0 +1,30 @@
+/*-------------------------------------------------------------------------
+ *
+ * read_model.h
+ *	  The built-in read models (read_model.c), as the projection engine
+ *	  (projection.c) drives them.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ES_READ_MODEL_H
+#define ES_READ_MODEL_H
+
+#include "access/htup.h"
+#include "access/transam.h"
+#include "access/tupdesc.h"
+#include "core/store.h"
+#include "utils/array.h"
+
+typedef struct EsReadModel EsReadModel;
+
+/* The model maintained by built-in projection name; NULL when there is none. */
+extern EsReadModel *es_read_model(const char *name);
+extern int	es_read_model_apply(EsReadModel *m, EsStore *s, TupleDesc desc, HeapTuple *events,
+								int nevents);
+extern void es_read_model_reset(EsReadModel *m, const char *aggregate_id);
+extern int64 es_read_model_rebuild(EsReadModel *m, ArrayType *event_types, const char *aggregate_id,
+								   FullTransactionId bound_tx, int64 bound_position);
+
+#endif							/* ES_READ_MODEL_H */

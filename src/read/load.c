@@ -1,0 +1,328 @@
+/*-------------------------------------------------------------------------
+ *
+ * load.c
+ *	  An aggregate's state: the latest usable snapshot at or below the
+ *	  wanted version, plus the fold of the events after it; es_load_aggregate.
+ *
+ * The fold applies the aggregate type's reducer to each event, upcast to the
+ * current schema version.  A registered reducer is called once per event
+ * with (state, event).  The default reducer (the guide's: a creating event
+ * sets the state to its data, later events merge theirs) is applied without
+ * a function call per event: the state's top-level pairs are collected, a
+ * creating event clears them, and the object is built once at the end, the
+ * last value of each key winning.  That keeps a load linear in the number of
+ * events folded, whatever the size of the state.
+ *
+ * Loads start from a snapshot only when its fingerprint is the current one
+ * (aggregate_type.c), so a snapshot made by another reducer or other
+ * upcasters is never mixed with events folded by the current ones.
+ *
+ * Needs an SPI connection (es_call_begin).  Memory: the state and the event
+ * payloads it refers to are allocated in SPI's procedure context; copy what
+ * must outlive the connection (SPI_datumTransfer).
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "read/load.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/typcache.h"
+
+#include "core/validate.h"
+#include "read/aggregate_type.h"
+#include "read/read.h"
+
+typedef struct Fold
+{
+	const char *aggregate_id;
+	bool		default_reducer;
+	EsUserFunction reducer;		/* a copy: the cache may be rebuilt meanwhile */
+	TupleDesc	event_desc;		/* es_events row type, for the reducer's argument */
+	/* default reducer: the state's top-level pairs, later ones winning */
+	JsonbValue *keys;
+	JsonbValue *values;
+	int			npairs;
+	int			maxpairs;
+	/* registered reducer */
+	Datum		state;
+	int64		applied;
+} Fold;
+
+/* Add the top-level pairs of obj to the default reducer's state. */
+static void
+fold_merge(Fold *f, Jsonb *obj)
+{
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	if (!JB_ROOT_IS_OBJECT(obj))
+		return;
+	it = JsonbIteratorInit(&obj->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+		{
+			if (f->npairs == f->maxpairs)
+			{
+				f->maxpairs = Max(16, f->maxpairs * 2);
+				f->keys = repalloc(f->keys, sizeof(JsonbValue) * f->maxpairs);
+				f->values = repalloc(f->values, sizeof(JsonbValue) * f->maxpairs);
+			}
+			f->keys[f->npairs] = v;
+		}
+		else if (tok == WJB_VALUE)
+			f->values[f->npairs++] = v;
+	}
+}
+
+static void
+fold_init(Fold *f, EsStore *s, const char *aggregate_id, const char *aggregate_type, Jsonb *initial)
+{
+	EsAggregateTypeInfo *info = es_aggregate_type_reducer(aggregate_type);
+
+	memset(f, 0, sizeof(*f));
+	f->aggregate_id = aggregate_id;
+	f->default_reducer = !OidIsValid(info->reducer.flinfo.fn_oid);
+	if (f->default_reducer)
+	{
+		f->maxpairs = 16;
+		f->keys = palloc(sizeof(JsonbValue) * f->maxpairs);
+		f->values = palloc(sizeof(JsonbValue) * f->maxpairs);
+		if (initial != NULL)
+			fold_merge(f, initial);
+	}
+	else
+	{
+		fmgr_info_copy(&f->reducer.flinfo, &info->reducer.flinfo, CurrentMemoryContext);
+		f->reducer.owner = info->reducer.owner;
+		f->event_desc = lookup_rowtype_tupdesc_copy(s->events_rowtype, -1);
+		f->state = JsonbPGetDatum(initial != NULL ? initial : es_empty_object());
+	}
+}
+
+/* es_read_stream callback: fold one event (deformed, upcast) into the state. */
+static void
+fold_apply(Datum *values, bool *nulls, void *arg)
+{
+	Fold	   *f = (Fold *) arg;
+
+	if (f->default_reducer)
+	{
+		/* The pairs point into the payload: keep a copy of it. */
+		Jsonb	   *data = DatumGetJsonbPCopy(values[EV_DATA]);
+		char		event_type[ES_MAX_NAME_LEN + 1];
+
+		text_to_cstring_buffer(DatumGetTextPP(values[EV_EVENT_TYPE]), event_type, sizeof(event_type));
+		if (es_is_creation_event(event_type))
+			f->npairs = 0;
+		fold_merge(f, data);
+	}
+	else
+	{
+		HeapTuple	event = heap_form_tuple(f->event_desc, values, nulls);
+		bool		isnull;
+		Datum		state;
+
+		state = es_call_user_function(&f->reducer, f->state, HeapTupleGetDatum(event), &isnull);
+		if (isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("reducer %s returned NULL", format_procedure(f->reducer.flinfo.fn_oid)),
+					 errdetail("Aggregate \"%s\", event version %lld.",
+							   f->aggregate_id, (long long) DatumGetInt64(values[EV_VERSION])),
+					 errhint("A reducer returns the whole new state, never NULL.")));
+		f->state = PointerGetDatum(PG_DETOAST_DATUM_COPY(state));
+		heap_freetuple(event);
+	}
+	f->applied++;
+}
+
+static Jsonb *
+fold_result(Fold *f)
+{
+	JsonbParseState *ps = NULL;
+	JsonbValue *res;
+	int			i;
+
+	if (!f->default_reducer)
+		return DatumGetJsonbP(f->state);
+	pushJsonbValue(&ps, WJB_BEGIN_OBJECT, NULL);
+	for (i = 0; i < f->npairs; i++)
+	{
+		pushJsonbValue(&ps, WJB_KEY, &f->keys[i]);
+		pushJsonbValue(&ps, WJB_VALUE, &f->values[i]);
+	}
+	/* Building the object sorts the keys; of equal keys the last pushed wins. */
+	res = pushJsonbValue(&ps, WJB_END_OBJECT, NULL);
+	return JsonbValueToJsonb(res);
+}
+
+static EsPlan head_plan = {
+	"SELECT a.aggregate_type,"
+	"       (SELECT e.version FROM @extschema@.es_events e"
+	"         WHERE e.aggregate_id OPERATOR(pg_catalog.=) a.aggregate_id"
+	"         ORDER BY e.version DESC LIMIT 1)"
+	"  FROM @extschema@.es_aggregates a"
+	" WHERE a.aggregate_id OPERATOR(pg_catalog.=) $1",
+	1, {TEXTOID}, true
+};
+
+/*
+ * es_aggregate_head: the type (into type, ES_MAX_NAME_LEN + 1 bytes) and the
+ * current version of an aggregate; false when it does not exist.
+ */
+bool
+es_aggregate_head(const char *aggregate_id, bool read_only, char *type, int64 *current)
+{
+	Datum		arg = CStringGetTextDatum(aggregate_id);
+	bool		isnull;
+
+	if (SPI_execute_plan(es_plan(&head_plan), &arg, NULL, read_only, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read aggregate \"%s\"", aggregate_id);
+	if (SPI_processed == 0)
+		return false;
+	text_to_cstring_buffer(DatumGetTextPP(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)),
+						   type, ES_MAX_NAME_LEN + 1);
+	*current = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	if (isnull)
+		*current = 0;
+	SPI_freetuptable(SPI_tuptable);
+	return true;
+}
+
+static EsPlan first_later_plan = {
+	"SELECT pg_catalog.min(e.version) FROM @extschema@.es_events e"
+	" WHERE e.aggregate_id OPERATOR(pg_catalog.=) $1"
+	"   AND e.occurred_at OPERATOR(pg_catalog.>) $2",
+	2, {TEXTOID, TIMESTAMPTZOID}, true
+};
+
+static EsPlan snapshot_plan = {
+	"SELECT s.version, s.state FROM @extschema@.es_snapshots s"
+	" WHERE s.aggregate_id OPERATOR(pg_catalog.=) $1"
+	"   AND s.version OPERATOR(pg_catalog.<=) $2"
+	"   AND s.fingerprint OPERATOR(pg_catalog.=) $3"
+	" ORDER BY s.version DESC LIMIT 1",
+	3, {TEXTOID, INT8OID, TEXTOID}, true
+};
+
+/*
+ * es_load_state: the state of aggregate_id at at_version (-1: the current
+ * one) and, with has_time, as it stood at at_time (the events up to the
+ * first that occurred later).  An aggregate that does not exist, or did not
+ * yet, has version 0 and no state.  With read_only, the queries use the
+ * calling statement's snapshot; without, a new one that sees the current
+ * command's own appends.
+ */
+void
+es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
+			  bool has_time, TimestampTz at_time, bool read_only, EsAggregateState *out)
+{
+	Datum		args[3];
+	bool		isnull;
+	int64		current;
+	int64		target;
+	Jsonb	   *initial = NULL;
+	Fold		fold;
+
+	memset(out, 0, sizeof(*out));
+	if (!es_aggregate_head(aggregate_id, read_only, out->aggregate_type, &current))
+		return;
+	args[0] = CStringGetTextDatum(aggregate_id);
+
+	if (at_version > current)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("aggregate \"%s\" has no version %lld", aggregate_id, (long long) at_version),
+				 errdetail("Its current version is %lld.", (long long) current)));
+	target = at_version < 0 ? current : at_version;
+	if (has_time)
+	{
+		args[1] = TimestampTzGetDatum(at_time);
+		if (SPI_execute_plan(es_plan(&first_later_plan), args, NULL, read_only, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read aggregate \"%s\"", aggregate_id);
+		{
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+
+			if (!isnull)
+				target = Min(target, DatumGetInt64(d) - 1);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	out->version = target;
+	if (target == 0)
+		return;
+
+	args[1] = Int64GetDatum(target);
+	args[2] = CStringGetTextDatum(es_aggregate_type_fingerprint(out->aggregate_type));
+	if (SPI_execute_plan(es_plan(&snapshot_plan), args, NULL, read_only, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the snapshots of aggregate \"%s\"", aggregate_id);
+	if (SPI_processed == 1)
+	{
+		out->snapshot_version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		initial = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	fold_init(&fold, s, aggregate_id, out->aggregate_type, initial);
+	if (target > out->snapshot_version)
+		es_read_stream(aggregate_id, out->snapshot_version + 1, target, read_only, false, 0,
+					   fold_apply, &fold);
+	out->state = fold_result(&fold);
+	out->events_applied = fold.applied;
+}
+
+/*
+ * es_load_aggregate(aggregate_id, at_version, at_time) returns es_aggregate_state
+ *
+ * The guide's replay and point-in-time recovery: the state of the aggregate
+ * now, at a version, or as it stood at a time, with the version it is at,
+ * the snapshot it started from (NULL: none) and the number of events folded.
+ */
+PG_FUNCTION_INFO_V1(es_load_aggregate);
+Datum
+es_load_aggregate(PG_FUNCTION_ARGS)
+{
+	char	   *aggregate_id = es_arg_id(fcinfo, 0, "aggregate_id", true);
+	int64		at_version = PG_ARGISNULL(1) ? -1 : PG_GETARG_INT64(1);
+	EsCall		call;
+	EsAggregateState st;
+	TupleDesc	tupdesc;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "es_load_aggregate must return a composite type");
+	if (!PG_ARGISNULL(1) && at_version < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("at_version must not be negative")));
+
+	es_call_begin(fcinfo, &call);
+	es_load_state(call.store, aggregate_id, at_version, !PG_ARGISNULL(2),
+				  PG_ARGISNULL(2) ? 0 : PG_GETARG_TIMESTAMPTZ(2), true, &st);
+	if (st.state != NULL)		/* it must outlive the SPI connection */
+		st.state = DatumGetJsonbP(SPI_datumTransfer(JsonbPGetDatum(st.state), false, -1));
+	es_call_end(&call);
+
+	values[0] = CStringGetTextDatum(st.aggregate_type);
+	nulls[0] = (st.aggregate_type[0] == '\0');
+	values[1] = st.state ? JsonbPGetDatum(st.state) : (Datum) 0;
+	nulls[1] = (st.state == NULL);
+	values[2] = Int64GetDatum(st.version);
+	values[3] = Int64GetDatum(st.snapshot_version);
+	nulls[3] = (st.snapshot_version == 0);
+	values[4] = Int64GetDatum(st.events_applied);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
+}

@@ -1,0 +1,400 @@
+/*-------------------------------------------------------------------------
+ *
+ * read.c
+ *	  The read paths: one aggregate's stream in version order (with
+ *	  point-in-time reads), the global stream in commit order, and the
+ *	  causation and correlation views of the store.
+ *
+ * Commit order (DESIGN.md, decision 1).  Positions are taken at insert and
+ * become visible at commit, so a reader that only advances a position skips
+ * the events of transactions that commit late.  es_read_all returns only
+ * events whose tx_id is below the commit horizon of its snapshot (the oldest
+ * transaction still running, see es_commit_horizon_of), ordered by
+ * (tx_id, position), and resumes after a (tx_id, position) checkpoint.  No
+ * event can later appear below the horizon, so a checkpoint never skips one.
+ * append.c keeps this order consistent with each aggregate's versions.
+ *
+ * All functions read with the snapshot of the calling statement (SPI
+ * read-only mode), run as the owner of the tables (es_call_begin), and build
+ * their result in a tuplestore in the per-query context.  Rows are fetched
+ * through a cursor in slices, so a long stream never sits in memory twice.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "read/read.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/snapmgr.h"
+#include "utils/xid8.h"
+
+#include "core/event.h"
+#include "core/validate.h"
+#include "read/upcast.h"
+
+#define READ_SLICE 1000
+
+static EsPlan stream_plan = {
+	"SELECT e.* FROM @extschema@.es_events e"
+	" WHERE e.aggregate_id OPERATOR(pg_catalog.=) $1"
+	"   AND e.version OPERATOR(pg_catalog.>=) $2"
+	"   AND e.version OPERATOR(pg_catalog.<=) $3"
+	" ORDER BY e.version",
+	3, {TEXTOID, INT8OID, INT8OID}, true
+};
+
+static EsPlan read_all_plan = {
+	"SELECT e.* FROM @extschema@.es_events e"
+	" WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW($1, $2)"
+	"   AND e.tx_id OPERATOR(pg_catalog.<) $3"
+	"   AND ($4 IS NULL OR e.aggregate_type OPERATOR(pg_catalog.=) $4)"
+	"   AND ($5 IS NULL OR e.event_type OPERATOR(pg_catalog.=) ANY ($5))"
+	" ORDER BY e.tx_id, e.position"
+	" LIMIT $6",
+	6, {XID8OID, INT8OID, XID8OID, TEXTOID, TEXTARRAYOID, INT4OID}
+};
+
+static EsPlan event_plan = {
+	"SELECT e.* FROM @extschema@.es_events e WHERE e.event_id OPERATOR(pg_catalog.=) $1",
+	1, {TEXTOID}, true
+};
+
+static EsPlan correlated_plan = {
+	"SELECT e.* FROM @extschema@.es_events e"
+	" WHERE e.correlation_id OPERATOR(pg_catalog.=) $1"
+	" ORDER BY e.position",
+	1, {TEXTOID}, true
+};
+
+static EsPlan version_plan = {
+	"SELECT e.version FROM @extschema@.es_events e"
+	" WHERE e.aggregate_id OPERATOR(pg_catalog.=) $1"
+	" ORDER BY e.version DESC LIMIT 1",
+	1, {TEXTOID}, true
+};
+
+/*
+ * es_read_rows: run plan (a query of whole es_events rows) through a cursor
+ * and hand each row to fn, deformed and upcast to the current schema
+ * versions.  With has_end, stop before the first event that occurred after
+ * end: a point-in-time read returns a prefix of the stream, never a stream
+ * with holes.  The values handed to fn live until fn returns.  Needs SPI.
+ */
+void
+es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only,
+			 bool has_end, TimestampTz end, EsRowCallback fn, void *arg)
+{
+	Portal		portal = SPI_cursor_open(NULL, es_plan(plan), args, nulls, read_only);
+	Datum		values[EV_NATTS];
+	bool		isnull[EV_NATTS];
+	bool		done = false;
+
+	while (!done)
+	{
+		SPITupleTable *tt;
+		uint64		n;
+		uint64		i;
+
+		SPI_cursor_fetch(portal, true, READ_SLICE);
+		tt = SPI_tuptable;		/* fn may run queries: keep our own copy */
+		n = SPI_processed;
+		if (n == 0)
+			break;
+		if (tt->tupdesc->natts != EV_NATTS)
+			elog(ERROR, "es_events rows have %d columns, expected %d", tt->tupdesc->natts, EV_NATTS);
+		for (i = 0; i < n && !done; i++)
+		{
+			CHECK_FOR_INTERRUPTS();
+			heap_deform_tuple(tt->vals[i], tt->tupdesc, values, isnull);
+			if (has_end && DatumGetTimestampTz(values[EV_OCCURRED_AT]) > end)
+				done = true;
+			else
+			{
+				es_upcast_row(values, isnull);
+				fn(values, isnull, arg);
+			}
+		}
+		SPI_freetuptable(tt);
+	}
+	SPI_cursor_close(portal);
+}
+
+/*
+ * es_read_stream: the events of one aggregate from from_version to
+ * to_version, in version order, through es_read_rows.
+ */
+void
+es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, bool read_only,
+			   bool has_end, TimestampTz end, EsRowCallback fn, void *arg)
+{
+	Datum		args[3];
+
+	args[0] = CStringGetTextDatum(aggregate_id);
+	args[1] = Int64GetDatum(from_version);
+	args[2] = Int64GetDatum(to_version);
+	es_read_rows(&stream_plan, args, NULL, read_only, has_end, end, fn, arg);
+}
+
+/*
+ * es_commit_order_plan: the query behind es_read_all, for the worker: $1/$2
+ * the checkpoint, $3 the horizon, $4 an aggregate type or NULL, $5 event
+ * types or NULL, $6 the most rows.
+ */
+EsPlan *
+es_commit_order_plan(void)
+{
+	return &read_all_plan;
+}
+
+/* es_read_event: the event event_id (if it exists) through es_read_rows. */
+void
+es_read_event(const char *event_id, bool read_only, EsRowCallback fn, void *arg)
+{
+	Datum		id = CStringGetTextDatum(event_id);
+
+	es_read_rows(&event_plan, &id, NULL, read_only, false, 0, fn, arg);
+}
+
+/* es_read_rows callback of the SRFs: add the row to the result set. */
+static void
+read_put_row(Datum *values, bool *nulls, void *arg)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) arg;
+
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+static int64
+arg_version(FunctionCallInfo fcinfo, int argno, const char *what, int64 dflt)
+{
+	int64		v;
+
+	if (PG_ARGISNULL(argno))
+		return dflt;
+	v = PG_GETARG_INT64(argno);
+	if (v < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("%s %lld is out of range", what, (long long) v),
+				 errdetail("Versions start at 1.")));
+	return v;
+}
+
+/*
+ * es_get_events(aggregate_id, from_version, to_version, end_timestamp)
+ *	returns setof es_events
+ *
+ * The guide's get_events: one aggregate's events in version order, from
+ * from_version (default 1) to to_version (default the latest), and with
+ * end_timestamp only those up to the first event that occurred after it.
+ */
+PG_FUNCTION_INFO_V1(es_get_events);
+Datum
+es_get_events(PG_FUNCTION_ARGS)
+{
+	char	   *aggregate_id;
+	int64		from_version;
+	int64		to_version;
+	EsCall		call;
+
+	InitMaterializedSRF(fcinfo, 0);
+	aggregate_id = es_arg_id(fcinfo, 0, "aggregate_id", true);
+	from_version = arg_version(fcinfo, 1, "from_version", 1);
+	to_version = arg_version(fcinfo, 2, "to_version", PG_INT64_MAX);
+
+	es_call_begin(fcinfo, &call);
+	es_read_stream(aggregate_id, from_version, to_version, true,
+				   !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_TIMESTAMPTZ(3),
+				   read_put_row, fcinfo->resultinfo);
+	es_call_end(&call);
+	return (Datum) 0;
+}
+
+/*
+ * es_read_all(after_tx_id, after_position, aggregate_type, event_types,
+ *			   max_count) returns setof es_events
+ *
+ * Up to max_count events after the checkpoint (after_tx_id, after_position),
+ * in commit order, below the commit horizon of the statement's snapshot,
+ * optionally only of one aggregate type and of some event types.  The last
+ * row's (tx_id, position) is the next checkpoint.
+ */
+PG_FUNCTION_INFO_V1(es_read_all);
+Datum
+es_read_all(PG_FUNCTION_ARGS)
+{
+	EsCall		call;
+	Datum		args[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	char	   *aggregate_type;
+	int32		max_count;
+
+	InitMaterializedSRF(fcinfo, 0);
+	aggregate_type = es_arg_name(fcinfo, 2, "aggregate_type", false);
+	max_count = PG_ARGISNULL(4) ? 1000 : PG_GETARG_INT32(4);
+	if (max_count < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("max_count must be at least 1")));
+	if (PG_ARGISNULL(1) ? false : PG_GETARG_INT64(1) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("after_position must not be negative")));
+
+	es_call_begin(fcinfo, &call);
+	args[0] = PG_ARGISNULL(0) ? FullTransactionIdGetDatum(InvalidFullTransactionId) : PG_GETARG_DATUM(0);
+	args[1] = PG_ARGISNULL(1) ? Int64GetDatum(0) : PG_GETARG_DATUM(1);
+	args[2] = FullTransactionIdGetDatum(es_commit_horizon_of(GetActiveSnapshot()));
+	args[3] = aggregate_type ? CStringGetTextDatum(aggregate_type) : (Datum) 0;
+	nulls[3] = aggregate_type ? ' ' : 'n';
+	args[4] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
+	nulls[4] = PG_ARGISNULL(3) ? 'n' : ' ';
+	args[5] = Int32GetDatum(max_count);
+	es_read_rows(&read_all_plan, args, nulls, true, false, 0, read_put_row, fcinfo->resultinfo);
+	es_call_end(&call);
+	return (Datum) 0;
+}
+
+/*
+ * es_commit_horizon() returns xid8
+ *
+ * Every event with a smaller tx_id is committed (or will never exist).  A
+ * reader that took the horizon before an es_read_all call which returned
+ * fewer than max_count rows may checkpoint at (horizon, 0): this skips the
+ * events its filters did not match without rescanning them next time.
+ */
+PG_FUNCTION_INFO_V1(es_commit_horizon);
+Datum
+es_commit_horizon(PG_FUNCTION_ARGS)
+{
+	EsCall		call;
+	FullTransactionId horizon;
+
+	es_call_begin(fcinfo, &call);
+	horizon = es_commit_horizon_of(GetActiveSnapshot());
+	es_call_end(&call);
+	PG_RETURN_FULLTRANSACTIONID(horizon);
+}
+
+/*
+ * es_aggregate_version(aggregate_id) returns bigint
+ *
+ * The aggregate's current version; 0 when it does not exist, which is what
+ * es_append expects for a new aggregate.
+ */
+PG_FUNCTION_INFO_V1(es_aggregate_version);
+Datum
+es_aggregate_version(PG_FUNCTION_ARGS)
+{
+	char	   *aggregate_id = es_arg_id(fcinfo, 0, "aggregate_id", true);
+	EsCall		call;
+	Datum		arg;
+	int64		version = 0;
+	bool		isnull;
+
+	es_call_begin(fcinfo, &call);
+	arg = CStringGetTextDatum(aggregate_id);
+	if (SPI_execute_plan(es_plan(&version_plan), &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read aggregate \"%s\"", aggregate_id);
+	if (SPI_processed == 1)
+		version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	es_call_end(&call);
+	PG_RETURN_INT64(version);
+}
+
+/*
+ * es_causation_chain(event_id) returns setof es_events
+ *
+ * The event and its ancestors through causation_id, root cause first.  The
+ * walk ends at an id that is not an event (a command id, say) and stops at a
+ * cycle, which caller-supplied causation ids can form.
+ */
+PG_FUNCTION_INFO_V1(es_causation_chain);
+
+/* es_read_rows callback of the causation walk: keep the row, note its cause. */
+typedef struct CausationWalk
+{
+	List	   *rows;			/* HeapTuples in the result's descriptor, root first */
+	TupleDesc	desc;
+	char	   *cause;
+} CausationWalk;
+
+static void
+causation_step(Datum *values, bool *nulls, void *arg)
+{
+	CausationWalk *walk = (CausationWalk *) arg;
+
+	walk->rows = lcons(heap_form_tuple(walk->desc, values, nulls), walk->rows);
+	walk->cause = nulls[EV_CAUSATION_ID] ? NULL : TextDatumGetCString(values[EV_CAUSATION_ID]);
+}
+
+Datum
+es_causation_chain(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo;
+	char	   *event_id;
+	EsCall		call;
+	CausationWalk walk;
+	HTAB	   *seen;
+	HASHCTL		ctl;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	event_id = es_arg_id(fcinfo, 0, "event_id", true);
+
+	ctl.keysize = ES_MAX_ID_LEN + 1;
+	ctl.entrysize = ES_MAX_ID_LEN + 1;
+	ctl.hcxt = CurrentMemoryContext;
+	seen = hash_create("ultracore_es causation chain", 64, &ctl,
+					   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	walk.rows = NIL;
+	walk.desc = rsinfo->setDesc;
+
+	es_call_begin(fcinfo, &call);
+	while (event_id != NULL)
+	{
+		bool		found;
+
+		CHECK_FOR_INTERRUPTS();
+		hash_search(seen, event_id, HASH_ENTER, &found);
+		if (found)
+			break;
+		walk.cause = NULL;
+		es_read_event(event_id, true, causation_step, &walk);
+		event_id = walk.cause;
+	}
+	foreach(lc, walk.rows)
+		tuplestore_puttuple(rsinfo->setResult, (HeapTuple) lfirst(lc));
+	es_call_end(&call);
+	return (Datum) 0;
+}
+
+/*
+ * es_correlated_events(correlation_id) returns setof es_events
+ *
+ * Every event of one request (one correlation id), in position order.
+ */
+PG_FUNCTION_INFO_V1(es_correlated_events);
+Datum
+es_correlated_events(PG_FUNCTION_ARGS)
+{
+	char	   *correlation_id = es_arg_id(fcinfo, 0, "correlation_id", true);
+	EsCall		call;
+	Datum		arg;
+
+	InitMaterializedSRF(fcinfo, 0);
+	es_call_begin(fcinfo, &call);
+	arg = CStringGetTextDatum(correlation_id);
+	es_read_rows(&correlated_plan, &arg, NULL, true, false, 0, read_put_row, fcinfo->resultinfo);
+	es_call_end(&call);
+	return (Datum) 0;
+}

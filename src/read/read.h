@@ -1,0 +1,28 @@
+/*-------------------------------------------------------------------------
+ *
+ * read.h
+ *	  The read paths (read.c): rows of es_events through a cursor, deformed
+ *	  and upcast, one aggregate's stream, one event, and the commit-order
+ *	  query the consumers share with es_read_all.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ES_READ_H
+#define ES_READ_H
+
+#include "core/store.h"
+#include "utils/timestamp.h"
+
+typedef void (*EsRowCallback) (Datum *values, bool *nulls, void *arg);
+
+extern void es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only,
+						 bool has_end, TimestampTz end, EsRowCallback fn, void *arg);
+extern void es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version,
+						   bool read_only, bool has_end, TimestampTz end,
+						   EsRowCallback fn, void *arg);
+extern void es_read_event(const char *event_id, bool read_only, EsRowCallback fn, void *arg);
+extern EsPlan *es_commit_order_plan(void);
+
+#endif							/* ES_READ_H */

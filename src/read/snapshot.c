@@ -1,0 +1,327 @@
+/*-------------------------------------------------------------------------
+ *
+ * snapshot.c
+ *	  Snapshots of aggregate states: saved by hand, taken automatically by
+ *	  the appends that reach a multiple of the aggregate type's policy,
+ *	  read, deleted and rebuilt.
+ *
+ * Automatic snapshots are taken inline, in the append's transaction, right
+ * after its events are inserted and while the aggregate's lock is held: the
+ * snapshot is exactly the fold of the events up to its version, it commits or
+ * rolls back with them, and no background process is needed.  The cost, a
+ * fold of at most N events from the previous snapshot, falls on one append
+ * in N.
+ *
+ * Every snapshot records the reducer and the fingerprint of what made it
+ * (aggregate_type.c); loads use only snapshots with the current fingerprint.
+ * A state saved by hand is recorded as made by the current reducer.
+ *
+ * Needs an SPI connection (es_call_begin).
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "read/snapshot.h"
+
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+
+#include "core/event.h"
+#include "core/store.h"
+#include "core/validate.h"
+#include "read/aggregate_type.h"
+#include "read/load.h"
+#include "write/append.h"
+
+static EsPlan save_plan = {
+	"INSERT INTO @extschema@.es_snapshots"
+	" (aggregate_id, version, aggregate_type, state, reducer, fingerprint, automatic, taken_at, taken_by)"
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, pg_catalog.clock_timestamp(), $8)"
+	" ON CONFLICT (aggregate_id, version) DO UPDATE"
+	"    SET aggregate_type = excluded.aggregate_type, state = excluded.state,"
+	"        reducer = excluded.reducer, fingerprint = excluded.fingerprint,"
+	"        automatic = excluded.automatic, taken_at = excluded.taken_at, taken_by = excluded.taken_by",
+	8, {TEXTOID, INT8OID, TEXTOID, JSONBOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID}
+};
+
+/* Store (or replace) the snapshot of aggregate_id at version. */
+static void
+snapshot_save(const char *aggregate_id, int64 version, const char *aggregate_type, Jsonb *state,
+			  bool automatic, const char *taken_by)
+{
+	Datum		args[8];
+
+	args[0] = CStringGetTextDatum(aggregate_id);
+	args[1] = Int64GetDatum(version);
+	args[2] = CStringGetTextDatum(aggregate_type);
+	args[3] = JsonbPGetDatum(state);
+	args[4] = CStringGetTextDatum(es_aggregate_type_reducer(aggregate_type)->reducer_name);
+	args[5] = CStringGetTextDatum(es_aggregate_type_fingerprint(aggregate_type));
+	args[6] = BoolGetDatum(automatic);
+	args[7] = CStringGetTextDatum(taken_by);
+	if (SPI_execute_plan(es_plan(&save_plan), args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not save the snapshot of aggregate \"%s\"", aggregate_id);
+}
+
+/*
+ * Fold the state of aggregate_id at version (seeing the current command's
+ * own appends) and save it as a snapshot.
+ */
+static void
+snapshot_take(EsStore *s, const char *aggregate_id, int64 version, bool automatic,
+			  const char *taken_by)
+{
+	EsAggregateState st;
+
+	es_load_state(s, aggregate_id, version, false, 0, false, &st);
+	snapshot_save(aggregate_id, st.version, st.aggregate_type, st.state, automatic, taken_by);
+}
+
+/*
+ * The write path stored the events of an append (versions base + 1 and
+ * on).  When the aggregate type has a policy of every N events and the
+ * append reached one or more multiples of N, snapshot the aggregate at
+ * each, on behalf of the appending role.
+ */
+static void
+snapshot_after_append(EsStore *s, const EsAppendRequest *req, int64 base, TupleDesc desc,
+					  HeapTuple *rows)
+{
+	int32		every = es_aggregate_type_snapshot_every(req->aggregate_type);
+	int64		at;
+
+	if (every <= 0)
+		return;
+	for (at = (base / every + 1) * every; at <= base + req->nevents; at += every)
+		snapshot_take(s, req->aggregate_id, at, true, req->appended_by);
+}
+
+static const EsAppendListener snapshot_listener = {
+	.inserted = snapshot_after_append,
+};
+
+/* es_snapshot_init: from _PG_init; automatic snapshots listen to the write path. */
+void
+es_snapshot_init(void)
+{
+	es_append_listen(&snapshot_listener);
+}
+
+/*
+ * The type and current version of an aggregate that must exist; an error
+ * otherwise.  The type is palloc'd.
+ */
+static char *
+snapshot_aggregate(const char *aggregate_id, int64 *current)
+{
+	char		type[ES_MAX_NAME_LEN + 1];
+
+	if (!es_aggregate_head(aggregate_id, false, type, current))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("aggregate \"%s\" does not exist", aggregate_id)));
+	return pstrdup(type);
+}
+
+/*
+ * es_save_snapshot(aggregate_id, version, state, aggregate_type) returns bigint
+ *
+ * Saves the snapshot of an aggregate at version (default: its current
+ * version).  Without state, the state is folded by the aggregate type's
+ * reducer; with one, it is taken as given, as made by the current reducer.
+ * The version must exist, and aggregate_type, when given, must be the
+ * aggregate's.  Returns the version.
+ */
+PG_FUNCTION_INFO_V1(es_save_snapshot);
+Datum
+es_save_snapshot(PG_FUNCTION_ARGS)
+{
+	char	   *aggregate_id = es_arg_id(fcinfo, 0, "aggregate_id", true);
+	char	   *expected_type = es_arg_name(fcinfo, 3, "aggregate_type", false);
+	char	   *taken_by = GetUserNameFromId(GetUserId(), false);
+	int64		version;
+	int64		current;
+	char	   *type;
+	EsCall		call;
+
+	if (!PG_ARGISNULL(1) && PG_GETARG_INT64(1) < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("version must be at least 1")));
+
+	es_call_begin(fcinfo, &call);
+	type = snapshot_aggregate(aggregate_id, &current);
+	if (expected_type != NULL && strcmp(expected_type, type) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("aggregate \"%s\" is of type \"%s\", not \"%s\"", aggregate_id, type, expected_type)));
+	version = PG_ARGISNULL(1) ? current : PG_GETARG_INT64(1);
+	if (version > current || version < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("aggregate \"%s\" has no version %lld", aggregate_id, (long long) version),
+				 errdetail("Its current version is %lld.", (long long) current)));
+	if (PG_ARGISNULL(2))
+		snapshot_take(call.store, aggregate_id, version, false, taken_by);
+	else
+		snapshot_save(aggregate_id, version, type, PG_GETARG_JSONB_P(2), false, taken_by);
+	es_call_end(&call);
+	PG_RETURN_INT64(version);
+}
+
+static EsPlan get_plan = {
+	"SELECT s.* FROM @extschema@.es_snapshots s"
+	" WHERE s.aggregate_id OPERATOR(pg_catalog.=) $1"
+	"   AND s.version OPERATOR(pg_catalog.<=) $2"
+	"   AND ($3 OR s.fingerprint OPERATOR(pg_catalog.=) $4)"
+	" ORDER BY s.version DESC LIMIT 1",
+	4, {TEXTOID, INT8OID, BOOLOID, TEXTOID}
+};
+
+/* es_read_rows is for events; snapshots are few and small: copy directly. */
+static void
+snapshot_put_rows(ReturnSetInfo *rsinfo)
+{
+	uint64		i;
+
+	for (i = 0; i < SPI_processed; i++)
+		tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
+}
+
+/*
+ * es_get_snapshot(aggregate_id, max_version, include_stale) returns setof es_snapshots
+ *
+ * The latest snapshot at or below max_version (default: any), among the
+ * usable ones unless include_stale.  No row when there is none.
+ */
+PG_FUNCTION_INFO_V1(es_get_snapshot);
+Datum
+es_get_snapshot(PG_FUNCTION_ARGS)
+{
+	char	   *aggregate_id;
+	EsCall		call;
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	int64		current;
+	char	   *type;
+
+	InitMaterializedSRF(fcinfo, 0);
+	aggregate_id = es_arg_id(fcinfo, 0, "aggregate_id", true);
+	es_call_begin(fcinfo, &call);
+	type = snapshot_aggregate(aggregate_id, &current);
+	args[0] = CStringGetTextDatum(aggregate_id);
+	args[1] = Int64GetDatum(PG_ARGISNULL(1) ? PG_INT64_MAX : PG_GETARG_INT64(1));
+	args[2] = BoolGetDatum(!PG_ARGISNULL(2) && PG_GETARG_BOOL(2));
+	args[3] = CStringGetTextDatum(es_aggregate_type_fingerprint(type));
+	if (SPI_execute_plan(es_plan(&get_plan), args, nulls, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the snapshots of aggregate \"%s\"", aggregate_id);
+	snapshot_put_rows((ReturnSetInfo *) fcinfo->resultinfo);
+	es_call_end(&call);
+	return (Datum) 0;
+}
+
+static EsPlan delete_plan = {
+	"DELETE FROM @extschema@.es_snapshots s"
+	" WHERE ($1 IS NULL OR s.aggregate_id OPERATOR(pg_catalog.=) $1)"
+	"   AND ($2 IS NULL OR s.aggregate_type OPERATOR(pg_catalog.=) $2)"
+	"   AND ($3 IS NULL OR s.version OPERATOR(pg_catalog.<) $3)"
+	"   AND (NOT $4 OR s.fingerprint OPERATOR(pg_catalog.<>)"
+	"        @extschema@.es_snapshot_fingerprint(s.aggregate_type))",
+	4, {TEXTOID, TEXTOID, INT8OID, BOOLOID}
+};
+
+/*
+ * es_delete_snapshots(aggregate_id, aggregate_type, below_version, stale_only)
+ *	returns bigint
+ *
+ * Deletes the snapshots of an aggregate, of an aggregate type, or all (both
+ * NULL), optionally only those below a version or only the stale ones.
+ * Returns how many.  Snapshots are derived data: loads fold from the events
+ * when none is left.
+ */
+PG_FUNCTION_INFO_V1(es_delete_snapshots);
+Datum
+es_delete_snapshots(PG_FUNCTION_ARGS)
+{
+	char	   *aggregate_id = es_arg_id(fcinfo, 0, "aggregate_id", false);
+	char	   *aggregate_type = es_arg_name(fcinfo, 1, "aggregate_type", false);
+	EsCall		call;
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	uint64		deleted;
+
+	args[0] = aggregate_id ? CStringGetTextDatum(aggregate_id) : (Datum) 0;
+	nulls[0] = aggregate_id ? ' ' : 'n';
+	args[1] = aggregate_type ? CStringGetTextDatum(aggregate_type) : (Datum) 0;
+	nulls[1] = aggregate_type ? ' ' : 'n';
+	args[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	nulls[2] = PG_ARGISNULL(2) ? 'n' : ' ';
+	args[3] = BoolGetDatum(!PG_ARGISNULL(3) && PG_GETARG_BOOL(3));
+
+	es_call_begin(fcinfo, &call);
+	if (SPI_execute_plan(es_plan(&delete_plan), args, nulls, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not delete snapshots");
+	deleted = SPI_processed;
+	es_call_end(&call);
+	PG_RETURN_INT64((int64) deleted);
+}
+
+static EsPlan stale_plan = {
+	"SELECT s.aggregate_id, s.version, s.automatic FROM @extschema@.es_snapshots s"
+	" WHERE ($1 IS NULL OR s.aggregate_id OPERATOR(pg_catalog.=) $1)"
+	"   AND ($2 IS NULL OR s.aggregate_type OPERATOR(pg_catalog.=) $2)"
+	"   AND s.fingerprint OPERATOR(pg_catalog.<>) @extschema@.es_snapshot_fingerprint(s.aggregate_type)"
+	" ORDER BY s.aggregate_id, s.version",
+	2, {TEXTOID, TEXTOID}
+};
+
+/*
+ * es_rebuild_snapshots(aggregate_id, aggregate_type) returns bigint
+ *
+ * Remakes the stale snapshots of an aggregate, of an aggregate type, or all,
+ * at their versions, with the current reducer and upcasters; each aggregate's
+ * in version order, so that a rebuilt snapshot speeds up the next.  Returns
+ * how many.
+ */
+PG_FUNCTION_INFO_V1(es_rebuild_snapshots);
+Datum
+es_rebuild_snapshots(PG_FUNCTION_ARGS)
+{
+	char	   *aggregate_id = es_arg_id(fcinfo, 0, "aggregate_id", false);
+	char	   *aggregate_type = es_arg_name(fcinfo, 1, "aggregate_type", false);
+	char	   *taken_by = GetUserNameFromId(GetUserId(), false);
+	EsCall		call;
+	Datum		args[2];
+	char		nulls[2];
+	SPITupleTable *stale;
+	uint64		n;
+	uint64		i;
+
+	args[0] = aggregate_id ? CStringGetTextDatum(aggregate_id) : (Datum) 0;
+	nulls[0] = aggregate_id ? ' ' : 'n';
+	args[1] = aggregate_type ? CStringGetTextDatum(aggregate_type) : (Datum) 0;
+	nulls[1] = aggregate_type ? ' ' : 'n';
+
+	es_call_begin(fcinfo, &call);
+	if (SPI_execute_plan(es_plan(&stale_plan), args, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not find stale snapshots");
+	stale = SPI_tuptable;
+	n = SPI_processed;
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+		char	   *id = TextDatumGetCString(SPI_getbinval(stale->vals[i], stale->tupdesc, 1, &isnull));
+		int64		version = DatumGetInt64(SPI_getbinval(stale->vals[i], stale->tupdesc, 2, &isnull));
+		bool		automatic = DatumGetBool(SPI_getbinval(stale->vals[i], stale->tupdesc, 3, &isnull));
+
+		CHECK_FOR_INTERRUPTS();
+		snapshot_take(call.store, id, version, automatic, taken_by);
+	}
+	es_call_end(&call);
+	PG_RETURN_INT64((int64) n);
+}

@@ -1,0 +1,217 @@
+/*-------------------------------------------------------------------------
+ *
+ * aggregate.c
+ *	  The row of es_aggregates that each aggregate owns, and the lock on it
+ *	  that serializes the aggregate's writers.
+ *
+ * An aggregate's row holds what never changes (its id, its type, when it was
+ * created); its current version is the last version in the events table.  An
+ * append locks the row (as SELECT ... FOR NO KEY UPDATE would), then reads
+ * the last event through the unique (aggregate_id, version) index, and checks
+ * the expected version against it before any position is taken.
+ *
+ * Why a lock and not an UPDATE of a version column: an update writes a new
+ * row version on every append, and the page is then pruned on nearly every
+ * access, which cost as much as the rest of the append.  A lock leaves the
+ * row in place.  Both give the same guarantees: writers of one aggregate
+ * queue on its row and nothing else; writers of different aggregates never
+ * wait on each other (DESIGN.md, decision 2).
+ *
+ * The last event is read with SnapshotSelf once the lock is held: every
+ * writer of the aggregate takes the lock first, so no other transaction can
+ * be adding events to it, and SnapshotSelf sees exactly the committed events
+ * plus our own.  Under REPEATABLE READ and SERIALIZABLE an event committed
+ * after the transaction's snapshot means the aggregate changed under it: the
+ * append fails with a serialization error, as an UPDATE would.
+ *
+ * Direct table access (index probes and a tuple lock) rather than SQL: this
+ * is the hot half of every append.  New rows are inserted through SPI with
+ * ON CONFLICT, which resolves two creators racing.
+ *
+ * Needs a transaction; runs as the owner of the tables (es_call_begin).
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "write/aggregate.h"
+
+#include "access/genam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "executor/tuptable.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+#include "utils/snapmgr.h"
+#include "utils/xid8.h"
+
+/* Column of es_aggregates read here, in the order of the install script. */
+#define Anum_agg_aggregate_type		2
+
+static EsPlan create_plan = {
+	"INSERT INTO @extschema@.es_aggregates (aggregate_id, aggregate_type, created_at)"
+	" VALUES ($1, $2, $3)"
+	" ON CONFLICT (aggregate_id) DO NOTHING",
+	3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}
+};
+
+static void
+aggregate_key(ScanKey key, const char *aggregate_id)
+{
+	ScanKeyInit(key, 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(aggregate_id));
+	key->sk_collation = C_COLLATION_OID;
+}
+
+/*
+ * The last event of the aggregate (its current version and commit-order
+ * key), read with SnapshotSelf under the aggregate's lock.  A new aggregate
+ * without events yet has version 0.
+ */
+static void
+aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
+{
+	Relation	rel = table_open(s->events_relid, RowExclusiveLock);
+	Relation	idx = index_open(s->events_version_idx, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	ScanKeyData key;
+	IndexScanDesc scan;
+
+	aggregate_key(&key, aggregate_id);
+	scan = index_beginscan(rel, idx, SnapshotSelf, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	if (index_getnext_slot(scan, BackwardScanDirection, slot))
+	{
+		slot_getsomeattrs(slot, EV_TX_ID + 1);
+		row->version = DatumGetInt64(slot->tts_values[EV_VERSION]);
+		row->last_tx = DatumGetFullTransactionId(slot->tts_values[EV_TX_ID]);
+
+		/* Newer than what this transaction may see: it must not go on. */
+		if (IsolationUsesXactSnapshot())
+		{
+			bool		shouldfree;
+			HeapTuple	tup = ExecFetchSlotHeapTuple(slot, false, &shouldfree);
+			TransactionId xmin = HeapTupleHeaderGetXmin(tup->t_data);
+
+			if (!TransactionIdIsCurrentTransactionId(xmin) &&
+				XidInMVCCSnapshot(xmin, GetTransactionSnapshot()))
+				ereport(ERROR,
+						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+						 errmsg("could not serialize access due to concurrent update"),
+						 errdetail("Aggregate \"%s\" was appended to by a concurrent transaction.",
+								   aggregate_id),
+						 errhint("Retry the transaction.")));
+		}
+	}
+	else
+	{
+		row->version = 0;
+		row->last_tx = InvalidFullTransactionId;
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, NoLock);
+	table_close(rel, NoLock);
+}
+
+/*
+ * Look up the row of aggregate_id with snap and lock it; false when not
+ * found.  The aggregate's type goes into row.
+ */
+static bool
+aggregate_lock_row(Relation rel, Relation idx, Snapshot snap, const char *aggregate_id,
+				   EsAggregateRow *row)
+{
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	ScanKeyData key;
+	IndexScanDesc scan;
+	bool		found;
+
+	aggregate_key(&key, aggregate_id);
+	scan = index_beginscan(rel, idx, snap, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	index_endscan(scan);
+
+	if (found)
+	{
+		ItemPointerData tid = slot->tts_tid;
+		TM_FailureData tmfd;
+		TM_Result	result;
+
+		result = table_tuple_lock(rel, &tid, snap, slot, GetCurrentCommandId(false),
+								  LockTupleNoKeyExclusive, LockWaitBlock, 0, &tmfd);
+		if (result != TM_Ok)
+			elog(ERROR, "could not lock the row of aggregate \"%s\": %d", aggregate_id, (int) result);
+		slot_getsomeattrs(slot, Anum_agg_aggregate_type);
+		text_to_cstring_buffer(DatumGetTextPP(slot->tts_values[Anum_agg_aggregate_type - 1]),
+							   row->aggregate_type, sizeof(row->aggregate_type));
+	}
+	ExecDropSingleTupleTableSlot(slot);
+	return found;
+}
+
+/*
+ * es_aggregate_lock: find the row of aggregate_id, lock it for this
+ * transaction (waiting for the aggregate's other writers), and read the
+ * aggregate's type, current version and last commit-order key into *row.
+ * Returns false when the aggregate does not exist.
+ *
+ * The row is looked up with the calling statement's snapshot, as an UPDATE
+ * would; under READ COMMITTED a row created since (by a transaction that has
+ * committed) is looked up again with a new snapshot, so that existence and
+ * version are judged on the same, latest, state.
+ */
+bool
+es_aggregate_lock(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
+{
+	Relation	rel;
+	Relation	idx;
+	bool		found;
+
+	/*
+	 * See the effects of earlier commands of this transaction (an aggregate
+	 * created by an earlier append), like any statement does.
+	 */
+	CommandCounterIncrement();
+	PushCopiedSnapshot(GetActiveSnapshot());
+	UpdateActiveSnapshotCommandId();
+
+	rel = table_open(s->aggregates_relid, RowShareLock);
+	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	found = aggregate_lock_row(rel, idx, GetActiveSnapshot(), aggregate_id, row);
+	if (!found && !IsolationUsesXactSnapshot())
+		found = aggregate_lock_row(rel, idx, GetLatestSnapshot(), aggregate_id, row);
+	index_close(idx, NoLock);
+	table_close(rel, NoLock);
+	PopActiveSnapshot();
+
+	if (found)
+		aggregate_last_event(s, aggregate_id, row);
+	return found;
+}
+
+/*
+ * es_aggregate_create: insert the row of a new aggregate.  Returns false when
+ * the row exists (created earlier, or by a concurrent transaction that has
+ * committed meanwhile).  The new row needs no lock: until this transaction
+ * commits, every other writer waits on its unique key.  Needs SPI.
+ */
+bool
+es_aggregate_create(const char *aggregate_id, const char *aggregate_type, TimestampTz now)
+{
+	Datum		args[3];
+
+	args[0] = CStringGetTextDatum(aggregate_id);
+	args[1] = CStringGetTextDatum(aggregate_type);
+	args[2] = TimestampTzGetDatum(now);
+	if (SPI_execute_plan(es_plan(&create_plan), args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not create aggregate \"%s\"", aggregate_id);
+	return SPI_processed == 1;
+}

@@ -1,0 +1,30 @@
+/*-------------------------------------------------------------------------
+ *
+ * aggregate.h
+ *	  The row of es_aggregates whose lock serializes an aggregate's writers
+ *	  (aggregate.c).
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef ES_AGGREGATE_H
+#define ES_AGGREGATE_H
+
+#include "access/transam.h"
+#include "core/event.h"
+#include "core/store.h"
+#include "utils/timestamp.h"
+
+typedef struct EsAggregateRow
+{
+	char		aggregate_type[ES_MAX_NAME_LEN + 1];
+	int64		version;		/* current version, 0 before the first event */
+	FullTransactionId last_tx;	/* commit-order key (tx_id) of the last event */
+} EsAggregateRow;
+
+extern bool es_aggregate_lock(EsStore *s, const char *aggregate_id, EsAggregateRow *row);
+extern bool es_aggregate_create(const char *aggregate_id, const char *aggregate_type,
+								TimestampTz now);
+
+#endif							/* ES_AGGREGATE_H */

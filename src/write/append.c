@@ -1,0 +1,670 @@
+/*-------------------------------------------------------------------------
+ *
+ * append.c
+ *	  The write path: store an append request (one or many events to one
+ *	  aggregate) with optimistic concurrency, idempotency and commit-order
+ *	  safety.  The SQL functions that build requests are in append_sql.c.
+ *
+ * An append has two steps:
+ *
+ *	1. the aggregate's row in es_aggregates is locked, and its current
+ *	   version (its last event) checked against the expected version
+ *	   (aggregate.c);
+ *	2. the events are inserted with the versions that follow, taking their
+ *	   positions from the sequence.
+ *
+ * Hence (DESIGN.md, decision 2):
+ *
+ *	- the version is checked on the aggregate's own row before a position is
+ *	  taken: a losing writer takes no position from the sequence;
+ *	- writers of one aggregate queue on that row's lock and nothing else;
+ *	  writers of different aggregates never wait on each other;
+ *	- the unique (aggregate_id, version) index is only a backstop.
+ *
+ * Both steps use the table access method directly (a tuple lock, index
+ * probes, heap inserts and index inserts), not SQL statements: executor
+ * start-up for a one-row INSERT costs as much as the insert.  The price:
+ * es_events and es_aggregates fire no triggers on insert, and must not be
+ * given any; what reacts to an append in its transaction (inline
+ * projections, automatic snapshots) listens to the write path instead
+ * (append_hooks.c), and partitioning es_events means routing tuples here.
+ *
+ * A refused append says why: a version conflict, an aggregate of another
+ * type, or a commit-order hazard.
+ *
+ * Commit order.  Events carry a commit-order key, tx_id: the id of their
+ * top-level transaction, raised to the key of the aggregate's previous event
+ * when that is higher.  Readers in commit order sort by (tx_id, position)
+ * below the oldest running transaction (read.c).  Transactions queue on an
+ * aggregate's lock in no particular xid order, so an older transaction can
+ * append after a younger one; raising its key keeps each aggregate's events
+ * in version order in the commit order, and since a key is never below its
+ * writer's own id, no reader can have passed it before the writer commits.
+ *
+ * Idempotency (decision 4).  When the caller names its event ids, they are
+ * looked up under the aggregate's lock: the same events already stored are
+ * returned as they were, without writing; an id stored with other content is
+ * an error.  Identical retries that race queue on the lock, and the later
+ * ones find the first one's events.
+ *
+ * Transaction rules: runs in the caller's transaction as the owner of the
+ * tables (es_call_begin).  Any error aborts the statement, so a refused
+ * append leaves nothing behind.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "write/append.h"
+
+#include "access/genam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "common/pg_prng.h"
+#include "executor/executor.h"
+#include "miscadmin.h"
+#include "tcop/utility.h"
+#include "nodes/execnodes.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/xid8.h"
+
+#include "core/errors.h"
+#include "core/event.h"
+#include "core/validate.h"
+#include "write/aggregate.h"
+#include "write/event_type.h"
+
+/* Events are inserted in slices of this many (as COPY does). */
+#define INSERT_SLICE 1000
+
+/*
+ * A random (version 4) UUID in its text form, for events appended without an
+ * id.  The bits come from the backend's PRNG, which PostgreSQL seeds from a
+ * strong random source when the process starts: event ids need to be unique,
+ * not secret, and pg_strong_random costs as much as a B-tree insert.  The
+ * primary key on event_id would refuse a collision.  palloc'd in the caller's
+ * context.
+ */
+static char *
+append_new_event_id(void)
+{
+	static const char hex[] = "0123456789abcdef";
+	uint64		halves[2] = {pg_prng_uint64(&pg_global_prng_state),
+	pg_prng_uint64(&pg_global_prng_state)};
+	uint8		b[16];
+	char	   *out = palloc(37);
+	int			i;
+	int			j = 0;
+
+	memcpy(b, halves, sizeof(b));
+	b[6] = (b[6] & 0x0f) | 0x40;
+	b[8] = (b[8] & 0x3f) | 0x80;
+	for (i = 0; i < 16; i++)
+	{
+		if (i == 4 || i == 6 || i == 8 || i == 10)
+			out[j++] = '-';
+		out[j++] = hex[b[i] >> 4];
+		out[j++] = hex[b[i] & 0x0f];
+	}
+	out[j] = '\0';
+	return out;
+}
+
+/*
+ * es_append_prepare: allocate the results of req and fill in what the caller
+ * left out (event ids, occurred_at, appended_by: the caller's role; the time).  Runs
+ * before es_call_begin, in the caller's memory context, so that everything
+ * outlives the SPI connection.  A request naming the same event id twice is
+ * refused here.
+ */
+void
+es_append_prepare(EsAppendRequest *req)
+{
+	int			i;
+	int			nids = 0;
+	char	  **ids = palloc(sizeof(char *) * req->nevents);
+
+	req->now = GetCurrentTimestamp();
+	if (req->appended_by == NULL)
+		req->appended_by = GetUserNameFromId(GetUserId(), false);
+	req->versions = palloc(sizeof(int64) * req->nevents);
+	req->positions = palloc(sizeof(int64) * req->nevents);
+	req->was_stored = false;
+	for (i = 0; i < req->nevents; i++)
+	{
+		EsEventIn  *ev = &req->events[i];
+
+		if (ev->event_id_given)
+			ids[nids++] = ev->event_id;
+		else
+			ev->event_id = append_new_event_id();
+		if (!ev->occurred_at_given)
+			ev->occurred_at = req->now;
+	}
+	qsort(ids, nids, sizeof(char *), pg_qsort_strcmp);
+	for (i = 1; i < nids; i++)
+		if (strcmp(ids[i - 1], ids[i]) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("event id \"%s\" appears more than once in the batch", ids[i])));
+	pfree(ids);
+}
+
+/*
+ * Check each event against the catalog and the limits.  Needs SPI (the
+ * event-type cache may query the catalog).
+ */
+static void
+append_check_events(EsAppendRequest *req)
+{
+	int			i;
+
+	for (i = 0; i < req->nevents; i++)
+	{
+		EsEventIn  *ev = &req->events[i];
+		EsEventType type;
+
+		es_event_type_lookup(ev->event_type, &type);
+		if (type.aggregate_type[0] != '\0' &&
+			strcmp(type.aggregate_type, req->aggregate_type) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("event type \"%s\" belongs to aggregate type \"%s\", not \"%s\"",
+							ev->event_type, type.aggregate_type, req->aggregate_type),
+					 errhint("Append it to an aggregate of type \"%s\", or register an event type for \"%s\".",
+							 type.aggregate_type, req->aggregate_type)));
+		ev->schema_version = type.schema_version;
+		es_check_event_size(ev->data, ev->metadata, ev->event_id_given ? ev->event_id : NULL);
+	}
+}
+
+static bool
+text_equal_or_both_null(HeapTuple row, TupleDesc desc, int att, const char *value)
+{
+	bool		isnull;
+	Datum		d = heap_getattr(row, att + 1, desc, &isnull);
+
+	if (isnull || value == NULL)
+		return isnull && value == NULL;
+	return strcmp(TextDatumGetCString(d), value) == 0;
+}
+
+static bool
+jsonb_equal(HeapTuple row, TupleDesc desc, int att, Jsonb *value)
+{
+	bool		isnull;
+	Jsonb	   *stored = DatumGetJsonbP(heap_getattr(row, att + 1, desc, &isnull));
+
+	return compareJsonbContainers(&stored->root, &value->root) == 0;
+}
+
+static int64
+int64_att(HeapTuple row, TupleDesc desc, int att)
+{
+	bool		isnull;
+
+	return DatumGetInt64(heap_getattr(row, att + 1, desc, &isnull));
+}
+
+/*
+ * The first field in which a stored event differs from the one being
+ * appended again, or NULL when it is the same event.
+ */
+static const char *
+append_event_difference(HeapTuple row, TupleDesc desc, EsAppendRequest *req, EsEventIn *ev)
+{
+	bool		isnull;
+
+	if (!text_equal_or_both_null(row, desc, EV_AGGREGATE_ID, req->aggregate_id))
+		return "aggregate_id";
+	if (!text_equal_or_both_null(row, desc, EV_AGGREGATE_TYPE, req->aggregate_type))
+		return "aggregate_type";
+	if (!text_equal_or_both_null(row, desc, EV_EVENT_TYPE, ev->event_type))
+		return "event_type";
+	if (!jsonb_equal(row, desc, EV_DATA, ev->data))
+		return "data";
+	if (!jsonb_equal(row, desc, EV_METADATA, ev->metadata))
+		return "metadata";
+	if (!text_equal_or_both_null(row, desc, EV_CAUSATION_ID, ev->causation_id))
+		return "causation_id";
+	if (!text_equal_or_both_null(row, desc, EV_CORRELATION_ID, ev->correlation_id))
+		return "correlation_id";
+	if (ev->occurred_at_given &&
+		DatumGetTimestampTz(heap_getattr(row, EV_OCCURRED_AT + 1, desc, &isnull)) != ev->occurred_at)
+		return "occurred_at";
+	return NULL;
+}
+
+/*
+ * The stored events with the caller's event ids, in the order of req (NULL
+ * where none), and how many were found.  Probes of the primary key, read
+ * with SnapshotSelf under the aggregate's lock, as its last event is
+ * (aggregate.c): an identical append that committed while this one waited
+ * for the lock is seen.  Not a query: a plan for "event_id = ANY ($1)" made
+ * while the table was small scans it whole, and keeps doing so as it grows.
+ */
+static HeapTuple *
+append_probe_event_ids(EsAppendRequest *req, EsStore *store, Relation rel, int *nfound)
+{
+	Relation	idx = index_open(store->events_id_idx, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	IndexScanDesc scan = index_beginscan(rel, idx, SnapshotSelf, 1, 0);
+	HeapTuple  *rows = palloc0(sizeof(HeapTuple) * req->nevents);
+	int			i;
+
+	*nfound = 0;
+	for (i = 0; i < req->nevents; i++)
+	{
+		ScanKeyData key;
+
+		if (!req->events[i].event_id_given)
+			continue;
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ,
+					CStringGetTextDatum(req->events[i].event_id));
+		key.sk_collation = C_COLLATION_OID;
+		index_rescan(scan, &key, 1, NULL, 0);
+		if (index_getnext_slot(scan, ForwardScanDirection, slot))
+		{
+			rows[i] = ExecCopySlotHeapTuple(slot);
+			(*nfound)++;
+		}
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, NoLock);
+	return rows;
+}
+
+/* Order of a request's events by their stored positions; arg is those. */
+static int
+append_position_order(const void *a, const void *b, void *arg)
+{
+	const int64 *positions = (const int64 *) arg;
+	int64		x = positions[*(const int *) a];
+	int64		y = positions[*(const int *) b];
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * append_find_stored: look up the caller's event ids.  Returns false when
+ * none is stored yet.  Returns true, with the stored versions and positions
+ * in req, when the whole request was stored before with the same content.
+ * Anything in between (an id reused for other content, a batch partly
+ * matching an earlier one) is an error.
+ */
+static bool
+append_find_stored(EsAppendRequest *req, EsStore *store)
+{
+	Relation	rel;
+	TupleDesc	desc;
+	int			nfound;
+	HeapTuple  *rows;
+	int		   *order;
+	int			i;
+
+	/* Ids the caller knows new, or that the append generated, are not stored yet. */
+	if (req->ids_unseen)
+		return false;
+	for (i = 0; i < req->nevents && !req->events[i].event_id_given; i++)
+		;
+	if (i == req->nevents)
+		return false;
+
+	rel = table_open(store->events_relid, RowExclusiveLock);
+	desc = RelationGetDescr(rel);
+	rows = append_probe_event_ids(req, store, rel, &nfound);
+	if (nfound == 0)
+	{
+		table_close(rel, NoLock);
+		return false;
+	}
+	if (nfound != req->nevents)
+	{
+		for (i = 0; rows[i] == NULL; i++)
+			;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("batch overlaps events stored by an earlier append"),
+				 errdetail("%d of its %d events carry event ids that are already stored, for example \"%s\".",
+						   nfound, req->nevents, req->events[i].event_id),
+				 errhint("Resend exactly the earlier batch to retry it, or use new event ids for new events.")));
+	}
+
+	/* The earlier append stored them in an order: the retry must repeat it. */
+	order = palloc(sizeof(int) * req->nevents);
+	for (i = 0; i < req->nevents; i++)
+	{
+		order[i] = i;
+		req->positions[i] = int64_att(rows[i], desc, EV_POSITION);
+	}
+	qsort_arg(order, req->nevents, sizeof(int), append_position_order, req->positions);
+	for (i = 0; i < req->nevents; i++)
+	{
+		HeapTuple	row = rows[i];
+		EsEventIn  *ev = &req->events[i];
+		const char *diff;
+
+		if (order[i] != i)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("batch repeats an earlier append in another order"),
+					 errdetail("Event \"%s\" is at index %d of the batch; the earlier append stored \"%s\" there.",
+							   ev->event_id, i, req->events[order[i]].event_id),
+					 errhint("Resend the earlier batch exactly as it was.")));
+		diff = append_event_difference(row, desc, req, ev);
+		if (diff != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("event id \"%s\" is already used by another event", ev->event_id),
+					 errdetail("The stored event with that id differs in %s.", diff),
+					 errhint("Use a new event_id for a new event; resend identical content to retry an append.")));
+		req->versions[i] = int64_att(row, desc, EV_VERSION);
+		if (i > 0 && req->versions[i] != req->versions[i - 1] + 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNIQUE_VIOLATION),
+					 errmsg("batch overlaps events stored by earlier appends"),
+					 errdetail("Its event ids were stored by more than one append.")));
+	}
+	table_close(rel, NoLock);
+	req->was_stored = true;
+	return true;
+}
+
+static void
+append_raise_conflict(EsAppendRequest *req, int64 actual)
+{
+	char		expected[64];
+
+	if (req->any)
+		strlcpy(expected, "any", sizeof(expected));
+	else if (req->expected == ES_EXPECT_NEW)
+		strlcpy(expected, "0 (a new aggregate)", sizeof(expected));
+	else if (req->expected == ES_EXPECT_EXISTS)
+		strlcpy(expected, "-1 (an existing aggregate)", sizeof(expected));
+	else
+		snprintf(expected, sizeof(expected), INT64_FORMAT, req->expected);
+
+	ereport(ERROR,
+			(errcode(ERRCODE_ES_WRONG_EXPECTED_VERSION),
+			 errmsg("version conflict on aggregate \"%s\"", req->aggregate_id),
+			 errdetail("Aggregate \"%s\": expected version %s, actual version %lld%s.",
+					   req->aggregate_id, expected, (long long) actual,
+					   actual == 0 ? " (it does not exist)" : ""),
+			 errhint("Reload the aggregate and append again with its current version as expected_version.")));
+}
+
+/*
+ * Check the locked aggregate row against the request; raise the error that
+ * explains a refusal.
+ */
+static void
+append_check_row(EsAppendRequest *req, const EsAggregateRow *row)
+{
+	bool		version_ok;
+
+	if (strcmp(row->aggregate_type, req->aggregate_type) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("aggregate \"%s\" is of type \"%s\", not \"%s\"",
+						req->aggregate_id, row->aggregate_type, req->aggregate_type),
+				 errdetail("An aggregate keeps the type of its first event.")));
+	if (req->any)
+		version_ok = true;
+	else if (req->expected == ES_EXPECT_EXISTS)
+		version_ok = row->version > 0;
+	else
+		version_ok = row->version == req->expected;
+	if (!version_ok)
+		append_raise_conflict(req, row->version);
+	if (row->version > PG_INT64_MAX - req->nevents)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("aggregate \"%s\" has reached the highest version", req->aggregate_id)));
+}
+
+/*
+ * Report a unique violation raised while inserting events in the terms of
+ * the event store, or let any other error through.  Called in PG_CATCH.
+ */
+static void
+append_translate_unique_violation(EsAppendRequest *req, MemoryContext cxt)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION || edata->constraint_name == NULL)
+		return;
+	if (strcmp(edata->constraint_name, "es_events_event_id_key") == 0)
+	{
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_UNIQUE_VIOLATION),
+				 errmsg("event id is already used by an event appended concurrently"),
+				 errdetail("%s", edata->detail ? edata->detail : edata->message),
+				 errhint("Retry the append: a retry with the same content returns the stored event.")));
+	}
+	if (strcmp(edata->constraint_name, "es_events_version_key") == 0)
+	{
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(ERRCODE_ES_WRONG_EXPECTED_VERSION),
+				 errmsg("version conflict on aggregate \"%s\"", req->aggregate_id),
+				 errdetail("%s", edata->detail ? edata->detail : edata->message),
+				 errhint("Reload the aggregate and append again with its current version as expected_version.")));
+	}
+}
+
+struct EsEventInserter
+{
+	Relation	rel;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot **slots;
+	int			nslots;
+};
+
+/*
+ * es_event_inserter_open: open es_events and its indexes for inserts until
+ * es_event_inserter_close; its slots live in the executor state's memory.
+ * An error in between needs no close: the transaction's abort releases all
+ * of it.
+ */
+EsEventInserter *
+es_event_inserter_open(EsStore *store)
+{
+	EsEventInserter *ins = palloc0(sizeof(EsEventInserter));
+
+	ins->rel = table_open(store->events_relid, RowExclusiveLock);
+	if (RelationGetDescr(ins->rel)->natts != EV_NATTS)
+		elog(ERROR, "es_events has %d columns, expected %d",
+			 RelationGetDescr(ins->rel)->natts, EV_NATTS);
+	ins->estate = CreateExecutorState();
+	ins->rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(ins->rri, ins->rel, 1, NULL, 0);
+	ExecOpenIndices(ins->rri, false);
+	return ins;
+}
+
+void
+es_event_inserter_close(EsEventInserter *ins)
+{
+	ExecCloseIndices(ins->rri);
+	ExecResetTupleTable(ins->estate->es_tupleTable, false);
+	FreeExecutorState(ins->estate);
+	table_close(ins->rel, NoLock);
+	pfree(ins);
+}
+
+/*
+ * Insert the events of req after version base: heap inserts (one
+ * multi-insert per slice for batches) and their index entries, with the
+ * unique checks of the indexes; then tell the listeners (inline
+ * projections, automatic snapshots, ...).  A unique violation on event_id (two
+ * identical retries racing) is reported as such; one on (aggregate_id,
+ * version) would mean a writer bypassed the aggregate's lock, and is reported
+ * as the version conflict it is.  Through req->inserter, or an inserter of
+ * its own.
+ */
+static void
+append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTransactionId tx)
+{
+	EsEventInserter *ins = req->inserter ? req->inserter : es_event_inserter_open(store);
+	Relation	rel = ins->rel;
+	EState	   *estate = ins->estate;
+	MemoryContext cxt = CurrentMemoryContext;
+	CommandId	cid = GetCurrentCommandId(true);
+	Datum		aggregate_type = CStringGetTextDatum(req->aggregate_type);
+	Datum		aggregate_id = CStringGetTextDatum(req->aggregate_id);
+	Datum		appended_by = CStringGetTextDatum(req->appended_by);
+	int			nslots = Min(req->nevents, INSERT_SLICE);
+	HeapTuple  *stored = NULL;
+	int			first;
+	int			i;
+
+	/* Asked once es_events is open for writing: see EsAppendListener. */
+	if (es_append_listeners_want_rows())
+		stored = palloc(sizeof(HeapTuple) * req->nevents);
+	if (ins->nslots < nslots)
+	{
+		MemoryContext old = MemoryContextSwitchTo(estate->es_query_cxt);
+
+		ins->slots = ins->slots ? repalloc(ins->slots, sizeof(TupleTableSlot *) * nslots)
+			: palloc(sizeof(TupleTableSlot *) * nslots);
+		for (; ins->nslots < nslots; ins->nslots++)
+			ins->slots[ins->nslots] = table_slot_create(rel, &estate->es_tupleTable);
+		MemoryContextSwitchTo(old);
+	}
+
+	PG_TRY();
+	{
+		for (first = 0; first < req->nevents; first += nslots)
+		{
+			int			n = Min(nslots, req->nevents - first);
+			TupleTableSlot **slots = ins->slots;
+
+			CHECK_FOR_INTERRUPTS();
+			for (i = 0; i < n; i++)
+			{
+				EsEventIn  *ev = &req->events[first + i];
+				TupleTableSlot *slot = slots[i];
+				Datum	   *v = slot->tts_values;
+				bool	   *isnull = slot->tts_isnull;
+
+				ExecClearTuple(slot);
+				memset(isnull, 0, sizeof(bool) * EV_NATTS);
+				req->versions[first + i] = base + first + i + 1;
+				req->positions[first + i] = nextval_internal(store->position_seq, false);
+				v[EV_EVENT_ID] = CStringGetTextDatum(ev->event_id);
+				v[EV_EVENT_TYPE] = CStringGetTextDatum(ev->event_type);
+				v[EV_AGGREGATE_TYPE] = aggregate_type;
+				v[EV_AGGREGATE_ID] = aggregate_id;
+				v[EV_VERSION] = Int64GetDatum(req->versions[first + i]);
+				v[EV_POSITION] = Int64GetDatum(req->positions[first + i]);
+				v[EV_TX_ID] = FullTransactionIdGetDatum(tx);
+				v[EV_OCCURRED_AT] = TimestampTzGetDatum(ev->occurred_at);
+				v[EV_RECORDED_AT] = TimestampTzGetDatum(req->now);
+				isnull[EV_CAUSATION_ID] = (ev->causation_id == NULL);
+				v[EV_CAUSATION_ID] = ev->causation_id ? CStringGetTextDatum(ev->causation_id) : (Datum) 0;
+				isnull[EV_CORRELATION_ID] = (ev->correlation_id == NULL);
+				v[EV_CORRELATION_ID] = ev->correlation_id ? CStringGetTextDatum(ev->correlation_id) : (Datum) 0;
+				v[EV_DATA] = JsonbPGetDatum(ev->data);
+				v[EV_METADATA] = JsonbPGetDatum(ev->metadata);
+				v[EV_SCHEMA_VERSION] = Int32GetDatum(ev->schema_version);
+				v[EV_APPENDED_BY] = appended_by;
+				ExecStoreVirtualTuple(slot);
+			}
+			if (n == 1)
+				table_tuple_insert(rel, slots[0], cid, 0, NULL);
+			else
+				table_multi_insert(rel, slots, n, cid, 0, NULL);
+			for (i = 0; i < n; i++)
+			{
+				(void) ExecInsertIndexTuples(ins->rri, slots[i], estate, false, false, NULL, NIL);
+				ResetPerTupleExprContext(estate);
+				if (stored != NULL)
+					stored[first + i] = ExecCopySlotHeapTuple(slots[i]);
+			}
+		}
+	}
+	PG_CATCH();
+	{
+		append_translate_unique_violation(req, cxt);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	/* Free the rows the inserts copied into the slots. */
+	for (i = 0; i < nslots; i++)
+		ExecClearTuple(ins->slots[i]);
+	es_append_announce_insert(store, req, base, RelationGetDescr(rel), stored, tx);
+	if (req->inserter == NULL)
+		es_event_inserter_close(ins);
+}
+
+/*
+ * es_append_execute: check the events of req and store them, or find them
+ * stored by an identical earlier append (req->was_stored).  Needs
+ * es_call_begin.
+ *
+ * The event ids the caller named are looked up once the aggregate is locked
+ * (or created): an identical retry that waited behind the original then
+ * finds it, whatever its expected version says.
+ */
+void
+es_append_execute(EsAppendRequest *req, EsStore *store)
+{
+	FullTransactionId own;
+	EsAggregateRow row;
+	int			round;
+
+	PreventCommandIfReadOnly("es_append()");
+	PreventCommandIfParallelMode("es_append()");
+	append_check_events(req);
+	own = FullTransactionIdFromU64(U64FromFullTransactionId(GetTopFullTransactionId()) +
+								   es_xid_offset(true));
+	for (round = 0; round < 3; round++)
+	{
+		/* A new aggregate is created first; anything else is locked first. */
+		if (req->any || req->expected != ES_EXPECT_NEW || round > 0)
+		{
+			if (es_aggregate_lock(store, req->aggregate_id, &row))
+			{
+				if (append_find_stored(req, store))
+					return;
+				append_check_row(req, &row);
+				/* The commit-order key never goes back within an aggregate. */
+				append_insert_events(req, store, row.version,
+									 FullTransactionIdFollows(row.last_tx, own) ? row.last_tx : own);
+				return;
+			}
+			if (!req->any && req->expected != ES_EXPECT_NEW)
+			{
+				if (!append_find_stored(req, store))
+					append_raise_conflict(req, 0);
+				return;
+			}
+		}
+		if (es_aggregate_create(req->aggregate_id, req->aggregate_type, req->now))
+		{
+			/* No event can be stored for a new aggregate; ids used elsewhere are refused. */
+			(void) append_find_stored(req, store);
+			append_insert_events(req, store, 0, own);
+			return;
+		}
+		/* A concurrent creator won (or rolled back): lock its row next round. */
+	}
+	elog(ERROR, "aggregate \"%s\" was created and rolled back too often during one append",
+		 req->aggregate_id);
+}

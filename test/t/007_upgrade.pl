@@ -1,0 +1,217 @@
+# The upgrade from release 1.0: a store installed as 1.0 and filled (events,
+# snapshots, a handler with its checkpoint and ledger, an async projection,
+# Kafka routes, the mirror's checkpoint and the ingest's offsets) keeps
+# working with the new library, then ALTER EXTENSION ultracore_es UPDATE
+# gives it exactly the catalog of a fresh install, keeps every row, and
+# delivery goes on from the checkpoints: nothing lost, nothing repeated.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/..";
+use EsKafka;
+
+my $kafka = EsKafka->new('bank.in:2', 'es.Account:2');
+my $node = $kafka->node('upgrade', q{
+ultracore_es.kafka_ingest_topics = 'bank.in'
+ultracore_es.kafka_consumer_properties = 'session.timeout.ms=6000;heartbeat.interval.ms=500'
+});
+$node->start;
+
+sub wait_for
+{
+	my ($query, $what) = @_;
+	ok($node->poll_query_until('postgres', $query), $what);
+}
+
+my $newest = $node->safe_psql('postgres',
+	q{SELECT default_version FROM pg_available_extensions WHERE name = 'ultracore_es'});
+
+# Release 1.0, served by the new library.
+$node->safe_psql(
+	'postgres', q{
+	CREATE EXTENSION ultracore_es VERSION '1.0';
+	CREATE TABLE applied (event_id text, aggregate_id text, version bigint, seq bigserial);
+	CREATE FUNCTION record(event es_events) RETURNS void LANGUAGE sql AS $$
+	    INSERT INTO applied (event_id, aggregate_id, version) VALUES (event.event_id, event.aggregate_id, event.version)
+	$$;
+	SELECT es_register_handler('record', 'record(es_events)', event_types => ARRAY['ACCOUNT_OPENED', 'ACCOUNT_BALANCE_UPDATED']);
+	SELECT es_register_projection('es_accounts');
+	SELECT es_set_snapshot_policy('Account', 5);
+	SELECT es_set_kafka_route('Customer', 'customers-v1');
+	CREATE PROCEDURE append_accounts(prefix text, aggregates int, versions int) LANGUAGE plpgsql AS $$
+	BEGIN
+	    FOR v IN 1..versions LOOP
+	        PERFORM es_append('Account', prefix || a, CASE WHEN v = 1 THEN 'ACCOUNT_OPENED' ELSE 'ACCOUNT_BALANCE_UPDATED' END,
+	                          jsonb_build_object('amount', 1), v - 1)
+	           FROM generate_series(1, aggregates) a;
+	        COMMIT;
+	    END LOOP;
+	END $$;
+	CALL append_accounts('OLD-', 10, 12);
+});
+is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'ultracore_es'}),
+	'1.0', 'installed as release 1.0');
+
+# Messages for the ingest: versions 1 and 2 of two accounts.
+sub ingest_messages
+{
+	my ($from, $to) = @_;
+	$kafka->produce(map {
+			my ($a, $v) = @$_;
+			[
+				'bank.in', "IN-$a",
+				{
+					ce_specversion => '1.0',
+					ce_id => "in-$a-$v",
+					ce_source => '/core-banking/ledger',
+					ce_type => $v == 1 ? 'ACCOUNT_OPENED' : 'ACCOUNT_BALANCE_UPDATED',
+					ce_aggregatetype => 'Account',
+					ce_aggregateversion => $v,
+				},
+				'{"amount": 2}'
+			]
+		} map {
+			my $a = $_;
+			map { [ $a, $_ ] } $from .. $to
+		} 1 .. 2);
+	return;
+}
+ingest_messages(1, 2);
+
+# Everything caught up: the handler, the projection, the mirror, the ingest.
+sub caught_up
+{
+	my ($what, $events) = @_;
+	wait_for(qq{SELECT count(*) = $events FROM es_events}, "$what: $events events stored");
+	wait_for(q{SELECT count(*) = (SELECT count(*) FROM es_events) FROM applied}, "$what: the handler caught up");
+	wait_for(
+		q{SELECT sum(version) = (SELECT count(*) FROM es_events) FROM es_accounts},
+		"$what: the projection caught up");
+	wait_for(q{SELECT lag_events = 0 FROM es_kafka_status WHERE component = 'mirror'},
+		"$what: the mirror caught up");
+	return;
+}
+caught_up('release 1.0 with the new library', 124);
+
+# What must survive the update, row for row.
+my $state_query = q{
+	SELECT (SELECT md5(string_agg(e::text, '|' ORDER BY position)) FROM es_events e),
+	       (SELECT md5(string_agg(s.aggregate_id || s.version || s.state::text || s.fingerprint, '|'
+	                              ORDER BY s.aggregate_id, s.version)) FROM es_snapshots s),
+	       (SELECT string_agg(name || ' ' || checkpoint_tx || ' ' || checkpoint_position || ' ' || events_processed,
+	                          ', ' ORDER BY name) FROM es_consumers WHERE name <> 'kafka_ingest'),
+	       (SELECT count(*) FROM es_handled),
+	       (SELECT string_agg(topic || '[' || partition || '] ' || next_offset, ', ' ORDER BY topic, partition)
+	          FROM es_kafka_offsets),
+	       (SELECT string_agg(aggregate_type || ' ' || topic, ', ') FROM es_kafka_routes),
+	       (SELECT md5(string_agg(a::text, '|' ORDER BY account_id)) FROM es_accounts a)};
+my $before = $node->safe_psql('postgres', $state_query);
+my ($snapshots) = $node->safe_psql('postgres', q{SELECT count(*) FROM es_snapshots});
+cmp_ok($snapshots, '>', 0, 'automatic snapshots taken');
+my $mirrored_before = $kafka->messages('es.Account', 2);
+is($mirrored_before, 124, 'every Account event mirrored once before the update');
+
+$node->safe_psql('postgres', q{ALTER EXTENSION ultracore_es UPDATE});
+is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'ultracore_es'}),
+	$newest, "updated to release $newest");
+is($node->safe_psql('postgres', $state_query), $before, 'events, snapshots, checkpoints, ledger, offsets, routes and read model kept');
+
+# The catalog of the updated store, object by object, against a fresh
+# install of the same release in another database.
+my $catalog_query = q{
+	WITH ext AS (SELECT oid, extconfig, extcondition FROM pg_extension WHERE extname = 'ultracore_es'),
+	members AS (
+	    SELECT d.classid, d.objid FROM pg_depend d, ext
+	     WHERE d.refclassid = 'pg_extension'::regclass AND d.refobjid = ext.oid AND d.deptype = 'e')
+	SELECT string_agg(line, E'\n' ORDER BY line) FROM (
+	    -- every member, with its comment
+	    SELECT 'object ' || pg_describe_object(classid, objid, 0) || ' -- '
+	           || coalesce(obj_description(objid, classid::regclass::text), '(none)') AS line
+	      FROM members
+	    UNION ALL
+	    -- functions: their whole definitions and privileges
+	    SELECT 'function ' || pg_get_functiondef(p.oid) || ' acl ' || coalesce(p.proacl::text, '(default)')
+	      FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
+	     WHERE p.prokind <> 'a'
+	    UNION ALL
+	    -- columns of tables, views and types
+	    SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+	           || CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
+	           || coalesce(' collate ' || co.collname, '')
+	           || coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '')
+	           || ' #' || a.attnum
+	      FROM pg_class c
+	      JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid
+	      JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+	      LEFT JOIN pg_collation co ON co.oid = a.attcollation AND a.attcollation <> 100
+	      LEFT JOIN pg_attrdef ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
+	    UNION ALL
+	    -- relations: kind, privileges, storage options
+	    SELECT 'relation ' || c.relname || ' ' || c.relkind::text || ' acl ' || coalesce(c.relacl::text, '(default)')
+	           || ' options ' || coalesce(c.reloptions::text, '')
+	      FROM pg_class c JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid
+	    UNION ALL
+	    -- indexes, constraints, triggers, views
+	    SELECT 'index ' || pg_get_indexdef(i.indexrelid)
+	      FROM pg_index i JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = i.indrelid
+	    UNION ALL
+	    SELECT 'constraint ' || con.conrelid::regclass || ' ' || con.conname || ' ' || pg_get_constraintdef(con.oid)
+	      FROM pg_constraint con JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = con.conrelid
+	    UNION ALL
+	    SELECT 'trigger ' || pg_get_triggerdef(t.oid) || ' enabled ' || t.tgenabled::text
+	      FROM pg_trigger t JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = t.tgrelid
+	     WHERE NOT t.tgisinternal
+	    UNION ALL
+	    SELECT 'view ' || c.relname || ' ' || pg_get_viewdef(c.oid)
+	      FROM pg_class c JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = c.oid
+	     WHERE c.relkind IN ('v', 'm')
+	    UNION ALL
+	    SELECT 'sequence ' || s.seqrelid::regclass || ' ' || format_type(s.seqtypid, NULL) || ' '
+	           || s.seqincrement || ' ' || s.seqmin || ' ' || s.seqmax
+	      FROM pg_sequence s JOIN members m ON m.classid = 'pg_class'::regclass AND m.objid = s.seqrelid
+	    UNION ALL
+	    -- what pg_dump keeps of the extension's tables
+	    SELECT 'dumped ' || cfg.rel::regclass || ' ' || cfg.cond
+	      FROM ext, unnest(ext.extconfig, ext.extcondition) AS cfg(rel, cond)
+	) described};
+my $updated = $node->safe_psql('postgres', $catalog_query);
+$node->safe_psql('postgres', q{CREATE DATABASE fresh});
+$node->safe_psql('fresh', q{CREATE EXTENSION ultracore_es});
+my $fresh = $node->safe_psql('fresh', $catalog_query);
+cmp_ok(length($fresh), '>', 10000, 'the catalog description is not empty');
+is($updated, $fresh, 'the updated catalog equals a fresh install: functions, tables, columns, indexes, triggers, views, privileges, comments');
+if ($updated ne $fresh)
+{
+	my %fresh = map { $_ => 1 } split /\n/, $fresh;
+	my %updated = map { $_ => 1 } split /\n/, $updated;
+	diag("only after the update: $_") foreach grep { !$fresh{$_} } sort keys %updated;
+	diag("only in a fresh install: $_") foreach grep { !$updated{$_} } sort keys %fresh;
+}
+
+# Delivery goes on from the checkpoints: new events reach the handler, the
+# projection and Kafka once; new messages are ingested from the stored
+# offsets, the old ones not again.
+$node->safe_psql('postgres', q{CALL append_accounts('NEW-', 5, 4)});
+ingest_messages(3, 4);
+caught_up('after the update', 148);
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT count(*) || ' ' || count(DISTINCT event_id) || ' '
+	       || (SELECT count(*) FROM es_handled WHERE consumer = 'record') FROM applied}),
+	'148 148 148', 'every event handled once, across the update');
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT count(*) FROM (SELECT version, lag(version) OVER (PARTITION BY aggregate_id ORDER BY seq) AS prev
+	                        FROM applied) s WHERE version <> prev + 1}),
+	'0', 'in version order');
+is($kafka->messages('es.Account', 2), 148, 'the mirror went on from its checkpoint, no event sent twice');
+is($node->safe_psql('postgres', q{SELECT string_agg(event_id, ',' ORDER BY event_id) FROM es_events WHERE aggregate_id LIKE 'IN-%'}),
+	'in-1-1,in-1-2,in-1-3,in-1-4,in-2-1,in-2-2,in-2-3,in-2-4', 'the ingest went on from its offsets');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_kafka_dead_letters}), '0', 'no message dead-lettered');
+
+$node->stop;
+$kafka->stop;
+done_testing();
