@@ -1,8 +1,8 @@
 -- Event handlers: registered SQL functions the background worker calls once
 -- per committed event, in commit order.
-SELECT es_test.wait_until($$SELECT count(*) = 1 FROM pg_stat_activity
-                             WHERE backend_type = 'ultracore_es worker' AND datname = current_database()$$)
-       AS worker_running;
+SELECT es_test.wait_until($$SELECT count(*) = 2 FROM pg_stat_activity
+                             WHERE backend_type = 'ultracore_es delivery' AND datname = current_database()$$)
+       AS workers_running;
 
 CREATE TABLE es_test.handled (handler text, event_id text, aggregate_id text, version bigint, event_type text,
                               handled_by text, seq bigserial);
@@ -100,12 +100,12 @@ SELECT es_test.error_of($$SELECT es_unregister_handler('es_audit_trail')$$);
 CREATE FUNCTION es_test.private_handler(event es_events) RETURNS void LANGUAGE sql AS 'SELECT';
 REVOKE EXECUTE ON FUNCTION es_test.private_handler(es_events) FROM PUBLIC;
 CREATE ROLE es_handler_admin;
-GRANT EXECUTE ON FUNCTION es_register_handler(text, regprocedure, text[], integer, interval, boolean) TO es_handler_admin;
+GRANT EXECUTE ON FUNCTION es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer) TO es_handler_admin;
 GRANT USAGE ON SCHEMA es_test TO es_handler_admin;
 SET ROLE es_handler_admin;
 SELECT es_test.error_of($$SELECT es_register_handler('private', 'es_test.private_handler(es_events)')$$);
 RESET ROLE;
-REVOKE ALL ON FUNCTION es_register_handler(text, regprocedure, text[], integer, interval, boolean) FROM es_handler_admin;
+REVOKE ALL ON FUNCTION es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer) FROM es_handler_admin;
 REVOKE ALL ON SCHEMA es_test FROM es_handler_admin;
 DROP ROLE es_handler_admin;
 

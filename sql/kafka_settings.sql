@@ -4,7 +4,9 @@
 -- Kafka is off by default; the other settings have their defaults.
 SELECT name, setting, context FROM pg_settings WHERE name LIKE 'ultracore_es.kafka%' ORDER BY name;
 
--- The worker and one ingest worker run (idle while Kafka is off).
+-- The launcher and the delivery workers run; no Kafka worker while Kafka is off.
+SELECT es_test.wait_until($$SELECT count(*) = 2 FROM pg_stat_activity
+                             WHERE backend_type = 'ultracore_es delivery'$$) AS delivery_running;
 SELECT backend_type, count(*) FROM pg_stat_activity WHERE backend_type LIKE 'ultracore_es%'
  GROUP BY backend_type ORDER BY backend_type;
 

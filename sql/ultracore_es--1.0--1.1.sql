@@ -11,3 +11,348 @@
 --
 -- The 1.1 library keeps serving the 1.0 catalog until this script runs:
 -- the C functions the 1.0 script names keep their symbols and arguments.
+
+------------------------------------------------------------------------------
+-- Delivery that never stalls: a pool of delivery workers per database,
+-- handler and projection timeouts, handlers split into segments by
+-- aggregate, es_health().
+------------------------------------------------------------------------------
+
+-- A handler's (and an async projection's) timeout: a call that runs past it
+-- is cancelled and counts as a failed attempt.  parallelism: the segments
+-- its events are split into, by aggregate (src/delivery/segment.c).
+ALTER TABLE @extschema@.es_handlers
+    ADD COLUMN timeout interval CHECK (timeout > '0'),
+    ADD COLUMN parallelism integer NOT NULL DEFAULT 1 CHECK (parallelism BETWEEN 1 AND 64);
+ALTER TABLE @extschema@.es_projections
+    ADD COLUMN timeout interval CHECK (timeout > '0');
+COMMENT ON COLUMN @extschema@.es_handlers.timeout IS 'a call running longer is cancelled and counts as a failed attempt (NULL: none)';
+COMMENT ON COLUMN @extschema@.es_handlers.parallelism IS 'segments, by aggregate, the handler''s events are delivered in';
+COMMENT ON COLUMN @extschema@.es_projections.timeout IS 'async: a call running longer is cancelled and counts as a failed attempt (NULL: none)';
+
+-- The generation of a consumer's segments: each new split starts one.
+ALTER TABLE @extschema@.es_consumers ADD COLUMN generation integer NOT NULL DEFAULT 0;
+COMMENT ON COLUMN @extschema@.es_consumers.generation IS 'the current split of the consumer into segments (es_consumer_segments)';
+
+-- The segments of split consumers, each with its own checkpoint and retry
+-- state; rows of an older generation are fences: the events of their
+-- segment up to their checkpoint were handled.
+CREATE TABLE @extschema@.es_consumer_segments (
+    consumer            text COLLATE "C" NOT NULL REFERENCES @extschema@.es_consumers ON DELETE CASCADE,
+    generation          integer NOT NULL,
+    segments            integer NOT NULL CHECK (segments BETWEEN 2 AND 64),
+    segment             integer NOT NULL CHECK (segment >= 0 AND segment < segments),
+    checkpoint_tx       xid8 NOT NULL,
+    checkpoint_position bigint NOT NULL,
+    events_processed    bigint NOT NULL DEFAULT 0,
+    last_processed_at   timestamptz,
+    retry_event_id      text COLLATE "C",
+    retry_attempts      integer NOT NULL DEFAULT 0,
+    retry_first_failed_at timestamptz,
+    retry_at            timestamptz,
+    PRIMARY KEY (consumer, generation, segment)
+);
+COMMENT ON TABLE @extschema@.es_consumer_segments IS
+    'ultracore_es: the segments of consumers split by aggregate, each with its checkpoint and retry state';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_consumer_segments', '');
+
+CREATE FUNCTION @extschema@.es_segment_of(aggregate_id text, segments integer)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'es_segment_of' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.es_segment_of(text, integer) IS
+    'ultracore_es: the segment (0 .. segments - 1) of an aggregate when a consumer is split into segments';
+
+-- Each consumer's checkpoint: its own, or the lowest of its segments'.
+CREATE VIEW @extschema@.es_consumer_checkpoints AS
+SELECT c.name AS consumer, coalesce(t.segments, 1) AS segments,
+       coalesce(s.checkpoint_tx, c.checkpoint_tx) AS checkpoint_tx,
+       coalesce(s.checkpoint_position, c.checkpoint_position) AS checkpoint_position,
+       c.events_processed + coalesce(t.events_processed, 0) AS events_processed,
+       greatest(c.last_processed_at, t.last_processed_at) AS last_processed_at,
+       coalesce(t.retry_event_id, c.retry_event_id) AS retry_event_id,
+       coalesce(t.retry_attempts, c.retry_attempts) AS retry_attempts,
+       coalesce(t.retry_at, c.retry_at) AS retry_at
+  FROM @extschema@.es_consumers c
+  LEFT JOIN LATERAL (SELECT g.checkpoint_tx, g.checkpoint_position
+                       FROM @extschema@.es_consumer_segments g
+                      WHERE g.consumer OPERATOR(pg_catalog.=) c.name
+                        AND g.generation OPERATOR(pg_catalog.=) c.generation
+                      ORDER BY g.checkpoint_tx, g.checkpoint_position LIMIT 1) s ON true
+  LEFT JOIN LATERAL (SELECT count(*)::integer AS segments, sum(g.events_processed)::bigint AS events_processed,
+                            max(g.last_processed_at) AS last_processed_at,
+                            (array_agg(g.retry_event_id ORDER BY g.retry_at) FILTER (WHERE g.retry_event_id IS NOT NULL))[1]
+                                AS retry_event_id,
+                            max(g.retry_attempts) AS retry_attempts, min(g.retry_at) AS retry_at
+                       FROM @extschema@.es_consumer_segments g
+                      WHERE g.consumer OPERATOR(pg_catalog.=) c.name
+                        AND g.generation OPERATOR(pg_catalog.=) c.generation
+                     HAVING count(*) > 0) t ON true;
+COMMENT ON VIEW @extschema@.es_consumer_checkpoints IS
+    'ultracore_es: each consumer''s checkpoint (of a split consumer: its lowest segment''s), events processed and pending retry';
+
+-- The statistics views read the checkpoints of split consumers too.
+CREATE OR REPLACE VIEW @extschema@.es_stats AS
+SELECT c.name AS consumer, c.kind, c.paused, s.appended_per_second_last_minute,
+       s.appended_per_second_since_start, k.events_processed,
+       n.latency_p50_ms, n.latency_p99_ms, n.recent_latency_p50_ms, n.recent_latency_p99_ms,
+       (SELECT count(*) FROM (SELECT FROM @extschema@.es_events e
+                               WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW(k.checkpoint_tx, k.checkpoint_position)
+                               LIMIT 1000000) l) AS lag_events,
+       coalesce(extract(epoch FROM now() OPERATOR(pg_catalog.-)
+                (SELECT e.recorded_at FROM @extschema@.es_events e
+                  WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW(k.checkpoint_tx, k.checkpoint_position)
+                  ORDER BY e.tx_id, e.position LIMIT 1)), 0)::numeric(12, 3) AS lag_seconds,
+       (SELECT count(*) FROM @extschema@.es_dead_letters d
+         WHERE d.consumer OPERATOR(pg_catalog.=) c.name AND d.status OPERATOR(pg_catalog.<>) 'resolved') AS dead_letters,
+       k.checkpoint_tx, k.checkpoint_position, k.last_processed_at, c.last_error, c.last_error_at
+  FROM @extschema@.es_consumers c
+  JOIN @extschema@.es_consumer_checkpoints k ON k.consumer OPERATOR(pg_catalog.=) c.name
+  CROSS JOIN @extschema@.es_store_stats s
+  LEFT JOIN @extschema@.es_consumer_counters() n ON n.consumer OPERATOR(pg_catalog.=) c.name
+ -- The Kafka ingest reads topics, not the store: es_kafka_status shows it.
+ WHERE c.name OPERATOR(pg_catalog.<>) 'kafka_ingest';
+
+CREATE OR REPLACE VIEW @extschema@.es_handler_status AS
+SELECT h.name AS handler, h.function, h.event_types, h.max_retries, h.backoff, h.run_as,
+       EXISTS (SELECT FROM @extschema@.es_builtin_handlers b WHERE b.name OPERATOR(pg_catalog.=) h.name) AS builtin,
+       CASE WHEN c.paused THEN 'paused'
+            WHEN k.retry_event_id IS NOT NULL THEN 'retrying'
+            ELSE 'running' END AS state,
+       k.checkpoint_tx, k.checkpoint_position, k.events_processed, k.last_processed_at,
+       k.retry_event_id, k.retry_attempts, k.retry_at, c.last_error, c.last_error_at,
+       (SELECT count(*) FROM @extschema@.es_dead_letters d
+         WHERE d.consumer OPERATOR(pg_catalog.=) h.name AND d.status IN ('dead', 'retrying')) AS dead_letters,
+       (SELECT count(*) FROM @extschema@.es_dead_letters d
+         WHERE d.consumer OPERATOR(pg_catalog.=) h.name AND d.status OPERATOR(pg_catalog.=) 'parked') AS parked,
+       h.timeout, h.parallelism
+  FROM @extschema@.es_handlers h
+  JOIN @extschema@.es_consumers c ON c.name OPERATOR(pg_catalog.=) h.name
+  JOIN @extschema@.es_consumer_checkpoints k ON k.consumer OPERATOR(pg_catalog.=) h.name
+UNION ALL
+SELECT b.name, b.function, b.event_types, NULL, NULL, NULL, true, 'off',
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 0, 0, NULL, NULL
+  FROM @extschema@.es_builtin_handlers b
+ WHERE NOT EXISTS (SELECT FROM @extschema@.es_handlers h WHERE h.name OPERATOR(pg_catalog.=) b.name);
+
+-- Registrations with a timeout, and for handlers a parallelism.  Release
+-- 1.0's functions are replaced (a call with their arguments alone would
+-- match both), the EXECUTE grants on them carried over.
+DO $$
+DECLARE
+    acl aclitem[];
+    g record;
+BEGIN
+    SELECT p.proacl INTO acl FROM pg_catalog.pg_proc p
+     WHERE p.oid = '@extschema@.es_register_handler(text, regprocedure, text[], integer, interval, boolean)'::pg_catalog.regprocedure;
+    DROP FUNCTION @extschema@.es_register_handler(text, regprocedure, text[], integer, interval, boolean);
+    CREATE FUNCTION @extschema@.es_register_handler(
+        name            text,
+        function        regprocedure,
+        event_types     text[] DEFAULT NULL,
+        max_retries     integer DEFAULT 3,
+        backoff         interval DEFAULT '1 second',
+        replay_history  boolean DEFAULT false,
+        timeout         interval DEFAULT NULL,
+        parallelism     integer DEFAULT 1)
+    RETURNS void
+    AS 'MODULE_PATHNAME', 'es_register_handler' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+    REVOKE ALL ON FUNCTION @extschema@.es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer) FROM PUBLIC;
+    FOR g IN SELECT a.grantee, a.is_grantable FROM pg_catalog.aclexplode(acl) a
+              WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer) TO %s%s',
+                                  CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(g.grantee::regrole::text) END,
+                                  CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+
+    SELECT p.proacl INTO acl FROM pg_catalog.pg_proc p
+     WHERE p.oid = '@extschema@.es_register_projection(text, regprocedure, text[], text, regprocedure, integer, interval)'::pg_catalog.regprocedure;
+    DROP FUNCTION @extschema@.es_register_projection(text, regprocedure, text[], text, regprocedure, integer, interval);
+    CREATE FUNCTION @extschema@.es_register_projection(
+        name            text,
+        function        regprocedure DEFAULT NULL,
+        event_types     text[] DEFAULT NULL,
+        mode            text DEFAULT 'async',
+        reset_function  regprocedure DEFAULT NULL,
+        max_retries     integer DEFAULT 3,
+        backoff         interval DEFAULT '1 second',
+        timeout         interval DEFAULT NULL)
+    RETURNS void
+    AS 'MODULE_PATHNAME', 'es_register_projection' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+    REVOKE ALL ON FUNCTION @extschema@.es_register_projection(text, regprocedure, text[], text, regprocedure, integer, interval, interval) FROM PUBLIC;
+    FOR g IN SELECT a.grantee, a.is_grantable FROM pg_catalog.aclexplode(acl) a
+              WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.es_register_projection(text, regprocedure, text[], text, regprocedure, integer, interval, interval) TO %s%s',
+                                  CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(g.grantee::regrole::text) END,
+                                  CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION @extschema@.es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer) IS
+    'ultracore_es: call function(event es_events) for each committed event (of event_types), in commit order, once, with max_retries retries and exponential backoff; from now, or from the first event with replay_history; each call cancelled after timeout; in parallelism segments by aggregate';
+COMMENT ON FUNCTION @extschema@.es_register_projection(text, regprocedure, text[], text, regprocedure, integer, interval, interval) IS
+    'ultracore_es: project events (of event_types) with function(event es_events), inline in the append''s transaction or async by the worker, from the first event; function NULL switches on a built-in read model; async calls cancelled after timeout';
+
+-- Resuming a split handler from now moves its segments too.
+CREATE OR REPLACE FUNCTION @extschema@.es_resume_handler(name text, from_now boolean DEFAULT false)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_resume_handler_1_1' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+-- The background processes as es_health sees them.
+CREATE FUNCTION @extschema@.es_worker_state(
+    OUT kind text,
+    OUT member integer,
+    OUT pid integer,
+    OUT started_at timestamptz,
+    OUT busy text,
+    OUT busy_since timestamptz,
+    OUT last_exit text,
+    OUT last_exit_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'es_worker_state' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.es_worker_state() IS
+    'ultracore_es: the launcher, and each background process this database wants (pid NULL: not running), with what it is doing and why the last one in its place ended';
+
+-- What an operator (or a probe) asks first: is delivery healthy?  One row
+-- per component, 'ok', 'warning' or 'critical'; the warning levels are
+-- settings (ultracore_es.health_*), ten times each is critical.  Every
+-- figure is measured now against the store (a dead worker shows as lag
+-- growing and as a worker not running, never as an old reading); ages are
+-- taken by the clock, not the transaction's start, so a probe that loops
+-- in one transaction sees them grow.
+CREATE FUNCTION @extschema@.es_health(
+    OUT component text,
+    OUT status text,
+    OUT detail text,
+    OUT since timestamptz)
+RETURNS SETOF record
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+WITH workers AS (
+    SELECT w.* FROM @extschema@.es_worker_state() w
+), t AS (
+    SELECT current_setting('ultracore_es.health_lag_seconds', true)::interval AS lag_seconds,
+           current_setting('ultracore_es.health_lag_events', true)::bigint AS lag_events,
+           current_setting('ultracore_es.health_batch_seconds', true)::interval AS batch_seconds,
+           current_setting('ultracore_es.health_horizon_seconds', true)::interval AS horizon_seconds,
+           current_setting('ultracore_es.health_dead_letters', true)::bigint AS dead_letters,
+           EXISTS (SELECT FROM workers WHERE kind = 'delivery' AND pid IS NOT NULL) AS delivering
+), horizon AS (
+    SELECT 'transaction ' || a.backend_xid || ' of pid ' || a.pid || ' (' || coalesce(a.usename::text, a.backend_type)
+           || ', database ' || coalesce(a.datname::text, '-') || ', ' || a.state || ')' AS what,
+           a.xact_start AS since
+      FROM pg_stat_activity a
+     WHERE a.backend_xid IS NOT NULL AND a.xact_start IS NOT NULL
+    UNION ALL
+    SELECT 'prepared transaction ' || p.transaction || ' (' || p.gid || ', database ' || p.database || ')',
+           p.prepared
+      FROM pg_prepared_xacts p
+     ORDER BY since LIMIT 1
+), consumers AS (
+    SELECT s.consumer, s.kind, s.paused, s.lag_events, s.lag_seconds, s.events_processed, s.last_processed_at,
+           s.last_error, s.last_error_at, k.retry_event_id, k.retry_attempts, k.retry_at, k.segments
+      FROM @extschema@.es_stats s
+      JOIN @extschema@.es_consumer_checkpoints k ON k.consumer = s.consumer
+     WHERE s.kind <> 'kafka'
+)
+SELECT 'launcher',
+       CASE WHEN w.pid IS NULL THEN 'critical' ELSE 'ok' END,
+       CASE WHEN w.pid IS NULL AND NOT EXISTS (SELECT FROM workers WHERE kind <> 'launcher')
+                 AND current_setting('ultracore_es.delivery_workers', true) IS NULL
+            THEN 'not running: ultracore_es is not in shared_preload_libraries'
+            WHEN w.pid IS NULL THEN 'not running'
+            ELSE 'pid ' || w.pid END,
+       w.started_at
+  FROM (SELECT * FROM workers WHERE kind = 'launcher'
+        UNION ALL SELECT 'launcher', 0, NULL, NULL, NULL, NULL, NULL, NULL
+         WHERE NOT EXISTS (SELECT FROM workers WHERE kind = 'launcher')) w
+UNION ALL
+SELECT 'worker ' || w.kind || ' ' || w.member,
+       CASE WHEN w.pid IS NULL THEN 'critical'
+            WHEN w.busy_since < clock_timestamp() - 10 * t.batch_seconds THEN 'critical'
+            WHEN w.busy_since < clock_timestamp() - t.batch_seconds THEN 'warning'
+            ELSE 'ok' END,
+       CASE WHEN w.pid IS NULL THEN 'not running' || coalesce(': last one ' || w.last_exit, '')
+            WHEN w.busy <> '' THEN 'pid ' || w.pid || ', ' || w.busy || ' for '
+                                   || date_trunc('second', clock_timestamp() - w.busy_since)
+            ELSE 'pid ' || w.pid || ', idle' END,
+       CASE WHEN w.pid IS NULL THEN w.last_exit_at WHEN w.busy <> '' THEN w.busy_since ELSE w.started_at END
+  FROM workers w, t
+ WHERE w.kind <> 'launcher'
+UNION ALL
+SELECT CASE c.kind WHEN 'handler' THEN 'handler ' ELSE 'projection ' END || c.consumer,
+       CASE WHEN NOT t.delivering THEN 'critical'
+            WHEN c.lag_seconds * interval '1 second' >= 10 * t.lag_seconds OR c.lag_events >= 10 * t.lag_events
+                 THEN 'critical'
+            WHEN c.lag_seconds * interval '1 second' >= t.lag_seconds OR c.lag_events >= t.lag_events
+                 OR c.paused OR c.retry_event_id IS NOT NULL THEN 'warning'
+            ELSE 'ok' END,
+       concat_ws('; ',
+                 CASE WHEN NOT t.delivering THEN 'no delivery worker is running' END,
+                 CASE WHEN c.paused THEN 'paused' END,
+                 'lag ' || c.lag_events || ' events, ' || c.lag_seconds || ' s',
+                 CASE WHEN c.retry_event_id IS NOT NULL
+                      THEN 'retrying event ' || c.retry_event_id || ' (attempt ' || c.retry_attempts + 1
+                           || ' at ' || c.retry_at || ')' END,
+                 CASE WHEN c.segments > 1 THEN c.segments || ' segments' END,
+                 CASE WHEN c.last_error_at > clock_timestamp() - t.lag_seconds THEN 'last error: ' || c.last_error END),
+       CASE WHEN c.lag_events > 0 THEN clock_timestamp() - c.lag_seconds * interval '1 second' ELSE c.last_processed_at END
+  FROM consumers c, t
+UNION ALL
+SELECT 'dead letters',
+       CASE WHEN d.n >= t.dead_letters THEN 'critical' WHEN d.n > 0 THEN 'warning' ELSE 'ok' END,
+       d.n || ' unresolved' || coalesce(', the latest of ' || d.latest_consumer || ' at ' || d.latest, ''),
+       d.oldest
+  FROM t, (SELECT count(*) AS n, min(first_failed_at) AS oldest, max(last_failed_at) AS latest,
+                  (array_agg(consumer ORDER BY last_failed_at DESC))[1] AS latest_consumer
+             FROM @extschema@.es_dead_letters WHERE status <> 'resolved') d
+UNION ALL
+SELECT 'commit horizon',
+       CASE WHEN h.since < clock_timestamp() - 10 * t.horizon_seconds THEN 'critical'
+            WHEN h.since < clock_timestamp() - t.horizon_seconds THEN 'warning'
+            ELSE 'ok' END,
+       coalesce('oldest: ' || h.what || ', open for ' || date_trunc('second', clock_timestamp() - h.since),
+                'no transaction holds it back'),
+       h.since
+  FROM t LEFT JOIN horizon h ON true
+UNION ALL
+SELECT 'kafka mirror',
+       CASE WHEN NOT EXISTS (SELECT FROM workers WHERE kind = 'kafka mirror' AND pid IS NOT NULL) THEN 'critical'
+            WHEN k.lag_seconds * interval '1 second' >= 10 * t.lag_seconds OR k.lag_events >= 10 * t.lag_events
+                 THEN 'critical'
+            WHEN k.lag_seconds * interval '1 second' >= t.lag_seconds OR k.lag_events >= t.lag_events
+                 OR k.last_error_at > clock_timestamp() - t.lag_seconds THEN 'warning'
+            ELSE 'ok' END,
+       concat_ws('; ', 'lag ' || coalesce(k.lag_events, 0) || ' events, ' || coalesce(k.lag_seconds, 0) || ' s',
+                 CASE WHEN k.last_error_at > clock_timestamp() - t.lag_seconds THEN 'last error: ' || k.last_error END),
+       coalesce(k.last_acknowledged_at, k.last_error_at)
+  FROM t, @extschema@.es_kafka_status k
+ WHERE k.component = 'mirror' AND EXISTS (SELECT FROM workers WHERE kind = 'kafka mirror')
+UNION ALL
+SELECT 'kafka ingest',
+       CASE WHEN NOT EXISTS (SELECT FROM workers WHERE kind = 'kafka ingest' AND pid IS NOT NULL) THEN 'critical'
+            WHEN i.lag >= 10 * t.lag_events THEN 'critical'
+            WHEN i.lag >= t.lag_events OR i.last_error_at > clock_timestamp() - t.lag_seconds THEN 'warning'
+            ELSE 'ok' END,
+       concat_ws('; ', 'lag ' || i.lag || ' messages over ' || i.partitions || ' partitions',
+                 i.dead_letters || ' dead letters',
+                 CASE WHEN i.last_error_at > clock_timestamp() - t.lag_seconds THEN 'last error: ' || i.last_error END),
+       i.updated
+  FROM t, (SELECT coalesce(sum(consumer_lag), 0) AS lag, count(*) AS partitions, max(last_acknowledged_at) AS updated,
+                  coalesce(sum(dead_letters), 0) AS dead_letters, max(last_error) AS last_error,
+                  max(last_error_at) AS last_error_at
+             FROM @extschema@.es_kafka_status WHERE component = 'ingest') i
+ WHERE EXISTS (SELECT FROM workers WHERE kind = 'kafka ingest')
+$$;
+COMMENT ON FUNCTION @extschema@.es_health() IS
+    'ultracore_es: the health of delivery: launcher and workers, each consumer''s lag and retries, dead letters, the commit horizon, Kafka; ok, warning or critical';
+
+REVOKE ALL ON TABLE @extschema@.es_consumer_segments, @extschema@.es_consumer_checkpoints FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.es_segment_of(text, integer), @extschema@.es_worker_state(),
+    @extschema@.es_health() FROM PUBLIC;
+
+-- Under READ COMMITTED, es_read_all and es_commit_horizon read the commit
+-- horizon now (only transactions that appended events hold it back) with
+-- a snapshot taken after it, not the calling statement's: two calls in one
+-- statement may differ.
+ALTER FUNCTION @extschema@.es_read_all(xid8, bigint, text, text[], integer) VOLATILE;
+ALTER FUNCTION @extschema@.es_commit_horizon() VOLATILE;

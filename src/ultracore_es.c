@@ -19,6 +19,7 @@
  *		store.c			the installed extension as a backend sees it: schema,
  *						relations, owner, saved plans, calls as the owner,
  *						users' functions, the transaction-id offset
+ *		horizon.c		commit order: appenders' keys, the commit horizon
  *		shmem.c			the registry of the modules' shared memory
  *		step.c			steps in (sub)transactions of their own, for the
  *						background processes
@@ -62,6 +63,7 @@
 #include "utils/guc.h"
 
 #include "core/guc.h"
+#include "core/horizon.h"
 #include "core/shmem.h"
 #include "delivery/consumer.h"
 #include "delivery/projection.h"
@@ -82,6 +84,7 @@ _PG_init(void)
 {
 	/* core */
 	es_guc_init();
+	es_horizon_init();
 	/* write */
 	es_event_type_init();
 	es_append_hooks_init();

@@ -28,11 +28,11 @@ sub new
 
 sub bootstrap { return $_[0]->{bootstrap}; }
 
-# An EsNode whose worker uses these brokers.
+# An EsNode whose workers use these brokers.
 sub node
 {
-	my ($self, $name, $extra) = @_;
-	return EsNode->new($name, "ultracore_es.kafka_brokers = '$self->{bootstrap}'\n" . ($extra // ''));
+	my ($self, $name, $extra, %params) = @_;
+	return EsNode->new($name, "ultracore_es.kafka_brokers = '$self->{bootstrap}'\n" . ($extra // ''), %params);
 }
 
 # A command of the mock cluster (see test/kafka_mock_broker.c); dies on an error.

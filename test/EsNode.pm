@@ -1,7 +1,8 @@
 # The TAP tests' server: a PostgreSQL::Test::Cluster node, initialized and
-# not started, with the library preloaded, its worker on database postgres
-# (polling every 200 ms), restarting after a crash (the tests kill -9), and
-# the extra postgresql.conf lines given.
+# not started, with the library preloaded, its workers serving database
+# postgres (polling every 200 ms), restarting after a crash (the tests kill
+# -9), and the extra postgresql.conf lines given; other parameters go to
+# PostgreSQL::Test::Cluster->new (install_path, for instance).
 package EsNode;
 
 use strict;
@@ -10,8 +11,8 @@ use PostgreSQL::Test::Cluster;
 
 sub new
 {
-	my ($class, $name, $extra) = @_;
-	my $node = PostgreSQL::Test::Cluster->new($name);
+	my ($class, $name, $extra, %params) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name, %params);
 	$node->init;
 	$node->append_conf(
 		'postgresql.conf', q{

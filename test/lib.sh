@@ -152,3 +152,38 @@ es_stop_test_broker() {
 		ES_BROKER_PID=
 	fi
 }
+
+# Release 1.0, built from this clone's history and installed into a copy of
+# the PostgreSQL installation in $ES_WORKDIR, for the upgrade test
+# (test/t/007_upgrade.pl): a store made by the released library is then
+# updated by this one.  Exports ES_RELEASE_1_0 (the copy's install path);
+# without the history (a shallow clone), leaves it unset and the test
+# updates a 1.0 catalog with this library alone.
+ES_RELEASE_1_0_COMMIT=c30372aee297d9adbb276ef20b6ca08f9c2c4037
+es_build_release_1_0() { # srcdir
+	local src=$1 bindir sharedir includedir root
+	es_workdir
+	if ! git -C "$src" cat-file -e "$ES_RELEASE_1_0_COMMIT^{commit}" 2>/dev/null; then
+		es_log "release 1.0 is not in this clone's history: the upgrade test uses this library alone"
+		return 0
+	fi
+	bindir=$(pg_config --bindir)
+	sharedir=$(pg_config --sharedir)
+	includedir=$(dirname "$(dirname "$(pg_config --includedir-server)")")
+	root=$ES_WORKDIR/release-1.0
+	es_log "building release 1.0 into a copy of the PostgreSQL installation in $root"
+	es_sudo rm -rf "$root"
+	mkdir -p "$root$(dirname "$(dirname "$bindir")")" "$root$(dirname "$sharedir")" "$root/src" \
+		"$root$(dirname "$includedir")"
+	cp -a "$(dirname "$bindir")" "$root$(dirname "$(dirname "$bindir")")/"
+	cp -a "$sharedir" "$root$(dirname "$sharedir")/"
+	# The headers are only read: the copy links to them.
+	ln -sfn "$includedir" "$root$includedir"
+	rm -f "$root$(pg_config --pkglibdir)"/ultracore_es.* "$root$sharedir"/extension/ultracore_es*
+	git -C "$src" archive "$ES_RELEASE_1_0_COMMIT" | tar -C "$root/src" -xf -
+	es_sudo chown -R postgres "$root"
+	es_as_postgres make -C "$root/src" -s -j"$(nproc)" PG_CONFIG="$root$bindir/pg_config" >/dev/null
+	es_as_postgres make -C "$root/src" -s install PG_CONFIG="$root$bindir/pg_config" >/dev/null
+	ES_RELEASE_1_0=$root$(dirname "$bindir")
+	export ES_RELEASE_1_0
+}

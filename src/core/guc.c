@@ -25,6 +25,13 @@
 
 int			es_max_event_bytes = 1024 * 1024;
 char	   *es_worker_database = NULL;
+int			es_delivery_workers = 2;
+char	   *es_kafka_database = NULL;
+int			es_health_lag_seconds = 60;
+int			es_health_lag_events = 10000;
+int			es_health_batch_seconds = 60;
+int			es_health_horizon_seconds = 60;
+int			es_health_dead_letters = 100;
 bool		es_worker_enabled = true;
 int			es_worker_poll_interval = 1000;
 int			es_worker_batch_size = 1000;
@@ -72,16 +79,31 @@ es_guc_init(void)
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
 
-	/* A POSTMASTER setting can only be defined while preloading. */
+	/*
+	 * The workers' settings exist only when the library is preloaded: a
+	 * POSTMASTER setting can only be defined then, and without preloading
+	 * there are no workers.
+	 */
 	if (process_shared_preload_libraries_in_progress)
 		DefineCustomStringVariable("ultracore_es.database",
-								   "Database whose event store the background worker serves.",
-								   "The worker starts only when ultracore_es is in shared_preload_libraries.",
+								   "Databases the background workers serve (comma-separated names); empty: every database with the extension.",
+								   "The launcher starts workers in each database served where the extension is installed.",
 								   &es_worker_database,
-								   "postgres",
-								   PGC_POSTMASTER,
+								   "",
+								   PGC_SIGHUP,
 								   0,
 								   NULL, NULL, NULL);
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("ultracore_es.delivery_workers",
+								"Delivery workers per database, sharing its handlers and async projections.",
+								"A consumer (or a segment of one) is served by one worker at a time; each worker takes one of max_worker_processes.",
+								&es_delivery_workers,
+								2,
+								1,
+								64,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
 	if (process_shared_preload_libraries_in_progress)
 		DefineCustomIntVariable("ultracore_es.kafka_ingest_workers",
 								"Background workers that ingest the Kafka topics, as members of one consumer group.",
@@ -144,6 +166,15 @@ es_guc_init(void)
 							   "Kafka bootstrap servers (host:port,...); empty switches Kafka off.",
 							   NULL,
 							   &es_kafka_brokers,
+							   "",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomStringVariable("ultracore_es.kafka_database",
+							   "Database whose store the Kafka mirror and ingest serve.",
+							   "Empty: the first database of ultracore_es.database, or postgres when that is empty.",
+							   &es_kafka_database,
 							   "",
 							   PGC_SIGHUP,
 							   0,
@@ -240,6 +271,61 @@ es_guc_init(void)
 							1,
 							100000,
 							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	/*
+	 * es_health(): the warning levels; ten times each is critical.  Any
+	 * role may set them for itself: they change what its own calls report.
+	 */
+	DefineCustomIntVariable("ultracore_es.health_lag_seconds",
+							"Age of a consumer's oldest undelivered event from which es_health warns (critical at ten times).",
+							NULL,
+							&es_health_lag_seconds,
+							60,
+							1,
+							INT_MAX / 10,
+							PGC_USERSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("ultracore_es.health_lag_events",
+							"Undelivered events of a consumer from which es_health warns (critical at ten times).",
+							NULL,
+							&es_health_lag_events,
+							10000,
+							1,
+							100000,
+							PGC_USERSET,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("ultracore_es.health_batch_seconds",
+							"Time a worker may spend in one batch before es_health warns (critical at ten times).",
+							NULL,
+							&es_health_batch_seconds,
+							60,
+							1,
+							INT_MAX / 10,
+							PGC_USERSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("ultracore_es.health_horizon_seconds",
+							"Age of the oldest transaction holding the commit horizon back from which es_health warns (critical at ten times).",
+							NULL,
+							&es_health_horizon_seconds,
+							60,
+							1,
+							INT_MAX / 10,
+							PGC_USERSET,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("ultracore_es.health_dead_letters",
+							"Unresolved dead letters from which es_health reports critical (any one is a warning).",
+							NULL,
+							&es_health_dead_letters,
+							100,
+							1,
+							INT_MAX,
+							PGC_USERSET,
 							0,
 							NULL, NULL, NULL);
 }

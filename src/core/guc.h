@@ -15,12 +15,14 @@ extern int	es_max_event_bytes;
 
 /* The background workers */
 extern char *es_worker_database;
+extern int	es_delivery_workers;
 extern bool es_worker_enabled;
 extern int	es_worker_poll_interval;
 extern int	es_worker_batch_size;
 extern int	es_handled_retention;
 
 /* Kafka */
+extern char *es_kafka_database;
 extern char *es_kafka_brokers;
 extern char *es_kafka_topic_prefix;
 extern char *es_kafka_producer_properties;
@@ -33,6 +35,13 @@ extern bool es_kafka_transactional;
 extern int	es_kafka_batch_size;
 extern int	es_kafka_ingest_batch_size;
 extern int	es_kafka_ingest_workers;
+
+/* es_health */
+extern int	es_health_lag_seconds;
+extern int	es_health_lag_events;
+extern int	es_health_batch_seconds;
+extern int	es_health_horizon_seconds;
+extern int	es_health_dead_letters;
 
 extern void es_guc_init(void);
 

@@ -29,7 +29,7 @@
 typedef struct Segment
 {
 	const char *name;
-	Size		size;
+	Size		(*size) (void);
 	int			lwlocks;
 	void	  **pointer;
 	void		(*init) (void *segment);
@@ -42,7 +42,7 @@ static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 void
-es_shmem_add(const char *name, Size size, int lwlocks, void **segment, void (*init) (void *segment))
+es_shmem_add(const char *name, Size (*size) (void), int lwlocks, void **segment, void (*init) (void *segment))
 {
 	*segment = NULL;
 	if (!process_shared_preload_libraries_in_progress)
@@ -66,7 +66,7 @@ shmem_request(void)
 		prev_shmem_request_hook();
 	for (i = 0; i < nsegments; i++)
 	{
-		RequestAddinShmemSpace(MAXALIGN(segments[i].size));
+		RequestAddinShmemSpace(MAXALIGN(segments[i].size()));
 		if (segments[i].lwlocks > 0)
 			RequestNamedLWLockTranche(segments[i].name, segments[i].lwlocks);
 	}
@@ -83,11 +83,12 @@ shmem_startup(void)
 	for (i = 0; i < nsegments; i++)
 	{
 		bool		found;
-		void	   *segment = ShmemInitStruct(segments[i].name, segments[i].size, &found);
+		Size		size = segments[i].size();
+		void	   *segment = ShmemInitStruct(segments[i].name, size, &found);
 
 		if (!found)
 		{
-			memset(segment, 0, segments[i].size);
+			memset(segment, 0, size);
 			if (segments[i].init != NULL)
 				segments[i].init(segment);
 		}

@@ -253,14 +253,16 @@ es_store_for_function(FunctionCallInfo fcinfo)
 
 /*
  * es_store_current: the store of the extension installed in the current
- * database, for code that runs outside an SQL function (the worker).  Returns
- * NULL when the extension is not installed.  Needs a transaction.
+ * database, for code that runs outside an SQL function (the workers), with
+ * its catalog's version read afresh.  Returns NULL when the extension is
+ * not installed.  Needs a transaction.
  */
 EsStore *
 es_store_current(void)
 {
 	Oid			extoid = get_extension_oid("ultracore_es", true);
 	Oid			nspid = InvalidOid;
+	char		extversion[NAMEDATALEN] = "";
 	Relation	rel;
 	ScanKeyData key;
 	SysScanDesc scan;
@@ -275,7 +277,13 @@ es_store_current(void)
 	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
 	tup = systable_getnext(scan);
 	if (HeapTupleIsValid(tup))
+	{
+		bool		isnull;
+		Datum		version = heap_getattr(tup, Anum_pg_extension_extversion, RelationGetDescr(rel), &isnull);
+
 		nspid = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
+		text_to_cstring_buffer(DatumGetTextPP(version), extversion, sizeof(extversion));
+	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
 
@@ -283,6 +291,8 @@ es_store_current(void)
 		return NULL;
 	if (!store_valid || nspid != store.nspid)
 		store_resolve(nspid);
+	strlcpy(store.version, extversion, sizeof(store.version));
+	store.current = strcmp(extversion, ES_VERSION) == 0;
 	return &store;
 }
 
@@ -450,6 +460,25 @@ static EsPlan record_cluster_plan = {
 };
 
 /*
+ * es_max_key: the highest commit-order key stored (tx_id) into *max; false
+ * when the store has no event.  Needs an SPI connection.
+ */
+bool
+es_max_key(bool read_only, FullTransactionId *max)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (SPI_execute_plan(es_plan(&max_tx_plan), NULL, NULL, read_only, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the highest transaction id of the event store");
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (!isnull)
+		*max = DatumGetFullTransactionId(d);
+	SPI_freetuptable(SPI_tuptable);
+	return !isnull;
+}
+
+/*
  * es_xid_offset: the offset added to transaction ids in this cluster (see
  * the file header).  With for_write, a cluster not recorded yet is recorded
  * in the current transaction.  Needs an SPI connection.
@@ -463,7 +492,7 @@ es_xid_offset(bool for_write)
 	bool		other_clusters = false;
 	bool		isnull;
 	uint64		i;
-	Datum		d;
+	FullTransactionId max;
 
 	if (offset_settled)
 		return offset_value;
@@ -494,11 +523,8 @@ es_xid_offset(bool for_write)
 		return offset_value;
 
 	/* Not recorded yet: a new store, or one restored from another cluster. */
-	if (SPI_execute_plan(es_plan(&max_tx_plan), NULL, NULL, !for_write, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the highest transaction id of the event store");
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!isnull)
-		offset = Max(offset, U64FromFullTransactionId(DatumGetFullTransactionId(d)) + 1);
+	if (es_max_key(!for_write, &max))
+		offset = Max(offset, U64FromFullTransactionId(max) + 1);
 
 	if (for_write)
 	{
@@ -512,49 +538,4 @@ es_xid_offset(bool for_write)
 							(unsigned long long) offset)));
 	}
 	return offset;
-}
-
-/*
- * Widen a 32-bit xid seen in a current snapshot to its 64-bit form, as
- * xid8funcs.c does: it is at most 2^31 behind the next transaction id.
- */
-static FullTransactionId
-widen_xid(TransactionId xid)
-{
-	FullTransactionId next = ReadNextFullTransactionId();
-	uint32		epoch = EpochFromFullTransactionId(next);
-
-	if (!TransactionIdIsNormal(xid))
-		return FullTransactionIdFromEpochAndXid(0, xid);
-	if (xid > XidFromFullTransactionId(next))
-		epoch--;
-	return FullTransactionIdFromEpochAndXid(epoch, xid);
-}
-
-/*
- * es_commit_horizon_of: the commit-order horizon seen by a snapshot, in the
- * store's key space.  Every event with a tx_id below it is committed and
- * visible in the snapshot, and no event below it can appear later: keys are
- * never below their writer's transaction id, which is at least the
- * snapshot's xmin.  The horizon is also kept at most one above the highest
- * key stored, so that a horizon handed out before a restore into another
- * cluster is never above the keys appended after it (see the file header).
- * Needs an SPI connection.
- */
-FullTransactionId
-es_commit_horizon_of(Snapshot snapshot)
-{
-	uint64		offset = es_xid_offset(false);
-	uint64		horizon = U64FromFullTransactionId(widen_xid(snapshot->xmin)) + offset;
-	uint64		ceiling = offset + 1;
-	bool		isnull;
-	Datum		d;
-
-	if (SPI_execute_plan(es_plan(&max_tx_plan), NULL, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the highest transaction id of the event store");
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!isnull)
-		ceiling = Max(ceiling, U64FromFullTransactionId(DatumGetFullTransactionId(d)) + 1);
-	SPI_freetuptable(SPI_tuptable);
-	return FullTransactionIdFromU64(Min(horizon, ceiling));
 }

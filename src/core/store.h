@@ -43,7 +43,17 @@ typedef struct EsStore
 	Oid			projections_relid;
 	Oid			events_rowtype; /* composite type of es_events */
 	uint32		generation;		/* bumped on every re-resolution */
+	/* of the installed catalog, as es_store_current last read it */
+	char		version[NAMEDATALEN];	/* pg_extension.extversion */
+	bool		current;		/* it is ES_VERSION: the workers serve it */
 } EsStore;
+
+/*
+ * The catalog version this library is built for.  The SQL functions of
+ * older catalogs keep working (their C entry points stay); the background
+ * workers wait for ALTER EXTENSION UPDATE.
+ */
+#define ES_VERSION "1.1"
 
 /*
  * A cache built from the store's tables registers a callback, called with
@@ -109,6 +119,6 @@ extern void es_user_function_init(EsUserFunction *f, Oid fn, MemoryContext cxt);
 extern Datum es_call_user_function(EsUserFunction *f, Datum arg1, Datum arg2, bool *isnull);
 
 extern uint64 es_xid_offset(bool for_write);
-extern FullTransactionId es_commit_horizon_of(Snapshot snapshot);
+extern bool es_max_key(bool read_only, FullTransactionId *max);
 
 #endif							/* ES_STORE_H */

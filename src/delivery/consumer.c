@@ -1,8 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * consumer.c
- *	  The consumer engine of the background worker: one batch of one
- *	  consumer at a time, in commit order, each event applied once.
+ *	  The consumer engine of the delivery workers: one batch of one
+ *	  consumer (or of one segment of it, segment.c) at a time, in commit
+ *	  order, each event applied once.
  *
  * A consumer reads the events after its checkpoint, below the commit horizon
  * (as es_read_all does), applies them, and commits its new checkpoint in the
@@ -22,14 +23,17 @@
  *	  so the handler sees events in commit order;
  *	- after the last retry it goes to es_dead_letters and the consumer moves
  *	  on, except for the later events of the same aggregate: they are parked
- *	  behind it (dead-lettered too, status 'parked'), so that the handler
- *	  never sees an aggregate's events out of order.  Retrying the dead
- *	  letter (es_retry_dead_letter) delivers it, then the parked ones, in
- *	  order.
+ *	  behind it (dead-lettered too, status 'parked', dead_letter.c), so that
+ *	  the handler never sees an aggregate's events out of order.  Retrying
+ *	  the dead letter (es_retry_dead_letter) delivers it, then the parked
+ *	  ones, in order.
  *
  * Handlers run as the role that registered them, in a restricted security
- * context.  Everything here runs in the worker, inside the transaction the
- * caller started, with an SPI connection and an active snapshot.
+ * context, and with their timeout, if they have one: a call that runs past
+ * it is cancelled and counts as a failed attempt.  Everything here runs in
+ * a delivery worker, which holds the consumer's claim (worker.c), inside
+ * the transaction es_consumer_run starts, with an SPI connection and an
+ * active snapshot.
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -37,7 +41,7 @@
  */
 #include "postgres.h"
 
-#include "delivery/consumer.h"
+#include "delivery/consumer_internal.h"
 
 #include <math.h>
 
@@ -47,6 +51,7 @@
 #include "commands/trigger.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/latch.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -54,63 +59,24 @@
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
+#include "utils/timeout.h"
 #include "utils/typcache.h"
 #include "utils/xid8.h"
 
 #include "core/event.h"
 #include "core/guc.h"
+#include "core/horizon.h"
 #include "core/step.h"
 #include "core/store.h"
 #include "delivery/stats.h"
+#include "delivery/worker.h"
 #include "read/read.h"
-
-typedef struct BatchEvent
-{
-	HeapTuple	tuple;			/* es_events row type, payload upcast */
-	char	   *event_id;
-	char	   *aggregate_id;
-	char	   *event_type;
-	FullTransactionId tx;
-	int64		position;
-	TimestampTz recorded_at;
-} BatchEvent;
-
-typedef struct Consumer
-{
-	const char *name;
-	FullTransactionId ck_tx;
-	int64		ck_pos;
-	bool		paused;
-	char	   *retry_event_id; /* NULL: no retry pending */
-	int32		retry_attempts;
-	TimestampTz retry_first_failed_at;
-	TimestampTz retry_at;
-	Oid			function;
-	Datum		event_types;	/* text[], or 0 for all */
-	int32		max_retries;
-	int64		backoff_us;
-	Oid			run_as;
-	FmgrInfo	flinfo;
-	TupleDesc	event_desc;
-	/* the batch */
-	BatchEvent *events;
-	int			nevents;
-	int			max_events;
-	/* what the batch did */
-	int			handled;
-	int			retried_letters;	/* the first ones handled: dead letters */
-	Datum	   *handled_ids;
-	Datum	   *handled_positions;
-	uint64	   *latencies;		/* filled after commit */
-	FullTransactionId *handled_tx;
-	TimestampTz *handled_recorded;
-	char	   *last_error;
-	bool		retry_changed;
-} Consumer;
 
 /* The event being applied on the fast path, for its error. */
 static int	applying_index = -1;
 static const BatchEvent *applying_event = NULL;
+static char applying_consumer[NAMEDATALEN];
+static int64 applying_timeout_ms = 0;
 
 /* A handler's failure on the fast path, for the careful rerun. */
 typedef struct FastFailure
@@ -125,21 +91,46 @@ typedef struct FastFailure
  * consumer locked by someone else (a rebuild, a pause) is skipped until the
  * next pass rather than waited for, which would stall every consumer.
  */
+#define LOAD_FUNCTION \
+	"       f.function, f.event_types, f.max_retries," \
+	"       (pg_catalog.date_part('epoch', f.backoff) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8," \
+	"       f.run_as," \
+	"       COALESCE((pg_catalog.date_part('epoch', f.timeout) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, 0)," \
+	"       f.parallelism, c.generation"
+#define LOAD_FROM \
+	"  FROM @extschema@.es_consumers c" \
+	"  JOIN (SELECT h.name, h.function, h.event_types, h.max_retries, h.backoff, h.run_as, h.timeout," \
+	"               h.parallelism" \
+	"          FROM @extschema@.es_handlers h" \
+	"        UNION ALL" \
+	"        SELECT p.name, p.function, p.event_types, p.max_retries, p.backoff, p.run_as, p.timeout, 1" \
+	"          FROM @extschema@.es_projections p WHERE p.mode OPERATOR(pg_catalog.=) 'async') f" \
+	"    ON f.name OPERATOR(pg_catalog.=) c.name"
+
 static EsPlan load_plan = {
 	"SELECT c.checkpoint_tx, c.checkpoint_position, c.paused, c.retry_event_id, c.retry_attempts,"
-	"       c.retry_first_failed_at, c.retry_at, f.function, f.event_types, f.max_retries,"
-	"       (pg_catalog.date_part('epoch', f.backoff) OPERATOR(pg_catalog.*) 1000000)::pg_catalog.int8,"
-	"       f.run_as"
-	"  FROM @extschema@.es_consumers c"
-	"  JOIN (SELECT h.name, h.function, h.event_types, h.max_retries, h.backoff, h.run_as"
-	"          FROM @extschema@.es_handlers h"
-	"        UNION ALL"
-	"        SELECT p.name, p.function, p.event_types, p.max_retries, p.backoff, p.run_as"
-	"          FROM @extschema@.es_projections p WHERE p.mode OPERATOR(pg_catalog.=) 'async') f"
-	"    ON f.name OPERATOR(pg_catalog.=) c.name"
+	"       c.retry_first_failed_at, c.retry_at," LOAD_FUNCTION
+	LOAD_FROM
 	" WHERE c.name OPERATOR(pg_catalog.=) $1"
 	"   FOR NO KEY UPDATE OF c SKIP LOCKED",
 	1, {TEXTOID}
+};
+
+/*
+ * A segment: its own row, locked; the consumer's row locked FOR KEY SHARE,
+ * so that a new split (which locks it FOR UPDATE) waits for the batch, and
+ * the other segments' batches go on.
+ */
+static EsPlan load_segment_plan = {
+	"SELECT s.checkpoint_tx, s.checkpoint_position, c.paused, s.retry_event_id, s.retry_attempts,"
+	"       s.retry_first_failed_at, s.retry_at," LOAD_FUNCTION
+	LOAD_FROM
+	"  JOIN @extschema@.es_consumer_segments s"
+	"    ON s.consumer OPERATOR(pg_catalog.=) c.name AND s.generation OPERATOR(pg_catalog.=) c.generation"
+	"   AND s.segment OPERATOR(pg_catalog.=) $2"
+	" WHERE c.name OPERATOR(pg_catalog.=) $1"
+	"   FOR NO KEY UPDATE OF s SKIP LOCKED FOR KEY SHARE OF c SKIP LOCKED",
+	2, {TEXTOID, INT4OID}
 };
 
 /* Driven by the batch's ids, one index probe each, however long the ledger. */
@@ -157,24 +148,6 @@ static EsPlan ledger_add_plan = {
 	3, {TEXTOID, TEXTARRAYOID, INT8ARRAYOID}
 };
 
-static EsPlan parked_plan = {
-	"SELECT DISTINCT ON (d.aggregate_id) d.aggregate_id, d.id"
-	"  FROM @extschema@.es_dead_letters d"
-	" WHERE d.consumer OPERATOR(pg_catalog.=) $1 AND d.status OPERATOR(pg_catalog.<>) 'resolved'"
-	" ORDER BY d.aggregate_id, d.tx_id, d.position",
-	1, {TEXTOID}
-};
-
-static EsPlan dead_letter_plan = {
-	"INSERT INTO @extschema@.es_dead_letters"
-	" (consumer, event_id, tx_id, position, aggregate_id, event_type, status, parked_behind, error,"
-	"  attempts, first_failed_at, last_failed_at)"
-	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-	" RETURNING id",
-	12, {TEXTOID, TEXTOID, XID8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID, INT8OID, TEXTOID, INT4OID,
-	TIMESTAMPTZOID, TIMESTAMPTZOID}
-};
-
 static EsPlan save_plan = {
 	"UPDATE @extschema@.es_consumers"
 	"   SET checkpoint_tx = $2, checkpoint_position = $3,"
@@ -187,43 +160,25 @@ static EsPlan save_plan = {
 	9, {TEXTOID, XID8OID, INT8OID, INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID}
 };
 
-static EsPlan retrying_plan = {
-	"SELECT d.id, d.event_id, d.aggregate_id, d.attempts FROM @extschema@.es_dead_letters d"
-	" WHERE d.consumer OPERATOR(pg_catalog.=) $1 AND d.status OPERATOR(pg_catalog.=) 'retrying'"
-	" ORDER BY d.tx_id, d.position LIMIT 1",
-	1, {TEXTOID}
+/* A segment's progress on its row; the last error on the consumer's. */
+static EsPlan save_segment_plan = {
+	"WITH s AS ("
+	"  UPDATE @extschema@.es_consumer_segments"
+	"     SET checkpoint_tx = $2, checkpoint_position = $3,"
+	"         events_processed = events_processed OPERATOR(pg_catalog.+) $4,"
+	"         last_processed_at = CASE WHEN $4 OPERATOR(pg_catalog.>) 0 THEN pg_catalog.now() ELSE last_processed_at END,"
+	"         retry_event_id = $5, retry_attempts = $6, retry_first_failed_at = $7, retry_at = $8"
+	"   WHERE consumer OPERATOR(pg_catalog.=) $1 AND generation OPERATOR(pg_catalog.=) $10"
+	"     AND segment OPERATOR(pg_catalog.=) $11 RETURNING 1)"
+	" UPDATE @extschema@.es_consumers SET last_error = $9, last_error_at = pg_catalog.now()"
+	"  WHERE name OPERATOR(pg_catalog.=) $1 AND $9 IS NOT NULL AND EXISTS (SELECT FROM s)",
+	11, {TEXTOID, XID8OID, INT8OID, INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID,
+	INT4OID, INT4OID}
 };
 
-static EsPlan resolved_plan = {
-	"WITH done AS ("
-	"  UPDATE @extschema@.es_dead_letters SET status = 'resolved', resolved_at = pg_catalog.now()"
-	"   WHERE id OPERATOR(pg_catalog.=) $1 RETURNING consumer, aggregate_id)"
-	" UPDATE @extschema@.es_dead_letters d SET status = 'retrying', parked_behind = NULL"
-	"   FROM done"
-	"  WHERE d.consumer OPERATOR(pg_catalog.=) done.consumer"
-	"    AND d.aggregate_id OPERATOR(pg_catalog.=) done.aggregate_id"
-	"    AND d.status OPERATOR(pg_catalog.=) 'parked'",
-	1, {INT8OID}
-};
-
-static EsPlan still_dead_plan = {
-	"WITH dead AS ("
-	"  UPDATE @extschema@.es_dead_letters"
-	"     SET status = 'dead', attempts = attempts OPERATOR(pg_catalog.+) 1, error = $2,"
-	"         last_failed_at = pg_catalog.now()"
-	"   WHERE id OPERATOR(pg_catalog.=) $1 RETURNING id, consumer, aggregate_id, tx_id, position)"
-	" UPDATE @extschema@.es_dead_letters d SET status = 'parked', parked_behind = dead.id"
-	"   FROM dead"
-	"  WHERE d.consumer OPERATOR(pg_catalog.=) dead.consumer"
-	"    AND d.aggregate_id OPERATOR(pg_catalog.=) dead.aggregate_id"
-	"    AND d.status OPERATOR(pg_catalog.=) 'retrying'"
-	"    AND ROW(d.tx_id, d.position) OPERATOR(pg_catalog.>) ROW(dead.tx_id, dead.position)",
-	2, {INT8OID, TEXTOID}
-};
-
-/* es_read_rows callback: keep one event of the batch. */
-static void
-consumer_collect(Datum *values, bool *nulls, void *arg)
+/* es_consumer_collect: es_read_rows callback: keep one event of the batch. */
+void
+es_consumer_collect(Datum *values, bool *nulls, void *arg)
 {
 	Consumer   *c = (Consumer *) arg;
 	BatchEvent *ev;
@@ -244,18 +199,23 @@ consumer_collect(Datum *values, bool *nulls, void *arg)
 }
 
 /*
- * Lock the consumer's row and read its state; false when it is gone or paused.
+ * Lock the unit's row and read its state; false when it is gone, paused, or
+ * no longer split this way (a new split since the unit was listed).
  */
 static bool
 consumer_load(Consumer *c)
 {
-	Datum		arg = CStringGetTextDatum(c->name);
+	Datum		args[2];
 	HeapTuple	row;
 	TupleDesc	desc;
 	bool		isnull;
 	Datum		d;
+	int			parallelism;
 
-	if (SPI_execute_plan(es_plan(&load_plan), &arg, NULL, false, 1) != SPI_OK_SELECT)
+	args[0] = CStringGetTextDatum(c->name);
+	args[1] = Int32GetDatum(c->segment);
+	if (SPI_execute_plan(es_plan(c->segments > 1 ? &load_segment_plan : &load_plan), args, NULL, false, 1)
+		!= SPI_OK_SELECT)
 		elog(ERROR, "could not read consumer \"%s\"", c->name);
 	if (SPI_processed == 0)
 		return false;
@@ -277,8 +237,31 @@ consumer_load(Consumer *c)
 	c->max_retries = DatumGetInt32(SPI_getbinval(row, desc, 10, &isnull));
 	c->backoff_us = DatumGetInt64(SPI_getbinval(row, desc, 11, &isnull));
 	c->run_as = DatumGetObjectId(SPI_getbinval(row, desc, 12, &isnull));
+	c->timeout_ms = DatumGetInt64(SPI_getbinval(row, desc, 13, &isnull));
+	parallelism = DatumGetInt32(SPI_getbinval(row, desc, 14, &isnull));
+	c->generation = DatumGetInt32(SPI_getbinval(row, desc, 15, &isnull));
 	SPI_freetuptable(SPI_tuptable);
-	return !c->paused;
+	return !c->paused && parallelism == c->segments;
+}
+
+/*
+ * Handler timeouts.  The timer sets a cancel (as statement_timeout does)
+ * only while a handler runs; a cancel that arrives after the handler
+ * returned is dropped.  The error it raises is the handler's failure.
+ */
+static TimeoutId handler_timeout = MAX_TIMEOUTS;
+static volatile sig_atomic_t handler_running = false;
+static volatile sig_atomic_t handler_timed_out = false;
+
+static void
+handler_timeout_fired(void)
+{
+	if (!handler_running)
+		return;
+	handler_timed_out = true;
+	QueryCancelPending = true;
+	InterruptPending = true;
+	SetLatch(MyLatch);
 }
 
 /*
@@ -301,7 +284,33 @@ consumer_apply(Consumer *c, BatchEvent *ev)
 	SetUserIdAndSecContext(c->run_as,
 						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	save_nestlevel = NewGUCNestLevel();
-	(void) FunctionCallInvoke(fcinfo);
+	handler_timed_out = false;
+	if (c->timeout_ms > 0)
+	{
+		if (handler_timeout == MAX_TIMEOUTS)
+			handler_timeout = RegisterTimeout(USER_TIMEOUT, handler_timeout_fired);
+		handler_running = true;
+		enable_timeout_after(handler_timeout, (int) Min(c->timeout_ms, INT_MAX));
+	}
+	PG_TRY();
+	{
+		(void) FunctionCallInvoke(fcinfo);
+	}
+	PG_FINALLY();
+	{
+		if (c->timeout_ms > 0)
+		{
+			handler_running = false;
+			disable_timeout(handler_timeout, false);
+		}
+	}
+	PG_END_TRY();
+	if (handler_timed_out)
+	{
+		/* It fired as the handler returned: the cancel is ours, and moot. */
+		QueryCancelPending = false;
+		handler_timed_out = false;
+	}
 	AtEOXact_GUC(false, save_nestlevel);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 }
@@ -309,11 +318,19 @@ consumer_apply(Consumer *c, BatchEvent *ev)
 /*
  * Errors that are not the handler's: a cancel of the worker (an operator's
  * pg_cancel_backend) or running out of memory must not use up an event's
- * attempts.
+ * attempts.  A cancel by the handler's timeout is the handler's, and says
+ * so.
  */
 static bool
-consumer_error_is_handlers(ErrorData *edata)
+consumer_error_is_handlers(const char *name, int64 timeout_ms, ErrorData *edata)
 {
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED && handler_timed_out)
+	{
+		handler_timed_out = false;
+		edata->message = psprintf("consumer \"%s\" ran past its timeout of " INT64_FORMAT " ms",
+								  name, timeout_ms);
+		return true;
+	}
 	return edata->sqlerrcode != ERRCODE_QUERY_CANCELED && edata->sqlerrcode != ERRCODE_OUT_OF_MEMORY;
 }
 
@@ -331,24 +348,28 @@ consumer_apply_step(void *arg)
 	consumer_apply(a->c, a->ev);
 }
 
-/* Apply one event in a subtransaction; false, with *error, when it failed. */
-static bool
-consumer_apply_careful(Consumer *c, BatchEvent *ev, char **error)
+/*
+ * es_consumer_apply_careful: apply one event in a subtransaction; false,
+ * with *error, when the handler failed.  Other errors propagate.
+ */
+bool
+es_consumer_apply_careful(Consumer *c, BatchEvent *ev, char **error)
 {
 	Apply		a = {c, ev};
 	ErrorData  *edata = es_step_in_subtransaction(consumer_apply_step, &a);
 
 	if (edata == NULL)
 		return true;
-	if (!consumer_error_is_handlers(edata))
+	if (!consumer_error_is_handlers(c->name, c->timeout_ms, edata))
 		ReThrowError(edata);
 	*error = es_error_text(edata);
 	FreeErrorData(edata);
 	return false;
 }
 
-static void
-consumer_handled(Consumer *c, BatchEvent *ev)
+/* es_consumer_handled: ev was applied: it goes to the ledger. */
+void
+es_consumer_handled(Consumer *c, BatchEvent *ev)
 {
 	c->handled_ids[c->handled] = CStringGetTextDatum(ev->event_id);
 	c->handled_positions[c->handled] = Int64GetDatum(ev->position);
@@ -357,78 +378,9 @@ consumer_handled(Consumer *c, BatchEvent *ev)
 	c->handled++;
 }
 
-static int64
-consumer_dead_letter(Consumer *c, BatchEvent *ev, const char *status, int64 behind,
-					 const char *error, int32 attempts, TimestampTz first_failed)
-{
-	Datum		args[12];
-	char		nulls[12];
-	bool		isnull;
-	int64		id;
-
-	memset(nulls, ' ', sizeof(nulls));
-	args[0] = CStringGetTextDatum(c->name);
-	args[1] = CStringGetTextDatum(ev->event_id);
-	args[2] = FullTransactionIdGetDatum(ev->tx);
-	args[3] = Int64GetDatum(ev->position);
-	args[4] = CStringGetTextDatum(ev->aggregate_id);
-	args[5] = CStringGetTextDatum(ev->event_type);
-	args[6] = CStringGetTextDatum(status);
-	args[7] = Int64GetDatum(behind);
-	nulls[7] = behind ? ' ' : 'n';
-	args[8] = error ? CStringGetTextDatum(error) : (Datum) 0;
-	nulls[8] = error ? ' ' : 'n';
-	args[9] = Int32GetDatum(attempts);
-	args[10] = TimestampTzGetDatum(first_failed);
-	nulls[10] = first_failed ? ' ' : 'n';
-	args[11] = TimestampTzGetDatum(GetCurrentTimestamp());
-	nulls[11] = error ? ' ' : 'n';
-	if (SPI_execute_plan(es_plan(&dead_letter_plan), args, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not record a dead letter of consumer \"%s\"", c->name);
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_freetuptable(SPI_tuptable);
-	return id;
-}
-
-/* The aggregates with an unresolved dead letter, and the first of each. */
-static HTAB *
-consumer_parked(Consumer *c)
-{
-	HASHCTL		ctl;
-	HTAB	   *parked;
-	Datum		arg = CStringGetTextDatum(c->name);
-	uint64		i;
-
-	ctl.keysize = ES_MAX_ID_LEN + 1;
-	ctl.entrysize = ES_MAX_ID_LEN + 1 + sizeof(int64);
-	ctl.hcxt = CurrentMemoryContext;
-	parked = hash_create("ultracore_es parked aggregates", 16, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-	if (SPI_execute_plan(es_plan(&parked_plan), &arg, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the dead letters of consumer \"%s\"", c->name);
-	for (i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-		char	   *id = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		char	   *entry = hash_search(parked, id, HASH_ENTER, NULL);
-
-		*(int64 *) (entry + ES_MAX_ID_LEN + 1) =
-			DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-	}
-	SPI_freetuptable(SPI_tuptable);
-	return parked;
-}
-
-static void
-consumer_park(HTAB *parked, const char *aggregate_id, int64 dead_letter)
-{
-	char	   *entry = hash_search(parked, aggregate_id, HASH_ENTER, NULL);
-
-	*(int64 *) (entry + ES_MAX_ID_LEN + 1) = dead_letter;
-}
-
-/* The ids of the batch's events the consumer already applied. */
-static HTAB *
-consumer_ledger(Consumer *c)
+/* es_consumer_ledger: the ids of the batch's events the consumer already applied. */
+HTAB *
+es_consumer_ledger(Consumer *c)
 {
 	HASHCTL		ctl;
 	HTAB	   *seen;
@@ -458,61 +410,6 @@ consumer_ledger(Consumer *c)
 }
 
 /*
- * Deliver the dead letters marked for retry, in commit order, each in a
- * subtransaction: a success resolves it and releases the events parked
- * behind it (retried next, in order); a failure parks the remaining ones of
- * its aggregate behind it again.
- */
-static void
-consumer_retry_dead_letters(Consumer *c)
-{
-	int			budget = es_worker_batch_size;
-
-	while (budget-- > 0)
-	{
-		Datum		arg = CStringGetTextDatum(c->name);
-		Datum		args[2];
-		bool		isnull;
-		int64		id;
-		char	   *event_id;
-		char	   *error = NULL;
-		HTAB	   *seen;
-
-		CHECK_FOR_INTERRUPTS();
-		if (SPI_execute_plan(es_plan(&retrying_plan), &arg, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read the dead letters of consumer \"%s\"", c->name);
-		if (SPI_processed == 0)
-			break;
-		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		event_id = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-		SPI_freetuptable(SPI_tuptable);
-
-		c->nevents = 0;
-		es_read_event(event_id, false, consumer_collect, c);
-		args[0] = Int64GetDatum(id);
-		if (c->nevents == 1)
-		{
-			seen = consumer_ledger(c);
-			if (hash_search(seen, event_id, HASH_FIND, NULL) != NULL ||
-				consumer_apply_careful(c, &c->events[0], &error))
-			{
-				if (hash_search(seen, event_id, HASH_FIND, NULL) == NULL)
-					consumer_handled(c, &c->events[0]);
-				if (SPI_execute_plan(es_plan(&resolved_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
-					elog(ERROR, "could not resolve dead letter %lld", (long long) id);
-				continue;
-			}
-		}
-		else
-			error = pstrdup("the event is no longer in the store");
-		args[1] = CStringGetTextDatum(error);
-		if (SPI_execute_plan(es_plan(&still_dead_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not update dead letter %lld", (long long) id);
-	}
-	c->nevents = 0;
-}
-
-/*
  * Apply the batch.  careful: one subtransaction per event; failed: the fast
  * path already saw that event fail, so its failure is recorded without
  * calling the handler again (if the rerun read the same event there).
@@ -521,8 +418,8 @@ consumer_retry_dead_letters(Consumer *c)
 static int
 consumer_apply_batch(Consumer *c, bool careful, const FastFailure *failed)
 {
-	HTAB	   *parked = consumer_parked(c);
-	HTAB	   *seen = consumer_ledger(c);
+	HTAB	   *parked = es_dead_letter_parked(c);
+	HTAB	   *seen = es_consumer_ledger(c);
 	TimestampTz now = GetCurrentTimestamp();
 	int			done = 0;
 	int			i;
@@ -530,27 +427,27 @@ consumer_apply_batch(Consumer *c, bool careful, const FastFailure *failed)
 	/* A retry of an event the consumer no longer takes first is over. */
 	if (c->retry_event_id != NULL &&
 		(c->nevents == 0 || strcmp(c->events[0].event_id, c->retry_event_id) != 0))
-	{
 		c->retry_event_id = NULL;
-		c->retry_changed = true;
-	}
 
 	for (i = 0; i < c->nevents; i++)
 	{
 		BatchEvent *ev = &c->events[i];
-		char	   *entry = hash_search(parked, ev->aggregate_id, HASH_FIND, NULL);
+		int64		behind = es_dead_letter_parked_behind(parked, ev->aggregate_id);
 		char	   *error = NULL;
 		bool		same_event;
 		int32		attempts;
 		TimestampTz first_failed;
 
 		CHECK_FOR_INTERRUPTS();
-		if (entry != NULL)
+		if (es_segment_fenced(c, ev))
+		{
+			done = i + 1;	/* handled by an earlier split of the consumer */
+			continue;
+		}
+		if (behind != 0)
 		{
 			/* Behind a dead letter of its aggregate: park it too. */
-			int64		behind = *(int64 *) (entry + ES_MAX_ID_LEN + 1);
-
-			(void) consumer_dead_letter(c, ev, "parked", behind, NULL, 0, 0);
+			(void) es_dead_letter_add(c, ev, "parked", behind, NULL, 0, 0);
 			done = i + 1;
 			continue;
 		}
@@ -563,23 +460,22 @@ consumer_apply_batch(Consumer *c, bool careful, const FastFailure *failed)
 		{
 			applying_index = i;
 			applying_event = ev;
+			strlcpy(applying_consumer, c->name, sizeof(applying_consumer));
+			applying_timeout_ms = c->timeout_ms;
 			consumer_apply(c, ev);
 			applying_index = -1;
-			consumer_handled(c, ev);
+			es_consumer_handled(c, ev);
 			done = i + 1;
 			continue;
 		}
 		if (failed != NULL && i == failed->index && strcmp(ev->event_id, failed->event_id) == 0)
 			error = pstrdup(failed->error);
-		else if (consumer_apply_careful(c, ev, &error))
+		else if (es_consumer_apply_careful(c, ev, &error))
 		{
-			consumer_handled(c, ev);
+			es_consumer_handled(c, ev);
 			done = i + 1;
 			if (c->retry_event_id != NULL && strcmp(c->retry_event_id, ev->event_id) == 0)
-			{
 				c->retry_event_id = NULL;
-				c->retry_changed = true;
-			}
 			continue;
 		}
 
@@ -588,7 +484,6 @@ consumer_apply_batch(Consumer *c, bool careful, const FastFailure *failed)
 		attempts = same_event ? c->retry_attempts + 1 : 1;
 		first_failed = same_event ? c->retry_first_failed_at : now;
 		c->last_error = error;
-		c->retry_changed = true;
 		if (attempts <= c->max_retries)
 		{
 			/* Try it again later; nothing after it meanwhile. */
@@ -598,8 +493,8 @@ consumer_apply_batch(Consumer *c, bool careful, const FastFailure *failed)
 			c->retry_at = now + (TimestampTz) (c->backoff_us * ldexp(1.0, attempts - 1));
 			break;
 		}
-		consumer_park(parked, ev->aggregate_id,
-					  consumer_dead_letter(c, ev, "dead", 0, error, attempts, first_failed));
+		es_dead_letter_park(parked, ev->aggregate_id,
+							es_dead_letter_add(c, ev, "dead", 0, error, attempts, first_failed));
 		c->retry_event_id = NULL;
 		done = i + 1;
 	}
@@ -615,8 +510,8 @@ consumer_apply_batch(Consumer *c, bool careful, const FastFailure *failed)
 static void
 consumer_save(Consumer *c, int done, bool whole_batch_read, FullTransactionId horizon)
 {
-	Datum		args[9];
-	char		nulls[9];
+	Datum		args[11];
+	char		nulls[11];
 	FullTransactionId ck_tx = c->ck_tx;
 	int64		ck_pos = c->ck_pos;
 
@@ -657,7 +552,10 @@ consumer_save(Consumer *c, int done, bool whole_batch_read, FullTransactionId ho
 	nulls[7] = c->retry_event_id ? ' ' : 'n';
 	args[8] = c->last_error ? CStringGetTextDatum(c->last_error) : (Datum) 0;
 	nulls[8] = c->last_error ? ' ' : 'n';
-	if (SPI_execute_plan(es_plan(&save_plan), args, nulls, false, 0) != SPI_OK_UPDATE)
+	args[9] = Int32GetDatum(c->generation);
+	args[10] = Int32GetDatum(c->segment);
+	if (SPI_execute_plan(es_plan(c->segments > 1 ? &save_segment_plan : &save_plan), args, nulls, false, 0)
+		!= SPI_OK_UPDATE)
 		elog(ERROR, "could not save the checkpoint of consumer \"%s\"", c->name);
 }
 
@@ -715,22 +613,26 @@ consumer_publish_latencies(void)
  * the failing event.
  */
 static int
-consumer_pass(const char *name, bool careful, const FastFailure *failed, TimestampTz *next_due)
+consumer_pass(const char *name, int segments, int segment, bool careful, const FastFailure *failed,
+			  TimestampTz *next_due)
 {
 	Consumer	c;
 	EsStore    *s = es_store_current();
 	ConstraintsSetStmt *immediate = makeNode(ConstraintsSetStmt);
 	FullTransactionId horizon;
-	Datum		args[6];
-	char		nulls[6] = {' ', ' ', ' ', 'n', ' ', ' '};
+	Datum		args[8];
+	char		nulls[8] = {' ', ' ', ' ', 'n', ' ', ' ', ' ', ' '};
 	int			done = 0;
 	int			nread = 0;
 	bool		retry_due;
 
 	memset(&c, 0, sizeof(c));
 	c.name = name;
+	c.segments = segments;
+	c.segment = segment;
 	if (s == NULL || !consumer_load(&c))
 		return 0;
+	es_segment_load_fences(&c);
 	retry_due = (c.retry_event_id == NULL || c.retry_at <= GetCurrentTimestamp());
 	if (c.retry_event_id != NULL)
 		careful = true;			/* the retried event goes first: one call per attempt */
@@ -752,10 +654,11 @@ consumer_pass(const char *name, bool careful, const FastFailure *failed, Timesta
 	c.handled_tx = palloc(sizeof(FullTransactionId) * 2 * c.max_events);
 	c.handled_recorded = palloc(sizeof(TimestampTz) * 2 * c.max_events);
 
-	consumer_retry_dead_letters(&c);
+	es_dead_letter_retry(&c);
 	c.retried_letters = c.handled;
 
-	horizon = es_commit_horizon_of(GetActiveSnapshot());
+	/* The events below the horizon, with a snapshot that sees them all. */
+	horizon = es_commit_horizon_push();
 	if (retry_due)
 	{
 		args[0] = FullTransactionIdGetDatum(c.ck_tx);
@@ -764,7 +667,14 @@ consumer_pass(const char *name, bool careful, const FastFailure *failed, Timesta
 		args[4] = c.event_types;
 		nulls[4] = c.event_types ? ' ' : 'n';
 		args[5] = Int32GetDatum(es_worker_batch_size);
-		es_read_rows(es_commit_order_plan(), args, nulls, true, false, 0, consumer_collect, &c);
+		args[6] = Int32GetDatum(c.segments);
+		args[7] = Int32GetDatum(c.segment);
+		es_read_rows(c.segments > 1 ? es_segment_order_plan() : es_commit_order_plan(), args, nulls, true,
+					 false, 0, es_consumer_collect, &c);
+	}
+	PopActiveSnapshot();
+	if (retry_due)
+	{
 		nread = c.nevents;
 		done = consumer_apply_batch(&c, careful, failed);
 	}
@@ -776,13 +686,14 @@ consumer_pass(const char *name, bool careful, const FastFailure *failed, Timesta
 }
 
 /*
- * es_consumer_run: one batch of consumer name, in its own transaction
- * (started and committed here), rerun on the careful path when a handler
- * fails.  Returns the number of events read.  Errors other than a handler's
+ * es_consumer_run: one batch of consumer name (of its segment segment of
+ * segments; 1 and 0 when it is not split), in its own transaction (started
+ * and committed here), rerun on the careful path when a handler fails.
+ * Returns the number of events read.  Errors other than a handler's
  * propagate, with the transaction still open for the caller to abort.
  */
 int
-es_consumer_run(const char *name, TimestampTz *next_due)
+es_consumer_run(const char *name, int segments, int segment, TimestampTz *next_due)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	FastFailure failed;
@@ -798,7 +709,7 @@ es_consumer_run(const char *name, TimestampTz *next_due)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	PG_TRY();
 	{
-		nread = consumer_pass(name, false, NULL, next_due);
+		nread = consumer_pass(name, segments, segment, false, NULL, next_due);
 	}
 	PG_CATCH();
 	{
@@ -806,7 +717,7 @@ es_consumer_run(const char *name, TimestampTz *next_due)
 
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
-		if (applying_index < 0 || !consumer_error_is_handlers(edata))
+		if (applying_index < 0 || !consumer_error_is_handlers(applying_consumer, applying_timeout_ms, edata))
 			PG_RE_THROW();
 		FlushErrorState();
 		failed.index = applying_index;
@@ -826,7 +737,7 @@ es_consumer_run(const char *name, TimestampTz *next_due)
 		if (SPI_connect() != SPI_OK_CONNECT)
 			elog(ERROR, "SPI_connect failed");
 		PushActiveSnapshot(GetTransactionSnapshot());
-		nread = consumer_pass(name, true, &failed, next_due);
+		nread = consumer_pass(name, segments, segment, true, &failed, next_due);
 	}
 	PopActiveSnapshot();
 	if (SPI_finish() != SPI_OK_FINISH)

@@ -19,7 +19,11 @@
 #include "utils/timestamp.h"
 
 /* consumer.c */
-extern int	es_consumer_run(const char *name, TimestampTz *next_due);
+extern int	es_consumer_run(const char *name, int segments, int segment, TimestampTz *next_due);
+
+/* segment.c */
+extern void es_segment_split(const char *name, int from, int to);
+extern void es_segment_collect(void);
 
 /* consumer_catalog.c */
 extern char *es_arg_consumer_name(FunctionCallInfo fcinfo, int argno, const char *what);
@@ -27,6 +31,7 @@ extern void es_check_consumer_name_free(const char *name, const char *kind);
 extern void es_check_consumer_function(Oid fn, Oid events_rowtype, Oid caller, const char *what);
 extern void es_check_event_type_filter(ArrayType *types);
 extern void es_check_retry_policy(int32 max_retries, Interval *backoff);
+extern void es_check_timeout(Interval *timeout);
 extern void es_consumer_record_failure(const char *name, const char *message);
 
 /* delivery.c */

@@ -162,6 +162,26 @@ es_check_retry_policy(int32 max_retries, Interval *backoff)
 				 errmsg("backoff must be at most one day")));
 }
 
+/* es_check_timeout: a handler's or projection's timeout (NULL: none) is above zero and at most a day. */
+void
+es_check_timeout(Interval *timeout)
+{
+	int64		us;
+
+	if (timeout == NULL)
+		return;
+	us = timeout->time + (timeout->day + (int64) timeout->month * DAYS_PER_MONTH) * USECS_PER_DAY;
+	if (us < 1000)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("timeout must be at least one millisecond"),
+				 errhint("Pass NULL for no timeout.")));
+	if (us > USECS_PER_DAY)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("timeout must be at most one day")));
+}
+
 static EsPlan failed_plan = {
 	"UPDATE @extschema@.es_consumers SET last_error = $2, last_error_at = pg_catalog.now()"
 	" WHERE name OPERATOR(pg_catalog.=) $1",

@@ -1,16 +1,22 @@
 /*-------------------------------------------------------------------------
  *
  * delivery.c
- *	  The worker service that delivers events to the consumers (handlers
- *	  and async projections): each pass runs every consumer's batches in
- *	  turn (consumer.c), and now and then prunes the idempotency ledger.
+ *	  The delivery workers: a pool of ultracore_es.delivery_workers
+ *	  processes per database that share its consumers (handlers and async
+ *	  projections, each possibly split into segments), one worker per
+ *	  consumer (or segment) at a time; and, in the first of them, the
+ *	  idempotency ledger's pruning.
  *
- * A consumer runs until it has caught up or used its share of the pass,
- * so that one with a backlog does not keep the others waiting for long.
- * An error in one consumer's batch (other than a handler's, which
- * consumer.c turns into retries and dead letters) is logged, recorded in
- * the consumer's last_error, and the consumer is left alone until the next
- * pass.
+ * Each pass lists the consumers' units (one query), then serves each unit
+ * it can claim (worker.c), in an order that differs from worker to worker,
+ * until the unit has caught up or used its share of the pass; a unit
+ * another worker holds is skipped.  So a handler that takes 20 s on one
+ * event, or waits on a lock, holds one worker; the others go on with the
+ * rest, and the unit's own order, checkpoint and exactly-once delivery
+ * stay those of one consumer (consumer.c).  An error in a unit's batch
+ * (other than a handler's, which consumer.c turns into retries and dead
+ * letters) is logged, recorded in the consumer's last_error, and the unit
+ * is left alone until the next pass.
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -31,15 +37,20 @@
 #include "core/store.h"
 #include "delivery/worker.h"
 
-/* Longest a consumer keeps the worker in one pass, before the next one's turn. */
+/* Longest a unit keeps its worker in one pass, before the next one's turn. */
 #define CONSUMER_SHARE_MS	1000
 
 /* How often the idempotency ledger is pruned. */
 #define PRUNE_INTERVAL_MS	60000
 
-static EsPlan consumers_plan = {
-	"SELECT name FROM @extschema@.es_consumers"
-	" WHERE NOT paused AND kind OPERATOR(pg_catalog.<>) 'kafka' ORDER BY name",
+/* How often the fences of re-split consumers are looked at (segment.c). */
+#define COLLECT_INTERVAL_MS 5000
+
+/* The consumers to serve, with the number of segments each is split into. */
+static EsPlan units_plan = {
+	"SELECT c.name, COALESCE(h.parallelism, 1) FROM @extschema@.es_consumers c"
+	"  LEFT JOIN @extschema@.es_handlers h ON h.name OPERATOR(pg_catalog.=) c.name"
+	" WHERE NOT c.paused AND c.kind OPERATOR(pg_catalog.<>) 'kafka' ORDER BY c.name",
 	0, {InvalidOid}
 };
 
@@ -50,49 +61,82 @@ static EsPlan prune_plan = {
 };
 
 static TimestampTz last_prune = 0;
+static TimestampTz last_collect = 0;
+static uint32 passes = 0;
 
-typedef struct ConsumerList
+/* A consumer, or one of its segments. */
+typedef struct Unit
+{
+	char	   *name;
+	int			segments;
+	int			segment;
+} Unit;
+
+typedef struct UnitList
 {
 	MemoryContext cxt;
-	List	   *names;
-} ConsumerList;
+	Unit	   *units;
+	int			nunits;
+} UnitList;
 
 static void
-delivery_list_consumers(EsStore *s, void *arg)
+delivery_list_units(EsStore *s, void *arg)
 {
-	ConsumerList *list = (ConsumerList *) arg;
+	UnitList   *list = (UnitList *) arg;
+	int			n = 0;
 	uint64		i;
 
-	if (SPI_execute_plan(es_plan(&consumers_plan), NULL, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(es_plan(&units_plan), NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not list the consumers");
 	for (i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull);
-		MemoryContext old = MemoryContextSwitchTo(list->cxt);
 
-		list->names = lappend(list->names, TextDatumGetCString(d));
-		MemoryContextSwitchTo(old);
+		n += DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	list->units = MemoryContextAlloc(list->cxt, sizeof(Unit) * Max(n, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		char	   *name = MemoryContextStrdup(list->cxt,
+											   TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+																				 SPI_tuptable->tupdesc, 1, &isnull)));
+		int			segments = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		int			k;
+
+		for (k = 0; k < segments; k++)
+		{
+			list->units[list->nunits].name = name;
+			list->units[list->nunits].segments = segments;
+			list->units[list->nunits].segment = k;
+			list->nunits++;
+		}
 	}
 }
 
 /*
- * Run a consumer's batches until it has caught up, fails, or has had its
- * share of the pass.  Errors are reported and recorded, not raised.
+ * Run a unit's batches until it has caught up, fails, or has had its share
+ * of the pass.  Errors are reported and recorded, not raised.
  */
 static void
-delivery_serve(const char *name, TimestampTz *next_due)
+delivery_serve(const Unit *u, TimestampTz *next_due)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	TimestampTz started = GetCurrentTimestamp();
+	char	   *what = u->segments > 1 ? psprintf("consumer %s segment %d of %d", u->name, u->segment, u->segments)
+		: psprintf("consumer %s", u->name);
 	char	   *volatile failure = NULL;
+	int			nread;
 
-	pgstat_report_activity(STATE_RUNNING, psprintf("ultracore_es: consumer %s", name));
 	PG_TRY();
 	{
-		while (es_consumer_run(name, next_due) >= es_worker_batch_size &&
-			   !TimestampDifferenceExceeds(started, GetCurrentTimestamp(), CONSUMER_SHARE_MS))
+		do
+		{
 			CHECK_FOR_INTERRUPTS();
+			es_worker_busy(what);
+			nread = es_consumer_run(u->name, u->segments, u->segment, next_due);
+		} while (nread >= es_worker_batch_size &&
+				 !TimestampDifferenceExceeds(started, GetCurrentTimestamp(), CONSUMER_SHARE_MS));
 	}
 	PG_CATCH();
 	{
@@ -109,7 +153,7 @@ delivery_serve(const char *name, TimestampTz *next_due)
 	PG_END_TRY();
 	MemoryContextSwitchTo(cxt);
 	if (failure != NULL)
-		es_consumer_record_failure(name, failure);
+		es_consumer_record_failure(u->name, failure);
 }
 
 /* Delete idempotency records older than ultracore_es.handled_retention. */
@@ -124,45 +168,79 @@ delivery_prune_step(EsStore *s, void *arg)
 		elog(ERROR, "could not prune the idempotency ledger");
 }
 
+/* Drop the old segments of re-split consumers that every new one has passed. */
+static void
+delivery_collect_step(EsStore *s, void *arg)
+{
+	es_segment_collect();
+}
+
 /*
- * The service's pass: every consumer in turn, then the ledger's pruning
- * when it is due.  Sleeps until the poll interval, or until a retry falls
- * due; reads appends when it has consumers.
+ * The service's pass: every unit this worker can claim, starting at a
+ * place of its own (workers do not all try the same units first), then
+ * the maintenance when it is due (in the first worker).  Sleeps until the
+ * poll interval, or until a retry falls due; reads appends when there are
+ * consumers.
  */
 static long
 delivery_pass(bool *reads_appends)
 {
-	ConsumerList list = {CurrentMemoryContext, NIL};
+	UnitList	list = {CurrentMemoryContext, NULL, 0};
 	TimestampTz next_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), es_worker_poll_interval);
-	ListCell   *lc;
+	int			member = es_worker_member();
+	int			first;
+	int			i;
 
-	if (!es_step_in_transaction(delivery_list_consumers, &list, true, NULL, NULL, NULL))
+	if (!es_step_in_transaction(delivery_list_units, &list, true, NULL, NULL, NULL))
 		return es_worker_poll_interval;
-	*reads_appends = (list.names != NIL);
-	foreach(lc, list.names)
+	*reads_appends = (list.nunits > 0);
+	first = list.nunits > 0 ? (int) ((passes++ + (uint32) (member - 1) * list.nunits / Max(es_delivery_workers, 1))
+									 % list.nunits) : 0;
+	for (i = 0; i < list.nunits; i++)
 	{
+		const Unit *u = &list.units[(first + i) % list.nunits];
+
 		CHECK_FOR_INTERRUPTS();
-		delivery_serve((const char *) lfirst(lc), &next_due);
+		if (!es_worker_claim(u->name, u->segment))
+			continue;
+		delivery_serve(u, &next_due);
+		es_worker_release();
 		MemoryContextSwitchTo(list.cxt);
 	}
-	if (es_handled_retention > 0 &&
+	es_worker_busy(NULL);
+	if (member == 1 && es_handled_retention > 0 &&
 		TimestampDifferenceExceeds(last_prune, GetCurrentTimestamp(), PRUNE_INTERVAL_MS))
 	{
-		pgstat_report_activity(STATE_RUNNING, "ultracore_es: pruning the idempotency ledger");
+		es_worker_busy("pruning the idempotency ledger");
 		(void) es_step_in_transaction(delivery_prune_step, NULL, true, NULL, NULL, NULL);
+		es_worker_busy(NULL);
 		last_prune = GetCurrentTimestamp();
+	}
+	if (member == 1 && TimestampDifferenceExceeds(last_collect, GetCurrentTimestamp(), COLLECT_INTERVAL_MS))
+	{
+		(void) es_step_in_transaction(delivery_collect_step, NULL, true, NULL, NULL, NULL);
+		last_collect = GetCurrentTimestamp();
 	}
 	return Max(0, (long) ((next_due - GetCurrentTimestamp()) / 1000));
 }
 
+/* Every database with the extension has ultracore_es.delivery_workers of them. */
+static int
+delivery_wanted(bool kafka_database)
+{
+	return es_delivery_workers;
+}
+
 static const EsWorkerService delivery_service = {
-	.name = "consumers",
-	.process = "worker",
-	.processes = 1,
+	.name = "delivery",
+	.wanted = delivery_wanted,
 	.pass = delivery_pass,
 };
 
-/* es_delivery_init: from _PG_init; the first service, of the first process. */
+/*
+ * es_delivery_init: from _PG_init.  The first service: its first worker
+ * is the one the launcher starts to probe a database.
+ */
 void
 es_delivery_init(void)
 {

@@ -65,6 +65,7 @@
 #include "utils/xid8.h"
 
 #include "core/event.h"
+#include "core/horizon.h"
 #include "core/validate.h"
 #include "delivery/consumer.h"
 #include "delivery/read_model.h"
@@ -494,6 +495,20 @@ static EsPlan save_projection_plan = {
 	8, {TEXTOID, REGPROCEDUREOID, TEXTARRAYOID, TEXTOID, REGPROCEDUREOID, INT4OID, INTERVALOID, REGROLEOID}
 };
 
+/* Release 1.1's catalog: with the timeout of an async projection's calls. */
+static EsPlan save_projection_1_1_plan = {
+	"INSERT INTO @extschema@.es_projections"
+	" (name, function, event_types, mode, reset_function, max_retries, backoff, run_as, timeout)"
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+	" ON CONFLICT (name) DO UPDATE"
+	"    SET function = excluded.function, event_types = excluded.event_types, mode = excluded.mode,"
+	"        reset_function = COALESCE(excluded.reset_function, es_projections.reset_function),"
+	"        max_retries = excluded.max_retries,"
+	"        backoff = excluded.backoff, run_as = excluded.run_as, timeout = excluded.timeout",
+	9, {TEXTOID, REGPROCEDUREOID, TEXTARRAYOID, TEXTOID, REGPROCEDUREOID, INT4OID, INTERVALOID, REGROLEOID,
+	INTERVALOID}
+};
+
 /* The consumer of an async projection, starting at the first event. */
 static EsPlan start_consumer_plan = {
 	"INSERT INTO @extschema@.es_consumers (name, kind, checkpoint_tx, checkpoint_position)"
@@ -622,6 +637,8 @@ es_register_projection(PG_FUNCTION_ARGS)
 	Oid			reset_function = PG_ARGISNULL(4) ? InvalidOid : PG_GETARG_OID(4);
 	int32		max_retries = PG_ARGISNULL(5) ? 3 : PG_GETARG_INT32(5);
 	Interval   *backoff = PG_ARGISNULL(6) ? NULL : PG_GETARG_INTERVAL_P(6);
+	bool		catalog_1_1 = PG_NARGS() >= 8;	/* release 1.0's function has 7 arguments */
+	Interval   *timeout = catalog_1_1 && !PG_ARGISNULL(7) ? PG_GETARG_INTERVAL_P(7) : NULL;
 	EsCall		call;
 	Projection	old;
 	Projection	now;
@@ -629,8 +646,8 @@ es_register_projection(PG_FUNCTION_ARGS)
 	bool		builtin = false;
 	bool		unchanged;
 	Datum		arg;
-	Datum		args[8];
-	char		nulls[8] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	Datum		args[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	if (strcmp(mode, "inline") != 0 && strcmp(mode, "async") != 0)
 		ereport(ERROR,
@@ -638,6 +655,7 @@ es_register_projection(PG_FUNCTION_ARGS)
 				 errmsg("invalid projection mode \"%s\"", mode),
 				 errhint("A projection is \"inline\" (in the append's transaction) or \"async\" (by the background worker).")));
 	es_check_retry_policy(max_retries, backoff);
+	es_check_timeout(timeout);
 	require_read_committed("es_register_projection");
 
 	es_call_begin(fcinfo, &call);
@@ -698,7 +716,10 @@ es_register_projection(PG_FUNCTION_ARGS)
 		: DirectFunctionCall3(interval_in, CStringGetDatum("1 second"), ObjectIdGetDatum(InvalidOid),
 							  Int32GetDatum(-1));
 	args[7] = ObjectIdGetDatum(call.caller);
-	if (SPI_execute_plan(es_plan(&save_projection_plan), args, nulls, false, 0) != SPI_OK_INSERT)
+	args[8] = timeout ? IntervalPGetDatum(timeout) : (Datum) 0;
+	nulls[8] = timeout ? ' ' : 'n';
+	if (SPI_execute_plan(es_plan(catalog_1_1 ? &save_projection_1_1_plan : &save_projection_plan), args, nulls,
+						 false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not register projection \"%s\"", name);
 	if (unchanged)
 	{

@@ -96,6 +96,12 @@ static int	npending_projected = 0;
 
 static void count_projected(void);
 
+static Size
+stats_shmem_size(void)
+{
+	return sizeof(StatsShared);
+}
+
 static void
 stats_shmem_init(void *segment)
 {
@@ -208,7 +214,7 @@ stats_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransact
 void
 es_stats_init(void)
 {
-	es_shmem_add("ultracore_es stats", sizeof(StatsShared), 1, (void **) &stats_shared, stats_shmem_init);
+	es_shmem_add("ultracore_es stats", stats_shmem_size, 1, (void **) &stats_shared, stats_shmem_init);
 	es_append_listen(&stats_listener);
 	RegisterXactCallback(stats_xact_callback, NULL);
 	RegisterSubXactCallback(stats_subxact_callback, NULL);
@@ -446,8 +452,7 @@ es_store_counters(PG_FUNCTION_ARGS)
 			if (stats_shared->second_of[i] > now_second - 60 && stats_shared->second_of[i] <= now_second)
 				last_minute += stats_shared->second_count[i];
 		SpinLockRelease(&stats_shared->mutex);
-		if (!es_worker_status(&pid, &started))
-			pid = 0;
+		(void) es_worker_first_delivery(&pid, &started);
 
 		values[0] = Int32GetDatum(pid);
 		nulls[0] = (pid == 0);

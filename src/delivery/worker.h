@@ -1,9 +1,11 @@
 /*-------------------------------------------------------------------------
  *
  * worker.h
- *	  The background processes of ultracore_es (worker.c): what runs in
- *	  them plugs in as services, registered from _PG_init; the processes
- *	  know none of them.
+ *	  The background processes of ultracore_es (worker.c, launcher.c): a
+ *	  launcher per server starts, in every database with the extension, the
+ *	  processes of each service plugged into it from _PG_init (delivery to
+ *	  the consumers, the Kafka mirror, the Kafka ingest), which it does not
+ *	  know.
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -15,23 +17,31 @@
 #include "utils/timestamp.h"
 
 /*
- * A service: work a background process does in passes.  Services name the
- * process that runs them; processes of one name run the services of that
- * name in their order of registration, each pass.
+ * A service: work that processes of its own do in passes, in each database
+ * that wants them.  Each process of a service is a member (1, 2, ...).
  */
 typedef struct EsWorkerService
 {
-	const char *name;			/* shown in pg_stat_activity while it runs */
-	const char *process;		/* the process that runs it, e.g. "worker" */
-	int			processes;		/* how many such processes (the first service of a
-								 * process decides) */
+	const char *name;			/* the processes' type: "ultracore_es <name>" */
+
+	/*
+	 * How many processes a database with the extension wants now, from the
+	 * settings alone (the launcher asks without a database connection);
+	 * kafka_database: whether it is the database Kafka serves
+	 * (ultracore_es.kafka_database).  A process whose member number is
+	 * above it exits.
+	 */
+	int			(*wanted) (bool kafka_database);
+
+	/* Once per process, connected, before the first pass.  NULL: nothing. */
+	void		(*start) (void);
 
 	/*
 	 * One pass, in the process's per-pass memory context, outside any
-	 * transaction, in a database where the extension is installed.
-	 * Returns how long the process may sleep before the next pass, in
-	 * milliseconds, and sets *reads_appends when commits that append
-	 * should wake it (see es_worker_wake).
+	 * transaction, in a database where the extension is installed and the
+	 * workers are enabled.  Returns how long the process may sleep before
+	 * the next pass, in milliseconds, and sets *reads_appends when commits
+	 * that append should wake it.
 	 */
 	long		(*pass) (bool *reads_appends);
 
@@ -40,19 +50,28 @@ typedef struct EsWorkerService
 
 	/*
 	 * Let go of what the service holds outside the database (clients,
-	 * connections): the worker is disabled, the extension is not
-	 * installed, or the process exits.  May be called when holding
-	 * nothing.
+	 * connections): the workers are disabled, or the process exits.  May
+	 * be called when holding nothing.
 	 */
 	void		(*stop) (void);
 } EsWorkerService;
 
+/* worker.c: from _PG_init */
 extern void es_worker_add_service(const EsWorkerService *service);
 extern void es_worker_init(void);
 extern void es_worker_register(void);
-PGDLLEXPORT void es_worker_main(Datum arg);
 
+/* worker.c: in a worker */
+extern int	es_worker_member(void);
+extern bool es_worker_claim(const char *consumer, int segment);
+extern void es_worker_release(void);
+extern void es_worker_busy(const char *what);
+
+/* worker.c: in any backend */
 extern void es_worker_wake_at_commit(void);
-extern bool es_worker_status(int *pid, TimestampTz *started_at);
+extern const char *es_kafka_database_name(void);
+extern bool es_worker_kafka_database(const char *database);
+
+extern bool es_worker_first_delivery(int *pid, TimestampTz *started_at);
 
 #endif							/* ES_WORKER_H */

@@ -20,6 +20,7 @@
 
 #include "core/guc.h"
 #include "delivery/consumer.h"
+#include "delivery/worker.h"
 
 /* librdkafka's log lines, kept until the worker emits them. */
 #define LOG_LINES			64
@@ -191,7 +192,7 @@ es_kafka_own_source(void)
 	if (es_kafka_source != NULL && es_kafka_source[0] != '\0')
 		return es_kafka_source;
 	snprintf(source, sizeof(source), "/ultracore_es/" UINT64_FORMAT "/%s", GetSystemIdentifier(),
-			 es_worker_database);
+			 es_kafka_database_name());
 	return source;
 }
 

@@ -993,19 +993,30 @@ ingest_wait_fd(void)
 	return consumer != NULL ? wake_pipe[0] : -1;
 }
 
-/* The ingest workers: kafka_ingest_workers of them (set at server start). */
-static EsWorkerService ingest_service = {
+/*
+ * kafka_ingest_workers of them (set at server start), in the database Kafka
+ * serves, when brokers and topics are configured.
+ */
+static int
+ingest_wanted(bool kafka_database)
+{
+	if (!kafka_database || es_kafka_brokers == NULL || es_kafka_brokers[0] == '\0' ||
+		es_kafka_ingest_topics == NULL || es_kafka_ingest_topics[0] == '\0')
+		return 0;
+	return es_kafka_ingest_workers;
+}
+
+static const EsWorkerService ingest_service = {
 	.name = "kafka ingest",
-	.process = "kafka ingest",
+	.wanted = ingest_wanted,
 	.pass = ingest_service_pass,
 	.wait_fd = ingest_wait_fd,
 	.stop = ingest_stop,
 };
 
-/* es_kafka_ingest_init: from _PG_init, after the settings are defined. */
+/* es_kafka_ingest_init: from _PG_init. */
 void
 es_kafka_ingest_init(void)
 {
-	ingest_service.processes = es_kafka_ingest_workers;
 	es_worker_add_service(&ingest_service);
 }

@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * mirror.c
- *	  The Kafka mirror: a service of the worker that produces every
- *	  committed event to Kafka, in commit order.
+ *	  The Kafka mirror: a worker of its own that produces every committed
+ *	  event to Kafka, in commit order, in the database Kafka serves.
  *
  * Events are read in commit order (as es_read_all) from the point produced
  * so far and produced with key = aggregate_id by an idempotent producer,
@@ -41,6 +41,7 @@
 
 #include "core/event.h"
 #include "core/guc.h"
+#include "core/horizon.h"
 #include "delivery/consumer.h"
 #include "delivery/stats.h"
 #include "delivery/worker.h"
@@ -139,7 +140,7 @@ producer_create(void)
 		 (es_kafka_transactional &&
 		  rd_kafka_conf_set(conf, "transactional.id",
 							psprintf("ultracore_es-" UINT64_FORMAT "-%s", GetSystemIdentifier(),
-									 es_worker_database),
+									 es_kafka_database_name()),
 							errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)))
 	{
 		rd_kafka_conf_destroy(conf);
@@ -474,9 +475,10 @@ mirror_produce_step(EsStore *s, void *arg)
 	routes_load();
 	args[0] = FullTransactionIdGetDatum(produced_tx);
 	args[1] = Int64GetDatum(produced_position);
-	args[2] = FullTransactionIdGetDatum(es_commit_horizon_of(GetActiveSnapshot()));
+	args[2] = FullTransactionIdGetDatum(es_commit_horizon_push());
 	args[5] = Int32GetDatum(r.wanted);
 	es_read_rows(es_commit_order_plan(), args, nulls, true, false, 0, mirror_event, &r);
+	PopActiveSnapshot();
 	routes = NULL;
 }
 
@@ -595,10 +597,16 @@ mirror_service_pass(bool *reads_appends)
 	return busy ? KAFKA_BUSY_MS : es_worker_poll_interval;
 }
 
+/* One mirror, in the database Kafka serves, when brokers are configured. */
+static int
+mirror_wanted(bool kafka_database)
+{
+	return kafka_database && es_kafka_brokers != NULL && es_kafka_brokers[0] != '\0' ? 1 : 0;
+}
+
 static const EsWorkerService mirror_service = {
 	.name = "kafka mirror",
-	.process = "worker",
-	.processes = 1,
+	.wanted = mirror_wanted,
 	.pass = mirror_service_pass,
 	.stop = mirror_stop,
 };

@@ -8,16 +8,18 @@
  * Commit order (DESIGN.md, decision 1).  Positions are taken at insert and
  * become visible at commit, so a reader that only advances a position skips
  * the events of transactions that commit late.  es_read_all returns only
- * events whose tx_id is below the commit horizon of its snapshot (the oldest
- * transaction still running, see es_commit_horizon_of), ordered by
+ * events whose tx_id is below the commit horizon (horizon.c), ordered by
  * (tx_id, position), and resumes after a (tx_id, position) checkpoint.  No
  * event can later appear below the horizon, so a checkpoint never skips one.
  * append.c keeps this order consistent with each aggregate's versions.
  *
- * All functions read with the snapshot of the calling statement (SPI
- * read-only mode), run as the owner of the tables (es_call_begin), and build
- * their result in a tuplestore in the per-query context.  Rows are fetched
- * through a cursor in slices, so a long stream never sits in memory twice.
+ * The functions read with the snapshot of the calling statement (SPI
+ * read-only mode), but for es_read_all, which under READ COMMITTED reads
+ * with a snapshot taken after its horizon (the one that sees every event
+ * below it).  They run as the owner of the tables (es_call_begin) and
+ * build their result in a tuplestore in the per-query context.  Rows are
+ * fetched through a cursor in slices, so a long stream never sits in
+ * memory twice.
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -37,6 +39,7 @@
 #include "utils/xid8.h"
 
 #include "core/event.h"
+#include "core/horizon.h"
 #include "core/validate.h"
 #include "read/upcast.h"
 
@@ -51,15 +54,28 @@ static EsPlan stream_plan = {
 	3, {TEXTOID, INT8OID, INT8OID}, true
 };
 
-static EsPlan read_all_plan = {
-	"SELECT e.* FROM @extschema@.es_events e"
-	" WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW($1, $2)"
-	"   AND e.tx_id OPERATOR(pg_catalog.<) $3"
-	"   AND ($4 IS NULL OR e.aggregate_type OPERATOR(pg_catalog.=) $4)"
+/* Commit order: $1/$2 the checkpoint, $3 the horizon, $4 an aggregate type, $5 event types. */
+#define COMMIT_ORDER_WHERE \
+	"SELECT e.* FROM @extschema@.es_events e" \
+	" WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW($1, $2)" \
+	"   AND e.tx_id OPERATOR(pg_catalog.<) $3" \
+	"   AND ($4 IS NULL OR e.aggregate_type OPERATOR(pg_catalog.=) $4)" \
 	"   AND ($5 IS NULL OR e.event_type OPERATOR(pg_catalog.=) ANY ($5))"
+
+static EsPlan read_all_plan = {
+	COMMIT_ORDER_WHERE
 	" ORDER BY e.tx_id, e.position"
 	" LIMIT $6",
 	6, {XID8OID, INT8OID, XID8OID, TEXTOID, TEXTARRAYOID, INT4OID}
+};
+
+/* The same, of one segment ($8) of the aggregates split into $7. */
+static EsPlan segment_order_plan = {
+	COMMIT_ORDER_WHERE
+	"   AND @extschema@.es_segment_of(e.aggregate_id, $7) OPERATOR(pg_catalog.=) $8"
+	" ORDER BY e.tx_id, e.position"
+	" LIMIT $6",
+	8, {XID8OID, INT8OID, XID8OID, TEXTOID, TEXTARRAYOID, INT4OID, INT4OID, INT4OID}
 };
 
 static EsPlan event_plan = {
@@ -154,6 +170,16 @@ es_commit_order_plan(void)
 	return &read_all_plan;
 }
 
+/*
+ * es_segment_order_plan: the same for a consumer split into segments: $7
+ * the number of segments, $8 the segment.
+ */
+EsPlan *
+es_segment_order_plan(void)
+{
+	return &segment_order_plan;
+}
+
 /* es_read_event: the event event_id (if it exists) through es_read_rows. */
 void
 es_read_event(const char *event_id, bool read_only, EsRowCallback fn, void *arg)
@@ -223,9 +249,10 @@ es_get_events(PG_FUNCTION_ARGS)
  *			   max_count) returns setof es_events
  *
  * Up to max_count events after the checkpoint (after_tx_id, after_position),
- * in commit order, below the commit horizon of the statement's snapshot,
- * optionally only of one aggregate type and of some event types.  The last
- * row's (tx_id, position) is the next checkpoint.
+ * in commit order, below the commit horizon (under REPEATABLE READ and
+ * SERIALIZABLE, the transaction snapshot's), optionally only of one
+ * aggregate type and of some event types.  The last row's (tx_id,
+ * position) is the next checkpoint.
  */
 PG_FUNCTION_INFO_V1(es_read_all);
 Datum
@@ -252,13 +279,14 @@ es_read_all(PG_FUNCTION_ARGS)
 	es_call_begin(fcinfo, &call);
 	args[0] = PG_ARGISNULL(0) ? FullTransactionIdGetDatum(InvalidFullTransactionId) : PG_GETARG_DATUM(0);
 	args[1] = PG_ARGISNULL(1) ? Int64GetDatum(0) : PG_GETARG_DATUM(1);
-	args[2] = FullTransactionIdGetDatum(es_commit_horizon_of(GetActiveSnapshot()));
+	args[2] = FullTransactionIdGetDatum(es_commit_horizon_push());
 	args[3] = aggregate_type ? CStringGetTextDatum(aggregate_type) : (Datum) 0;
 	nulls[3] = aggregate_type ? ' ' : 'n';
 	args[4] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
 	nulls[4] = PG_ARGISNULL(3) ? 'n' : ' ';
 	args[5] = Int32GetDatum(max_count);
 	es_read_rows(&read_all_plan, args, nulls, true, false, 0, read_put_row, fcinfo->resultinfo);
+	PopActiveSnapshot();
 	es_call_end(&call);
 	return (Datum) 0;
 }
@@ -279,7 +307,7 @@ es_commit_horizon(PG_FUNCTION_ARGS)
 	FullTransactionId horizon;
 
 	es_call_begin(fcinfo, &call);
-	horizon = es_commit_horizon_of(GetActiveSnapshot());
+	horizon = es_commit_horizon_now();
 	es_call_end(&call);
 	PG_RETURN_FULLTRANSACTIONID(horizon);
 }

@@ -24,5 +24,6 @@ extern void es_read_stream(const char *aggregate_id, int64 from_version, int64 t
 						   EsRowCallback fn, void *arg);
 extern void es_read_event(const char *event_id, bool read_only, EsRowCallback fn, void *arg);
 extern EsPlan *es_commit_order_plan(void);
+extern EsPlan *es_segment_order_plan(void);
 
 #endif							/* ES_READ_H */

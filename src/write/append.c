@@ -32,14 +32,15 @@
  * A refused append says why: a version conflict, an aggregate of another
  * type, or a commit-order hazard.
  *
- * Commit order.  Events carry a commit-order key, tx_id: the id of their
- * top-level transaction, raised to the key of the aggregate's previous event
- * when that is higher.  Readers in commit order sort by (tx_id, position)
- * below the oldest running transaction (read.c).  Transactions queue on an
- * aggregate's lock in no particular xid order, so an older transaction can
- * append after a younger one; raising its key keeps each aggregate's events
- * in version order in the commit order, and since a key is never below its
- * writer's own id, no reader can have passed it before the writer commits.
+ * Commit order.  Events carry a commit-order key, tx_id: the key of their
+ * transaction (taken when it first appends, horizon.c), raised to the key of
+ * the aggregate's previous event when that is higher.  Readers in commit
+ * order sort by (tx_id, position) below the commit horizon (horizon.c).
+ * Transactions queue on an aggregate's lock in no particular key order, so
+ * an older transaction can append after a younger one; raising its key
+ * keeps each aggregate's events in version order in the commit order, and
+ * since a key is never below its transaction's own, no reader can have
+ * passed it before the writer commits.
  *
  * Idempotency (decision 4).  When the caller names its event ids, they are
  * looked up under the aggregate's lock: the same events already stored are
@@ -80,6 +81,7 @@
 
 #include "core/errors.h"
 #include "core/event.h"
+#include "core/horizon.h"
 #include "core/validate.h"
 #include "write/aggregate.h"
 #include "write/event_type.h"
@@ -632,8 +634,7 @@ es_append_execute(EsAppendRequest *req, EsStore *store)
 	PreventCommandIfReadOnly("es_append()");
 	PreventCommandIfParallelMode("es_append()");
 	append_check_events(req);
-	own = FullTransactionIdFromU64(U64FromFullTransactionId(GetTopFullTransactionId()) +
-								   es_xid_offset(true));
+	own = FullTransactionIdFromU64(U64FromFullTransactionId(es_horizon_key()) + es_xid_offset(true));
 	for (round = 0; round < 3; round++)
 	{
 		/* A new aggregate is created first; anything else is locked first. */

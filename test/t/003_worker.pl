@@ -22,7 +22,7 @@ $node->start;
 sub worker_pid
 {
 	return $node->safe_psql('postgres',
-		q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'ultracore_es worker'});
+		q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'ultracore_es delivery' ORDER BY pid LIMIT 1});
 }
 
 sub wait_for
@@ -81,15 +81,15 @@ sub check_exactly_once
 }
 
 # The worker starts and shows what it does.
-wait_for(q{SELECT count(*) = 1 FROM pg_stat_activity
-            WHERE backend_type = 'ultracore_es worker' AND datname = 'postgres'}, 'worker running');
+wait_for(q{SELECT count(*) = 2 FROM pg_stat_activity
+            WHERE backend_type = 'ultracore_es delivery' AND datname = 'postgres'}, 'delivery workers running');
 $node->safe_psql('postgres', q{CALL append_customers('START-', 5, 4)});
 check_exactly_once('first delivery');
 
 # SIGHUP: worker_enabled off stops delivery, on resumes it.
 my $log_offset = -s $node->logfile;
 $node->safe_psql('postgres', q{ALTER SYSTEM SET ultracore_es.worker_enabled = off; SELECT pg_reload_conf()});
-$node->wait_for_log(qr/ultracore_es worker stops delivering events/, $log_offset);
+$node->wait_for_log(qr/ultracore_es delivery stops in database "postgres"/, $log_offset);
 $node->safe_psql('postgres', q{CALL append_customers('HUP-', 1, 1)});
 sleep(1);
 is($node->safe_psql('postgres', q{SELECT count(*) FROM applied WHERE aggregate_id = 'HUP-1'}),
@@ -102,7 +102,7 @@ my $pid = worker_pid();
 $log_offset = -s $node->logfile;
 $node->safe_psql('postgres', "SELECT pg_terminate_backend($pid)");
 wait_for(
-	qq{SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'ultracore_es worker' AND pid <> $pid},
+	qq{SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'ultracore_es delivery' AND pid <> $pid},
 	'worker started again after SIGTERM');
 ok(!$node->log_contains(qr/terminating any other active server processes/, $log_offset),
 	'SIGTERM is not a crash');

@@ -103,7 +103,7 @@ ok( $node->poll_query_until(
 		'postgres', q{SELECT events > 12000 FROM es_kafka_status WHERE component = 'mirror'}, 't'),
 	'the mirror is draining the backlog');
 my $log_offset = -s $node->logfile;
-kill 'KILL', $node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'ultracore_es worker'});
+kill 'KILL', $node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'ultracore_es kafka mirror'});
 $node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset);
 ok($node->poll_query_until('postgres', 'SELECT true'), 'server back after kill -9 of the worker');
 $kafka->command('rtt -1 0');	# fast brokers again for kcat

@@ -105,9 +105,10 @@ while (@messages < 10000)
 }
 is(scalar @messages, 10000, 'ten thousand messages');
 
-is( $node->safe_psql(
-		'postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'ultracore_es kafka ingest'}),
-	2, 'two ingest workers');
+# The launcher starts them once the extension exists.
+ok( $node->poll_query_until(
+		'postgres', q{SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'ultracore_es kafka ingest'}),
+	'two ingest workers');
 
 # All of them, then kill -9 of an ingest worker in the middle of the
 # ingest.  The middle is made sure of: a session holds the offset row of

@@ -1,9 +1,15 @@
-# The upgrade from release 1.0: a store installed as 1.0 and filled (events,
-# snapshots, a handler with its checkpoint and ledger, an async projection,
-# Kafka routes, the mirror's checkpoint and the ingest's offsets) keeps
-# working with the new library, then ALTER EXTENSION ultracore_es UPDATE
-# gives it exactly the catalog of a fresh install, keeps every row, and
-# delivery goes on from the checkpoints: nothing lost, nothing repeated.
+# The upgrade from release 1.0: a store installed as 1.0 and filled by the
+# released library (events, snapshots, a handler with its checkpoint and
+# ledger, an async projection, Kafka routes, the mirror's checkpoint and the
+# ingest's offsets); then the new library, which serves the 1.0 catalog's
+# SQL functions and whose workers wait for the update; then ALTER EXTENSION
+# ultracore_es UPDATE gives it exactly the catalog of a fresh install, keeps
+# every row, and delivery goes on from the checkpoints: nothing lost,
+# nothing repeated.
+#
+# The released library is built from this clone's history by test/run-tests
+# (ES_RELEASE_1_0, see test/lib.sh); without it (a shallow clone) the store
+# is filled through the 1.0 catalog by the new library alone.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -13,12 +19,14 @@ use FindBin;
 use lib "$FindBin::RealBin/..";
 use EsKafka;
 
+my $release_1_0 = $ENV{ES_RELEASE_1_0};
 my $kafka = EsKafka->new('bank.in:2', 'es.Account:2');
 my $node = $kafka->node('upgrade', q{
 ultracore_es.kafka_ingest_topics = 'bank.in'
 ultracore_es.kafka_consumer_properties = 'session.timeout.ms=6000;heartbeat.interval.ms=500'
-});
+}, $release_1_0 ? (install_path => $release_1_0) : ());
 $node->start;
+note($release_1_0 ? "release 1.0 from $release_1_0" : 'release 1.0 is not built: its catalog alone');
 
 sub wait_for
 {
@@ -26,10 +34,7 @@ sub wait_for
 	ok($node->poll_query_until('postgres', $query), $what);
 }
 
-my $newest = $node->safe_psql('postgres',
-	q{SELECT default_version FROM pg_available_extensions WHERE name = 'ultracore_es'});
-
-# Release 1.0, served by the new library.
+# Release 1.0.
 $node->safe_psql(
 	'postgres', q{
 	CREATE EXTENSION ultracore_es VERSION '1.0';
@@ -94,7 +99,39 @@ sub caught_up
 		"$what: the mirror caught up");
 	return;
 }
-caught_up('release 1.0 with the new library', 124);
+my $log_offset = 0;
+if ($release_1_0)
+{
+	caught_up('release 1.0', 124);
+	is($kafka->messages('es.Account', 2), 124, 'release 1.0 mirrored every Account event once');
+
+	# The new library: its package installed, the server restarted.
+	$log_offset = -s $node->logfile;
+	$node->stop;
+	$node->{_install_path} = undef;
+	$node->start;
+}
+
+my $newest = $node->safe_psql('postgres',
+	q{SELECT default_version FROM pg_available_extensions WHERE name = 'ultracore_es'});
+
+# Until the update, the new library serves the 1.0 catalog: its SQL
+# functions work, its workers wait (and say so) without touching anything.
+wait_for(q{SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'ultracore_es delivery'},
+	'the delivery workers run');
+$node->wait_for_log(qr/ultracore_es delivery waits: extension ultracore_es in database "postgres" is at version 1\.0/,
+	$log_offset);
+$node->safe_psql(
+	'postgres', q{
+	CREATE FUNCTION seen(event es_events) RETURNS void LANGUAGE sql AS 'SELECT';
+	SELECT es_register_handler('pre_update', 'seen(es_events)', event_types => ARRAY['ACCOUNT_OPENED'],
+	                           max_retries => 1);
+	SELECT es_append('Account', 'PRE-1', 'ACCOUNT_OPENED', '{"amount": 1}', 0);
+});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_get_events('PRE-1')}), '1',
+	'the 1.0 catalog appends and reads with the new library');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM applied WHERE aggregate_id = 'PRE-1'}), '0',
+	'nothing is delivered before the update');
 
 # What must survive the update, row for row.
 my $state_query = q{
@@ -111,13 +148,13 @@ my $state_query = q{
 my $before = $node->safe_psql('postgres', $state_query);
 my ($snapshots) = $node->safe_psql('postgres', q{SELECT count(*) FROM es_snapshots});
 cmp_ok($snapshots, '>', 0, 'automatic snapshots taken');
-my $mirrored_before = $kafka->messages('es.Account', 2);
-is($mirrored_before, 124, 'every Account event mirrored once before the update');
 
-$node->safe_psql('postgres', q{ALTER EXTENSION ultracore_es UPDATE});
+# The update, and the state it leaves, in one transaction: the workers go
+# on only once it commits.
+is($node->safe_psql('postgres', "BEGIN; ALTER EXTENSION ultracore_es UPDATE; $state_query; COMMIT;"),
+	$before, 'events, snapshots, checkpoints, ledger, offsets, routes and read model kept');
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'ultracore_es'}),
 	$newest, "updated to release $newest");
-is($node->safe_psql('postgres', $state_query), $before, 'events, snapshots, checkpoints, ledger, offsets, routes and read model kept');
 
 # The catalog of the updated store, object by object, against a fresh
 # install of the same release in another database.
@@ -196,18 +233,21 @@ if ($updated ne $fresh)
 # offsets, the old ones not again.
 $node->safe_psql('postgres', q{CALL append_accounts('NEW-', 5, 4)});
 ingest_messages(3, 4);
-caught_up('after the update', 148);
+caught_up('after the update', 149);
+wait_for(q{SELECT count(*) = 1 FROM es_handled WHERE consumer = 'pre_update' AND event_id IN
+            (SELECT event_id FROM es_events WHERE aggregate_id = 'PRE-1')},
+	'the handler registered through the 1.0 catalog delivers');
 is( $node->safe_psql(
 		'postgres', q{
 	SELECT count(*) || ' ' || count(DISTINCT event_id) || ' '
 	       || (SELECT count(*) FROM es_handled WHERE consumer = 'record') FROM applied}),
-	'148 148 148', 'every event handled once, across the update');
+	'149 149 149', 'every event handled once, across the update');
 is( $node->safe_psql(
 		'postgres', q{
 	SELECT count(*) FROM (SELECT version, lag(version) OVER (PARTITION BY aggregate_id ORDER BY seq) AS prev
 	                        FROM applied) s WHERE version <> prev + 1}),
 	'0', 'in version order');
-is($kafka->messages('es.Account', 2), 148, 'the mirror went on from its checkpoint, no event sent twice');
+is($kafka->messages('es.Account', 2), 149, 'the mirror went on from its checkpoint, no event sent twice');
 is($node->safe_psql('postgres', q{SELECT string_agg(event_id, ',' ORDER BY event_id) FROM es_events WHERE aggregate_id LIKE 'IN-%'}),
 	'in-1-1,in-1-2,in-1-3,in-1-4,in-2-1,in-2-2,in-2-3,in-2-4', 'the ingest went on from its offsets');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM es_kafka_dead_letters}), '0', 'no message dead-lettered');
