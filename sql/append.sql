@@ -75,6 +75,24 @@ SELECT bool_and(position > prev_position) AS positions_grow,
           FROM es_events WHERE aggregate_id = 'ACC-MULTI' WINDOW w AS (ORDER BY version)) s
  WHERE prev_position IS NOT NULL;
 
+-- The key is a transaction id of the appender's own, assigned at its first
+-- append: its top id when it had none, else a new subtransaction's, never
+-- below its top id (what a snapshot's xmin as commit horizon relies on).
+BEGIN;
+SELECT version FROM es_append('Account', 'ACC-KEY1', 'ACCOUNT_OPENED', '{}', 0);
+SELECT version FROM es_append('Account', 'ACC-KEY1', 'ACCOUNT_LIMIT_CHANGED', '{"limit": 10}', 1);
+SELECT count(*) AS events, bool_and(tx_id = pg_current_xact_id()) AS own_top_id
+  FROM es_events WHERE aggregate_id = 'ACC-KEY1';
+SELECT pid = pg_backend_pid() AS me, xid = pg_current_xact_id() AS holds_at_key FROM es_horizon_holders();
+COMMIT;
+SELECT count(*) AS holders_after_commit FROM es_horizon_holders() WHERE pid = pg_backend_pid();
+BEGIN;
+SELECT pg_current_xact_id() AS top_id \gset
+SELECT version FROM es_append('Account', 'ACC-KEY2', 'ACCOUNT_OPENED', '{}', 0);
+SELECT tx_id > :'top_id'::xid8 AS above_top_id, pg_xact_status(tx_id) AS status
+  FROM es_events WHERE aggregate_id = 'ACC-KEY2';
+COMMIT;
+
 -- A rolled-back append leaves no trace but its position (sequences are not transactional).
 BEGIN;
 SELECT version FROM es_append('Account', 'ACC-ROLLBACK', 'ACCOUNT_OPENED', '{}', 0);

@@ -213,6 +213,13 @@ AS 'MODULE_PATHNAME', 'es_worker_state' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION @extschema@.es_worker_state() IS
     'ultracore_es: the launcher, and each background process this database wants (pid NULL: not running), with what it is doing and why the last one in its place ended';
 
+-- Who holds the commit horizon back (horizon.c).
+CREATE FUNCTION @extschema@.es_horizon_holders(OUT pid integer, OUT xid xid8)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'es_horizon_holders' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.es_horizon_holders() IS
+    'ultracore_es: the backends holding the commit horizon back, with the transaction id each holds it at: those with events appended in this database and not yet committed (without preloading, or on a standby: every backend with a transaction id); prepared transactions are in pg_prepared_xacts';
+
 -- What an operator (or a probe) asks first: is delivery healthy?  One row
 -- per component, 'ok', 'warning' or 'critical'; the warning levels are
 -- settings (ultracore_es.health_*), ten times each is critical.  Every
@@ -237,15 +244,16 @@ WITH workers AS (
            current_setting('ultracore_es.health_dead_letters', true)::bigint AS dead_letters,
            EXISTS (SELECT FROM workers WHERE kind = 'delivery' AND pid IS NOT NULL) AS delivering
 ), horizon AS (
-    SELECT 'transaction ' || a.backend_xid || ' of pid ' || a.pid || ' (' || coalesce(a.usename::text, a.backend_type)
+    SELECT 'transaction ' || h.xid || ' of pid ' || h.pid || ' (' || coalesce(a.usename::text, a.backend_type)
            || ', database ' || coalesce(a.datname::text, '-') || ', ' || a.state || ')' AS what,
            a.xact_start AS since
-      FROM pg_stat_activity a
-     WHERE a.backend_xid IS NOT NULL AND a.xact_start IS NOT NULL
+      FROM @extschema@.es_horizon_holders() h
+      JOIN pg_stat_activity a ON a.pid = h.pid
+     WHERE a.xact_start IS NOT NULL
     UNION ALL
-    SELECT 'prepared transaction ' || p.transaction || ' (' || p.gid || ', database ' || p.database || ')',
-           p.prepared
+    SELECT 'prepared transaction ' || p.transaction || ' (' || p.gid || ')', p.prepared
       FROM pg_prepared_xacts p
+     WHERE p.database = current_database()
      ORDER BY since LIMIT 1
 ), consumers AS (
     SELECT s.consumer, s.kind, s.paused, s.lag_events, s.lag_seconds, s.events_processed, s.last_processed_at,
@@ -348,7 +356,10 @@ COMMENT ON FUNCTION @extschema@.es_health() IS
 
 REVOKE ALL ON TABLE @extschema@.es_consumer_segments, @extschema@.es_consumer_checkpoints FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.es_segment_of(text, integer), @extschema@.es_worker_state(),
-    @extschema@.es_health() FROM PUBLIC;
+    @extschema@.es_horizon_holders(), @extschema@.es_health() FROM PUBLIC;
+
+-- The key is now a transaction id taken at the first append (horizon.c).
+COMMENT ON COLUMN @extschema@.es_events.tx_id IS 'commit-order key: a transaction id of the appending transaction, assigned at its first append (its own, or a subtransaction''s when it had one already), offset after a restore into another cluster, raised to the previous event''s key of the aggregate; commit order is (tx_id, position)';
 
 -- Under READ COMMITTED, es_read_all and es_commit_horizon read the commit
 -- horizon now (only transactions that appended events hold it back) with
@@ -356,3 +367,11 @@ REVOKE ALL ON FUNCTION @extschema@.es_segment_of(text, integer), @extschema@.es_
 -- statement may differ.
 ALTER FUNCTION @extschema@.es_read_all(xid8, bigint, text, text[], integer) VOLATILE;
 ALTER FUNCTION @extschema@.es_commit_horizon() VOLATILE;
+
+-- Counting from now, as pg_stat_statements_reset() does.
+CREATE FUNCTION @extschema@.es_reset_consumer_counters(consumer text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_reset_consumer_counters' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.es_reset_consumer_counters(text) IS
+    'ultracore_es: start a consumer''s (NULL: every consumer''s) shared-memory counters and latency histograms again; returns how many';
+REVOKE ALL ON FUNCTION @extschema@.es_reset_consumer_counters(text) FROM PUBLIC;

@@ -26,6 +26,7 @@
 int			es_max_event_bytes = 1024 * 1024;
 char	   *es_worker_database = NULL;
 int			es_delivery_workers = 2;
+int			es_delivery_nice = 10;
 char	   *es_kafka_database = NULL;
 int			es_health_lag_seconds = 60;
 int			es_health_lag_events = 10000;
@@ -101,6 +102,17 @@ es_guc_init(void)
 								2,
 								1,
 								64,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("ultracore_es.delivery_nice",
+								"Niceness of the delivery workers' processes (0 to 19): they yield the CPU to client sessions and the Kafka workers.",
+								"0 runs them at the priority of every other process.",
+								&es_delivery_nice,
+								10,
+								0,
+								19,
 								PGC_POSTMASTER,
 								0,
 								NULL, NULL, NULL);

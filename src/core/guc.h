@@ -16,6 +16,7 @@ extern int	es_max_event_bytes;
 /* The background workers */
 extern char *es_worker_database;
 extern int	es_delivery_workers;
+extern int	es_delivery_nice;
 extern bool es_worker_enabled;
 extern int	es_worker_poll_interval;
 extern int	es_worker_batch_size;

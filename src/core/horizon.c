@@ -8,36 +8,39 @@
  *
  * An event's key (es_events.tx_id) is its transaction's key, raised to the
  * key of its aggregate's previous event (append.c).  A transaction's key is
- * taken when it first appends: the next transaction id then, registered in
- * shared memory until the transaction ends.  Then a transaction id is
- * assigned at or above the key (the transaction's own, or, when it had one
- * already, a subtransaction's), so the next transaction id passes the key
- * at once.  The horizon is the smallest key registered in the database, or
- * the next transaction id when none is: only transactions that have
- * appended to this store hold it back, never a long transaction that did
- * not (a report, a migration, a slow handler's batch, a session in another
- * database).
+ * a transaction id of its own, assigned when it first appends: its top
+ * transaction id, or, when it had one already, a subtransaction's, so that
+ * the id is taken now.  The key is registered in shared memory until the
+ * transaction ends.  The horizon is the smallest key registered in the
+ * database, or the next transaction id when none is: only transactions that
+ * have appended to this store hold it back, never a long transaction that
+ * did not (a report, a migration, a slow handler's batch, a session in
+ * another database).
  *
  * Why it is safe.  A reader computes the horizon H, then takes its snapshot
  * (es_commit_horizon_push), and reads the events below H.  The writer of an
  * event with a key below H was not registered when H was computed (else H
- * would be at most its key) and did not register later (a later key is at
- * least the next transaction id at H's time, so at least H): it had ended,
- * and ended transactions leave the registry only after their commit is
- * visible (the xact callback runs after ProcArrayEndTransaction), so the
+ * would be at most its key) and did not register later (a later key is a
+ * transaction id assigned after H was computed, so at least H): it had
+ * ended, and ended transactions leave the registry only after their commit
+ * is visible (the xact callback runs after ProcArrayEndTransaction), so the
  * snapshot taken after H sees them.  A registration is announced before its
- * key is read (a "pending" mark): a reader that sees the mark waits for the
- * key, one that does not see it computed H before the key was read, so the
- * key is at least H.  A prepared transaction leaves the registry when it
- * prepares; the horizon is then also kept below the oldest prepared
- * transaction's id (which is below its key), read from pg_prepared_xacts
- * after the registry, when two-phase commit is enabled.
+ * id is assigned (a "pending" mark): a reader that sees the mark waits for
+ * the key, one that does not see it read the next transaction id before
+ * the id was assigned, so the key is at least H.  A prepared transaction
+ * leaves the registry when it prepares; the horizon is then also kept below
+ * the id of the oldest transaction prepared in the database (its top id, at
+ * most its key), read from pg_prepared_xacts after the registry, when
+ * two-phase commit is enabled.
  *
- * Without preloading there is no registry: the horizon is the oldest
- * transaction id still running anywhere (the snapshot's xmin), which any
- * transaction holds back (es_commit_horizon_of, also used where a
- * transaction snapshot is fixed: REPEATABLE READ, SERIALIZABLE).  Keys are
- * above their writers' ids either way, so both horizons are safe.
+ * The other horizon is a snapshot's xmin, the oldest transaction id running
+ * anywhere when it was taken (es_commit_horizon_of): any transaction holds
+ * it back, but it needs no registry.  It serves where the registry does not
+ * exist (without preloading) or does not see the writers (a hot standby,
+ * whose writers run on the primary), and where a transaction's snapshot is
+ * fixed (REPEATABLE READ, SERIALIZABLE), which an older horizon suits.  It
+ * is safe because every key is at least its writer's top transaction id:
+ * an event below the xmin was written by a transaction that had ended.
  *
  * Locking: each backend writes its own slot (an atomic); readers read all
  * slots without a lock.
@@ -53,6 +56,7 @@
 #include "access/twophase.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/proc.h"
@@ -137,49 +141,50 @@ es_horizon_init(void)
 	RegisterXactCallback(horizon_xact_callback, NULL);
 }
 
-/* A transaction id at or above the key: a subtransaction's, committed at once. */
-static void
-horizon_pass_key(void)
+/* A new subtransaction's id, assigned now; the subtransaction commits. */
+static FullTransactionId
+horizon_subtransaction_id(void)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
+	FullTransactionId id;
 
 	BeginInternalSubTransaction(NULL);
-	(void) GetCurrentTransactionId();
+	id = GetCurrentFullTransactionId();
 	ReleaseCurrentSubTransaction();
 	MemoryContextSwitchTo(cxt);
 	CurrentResourceOwner = owner;
+	return id;
 }
 
 /*
  * es_horizon_key: the key of the current transaction's events (before the
- * store's offset), registered on the first call, and passed by a
- * transaction id of the transaction (see the file header); without the
- * registry, the transaction's own id.
+ * store's offset), a transaction id of its own assigned and registered on
+ * the first call (see the file header); without the registry, the
+ * transaction's own id.
  */
 FullTransactionId
 es_horizon_key(void)
 {
 	HorizonSlot *slot;
-	bool		had_id;
 
 	if (horizon_shared == NULL)
 		return GetTopFullTransactionId();
 	if (registered)
 		return my_key;
-	had_id = FullTransactionIdIsValid(GetTopFullTransactionIdIfAny());
 	slot = &horizon_shared->slots[MyProc->pgprocno];
 	slot->database = MyDatabaseId;
 	pg_write_barrier();
 	pg_atomic_write_u64(&slot->key, KEY_PENDING);
-	pg_memory_barrier();
-	my_key = ReadNextFullTransactionId();
-	pg_atomic_write_u64(&slot->key, U64FromFullTransactionId(my_key));
+	/* From here the xact callback clears the slot, should the id fail. */
 	registered = true;
-	if (had_id)
-		horizon_pass_key();
+	pg_memory_barrier();
+	if (FullTransactionIdIsValid(GetTopFullTransactionIdIfAny()))
+		my_key = horizon_subtransaction_id();
 	else
-		(void) GetTopFullTransactionId();
+		my_key = GetTopFullTransactionId();
+	pg_write_barrier();
+	pg_atomic_write_u64(&slot->key, U64FromFullTransactionId(my_key));
 	return my_key;
 }
 
@@ -201,7 +206,8 @@ widen_xid(TransactionId xid)
 }
 
 static EsPlan prepared_plan = {
-	"SELECT transaction FROM pg_catalog.pg_prepared_xacts",
+	"SELECT transaction FROM pg_catalog.pg_prepared_xacts"
+	" WHERE database OPERATOR(pg_catalog.=) pg_catalog.current_database()",
 	0, {InvalidOid}
 };
 
@@ -227,8 +233,9 @@ horizon_in_store(FullTransactionId raw)
 /*
  * es_commit_horizon_of: the commit horizon as snapshot sees it: its xmin,
  * the oldest transaction then running.  Every event with a key below it is
- * committed and visible in the snapshot, as its writer's id is below it
- * too.  Any transaction with an id holds it back.  Needs SPI.
+ * committed and visible in the snapshot, as its writer's top transaction id
+ * is at most its key (see the file header).  Any transaction with an id
+ * holds it back.  Needs SPI.
  */
 FullTransactionId
 es_commit_horizon_of(Snapshot snapshot)
@@ -236,13 +243,33 @@ es_commit_horizon_of(Snapshot snapshot)
 	return horizon_in_store(widen_xid(snapshot->xmin));
 }
 
+/* Wait for a key being taken: an id assignment away, unless XidGenLock is busy. */
+static uint64
+horizon_wait_key(pg_atomic_uint64 *key)
+{
+	uint64		value;
+	int			spins = 0;
+
+	while ((value = pg_atomic_read_u64(key)) == KEY_PENDING)
+	{
+		if (++spins < 1000)
+			SPIN_DELAY();
+		else
+		{
+			CHECK_FOR_INTERRUPTS();
+			pg_usleep(100L);
+		}
+	}
+	return value;
+}
+
 /*
  * es_commit_horizon_push: the commit horizon now, with a snapshot pushed as
  * the active one (the caller pops it) that sees every event below it.  Only
  * transactions that have appended hold it back (see the file header).
- * Where the transaction's snapshot is fixed (REPEATABLE READ,
- * SERIALIZABLE), or without the registry, the snapshot's horizon.  Needs
- * SPI and an active snapshot.
+ * Without a registry that sees the writers, or where the transaction's
+ * snapshot is fixed, the snapshot's horizon.  Needs SPI and an active
+ * snapshot.
  */
 FullTransactionId
 es_commit_horizon_push(void)
@@ -251,7 +278,7 @@ es_commit_horizon_push(void)
 	uint64		min;
 	int			i;
 
-	if (horizon_shared == NULL || IsolationUsesXactSnapshot())
+	if (horizon_shared == NULL || IsolationUsesXactSnapshot() || RecoveryInProgress())
 	{
 		PushActiveSnapshot(GetTransactionSnapshot());
 		return es_commit_horizon_of(GetActiveSnapshot());
@@ -263,14 +290,8 @@ es_commit_horizon_push(void)
 	for (i = 0; i < horizon_shared->nslots; i++)
 	{
 		HorizonSlot *slot = &horizon_shared->slots[i];
-		uint64		key = pg_atomic_read_u64(&slot->key);
+		uint64		key = horizon_wait_key(&slot->key);
 
-		/* A key being taken: it is a few instructions away. */
-		while (key == KEY_PENDING)
-		{
-			SPIN_DELAY();
-			key = pg_atomic_read_u64(&slot->key);
-		}
 		pg_read_barrier();
 		/* Keys of other stores (databases) are not this store's concern. */
 		if (key != KEY_NONE && key < min && slot->database == MyDatabaseId)
@@ -309,4 +330,62 @@ es_commit_horizon_now(void)
 
 	PopActiveSnapshot();
 	return horizon;
+}
+
+/*
+ * Widen a key or a transaction id of a PGPROC and add a row for its backend
+ * to es_horizon_holders' result.
+ */
+static void
+holders_add(ReturnSetInfo *rsinfo, int pgprocno, FullTransactionId key)
+{
+	Datum		values[2];
+	bool		nulls[2] = {false, false};
+	int			pid = ProcGlobal->allProcs[pgprocno].pid;
+
+	/* A prepared transaction's PGPROC has no pid: pg_prepared_xacts lists it. */
+	if (pid == 0)
+		return;
+	values[0] = Int32GetDatum(pid);
+	values[1] = FullTransactionIdGetDatum(key);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+/*
+ * es_horizon_holders(): the backends holding the commit horizon back, with
+ * their keys (before the store's offset): those that appended in this
+ * database, or, where es_commit_horizon_push uses the snapshot's xmin
+ * (no registry, a hot standby), every backend with a transaction id.  Read
+ * without a lock: a monitoring view.
+ */
+PG_FUNCTION_INFO_V1(es_horizon_holders);
+Datum
+es_horizon_holders(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			n = MaxBackends + NUM_AUXILIARY_PROCS;
+	int			i;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (horizon_shared == NULL || RecoveryInProgress())
+	{
+		for (i = 0; i < n; i++)
+		{
+			TransactionId xid = ProcGlobal->allProcs[i].xid;
+
+			if (TransactionIdIsNormal(xid))
+				holders_add(rsinfo, i, widen_xid(xid));
+		}
+		return (Datum) 0;
+	}
+	for (i = 0; i < horizon_shared->nslots; i++)
+	{
+		HorizonSlot *slot = &horizon_shared->slots[i];
+		uint64		key = pg_atomic_read_u64(&slot->key);
+
+		pg_read_barrier();
+		if (key != KEY_NONE && key != KEY_PENDING && slot->database == MyDatabaseId)
+			holders_add(rsinfo, i, FullTransactionIdFromU64(key));
+	}
+	return (Datum) 0;
 }

@@ -303,14 +303,16 @@ consumer_apply(Consumer *c, BatchEvent *ev)
 			handler_running = false;
 			disable_timeout(handler_timeout, false);
 		}
+
+		/*
+		 * It fired as the handler returned or failed otherwise: the cancel
+		 * is ours, and moot (handler_timed_out stays, for the error).
+		 */
+		if (handler_timed_out)
+			QueryCancelPending = false;
 	}
 	PG_END_TRY();
-	if (handler_timed_out)
-	{
-		/* It fired as the handler returned: the cancel is ours, and moot. */
-		QueryCancelPending = false;
-		handler_timed_out = false;
-	}
+	handler_timed_out = false;
 	AtEOXact_GUC(false, save_nestlevel);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
 }

@@ -26,6 +26,8 @@
 
 #include "delivery/consumer.h"
 
+#include <sys/resource.h>
+
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "pgstat.h"
@@ -224,6 +226,20 @@ delivery_pass(bool *reads_appends)
 	return Max(0, (long) ((next_due - GetCurrentTimestamp()) / 1000));
 }
 
+/*
+ * A delivery worker yields the CPU to client sessions and to the Kafka
+ * workers: a consumer catching up on a backlog runs at full speed on an
+ * idle core, but never takes one from the appends or the mirror
+ * (ultracore_es.delivery_nice).
+ */
+static void
+delivery_start(void)
+{
+	if (es_delivery_nice > 0 && setpriority(PRIO_PROCESS, 0, es_delivery_nice) != 0)
+		ereport(WARNING,
+				(errmsg("ultracore_es delivery: could not lower the worker's CPU priority: %m")));
+}
+
 /* Every database with the extension has ultracore_es.delivery_workers of them. */
 static int
 delivery_wanted(bool kafka_database)
@@ -234,6 +250,7 @@ delivery_wanted(bool kafka_database)
 static const EsWorkerService delivery_service = {
 	.name = "delivery",
 	.wanted = delivery_wanted,
+	.start = delivery_start,
 	.pass = delivery_pass,
 };
 

@@ -251,19 +251,43 @@ launcher_reap(void)
 }
 
 /*
+ * How readily an idle slot serves another worker: one never used, or whose
+ * database is no longer served, first; then one of a database without the
+ * extension; then any other whose worker may start again now (its history
+ * goes with it).  -1: not at all (in use, or its worker waits for a
+ * restart).
+ */
+static int
+launcher_slot_rank(int i, TimestampTz now)
+{
+	WorkerSlot *slot = &es_worker_shared->slots[i];
+	DatabaseEntry *db;
+
+	if (slot->in_use || handles[i] != NULL)
+		return -1;
+	if (slot->member == 0 || (db = database_find(slot->database)) == NULL)
+		return 0;
+	if (db->state == DB_ABSENT)
+		return 1;
+	return slot->start_after <= now ? 2 : -1;
+}
+
+/*
  * The slot of member of service in db: the one it had before (which keeps
- * its last exit and backoff), else a free one.  NULL when it runs, or none
- * is free.  Caller holds the lock.
+ * its last exit and backoff), else the idle one that serves most readily.
+ * NULL when it runs, or none is free.  Caller holds the lock.
  */
 static WorkerSlot *
-launcher_slot(Oid db, int service, int member, int *index)
+launcher_slot(Oid db, int service, int member, TimestampTz now, int *index)
 {
 	int			free_slot = -1;
+	int			free_rank = INT_MAX;
 	int			i;
 
 	for (i = 0; i < es_worker_shared->nslots; i++)
 	{
 		WorkerSlot *slot = &es_worker_shared->slots[i];
+		int			rank;
 
 		if (slot->database == db && slot->service == service && slot->member == member)
 		{
@@ -272,9 +296,12 @@ launcher_slot(Oid db, int service, int member, int *index)
 			*index = i;
 			return slot;
 		}
-		if (!slot->in_use && handles[i] == NULL && free_slot < 0 &&
-			(slot->member == 0 || database_find(slot->database) == NULL))
+		rank = launcher_slot_rank(i, now);
+		if (rank >= 0 && rank < free_rank)
+		{
 			free_slot = i;
+			free_rank = rank;
+		}
 	}
 	if (free_slot < 0)
 		return NULL;
@@ -354,7 +381,7 @@ launcher_start(void)
 			for (member = 1; member <= wanted; member++)
 			{
 				int			index;
-				WorkerSlot *slot = launcher_slot(db->oid, service, member, &index);
+				WorkerSlot *slot = launcher_slot(db->oid, service, member, now, &index);
 
 				if (slot == NULL)
 					continue;
@@ -442,9 +469,13 @@ es_launcher_main(Datum arg)
  *-------------------------------------------------------------------------
  */
 
-/* At commit: the extension was created (the database is probed) or dropped here. */
-static bool created_here = false;
-static bool dropped_here = false;
+/*
+ * At commit: the extension was created (the database is probed) or dropped
+ * here.  The nesting level of the (sub)transaction that did it, 0 if none:
+ * a rolled-back subtransaction undoes it.
+ */
+static int	created_level = 0;
+static int	dropped_level = 0;
 
 /* The databases this backend holds until its transaction ends. */
 static bool holding = false;
@@ -461,19 +492,23 @@ statement_names_extension(List *objects)
 }
 
 /*
- * Hold database name: no worker starts there, and those running are asked
- * to exit (SIGTERM); the command that needs the database without
- * connections then waits for them as for any session (a few seconds).
+ * Hold database name (or oid): no worker starts there, and those running
+ * are asked to exit (SIGTERM; their slots say why, which is no failure).
+ * The command that needs the database without connections would wait for
+ * them as for any session (five seconds); they are waited for here first,
+ * as long, so that it finds them gone.
  */
 static void
 launcher_hold(const char *name, Oid oid)
 {
-	int			pids[64];
+	int		   *pids;
 	int			npids = 0;
+	int			waited;
 	int			i;
 
 	if ((name == NULL && oid == InvalidOid) || es_worker_shared == NULL)
 		return;
+	pids = palloc(sizeof(int) * es_worker_shared->nslots);
 	LWLockAcquire(es_worker_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < MAX_DATABASES; i++)
 	{
@@ -485,13 +520,41 @@ launcher_hold(const char *name, Oid oid)
 		db->held_by = MyProcPid;
 		holding = true;
 		for (j = 0; j < es_worker_shared->nslots; j++)
-			if (es_worker_shared->slots[j].database == db->oid && es_worker_shared->slots[j].pid != 0 &&
-				npids < (int) lengthof(pids))
-				pids[npids++] = es_worker_shared->slots[j].pid;
+		{
+			WorkerSlot *slot = &es_worker_shared->slots[j];
+
+			if (slot->database != db->oid || slot->pid == 0)
+				continue;
+			snprintf(slot->last_exit, sizeof(slot->last_exit), "asked to leave for %s by pid %d",
+					 name != NULL ? "a command on its database" : "DROP EXTENSION", MyProcPid);
+			slot->last_exit_at = GetCurrentTimestamp();
+			pids[npids++] = slot->pid;
+		}
 	}
 	LWLockRelease(es_worker_shared->lock);
 	for (i = 0; i < npids; i++)
 		(void) kill(pids[i], SIGTERM);
+	for (waited = 0; npids > 0 && waited < 5000; waited += 10)
+	{
+		int			left = 0;
+
+		CHECK_FOR_INTERRUPTS();
+		LWLockAcquire(es_worker_shared->lock, LW_SHARED);
+		for (i = 0; i < es_worker_shared->nslots; i++)
+		{
+			int			j;
+
+			for (j = 0; j < npids; j++)
+				if (es_worker_shared->slots[i].pid == pids[j])
+					left++;
+		}
+		LWLockRelease(es_worker_shared->lock);
+		if (left == 0)
+			break;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+	pfree(pids);
 }
 
 /* End this backend's holds; the launcher looks at the databases again. */
@@ -578,10 +641,10 @@ launcher_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 
 	if (IsA(parsetree, CreateExtensionStmt) &&
 		strcmp(((CreateExtensionStmt *) parsetree)->extname, "ultracore_es") == 0)
-		created_here = true;
+		created_level = GetCurrentTransactionNestLevel();
 	if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION &&
 		statement_names_extension(((DropStmt *) parsetree)->objects))
-		dropped_here = true;
+		dropped_level = GetCurrentTransactionNestLevel();
 }
 
 /*
@@ -592,23 +655,46 @@ launcher_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 static void
 launcher_xact_callback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_COMMIT && (created_here || dropped_here) && es_worker_shared != NULL)
+	if (event == XACT_EVENT_COMMIT && (created_level > 0 || dropped_level > 0) && es_worker_shared != NULL)
 	{
 		DatabaseEntry *db;
 
 		LWLockAcquire(es_worker_shared->lock, LW_EXCLUSIVE);
 		db = database_find(MyDatabaseId);
 		if (db != NULL)
-			db->state = created_here ? DB_UNKNOWN : DB_ABSENT;
+			db->state = created_level > 0 ? DB_UNKNOWN : DB_ABSENT;
 		LWLockRelease(es_worker_shared->lock);
 		es_launcher_wake();
 	}
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PREPARE ||
 		event == XACT_EVENT_PARALLEL_ABORT)
 	{
-		created_here = false;
-		dropped_here = false;
+		created_level = 0;
+		dropped_level = 0;
 		launcher_release_holds();
+	}
+}
+
+/* A subtransaction's end: what it did is undone, or now its parent's. */
+static void
+launcher_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid,
+						  void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		if (created_level >= level)
+			created_level = 0;
+		if (dropped_level >= level)
+			dropped_level = 0;
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		if (created_level >= level)
+			created_level = level - 1;
+		if (dropped_level >= level)
+			dropped_level = level - 1;
 	}
 }
 
@@ -621,4 +707,5 @@ es_launcher_init(void)
 	prev_utility_hook = ProcessUtility_hook;
 	ProcessUtility_hook = launcher_utility;
 	RegisterXactCallback(launcher_xact_callback, NULL);
+	RegisterSubXactCallback(launcher_subxact_callback, NULL);
 }

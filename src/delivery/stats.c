@@ -519,3 +519,37 @@ es_consumer_counters(PG_FUNCTION_ARGS)
 	LWLockRelease(stats_shared->lock);
 	return (Datum) 0;
 }
+
+/*
+ * es_reset_consumer_counters(consumer text) returns bigint
+ *
+ * Starts a consumer's counters and latency histograms again (all
+ * consumers' with NULL), to measure from now; returns how many were reset.
+ * The progress counters of es_consumers are not touched.
+ */
+PG_FUNCTION_INFO_V1(es_reset_consumer_counters);
+Datum
+es_reset_consumer_counters(PG_FUNCTION_ARGS)
+{
+	char	   *consumer = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	int64		reset = 0;
+	int			i;
+
+	if (stats_shared == NULL)
+		PG_RETURN_INT64(0);
+	LWLockAcquire(stats_shared->lock, LW_EXCLUSIVE);
+	for (i = 0; i < MAX_CONSUMERS; i++)
+	{
+		ConsumerStats *cs = &stats_shared->consumers[i];
+
+		if (cs->name[0] == '\0' || (consumer != NULL && strcmp(cs->name, consumer) != 0))
+			continue;
+		pg_atomic_write_u64(&cs->events_applied, 0);
+		memset(&cs->total, 0, sizeof(cs->total));
+		memset(cs->recent, 0, sizeof(cs->recent));
+		memset(cs->recent_minute, 0, sizeof(cs->recent_minute));
+		reset++;
+	}
+	LWLockRelease(stats_shared->lock);
+	PG_RETURN_INT64(reset);
+}

@@ -310,8 +310,12 @@ static void
 worker_leave(const char *why, int code)
 {
 	LWLockAcquire(es_worker_shared->lock, LW_EXCLUSIVE);
-	strlcpy(my_slot->last_exit, why, sizeof(my_slot->last_exit));
-	my_slot->last_exit_at = GetCurrentTimestamp();
+	/* A command that asked it to leave said why already (launcher_hold). */
+	if (my_slot->last_exit_at < my_slot->started_at)
+	{
+		strlcpy(my_slot->last_exit, why, sizeof(my_slot->last_exit));
+		my_slot->last_exit_at = GetCurrentTimestamp();
+	}
 	LWLockRelease(es_worker_shared->lock);
 	proc_exit(code);
 }
@@ -460,6 +464,8 @@ es_worker_main(Datum arg)
 		long		timeout = es_worker_poll_interval;
 		bool		reads_appends = false;
 		bool		ran = false;
+		Installed	installed = {false, ""};
+		bool		present = false;
 		int			fd;
 
 		ResetLatch(MyLatch);
@@ -480,12 +486,9 @@ es_worker_main(Datum arg)
 			worker_leave("no longer wanted in its database", 0);
 		MemoryContextReset(pass_cxt);
 		MemoryContextSwitchTo(pass_cxt);
-		if (es_worker_enabled)
+		/* A failed look (the database busy, say) proves nothing: look again next time. */
+		if (es_step_in_transaction(worker_check_version, &installed, true, &present, NULL, NULL))
 		{
-			Installed	installed = {false, ""};
-			bool		present = false;
-
-			(void) es_step_in_transaction(worker_check_version, &installed, true, &present, NULL, NULL);
 			if (!present)
 			{
 				worker_database_state(DB_ABSENT);
@@ -504,7 +507,7 @@ es_worker_main(Datum arg)
 				warned_outdated = true;
 				timeout = OUTDATED_NAP_MS;
 			}
-			else
+			else if (es_worker_enabled)
 			{
 				warned_outdated = false;
 				pgstat_report_activity(STATE_RUNNING, psprintf("ultracore_es: %s", service->name));

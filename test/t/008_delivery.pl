@@ -234,6 +234,21 @@ foreach my $db ('bank2', 'bank3')
 is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'ultracore_es kafka mirror'}),
 	'1', 'Kafka is served in one database only');
 
+# A DROP EXTENSION rolled back to a savepoint changes nothing: the workers
+# it asked to leave come back (no failure, no backoff) and deliver.
+$node->safe_psql(
+	'bank3', q{
+	BEGIN;
+	SAVEPOINT s;
+	DROP EXTENSION ultracore_es CASCADE;
+	ROLLBACK TO SAVEPOINT s;
+	COMMIT;
+	SELECT es_append('Customer', 'C2', 'CUSTOMER_CREATED', '{}', 0);
+});
+wait_for(q{SELECT count(*) = 2 FROM seen}, 'a rolled-back DROP EXTENSION leaves the database served', 'bank3');
+like($node->safe_psql('bank3', q{SELECT last_exit FROM es_worker_state() WHERE kind = 'delivery' AND member = 1}),
+	qr/^asked to leave for DROP EXTENSION by pid \d+$/, 'the workers say why they left');
+
 # DROP EXTENSION stops the database's workers; DROP DATABASE does not
 # wait on them.
 $node->safe_psql('bank3', q{DROP EXTENSION ultracore_es CASCADE});
