@@ -39,18 +39,27 @@
  *		load.c			folding an aggregate's state; es_load_aggregate
  *		snapshot.c		snapshots, automatic ones listening to appends
  *	delivery/	the background workers and what they deliver
+ *		launcher.c		the launcher process, which starts and stops the
+ *						workers of every database; the utility hook that
+ *						tells it when a database gets or loses the extension
  *		worker.c		the processes, their loop and their services
  *		stats.c			statistics in shared memory
  *		consumer.c		the consumer engine: one batch, exactly once
+ *		segment.c		consumers split into segments by aggregate; fences
+ *		dead_letter.c	dead letters, and the events parked behind them
  *		consumer_catalog.c	the rules shared by handlers and projections
  *		delivery.c		the service that runs the consumers
  *		handler.c		handlers and dead letters: the SQL functions
- *		projection.c	projections: registration, inline path, rebuilds
- *		read_model.c	the five built-in read models
+ *		projection.c	projections: calls, inline path, waits
+ *		projection_rebuild.c	registering, rebuilding, unregistering
+ *		read_model.c	the five built-in read models: rows, projection
+ *						functions
+ *		read_model_fold.c	what each event does to a read model's row
  *	kafka/		Kafka, the only folder that includes librdkafka
  *		client.c		clients: configuration, creation, logs, settings
  *		mirror.c		the mirror: committed events to topics
  *		ingest.c		the ingest: topics to appends
+ *		ingest_message.c	a message: its append request, or a dead letter
  *
  * Copyright (c) 2026, ultracore_es developers
  *

@@ -1,9 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * projection.h
- *	  Projections (projection.c): the SQL functions that register, rebuild
- *	  and wait for them, and the inline path that listens to the write
- *	  path.
+ *	  Projections (projection.c, projection_rebuild.c): the SQL functions
+ *	  that register, rebuild and wait for them, and the inline path that
+ *	  listens to the write path.
  *
  * Copyright (c) 2026, ultracore_es developers
  *

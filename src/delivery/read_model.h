@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * read_model.h
- *	  The built-in read models (read_model.c), as the projection engine
- *	  (projection.c) drives them.
+ *	  The built-in read models (read_model.c, read_model_fold.c), as the
+ *	  projection engine (projection.c, projection_rebuild.c) drives them.
  *
  * Copyright (c) 2026, ultracore_es developers
  *

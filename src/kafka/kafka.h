@@ -3,8 +3,9 @@
  * kafka.h
  *	  The Kafka layer: what its files share.  The clients' configuration,
  *	  creation, logs and settings (client.c), the mirror (mirror.c) and the
- *	  ingest (ingest.c), each a service of the background workers.  Only
- *	  the files of src/kafka include librdkafka.
+ *	  ingest (ingest.c, its messages decoded in ingest_message.c), each a
+ *	  service of the background workers.  Only the files of src/kafka
+ *	  include librdkafka.
  *
  * Rules (DESIGN.md, "Rules for code that talks to Kafka"):
  *
@@ -32,6 +33,7 @@
 
 #include "core/step.h"
 #include "kafka/service.h"
+#include "write/append.h"
 
 /* The es_consumers rows of the mirror and of the ingest. */
 #define MIRROR_CONSUMER		"kafka_mirror"
@@ -55,5 +57,9 @@ extern void es_kafka_mirror_init(void);
 
 /* ingest.c */
 extern void es_kafka_ingest_init(void);
+
+/* ingest_message.c */
+extern bool es_kafka_ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *ev);
+extern void es_kafka_ingest_dead_letter(rd_kafka_message_t *msg, const char *error);
 
 #endif							/* ES_KAFKA_H */
