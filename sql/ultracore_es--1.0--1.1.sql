@@ -375,3 +375,7 @@ AS 'MODULE_PATHNAME', 'es_reset_consumer_counters' LANGUAGE C VOLATILE PARALLEL 
 COMMENT ON FUNCTION @extschema@.es_reset_consumer_counters(text) IS
     'ultracore_es: start a consumer''s (NULL: every consumer''s) shared-memory counters and latency histograms again; returns how many';
 REVOKE ALL ON FUNCTION @extschema@.es_reset_consumer_counters(text) FROM PUBLIC;
+
+-- The idempotency ledger is pruned in short batches, oldest first, by this
+-- index (delivery.c), instead of one DELETE over the whole table a minute.
+CREATE INDEX es_handled_handled_at ON @extschema@.es_handled (handled_at);

@@ -250,6 +250,9 @@ consumer_load(Consumer *c)
  * returned is dropped.  The error it raises is the handler's failure.
  */
 static TimeoutId handler_timeout = MAX_TIMEOUTS;
+
+/* The event row the handler being called was given, while it runs. */
+static Datum applying_datum = (Datum) 0;
 static volatile sig_atomic_t handler_running = false;
 static volatile sig_atomic_t handler_timed_out = false;
 
@@ -292,12 +295,14 @@ consumer_apply(Consumer *c, BatchEvent *ev)
 		handler_running = true;
 		enable_timeout_after(handler_timeout, (int) Min(c->timeout_ms, INT_MAX));
 	}
+	applying_datum = fcinfo->args[0].value;
 	PG_TRY();
 	{
 		(void) FunctionCallInvoke(fcinfo);
 	}
 	PG_FINALLY();
 	{
+		applying_datum = (Datum) 0;
 		if (c->timeout_ms > 0)
 		{
 			handler_running = false;
@@ -315,6 +320,17 @@ consumer_apply(Consumer *c, BatchEvent *ev)
 	handler_timed_out = false;
 	AtEOXact_GUC(false, save_nestlevel);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
+/*
+ * es_consumer_delivering: whether event (a function's argument) is the
+ * stored event the engine is passing to a consumer's function now, rather
+ * than a row its caller made up.
+ */
+bool
+es_consumer_delivering(Datum event)
+{
+	return applying_datum != (Datum) 0 && event == applying_datum;
 }
 
 /*

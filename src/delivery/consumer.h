@@ -20,6 +20,7 @@
 
 /* consumer.c */
 extern int	es_consumer_run(const char *name, int segments, int segment, TimestampTz *next_due);
+extern bool es_consumer_delivering(Datum event);
 
 /* segment.c */
 extern void es_segment_split(const char *name, int from, int to);

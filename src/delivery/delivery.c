@@ -56,13 +56,27 @@ static EsPlan units_plan = {
 	0, {InvalidOid}
 };
 
+/*
+ * The idempotency ledger is pruned in short transactions of PRUNE_BATCH
+ * records, oldest first by its index on handled_at, for at most
+ * PRUNE_SLICE_MS a pass: however long the ledger, no transaction and no
+ * pass lasts long (a vacuum follows each batch's dead rows, not one
+ * million of them at once).
+ */
+#define PRUNE_BATCH			5000
+#define PRUNE_SLICE_MS		200
+
 static EsPlan prune_plan = {
 	"DELETE FROM @extschema@.es_handled"
-	" WHERE handled_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1)",
-	1, {INTERVALOID}
+	" WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+	"   SELECT ctid FROM @extschema@.es_handled"
+	"    WHERE handled_at OPERATOR(pg_catalog.<) (pg_catalog.now() OPERATOR(pg_catalog.-) $1)"
+	"    ORDER BY handled_at LIMIT $2))",
+	2, {INTERVALOID, INT4OID}
 };
 
 static TimestampTz last_prune = 0;
+static bool prune_unfinished = false;	/* the last slice left old records */
 static TimestampTz last_collect = 0;
 static uint32 passes = 0;
 
@@ -158,16 +172,39 @@ delivery_serve(const Unit *u, TimestampTz *next_due)
 		es_consumer_record_failure(u->name, failure);
 }
 
-/* Delete idempotency records older than ultracore_es.handled_retention. */
+/* Delete a batch of idempotency records older than ultracore_es.handled_retention. */
 static void
 delivery_prune_step(EsStore *s, void *arg)
 {
-	Datum		retention = DirectFunctionCall7(make_interval, Int32GetDatum(0), Int32GetDatum(0),
-												Int32GetDatum(0), Int32GetDatum(0), Int32GetDatum(0),
-												Int32GetDatum(0), Float8GetDatum((double) es_handled_retention));
+	Datum		args[2];
 
-	if (SPI_execute_plan(es_plan(&prune_plan), &retention, NULL, false, 0) != SPI_OK_DELETE)
+	args[0] = DirectFunctionCall7(make_interval, Int32GetDatum(0), Int32GetDatum(0),
+								  Int32GetDatum(0), Int32GetDatum(0), Int32GetDatum(0),
+								  Int32GetDatum(0), Float8GetDatum((double) es_handled_retention));
+	args[1] = Int32GetDatum(PRUNE_BATCH);
+	if (SPI_execute_plan(es_plan(&prune_plan), args, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not prune the idempotency ledger");
+	*(uint64 *) arg = SPI_processed;
+}
+
+/* One slice of the prune: batches until the old records are gone or the slice is used. */
+static void
+delivery_prune(void)
+{
+	TimestampTz started = GetCurrentTimestamp();
+	uint64		deleted;
+
+	es_worker_busy("pruning the idempotency ledger");
+	do
+	{
+		CHECK_FOR_INTERRUPTS();
+		deleted = 0;
+		if (!es_step_in_transaction(delivery_prune_step, &deleted, true, NULL, NULL, NULL))
+			break;
+	} while (deleted == PRUNE_BATCH && !TimestampDifferenceExceeds(started, GetCurrentTimestamp(), PRUNE_SLICE_MS));
+	prune_unfinished = (deleted == PRUNE_BATCH);
+	es_worker_busy(NULL);
+	last_prune = GetCurrentTimestamp();
 }
 
 /* Drop the old segments of re-split consumers that every new one has passed. */
@@ -211,13 +248,8 @@ delivery_pass(bool *reads_appends)
 	}
 	es_worker_busy(NULL);
 	if (member == 1 && es_handled_retention > 0 &&
-		TimestampDifferenceExceeds(last_prune, GetCurrentTimestamp(), PRUNE_INTERVAL_MS))
-	{
-		es_worker_busy("pruning the idempotency ledger");
-		(void) es_step_in_transaction(delivery_prune_step, NULL, true, NULL, NULL, NULL);
-		es_worker_busy(NULL);
-		last_prune = GetCurrentTimestamp();
-	}
+		(prune_unfinished || TimestampDifferenceExceeds(last_prune, GetCurrentTimestamp(), PRUNE_INTERVAL_MS)))
+		delivery_prune();
 	if (member == 1 && TimestampDifferenceExceeds(last_collect, GetCurrentTimestamp(), COLLECT_INTERVAL_MS))
 	{
 		(void) es_step_in_transaction(delivery_collect_step, NULL, true, NULL, NULL, NULL);

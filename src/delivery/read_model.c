@@ -58,6 +58,7 @@
 #include "utils/xid8.h"
 
 #include "core/event.h"
+#include "delivery/consumer.h"
 #include "read/read.h"
 
 /* Where the fold of the current event is, for error messages. */
@@ -259,6 +260,22 @@ rm_fold(const EsReadModel *m, RmRow *row, const RmEvent *ev)
 static void
 rm_event_from_values(RmEvent *ev, Datum *values, bool *nulls)
 {
+	static const struct
+	{
+		int			column;
+		const char *name;
+	}			required[] = {
+		{EV_EVENT_ID, "event_id"}, {EV_EVENT_TYPE, "event_type"}, {EV_AGGREGATE_ID, "aggregate_id"},
+		{EV_VERSION, "version"}, {EV_POSITION, "position"}, {EV_OCCURRED_AT, "occurred_at"}, {EV_DATA, "data"}
+	};
+	size_t		i;
+
+	/* A stored event has them all (NOT NULL): a guard, never a path taken. */
+	for (i = 0; i < lengthof(required); i++)
+		if (nulls[required[i].column])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("event has no %s", required[i].name)));
 	ev->event_id = TextDatumGetCString(values[EV_EVENT_ID]);
 	ev->event_type = TextDatumGetCString(values[EV_EVENT_TYPE]);
 	ev->aggregate_id = TextDatumGetCString(values[EV_AGGREGATE_ID]);
@@ -436,8 +453,10 @@ es_read_model_rebuild(EsReadModel *m, ArrayType *event_types, const char *aggreg
 
 /*
  * The projection functions: fold one event (an es_events row) into the
- * model's row, as the owner of the store.  The worker calls them for async
- * projections; anyone with EXECUTE may call them.
+ * model's row, as the owner of the store.  They are the async projections'
+ * functions, and fold only the stored event a delivery worker passes them:
+ * a row made up by a caller would write read-model rows no event backs.
+ * Inline projections and rebuilds fold the events in C, without them.
  */
 static Datum
 rm_project_one(FunctionCallInfo fcinfo, const char *model)
@@ -449,10 +468,14 @@ rm_project_one(FunctionCallInfo fcinfo, const char *model)
 	EsReadModel *m;
 	EsCall		call;
 
-	if (PG_ARGISNULL(0))
+	if (PG_ARGISNULL(0) || !es_consumer_delivering(PG_GETARG_DATUM(0)))
 		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("event must not be null")));
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("%s() folds only the events a delivery worker passes it",
+						get_func_name(fcinfo->flinfo->fn_oid)),
+				 errdetail("The rows of read model %s come from stored events only.", model),
+				 errhint("Register the projection (es_register_projection('%s')) or rebuild it (es_rebuild_projection('%s')).",
+						 model, model)));
 	th = PG_GETARG_HEAPTUPLEHEADER(0);
 	es_call_begin(fcinfo, &call);
 	m = es_read_model(model);
