@@ -1,6 +1,13 @@
 -- Installation: the extension, its objects, their documentation and privileges.
 SHOW shared_preload_libraries;
+-- As a database whose new tables and sequences PUBLIC may use by default
+-- (functions it may execute by default anyway): the extension's own
+-- REVOKEs are what keeps PUBLIC out (checked below).
+ALTER DEFAULT PRIVILEGES GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO PUBLIC;
+ALTER DEFAULT PRIVILEGES GRANT USAGE, SELECT ON SEQUENCES TO PUBLIC;
 CREATE EXTENSION ultracore_es;
+ALTER DEFAULT PRIVILEGES REVOKE SELECT, INSERT, UPDATE, DELETE ON TABLES FROM PUBLIC;
+ALTER DEFAULT PRIVILEGES REVOKE USAGE, SELECT ON SEQUENCES FROM PUBLIC;
 SHOW ultracore_es.max_event_bytes;
 SHOW ultracore_es.database;
 
@@ -56,7 +63,8 @@ SELECT p.proname, has_function_privilege('public', p.oid, 'EXECUTE') AS public_c
  WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'ultracore_es')
  ORDER BY 1;
 SELECT c.relname, has_table_privilege('public', c.oid, 'SELECT') AS public_select,
-       has_table_privilege('public', c.oid, 'INSERT') AS public_insert
+       has_table_privilege('public', c.oid, 'INSERT') AS public_insert,
+       c.relkind = 'S' AND has_sequence_privilege('public', c.oid, 'USAGE') AS public_sequence
   FROM pg_class c
   JOIN pg_depend d ON d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e'
  WHERE d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'ultracore_es')

@@ -328,9 +328,11 @@ SELECT 'kafka mirror',
             WHEN k.lag_seconds * interval '1 second' >= 10 * t.lag_seconds OR k.lag_events >= 10 * t.lag_events
                  THEN 'critical'
             WHEN k.lag_seconds * interval '1 second' >= t.lag_seconds OR k.lag_events >= t.lag_events
-                 OR k.last_error_at > clock_timestamp() - t.lag_seconds THEN 'warning'
+                 OR k.last_error_at > clock_timestamp() - t.lag_seconds OR k.dead_letters > 0 THEN 'warning'
             ELSE 'ok' END,
        concat_ws('; ', 'lag ' || coalesce(k.lag_events, 0) || ' events, ' || coalesce(k.lag_seconds, 0) || ' s',
+                 CASE WHEN k.dead_letters > 0
+                      THEN k.dead_letters || ' events refused by Kafka, parked in es_kafka_mirror_dead_letters' END,
                  CASE WHEN k.last_error_at > clock_timestamp() - t.lag_seconds THEN 'last error: ' || k.last_error END),
        coalesce(k.last_acknowledged_at, k.last_error_at)
   FROM t, @extschema@.es_kafka_status k
@@ -379,3 +381,47 @@ REVOKE ALL ON FUNCTION @extschema@.es_reset_consumer_counters(text) FROM PUBLIC;
 -- The idempotency ledger is pruned in short batches, oldest first, by this
 -- index (delivery.c), instead of one DELETE over the whole table a minute.
 CREATE INDEX es_handled_handled_at ON @extschema@.es_handled (handled_at);
+
+-- Events Kafka refused for good (too large, a topic that does not exist or
+-- that the mirror may not write): parked by the checkpoint that passes
+-- them, so that the rest of the stream goes on (mirror.c).
+CREATE TABLE @extschema@.es_kafka_mirror_dead_letters (
+    position        bigint PRIMARY KEY,
+    event_id        text COLLATE "C" NOT NULL,
+    aggregate_type  text NOT NULL,
+    aggregate_id    text COLLATE "C" NOT NULL,
+    topic           text NOT NULL,
+    error           text NOT NULL,
+    parked_at       timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE @extschema@.es_kafka_mirror_dead_letters IS
+    'ultracore_es: events the Kafka mirror could not send because Kafka refused them for good, with the topic and the error; the mirror went on past them';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_kafka_mirror_dead_letters', '');
+REVOKE ALL ON TABLE @extschema@.es_kafka_mirror_dead_letters FROM PUBLIC;
+
+CREATE OR REPLACE VIEW @extschema@.es_kafka_status AS
+SELECT 'mirror'::text AS component, NULL::text AS group_id, NULL::text AS topic, NULL::integer AS partition,
+       c.checkpoint_tx, c.checkpoint_position, s.lag_events, s.lag_seconds,
+       c.events_processed AS events, c.last_processed_at AS last_acknowledged_at,
+       s.latency_p50_ms, s.latency_p99_ms,
+       NULL::bigint AS next_offset, NULL::bigint AS high_watermark, NULL::bigint AS consumer_lag,
+       (SELECT count(*) FROM @extschema@.es_kafka_mirror_dead_letters) AS dead_letters, c.last_error, c.last_error_at
+  FROM @extschema@.es_consumers c
+  LEFT JOIN @extschema@.es_stats s ON s.consumer OPERATOR(pg_catalog.=) c.name
+ WHERE c.name OPERATOR(pg_catalog.=) 'kafka_mirror'
+UNION ALL
+SELECT 'ingest', o.group_id, o.topic, o.partition, NULL, NULL, NULL, NULL, NULL, o.updated_at, NULL, NULL,
+       o.next_offset, o.high_watermark,
+       greatest(o.high_watermark OPERATOR(pg_catalog.-) coalesce(o.next_offset, 0), 0),
+       (SELECT count(*) FROM @extschema@.es_kafka_dead_letters d
+         WHERE d.topic OPERATOR(pg_catalog.=) o.topic AND d.partition OPERATOR(pg_catalog.=) o.partition),
+       c.last_error, c.last_error_at
+  FROM @extschema@.es_kafka_offsets o
+  LEFT JOIN @extschema@.es_consumers c ON c.name OPERATOR(pg_catalog.=) 'kafka_ingest';
+COMMENT ON VIEW @extschema@.es_kafka_status IS
+    'ultracore_es: the Kafka mirror (checkpoint, lag, last acknowledgement, commit-to-acknowledgement latency, events parked as refused by Kafka, last error) and, per ingested partition, the next offset, the brokers'' high watermark, the consumer lag and the dead letters';
+
+-- The sequences of serial columns keep PUBLIC out too, also in a database
+-- whose default privileges would let it in (1.0 revoked only the position's).
+REVOKE ALL ON SEQUENCE @extschema@.es_dead_letters_id_seq, @extschema@.es_kafka_dead_letters_id_seq,
+    @extschema@.es_notification_outbox_id_seq, @extschema@.es_projections_id_seq FROM PUBLIC;

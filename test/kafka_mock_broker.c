@@ -16,6 +16,8 @@
  *	up BROKER					accept connections again
  *	rtt BROKER MS				delay the broker's responses
  *	produce-errors N CODE		fail the next N produce requests with error CODE
+ *	topic-error NAME CODE		answer CODE for topic NAME in metadata from now on
+ *								(0: no error again)
  *	quit						stop
  *
  * At the end of its input it keeps serving until SIGTERM or SIGINT.
@@ -93,6 +95,8 @@ command(rd_kafka_mock_cluster_t *mcluster, char *line)
 		rd_kafka_mock_push_request_errors_array(mcluster, API_KEY_PRODUCE, a, errors);
 		free(errors);
 	}
+	else if (sscanf(line, "topic-error %255s %d", name, &a) == 2)
+		rd_kafka_mock_topic_set_error(mcluster, name, (rd_kafka_resp_err_t) a);
 	else if (strncmp(line, "quit", 4) == 0)
 		stop = 1;
 	else

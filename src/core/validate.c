@@ -156,9 +156,12 @@ es_check_object(Jsonb *jb, const char *what)
 				 errhint("Wrap the value in an object, for example {\"value\": ...}.")));
 }
 
+es_event_size_check_hook_type es_event_size_check_hook = NULL;
+
 /*
  * es_check_event_size: the stored payload of one event (data plus metadata)
- * may not exceed ultracore_es.max_event_bytes.  The guide asks for small
+ * may not exceed ultracore_es.max_event_bytes, nor what a layer that sends
+ * events on can send (es_event_size_check_hook).  The guide asks for small
  * events; a limit keeps one careless producer from bloating every consumer.
  */
 void
@@ -176,6 +179,8 @@ es_check_event_size(Jsonb *data, Jsonb *metadata, const char *event_id)
 				 errdetail("The event has %zu bytes of data and metadata; ultracore_es.max_event_bytes is %d.",
 						   size, es_max_event_bytes),
 				 errhint("Keep large payloads outside the event store and put a reference in the event.")));
+	if (es_event_size_check_hook != NULL)
+		es_event_size_check_hook(data, metadata, event_id);
 }
 
 /*

@@ -20,6 +20,14 @@ extern void es_check_id(const char *value, const char *what);
 extern void es_check_name(const char *value, const char *what);
 extern void es_check_object(Jsonb *jb, const char *what);
 extern void es_check_event_size(Jsonb *data, Jsonb *metadata, const char *event_id);
+
+/*
+ * A layer above that sends events on (the Kafka mirror) checks they fit
+ * its limit too, after ultracore_es.max_event_bytes: it raises its own
+ * error.  Set from _PG_init.
+ */
+typedef void (*es_event_size_check_hook_type) (Jsonb *data, Jsonb *metadata, const char *event_id);
+extern PGDLLIMPORT es_event_size_check_hook_type es_event_size_check_hook;
 extern int64 es_arg_expected_version(FunctionCallInfo fcinfo, int argno, bool *any);
 extern Jsonb *es_empty_object(void);
 

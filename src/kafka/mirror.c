@@ -13,9 +13,13 @@
  * the longest prefix of messages all acknowledged.  message.timeout.ms is
  * infinite: while brokers are away, messages wait in librdkafka's bounded
  * queue and the mirror stops producing (back-pressure), nothing is
- * dropped.  A failed delivery or a fatal producer error destroys the
- * producer and produces again from the checkpoint: delivery is
- * at-least-once, and a duplicate carries the same ce_id.  Optionally the
+ * dropped.  A message refused for good (too large, a topic that does not
+ * exist or that the mirror may not write) is parked instead: recorded in
+ * es_kafka_mirror_dead_letters by the checkpoint that passes it, and the
+ * rest of the stream goes on.  Any other failed delivery, or a fatal
+ * producer error, destroys the producer and produces again from the
+ * checkpoint, after a backoff that doubles while failures repeat: delivery
+ * is at-least-once, and a duplicate carries the same ce_id.  Optionally the
  * producer is transactional: a batch is one Kafka transaction, and the
  * checkpoint passes it once it commits.  Events the ingest appended from a
  * topic (their metadata's kafka_origin) are not produced back into it.
@@ -29,6 +33,7 @@
 #include "kafka/kafka.h"
 
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -42,6 +47,7 @@
 #include "core/event.h"
 #include "core/guc.h"
 #include "core/horizon.h"
+#include "core/validate.h"
 #include "delivery/consumer.h"
 #include "delivery/stats.h"
 #include "delivery/worker.h"
@@ -50,9 +56,34 @@
 /* Sleep while messages are in flight (their acknowledgements are polled). */
 #define KAFKA_BUSY_MS		5
 
+/*
+ * A topic's metadata is asked before its first message: one Kafka refuses
+ * (no ACL for the mirror, an invalid name) gets no message, its events are
+ * parked.  librdkafka would keep such messages waiting for the topic, for
+ * ever (message.timeout.ms is infinite), and the mirror with them.  A
+ * refused topic is asked again after TOPIC_RECHECK_MS; a message waiting
+ * longer than TOPIC_STALL_MS at the head of the window, its topic's too.
+ */
+#define TOPIC_METADATA_MS	2000
+#define TOPIC_RECHECK_MS	10000
+#define TOPIC_STALL_MS		10000
+
+typedef struct TopicState
+{
+	char		topic[256];		/* the key */
+	rd_kafka_resp_err_t refused;	/* RD_KAFKA_RESP_ERR_NO_ERROR: takes messages */
+	TimestampTz checked_at;
+} TopicState;
+
+static HTAB *topics = NULL;
+
+/* Backoff after a failed delivery: doubled from the first up to the last. */
+#define BACKOFF_FIRST_MS	100
+#define BACKOFF_MAX_MS		30000
+
 typedef enum
 {
-	MSG_PENDING, MSG_DELIVERED, MSG_FAILED
+	MSG_PENDING, MSG_DELIVERED, MSG_PARKED, MSG_FAILED
 } MessageState;
 
 typedef struct InFlight
@@ -62,6 +93,9 @@ typedef struct InFlight
 	TimestampTz committed_at;	/* of the event, for the latency */
 	TimestampTz acked_at;
 	MessageState state;
+	char	   *refusal;		/* parked: "topic\nerror", malloc'd */
+	TimestampTz produced_at;
+	TopicState *topic;			/* NULL: not produced */
 } InFlight;
 
 static rd_kafka_t *producer = NULL;
@@ -76,10 +110,88 @@ static uint64 base_seq = 0;
 static bool any_failed = false;
 static char failure[512];
 
+/* After a failed delivery: no producing before this, and the next delay. */
+static TimestampTz backoff_until = 0;
+static int	backoff_ms = 0;
+
+/*
+ * Events refused for good whose checkpoint is not saved yet, by position:
+ * read again after a rewind (an aborted Kafka transaction), they are parked
+ * at once rather than sent to be refused again.
+ */
+typedef struct Refused
+{
+	int64		position;
+	char	   *refusal;		/* malloc'd */
+} Refused;
+
+static Refused *refused = NULL;
+static int	nrefused = 0;
+static int	refused_size = 0;
+
 /* How far the mirror has read: everything up to here is in flight or acknowledged. */
 static FullTransactionId produced_tx;
 static int64 produced_position;
 static bool produced_known = false;
+
+/*
+ * Whether Kafka refuses a message for good: sending it again cannot
+ * succeed until someone changes the settings, the topic or its ACLs.
+ */
+static bool
+refused_for_good(rd_kafka_resp_err_t err)
+{
+	switch (err)
+	{
+		case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+		case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+		case RD_KAFKA_RESP_ERR_POLICY_VIOLATION:
+		case RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC:
+		case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
+		case RD_KAFKA_RESP_ERR__INVALID_ARG:
+			return true;
+		default:
+			return false;
+	}
+}
+
+/* "topic\nerror", malloc'd: made in librdkafka's callback, where no error may be raised. */
+static char *
+refusal_of(const char *topic, rd_kafka_resp_err_t err)
+{
+	const char *error = rd_kafka_err2str(err);
+	size_t		len = strlen(topic) + strlen(error) + 2;
+	char	   *r = malloc(len);
+
+	if (r != NULL)
+		snprintf(r, len, "%s\n%s", topic, error);
+	return r;
+}
+
+/* Park message m, refused for good; remembered across a rewind. */
+static void
+mirror_park(InFlight *m, char *refusal)
+{
+	m->state = MSG_PARKED;
+	m->refusal = refusal;
+	if (refusal == NULL)
+		return;
+	if (nrefused == refused_size)
+	{
+		int			size = Max(refused_size * 2, 16);
+		Refused    *grown = realloc(refused, sizeof(Refused) * size);
+
+		if (grown == NULL)
+			return;				/* sent again after a rewind, and refused again */
+		refused = grown;
+		refused_size = size;
+	}
+	if ((refused[nrefused].refusal = strdup(refusal)) != NULL)
+		refused[nrefused++].position = m->position;
+}
 
 static void
 on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
@@ -91,7 +203,9 @@ on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 		return;					/* from before a rewind */
 	m = &inflight[seq - base_seq];
 	m->acked_at = GetCurrentTimestamp();
-	if (msg->err)
+	if (msg->err && refused_for_good(msg->err))
+		mirror_park(m, refusal_of(rd_kafka_topic_name(msg->rkt), msg->err));
+	else if (msg->err)
 	{
 		m->state = MSG_FAILED;
 		if (!any_failed)
@@ -116,15 +230,60 @@ producer_destroy(void)
 	in_transaction = false;
 }
 
+/* Forget the first n messages in flight. */
+static void
+inflight_drop(int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		free(inflight[i].refusal);
+	memmove(inflight, inflight + n, sizeof(InFlight) * (ninflight - n));
+	ninflight -= n;
+	base_seq += n;
+}
+
 /* Start over from the checkpoint: forget what is in flight. */
 static void
 mirror_rewind(void)
 {
 	producer_destroy();
-	base_seq += ninflight;
-	ninflight = 0;
+	inflight_drop(ninflight);
 	any_failed = false;
 	produced_known = false;
+}
+
+/* What an event read again was refused with, taken from the list; NULL: not refused. */
+static char *
+refused_take(int64 position)
+{
+	int			i;
+
+	for (i = 0; i < nrefused; i++)
+		if (refused[i].position == position)
+		{
+			char	   *r = refused[i].refusal;
+
+			refused[i] = refused[--nrefused];
+			return r;
+		}
+	return NULL;
+}
+
+/* The checkpoint passed position: the refusals up to it are recorded. */
+static void
+refused_forget(int64 position)
+{
+	int			i = 0;
+
+	while (i < nrefused)
+		if (refused[i].position <= position)
+		{
+			free(refused[i].refusal);
+			refused[i] = refused[--nrefused];
+		}
+		else
+			i++;
 }
 
 static bool
@@ -172,6 +331,83 @@ producer_create(void)
 		}
 	}
 	return true;
+}
+
+/* Whether the brokers refuse topic for good, as its metadata says; NO_ERROR when unknown. */
+static rd_kafka_resp_err_t
+topic_metadata_refusal(const char *topic)
+{
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(producer, topic, NULL);
+	const struct rd_kafka_metadata *md;
+	rd_kafka_resp_err_t refusal = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+	if (rkt == NULL)
+		return RD_KAFKA_RESP_ERR_NO_ERROR;
+	if (rd_kafka_metadata(producer, 0, rkt, &md, TOPIC_METADATA_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		if (md->topic_cnt == 1 &&
+			(md->topics[0].err == RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+			 md->topics[0].err == RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION))
+			refusal = md->topics[0].err;
+		rd_kafka_metadata_destroy(md);
+	}
+	rd_kafka_topic_destroy(rkt);
+	return refusal;
+}
+
+/*
+ * The state of topic: asked of the brokers the first time, and again when
+ * it was refused (or recheck) and TOPIC_RECHECK_MS passed.
+ */
+static TopicState *
+topic_state(const char *topic, bool recheck)
+{
+	TopicState *t;
+	bool		found;
+
+	if (topics == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(((TopicState *) NULL)->topic);
+		ctl.entrysize = sizeof(TopicState);
+		topics = hash_create("ultracore_es kafka topics", 16, &ctl, HASH_ELEM | HASH_STRINGS);
+	}
+	t = hash_search(topics, topic, HASH_ENTER, &found);
+	if (!found || ((t->refused != RD_KAFKA_RESP_ERR_NO_ERROR || recheck) &&
+				   TimestampDifferenceExceeds(t->checked_at, GetCurrentTimestamp(), TOPIC_RECHECK_MS)))
+	{
+		rd_kafka_resp_err_t refused = topic_metadata_refusal(topic);
+
+		if (refused != RD_KAFKA_RESP_ERR_NO_ERROR && (!found || t->refused == RD_KAFKA_RESP_ERR_NO_ERROR))
+			ereport(LOG,
+					(errmsg("ultracore_es kafka: topic %s refuses the mirror's messages: %s; its events are parked",
+							topic, rd_kafka_err2str(refused))));
+		t->refused = refused;
+		t->checked_at = GetCurrentTimestamp();
+	}
+	return t;
+}
+
+/*
+ * A message waiting at the head of the window for long: when its topic
+ * turned out to refuse the mirror, produce again from the checkpoint (the
+ * topic's events are parked this time).
+ */
+static void
+mirror_check_stall(void)
+{
+	InFlight   *head = ninflight > 0 ? &inflight[0] : NULL;
+
+	if (head == NULL || head->state != MSG_PENDING || head->topic == NULL ||
+		!TimestampDifferenceExceeds(head->produced_at, GetCurrentTimestamp(), TOPIC_STALL_MS))
+		return;
+	head->produced_at = GetCurrentTimestamp();	/* asked again in TOPIC_STALL_MS at the soonest */
+	if (topic_state(head->topic->topic, true)->refused == RD_KAFKA_RESP_ERR_NO_ERROR)
+		return;
+	snprintf(failure, sizeof(failure), "topic %s refuses the mirror's messages: %s", head->topic->topic,
+			 rd_kafka_err2str(head->topic->refused));
+	any_failed = true;
 }
 
 /* The topic of an aggregate type: es_kafka_routes, else the prefix and the type. */
@@ -297,9 +533,19 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 	m->committed_at = es_stats_commit_time(m->tx, DatumGetTimestampTz(values[EV_RECORDED_AT]));
 	m->acked_at = 0;
 	m->state = MSG_PENDING;
+	m->refusal = NULL;
+	m->produced_at = GetCurrentTimestamp();
+	m->topic = NULL;
 
 	if (!route->mirrored || (origin != NULL && strcmp(origin, route->topic) == 0))
 		m->state = MSG_DELIVERED;	/* not for Kafka, or from this very topic */
+	else if (nrefused > 0 && (m->refusal = refused_take(m->position)) != NULL)
+		mirror_park(m, m->refusal); /* refused before a rewind: not sent again */
+	else if ((m->topic = topic_state(route->topic, false))->refused != RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		mirror_park(m, refusal_of(route->topic, m->topic->refused));
+		m->acked_at = GetCurrentTimestamp();
+	}
 	else
 	{
 		rd_kafka_headers_t *h;
@@ -357,8 +603,11 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 				r->queue_full = true;	/* back-pressure: the rest next pass */
 				return;
 			}
-			ereport(ERROR,
-					(errmsg("could not produce event to topic \"%s\": %s", route->topic, rd_kafka_err2str(err))));
+			if (!refused_for_good(err))
+				ereport(ERROR,
+						(errmsg("could not produce event to topic \"%s\": %s", route->topic, rd_kafka_err2str(err))));
+			mirror_park(m, refusal_of(route->topic, err));
+			m->acked_at = GetCurrentTimestamp();
 		}
 	}
 	ninflight++;
@@ -388,7 +637,20 @@ static EsPlan mirror_save_plan = {
 	4, {TEXTOID, XID8OID, INT8OID, INT8OID}
 };
 
-/* The number of messages at the head of inflight all acknowledged. */
+/* Messages refused for good, parked as the checkpoint passes them. */
+static EsPlan mirror_park_plan = {
+	"INSERT INTO @extschema@.es_kafka_mirror_dead_letters"
+	" (position, event_id, aggregate_type, aggregate_id, topic, error)"
+	" SELECT e.position, e.event_id, e.aggregate_type, e.aggregate_id, p.topic, p.error"
+	"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3))"
+	"        AS p(position, topic, error)"
+	"   JOIN @extschema@.es_events e ON e.position OPERATOR(pg_catalog.=) p.position"
+	"     ON CONFLICT (position) DO UPDATE SET topic = excluded.topic, error = excluded.error,"
+	"        parked_at = excluded.parked_at",
+	3, {INT8ARRAYOID, TEXTARRAYOID, TEXTARRAYOID}
+};
+
+/* The number of messages at the head of inflight all acknowledged (or parked). */
 static int
 acknowledged_prefix(void)
 {
@@ -396,9 +658,49 @@ acknowledged_prefix(void)
 
 	if (in_transaction)
 		return 0;				/* a Kafka transaction counts once committed */
-	while (done < ninflight && inflight[done].state == MSG_DELIVERED)
+	while (done < ninflight && (inflight[done].state == MSG_DELIVERED || inflight[done].state == MSG_PARKED))
 		done++;
 	return done;
+}
+
+/* Record the parked messages of the first done in flight, in the checkpoint's transaction. */
+static void
+mirror_record_parked(int done)
+{
+	Datum	   *positions = palloc(sizeof(Datum) * done);
+	Datum	   *topics = palloc(sizeof(Datum) * done);
+	Datum	   *errors = palloc(sizeof(Datum) * done);
+	Datum		args[3];
+	int			n = 0;
+	int			i;
+
+	for (i = 0; i < done; i++)
+	{
+		const char *refusal = inflight[i].refusal;
+		const char *newline;
+
+		if (inflight[i].state != MSG_PARKED)
+			continue;
+		if (refusal == NULL)
+			refusal = "?\nout of memory while recording the refusal";
+		newline = strchr(refusal, '\n');
+		positions[n] = Int64GetDatum(inflight[i].position);
+		topics[n] = PointerGetDatum(cstring_to_text_with_len(refusal, newline - refusal));
+		errors[n] = CStringGetTextDatum(newline + 1);
+		n++;
+	}
+	if (n == 0)
+		return;
+	args[0] = PointerGetDatum(construct_array(positions, n, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_array(topics, n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(errors, n, TEXTOID, -1, false, TYPALIGN_INT));
+	if (SPI_execute_plan(es_plan(&mirror_park_plan), args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the events the Kafka mirror parked");
+	ereport(LOG,
+			(errmsg("ultracore_es kafka: %d event%s refused for good by Kafka, parked in es_kafka_mirror_dead_letters",
+					n, n == 1 ? "" : "s"),
+			 errdetail("The first: position " INT64_FORMAT ", topic %s: %s.", DatumGetInt64(positions[0]),
+					   TextDatumGetCString(topics[0]), TextDatumGetCString(errors[0]))));
 }
 
 /* Messages whose checkpoint mirror_checkpoint_step saved, if it commits. */
@@ -435,6 +737,7 @@ mirror_checkpoint_step(EsStore *s, void *arg)
 		args[1] = FullTransactionIdGetDatum(inflight[done - 1].tx);
 		args[2] = Int64GetDatum(inflight[done - 1].position);
 		args[3] = Int64GetDatum(done);
+		mirror_record_parked(done);
 		if (SPI_execute_plan(es_plan(&mirror_save_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not save the checkpoint of the Kafka mirror");
 	}
@@ -455,9 +758,11 @@ mirror_forget(int done)
 				? (uint64) (inflight[i].acked_at - inflight[i].committed_at) : 0;
 	es_stats_record_applied(MIRROR_CONSUMER, nus, us, GetCurrentTimestamp());
 	pfree(us);
-	memmove(inflight, inflight + done, sizeof(InFlight) * (ninflight - done));
-	ninflight -= done;
-	base_seq += done;
+	if (nrefused > 0)
+		refused_forget(inflight[done - 1].position);
+	inflight_drop(done);
+	/* The stream moves again: the next failure backs off from the start. */
+	backoff_ms = 0;
 }
 
 /*
@@ -520,6 +825,8 @@ mirror_pass(void)
 {
 	char		fatal[512];
 
+	if (backoff_until != 0 && GetCurrentTimestamp() < backoff_until)
+		return false;
 	if (producer == NULL)
 	{
 		if (producer_failed_at != 0 &&
@@ -534,6 +841,7 @@ mirror_pass(void)
 	}
 	rd_kafka_poll(producer, 0);
 	mirror_commit_transaction();
+	mirror_check_stall();
 	if (rd_kafka_fatal_error(producer, fatal, sizeof(fatal)) != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
 		snprintf(failure, sizeof(failure), "fatal producer error: %s", fatal);
@@ -541,8 +849,11 @@ mirror_pass(void)
 	}
 	if (any_failed)
 	{
+		backoff_ms = backoff_ms == 0 ? BACKOFF_FIRST_MS : Min(backoff_ms * 2, BACKOFF_MAX_MS);
+		backoff_until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), backoff_ms);
 		ereport(LOG,
-				(errmsg("ultracore_es kafka: %s; producing again from the mirror's checkpoint", failure)));
+				(errmsg("ultracore_es kafka: %s; producing again from the mirror's checkpoint in %d ms",
+						failure, backoff_ms)));
 		mirror_rewind();
 		es_consumer_record_failure(MIRROR_CONSUMER, failure);
 		return false;
@@ -561,12 +872,21 @@ mirror_pass(void)
 	return ninflight > 0;
 }
 
-/* Destroy the producer and forget what was in flight (produced again later). */
+/*
+ * Destroy the producer and forget what was in flight (produced again
+ * later), and what was refused: the new settings may let it through.
+ */
 static void
 mirror_stop(void)
 {
 	mirror_rewind();
+	refused_forget(PG_INT64_MAX);
+	if (topics != NULL)
+		hash_destroy(topics);
+	topics = NULL;
 	producer_failed_at = 0;
+	backoff_until = 0;
+	backoff_ms = 0;
 }
 
 /* The settings the producer is made with: it is made again when they change. */
@@ -611,9 +931,102 @@ static const EsWorkerService mirror_service = {
 	.stop = mirror_stop,
 };
 
+/*-------------------------------------------------------------------------
+ * At append: an event the store accepts is one the mirror can send
+ *-------------------------------------------------------------------------
+ */
+
+/* What a message takes besides the event's data and metadata: key, ce_* headers, framing. */
+#define MESSAGE_HEADROOM	4096
+
+/*
+ * The largest message the mirror's producer sends: message.max.bytes as
+ * librdkafka reads ultracore_es.kafka_producer_properties (its default
+ * when they do not set it), read again when they change.
+ */
+static int
+mirror_max_message_bytes(void)
+{
+	static char *read_from = NULL;
+	static int	max_bytes = 1000000;
+	const char *properties = es_kafka_producer_properties ? es_kafka_producer_properties : "";
+
+	if (read_from == NULL || strcmp(read_from, properties) != 0)
+	{
+		char		errstr[512];
+		char		value[32];
+		size_t		len = sizeof(value);
+		rd_kafka_conf_t *conf = es_kafka_client_conf(properties, errstr, sizeof(errstr));
+
+		/* Properties librdkafka refuses: the mirror does not run, its default stands. */
+		max_bytes = 1000000;
+		if (conf != NULL)
+		{
+			if (rd_kafka_conf_get(conf, "message.max.bytes", value, &len) == RD_KAFKA_CONF_OK)
+				max_bytes = atoi(value);
+			rd_kafka_conf_destroy(conf);
+		}
+		if (read_from != NULL)
+			pfree(read_from);
+		read_from = MemoryContextStrdup(TopMemoryContext, properties);
+	}
+	return max_bytes;
+}
+
+/* Whether the mirror serves this database's store (Kafka configured, and this is its database). */
+static bool
+mirror_serves_here(void)
+{
+	static char *database = NULL;
+
+	if (es_kafka_brokers == NULL || es_kafka_brokers[0] == '\0')
+		return false;
+	if (database == NULL)
+		database = MemoryContextStrdup(TopMemoryContext, get_database_name(MyDatabaseId));
+	return strcmp(database, es_kafka_database_name()) == 0;
+}
+
+/*
+ * es_event_size_check_hook: refuse an event whose message the mirror's
+ * producer would refuse (message.max.bytes), while the mirror serves this
+ * store.  The value is the data as JSON text and the metadata a header: a
+ * text at most six times its jsonb (a control character printed as
+ * \u0001), so that most events are let through without printing them.
+ * One that passes here can still be refused by brokers whose limit is
+ * lower; the mirror parks it then.
+ */
+static void
+mirror_check_event_size(Jsonb *data, Jsonb *metadata, const char *event_id)
+{
+	int			max_bytes;
+	int64		room;
+	Size		stored = VARSIZE(data) + (metadata ? VARSIZE(metadata) : 0);
+	Size		text;
+
+	if (!mirror_serves_here())
+		return;
+	max_bytes = mirror_max_message_bytes();
+	room = (int64) max_bytes - MESSAGE_HEADROOM;
+	if ((int64) stored * 6 <= room)
+		return;
+	text = strlen(JsonbToCString(NULL, &data->root, VARSIZE(data))) +
+		(metadata ? strlen(JsonbToCString(NULL, &metadata->root, VARSIZE(metadata))) : 0);
+	if ((int64) text > room)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("event is too large for the Kafka mirror"),
+				 event_id ?
+				 errdetail("Event \"%s\" takes %zu bytes of data and metadata as JSON; the mirror's producer sends messages of at most %d bytes (message.max.bytes), %d of them kept for the key and the headers.",
+						   event_id, text, max_bytes, MESSAGE_HEADROOM) :
+				 errdetail("The event takes %zu bytes of data and metadata as JSON; the mirror's producer sends messages of at most %d bytes (message.max.bytes), %d of them kept for the key and the headers.",
+						   text, max_bytes, MESSAGE_HEADROOM),
+				 errhint("Keep large payloads outside the event store and put a reference in the event, or raise message.max.bytes in ultracore_es.kafka_producer_properties (and the brokers' and topics' limits).")));
+}
+
 /* es_kafka_mirror_init: from _PG_init. */
 void
 es_kafka_mirror_init(void)
 {
 	es_worker_add_service(&mirror_service);
+	es_event_size_check_hook = mirror_check_event_size;
 }

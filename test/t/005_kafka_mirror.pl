@@ -144,15 +144,18 @@ is(scalar(grep { $_->{key} eq 'C-1' } $kafka->consume('customers-v1')), 1, 'rout
 my @default = $kafka->consume('es.Customer');
 is(scalar @default, 0, 'not to the default one');
 
-# Produce requests the brokers refuse for good (not retriable): the failed
-# deliveries recreate the producer, which produces again from the checkpoint.
+# Produce requests that fail (an error librdkafka does not retry, and that
+# is not a refusal for good, which would park the events: 010): the failed
+# deliveries recreate the producer, which produces again from the
+# checkpoint after a backoff.
 $log_offset = -s $node->logfile;
-$kafka->command('produce-errors 5 29');    # TOPIC_AUTHORIZATION_FAILED
+$kafka->command('produce-errors 5 -1');    # UNKNOWN_SERVER_ERROR
 $node->safe_psql('postgres', q{CALL append_accounts('REFUSED-', 10, 3)});
-$node->wait_for_log(qr/producing again from the mirror's checkpoint/, $log_offset);
+$node->wait_for_log(qr/producing again from the mirror's checkpoint in \d+ ms/, $log_offset);
 like( $node->safe_psql('postgres', q{SELECT last_error FROM es_kafka_status WHERE component = 'mirror'}),
-	qr/authoriz/i, 'the refusal is in es_kafka_status');
-mirrored_all('deliveries refused');
+	qr/unknown/i, 'the failure is in es_kafka_status');
+mirrored_all('deliveries failed');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_kafka_mirror_dead_letters}), '0', 'nothing parked');
 
 # A transactional producer, partitioning as Java clients do.
 $node->append_conf(
