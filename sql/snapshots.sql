@@ -10,8 +10,15 @@ SELECT es_save_snapshot('SNAP-A1', version => 4);
 SELECT aggregate_id, version, aggregate_type, state, reducer, automatic FROM es_get_snapshot('SNAP-A1');
 SELECT version, state FROM es_get_snapshot('SNAP-A1', max_version => 9);
 SELECT count(*) FROM es_get_snapshot('SNAP-A1', max_version => 3);
--- Or a state given as is (taken as made by the current reducer).
-SELECT es_save_snapshot('SNAP-A1', 6, '{"balance": 60, "step": 6, "note": "given"}', aggregate_type => 'Account');
+-- Or a state given (the guide's create_snapshot(state)): saved when it is
+-- the fold of the events up to that version.
+SELECT es_save_snapshot('SNAP-A1', 6, '{"balance": 60, "step": 6}', aggregate_type => 'Account');
+-- A state the events do not give is refused, with both in the detail: a
+-- load can never return it.  So are a made-up array and a 10 MB state.
+SELECT es_test.error_of($$SELECT es_save_snapshot('SNAP-A1', 2, '{"balance": "999"}')$$);
+SELECT es_test.error_of($$SELECT es_save_snapshot('SNAP-A1', 2, '[1, 2]')$$);
+SELECT left(es_test.error_of($$SELECT es_save_snapshot('SNAP-A1', 2, jsonb_build_object('blob', repeat('x', 10000000)))$$), 160);
+SELECT state FROM es_load_aggregate('SNAP-A1', at_version => 2);
 SELECT aggregate_id, version, automatic, usable, state_bytes > 0 AS has_state FROM es_list_snapshots('SNAP-A1');
 -- Loads start from the latest snapshot at or below the wanted version.
 SELECT state, version, snapshot_version, events_applied FROM es_load_aggregate('SNAP-A1');

@@ -425,3 +425,11 @@ COMMENT ON VIEW @extschema@.es_kafka_status IS
 -- whose default privileges would let it in (1.0 revoked only the position's).
 REVOKE ALL ON SEQUENCE @extschema@.es_dead_letters_id_seq, @extschema@.es_kafka_dead_letters_id_seq,
     @extschema@.es_notification_outbox_id_seq, @extschema@.es_projections_id_seq FROM PUBLIC;
+
+-- es_save_snapshot now saves a given state only when it is the fold of the
+-- events.  Under 1.0 a state saved by hand was taken as given, unchecked
+-- (and which ones were given is not recorded): every snapshot saved by hand
+-- stops serving loads (its fingerprint no longer matches) until
+-- es_rebuild_snapshots folds it again from the events.
+UPDATE @extschema@.es_snapshots SET fingerprint = fingerprint || ' (saved by hand under 1.0, unchecked)'
+ WHERE NOT automatic;

@@ -223,11 +223,12 @@ static EsPlan snapshot_plan = {
  * first that occurred later).  An aggregate that does not exist, or did not
  * yet, has version 0 and no state.  With read_only, the queries use the
  * calling statement's snapshot; without, a new one that sees the current
- * command's own appends.
+ * command's own appends.  Without use_snapshots, every event is folded.
  */
 void
 es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
-			  bool has_time, TimestampTz at_time, bool read_only, EsAggregateState *out)
+			  bool has_time, TimestampTz at_time, bool read_only, bool use_snapshots,
+			  EsAggregateState *out)
 {
 	Datum		args[3];
 	bool		isnull;
@@ -266,14 +267,17 @@ es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
 
 	args[1] = Int64GetDatum(target);
 	args[2] = CStringGetTextDatum(es_aggregate_type_fingerprint(out->aggregate_type));
-	if (SPI_execute_plan(es_plan(&snapshot_plan), args, NULL, read_only, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the snapshots of aggregate \"%s\"", aggregate_id);
-	if (SPI_processed == 1)
+	if (use_snapshots)
 	{
-		out->snapshot_version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		initial = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		if (SPI_execute_plan(es_plan(&snapshot_plan), args, NULL, read_only, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the snapshots of aggregate \"%s\"", aggregate_id);
+		if (SPI_processed == 1)
+		{
+			out->snapshot_version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+			initial = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		}
+		SPI_freetuptable(SPI_tuptable);
 	}
-	SPI_freetuptable(SPI_tuptable);
 
 	fold_init(&fold, s, aggregate_id, out->aggregate_type, initial);
 	if (target > out->snapshot_version)
@@ -311,7 +315,7 @@ es_load_aggregate(PG_FUNCTION_ARGS)
 
 	es_call_begin(fcinfo, &call);
 	es_load_state(call.store, aggregate_id, at_version, !PG_ARGISNULL(2),
-				  PG_ARGISNULL(2) ? 0 : PG_GETARG_TIMESTAMPTZ(2), true, &st);
+				  PG_ARGISNULL(2) ? 0 : PG_GETARG_TIMESTAMPTZ(2), true, true, &st);
 	if (st.state != NULL)		/* it must outlive the SPI connection */
 		st.state = DatumGetJsonbP(SPI_datumTransfer(JsonbPGetDatum(st.state), false, -1));
 	es_call_end(&call);

@@ -28,7 +28,7 @@ typedef struct EsAggregateState
 extern bool es_aggregate_head(const char *aggregate_id, bool read_only, char *type,
 							  int64 *current);
 extern void es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
-						  bool has_time, TimestampTz at_time, bool read_only,
+						  bool has_time, TimestampTz at_time, bool read_only, bool use_snapshots,
 						  EsAggregateState *out);
 
 #endif							/* ES_LOAD_H */

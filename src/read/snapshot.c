@@ -14,7 +14,8 @@
  *
  * Every snapshot records the reducer and the fingerprint of what made it
  * (aggregate_type.c); loads use only snapshots with the current fingerprint.
- * A state saved by hand is recorded as made by the current reducer.
+ * A state given by hand is saved only when it equals the fold of the
+ * events, so that no load can return a state the events do not give.
  *
  * Needs an SPI connection (es_call_begin).
  *
@@ -28,6 +29,7 @@
 
 #include "catalog/pg_type.h"
 #include "funcapi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 
@@ -78,8 +80,43 @@ snapshot_take(EsStore *s, const char *aggregate_id, int64 version, bool automati
 {
 	EsAggregateState st;
 
-	es_load_state(s, aggregate_id, version, false, 0, false, &st);
+	es_load_state(s, aggregate_id, version, false, 0, false, true, &st);
 	snapshot_save(aggregate_id, st.version, st.aggregate_type, st.state, automatic, taken_by);
+}
+
+/* A JSON value for an error's detail, cut at 1000 characters. */
+static char *
+snapshot_shown(Jsonb *state)
+{
+	char	   *text = JsonbToCString(NULL, &state->root, VARSIZE(state));
+
+	if (strlen(text) > 1000)
+		return psprintf("%.*s... (%zu characters)", pg_mbcliplen(text, strlen(text), 1000), text, strlen(text));
+	return text;
+}
+
+/*
+ * A state given by hand is saved only when it is the fold of the events
+ * up to version (every event folded, no snapshot trusted): a load never
+ * returns a state the events do not give.
+ */
+static void
+snapshot_save_given(EsStore *s, const char *aggregate_id, int64 version, Jsonb *given,
+					const char *taken_by)
+{
+	EsAggregateState st;
+
+	es_load_state(s, aggregate_id, version, false, 0, false, false, &st);
+	if (st.state == NULL ||
+		DatumGetInt32(DirectFunctionCall2(jsonb_cmp, JsonbPGetDatum(st.state), JsonbPGetDatum(given))) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("state is not the state of aggregate \"%s\" at version %lld", aggregate_id,
+						(long long) version),
+				 errdetail("The events fold to %s; the state given is %s.",
+						   st.state ? snapshot_shown(st.state) : "nothing", snapshot_shown(given)),
+				 errhint("Omit the state to have it folded from the events, or register the reducer that gives it (es_register_reducer).")));
+	snapshot_save(aggregate_id, st.version, st.aggregate_type, st.state, false, taken_by);
 }
 
 /*
@@ -132,8 +169,8 @@ snapshot_aggregate(const char *aggregate_id, int64 *current)
  * es_save_snapshot(aggregate_id, version, state, aggregate_type) returns bigint
  *
  * Saves the snapshot of an aggregate at version (default: its current
- * version).  Without state, the state is folded by the aggregate type's
- * reducer; with one, it is taken as given, as made by the current reducer.
+ * version), folded by the aggregate type's reducer.  A state given must be
+ * that fold (the guide's create_snapshot(state), checked).
  * The version must exist, and aggregate_type, when given, must be the
  * aggregate's.  Returns the version.
  */
@@ -169,7 +206,7 @@ es_save_snapshot(PG_FUNCTION_ARGS)
 	if (PG_ARGISNULL(2))
 		snapshot_take(call.store, aggregate_id, version, false, taken_by);
 	else
-		snapshot_save(aggregate_id, version, type, PG_GETARG_JSONB_P(2), false, taken_by);
+		snapshot_save_given(call.store, aggregate_id, version, PG_GETARG_JSONB_P(2), taken_by);
 	es_call_end(&call);
 	PG_RETURN_INT64(version);
 }
