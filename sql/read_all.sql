@@ -67,3 +67,15 @@ SELECT :'horizon'::xid8 > :'last_tx'::xid8 AS horizon_beyond_checkpoint,
 SELECT es_test.error_of($$SELECT * FROM es_read_all(max_count => 0)$$);
 SELECT es_test.error_of($$SELECT * FROM es_read_all('0', -1)$$);
 SELECT es_test.error_of($$SELECT * FROM es_read_all(aggregate_type => 'not a type')$$);
+
+-- Drivers: an integer literal has no cast to xid8, so the checkpoint's tx_id
+-- is taken as bigint and as text too, the same reader behind each.
+SELECT (SELECT array_agg(position) FROM es_read_all(after_tx_id => 0, max_count => 50))
+     = (SELECT array_agg(position) FROM es_read_all(max_count => 50)) AS bigint_same,
+       (SELECT array_agg(position) FROM es_read_all(:'last_tx'::text, :last_pos))
+     = (SELECT array_agg(position) FROM es_read_all(:'last_tx'::xid8, :last_pos)) AS text_same,
+       (SELECT array_agg(position) FROM es_read_all(:'last_tx'::text::bigint, :last_pos))
+     = (SELECT array_agg(position) FROM es_read_all(:'last_tx'::xid8, :last_pos)) AS bigint_checkpoint_same;
+SELECT es_test.error_of($$SELECT * FROM es_read_all(-1)$$);
+SELECT es_test.error_of($$SELECT * FROM es_read_all('12abc'::text)$$);
+SELECT count(*) FROM es_read_all(NULL::bigint, max_count => 3);

@@ -370,6 +370,50 @@ COMMENT ON COLUMN @extschema@.es_events.tx_id IS 'commit-order key: a transactio
 ALTER FUNCTION @extschema@.es_read_all(xid8, bigint, text, text[], integer) VOLATILE;
 ALTER FUNCTION @extschema@.es_commit_horizon() VOLATILE;
 
+-- The checkpoint's tx_id from drivers that have no xid8 (an integer literal
+-- has no cast to it): the same reader, the checkpoint as bigint or text,
+-- with no default (es_read_all() stays the xid8 one), and the grants of the
+-- xid8 one.
+CREATE FUNCTION @extschema@.es_read_all(
+    after_tx_id         bigint,
+    after_position      bigint DEFAULT 0,
+    aggregate_type      text DEFAULT NULL,
+    event_types         text[] DEFAULT NULL,
+    max_count           integer DEFAULT 1000)
+RETURNS SETOF @extschema@.es_events
+AS 'MODULE_PATHNAME', 'es_read_all' LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 1000;
+COMMENT ON FUNCTION @extschema@.es_read_all(bigint, bigint, text, text[], integer) IS
+    'ultracore_es: es_read_all with the checkpoint''s tx_id as bigint, for drivers without xid8';
+CREATE FUNCTION @extschema@.es_read_all(
+    after_tx_id         text,
+    after_position      bigint DEFAULT 0,
+    aggregate_type      text DEFAULT NULL,
+    event_types         text[] DEFAULT NULL,
+    max_count           integer DEFAULT 1000)
+RETURNS SETOF @extschema@.es_events
+AS 'MODULE_PATHNAME', 'es_read_all' LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 1000;
+COMMENT ON FUNCTION @extschema@.es_read_all(text, bigint, text, text[], integer) IS
+    'ultracore_es: es_read_all with the checkpoint''s tx_id as text, for drivers without xid8';
+REVOKE ALL ON FUNCTION @extschema@.es_read_all(bigint, bigint, text, text[], integer),
+    @extschema@.es_read_all(text, bigint, text, text[], integer) FROM PUBLIC;
+DO $$
+DECLARE
+    g record;
+    f text;
+BEGIN
+    FOR g IN SELECT a.grantee, a.is_grantable
+               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid = '@extschema@.es_read_all(xid8, bigint, text, text[], integer)'::pg_catalog.regprocedure
+                AND a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor
+    LOOP
+        FOREACH f IN ARRAY ARRAY['bigint', 'text'] LOOP
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.es_read_all(%s, bigint, text, text[], integer) TO %s%s', f,
+                                      CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(g.grantee::regrole::text) END,
+                                      CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
+    END LOOP;
+END $$;
+
 -- Counting from now, as pg_stat_statements_reset() does.
 CREATE FUNCTION @extschema@.es_reset_consumer_counters(consumer text DEFAULT NULL)
 RETURNS bigint

@@ -245,6 +245,34 @@ es_get_events(PG_FUNCTION_ARGS)
 }
 
 /*
+ * The after_tx_id checkpoint, declared xid8 and, for drivers that have no
+ * xid8 (an integer literal is int, and int has no cast to xid8), also bigint
+ * and text: the same function behind three signatures.
+ */
+static FullTransactionId
+arg_checkpoint_tx(FunctionCallInfo fcinfo, int argno)
+{
+	Oid			type = get_fn_expr_argtype(fcinfo->flinfo, argno);
+	int64		v;
+
+	if (PG_ARGISNULL(argno))
+		return InvalidFullTransactionId;
+	if (type == TEXTOID)		/* int8in, not xid8in: it refuses what is no number */
+		v = DatumGetInt64(DirectFunctionCall1(int8in,
+											  CStringGetDatum(text_to_cstring(PG_GETARG_TEXT_PP(argno)))));
+	else if (type == INT8OID)
+		v = PG_GETARG_INT64(argno);
+	else
+		return PG_GETARG_FULLTRANSACTIONID(argno);
+	if (v < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("after_tx_id must not be negative"),
+				 errdetail("A checkpoint's tx_id is a transaction id: 0 or above.")));
+	return FullTransactionIdFromU64((uint64) v);
+}
+
+/*
  * es_read_all(after_tx_id, after_position, aggregate_type, event_types,
  *			   max_count) returns setof es_events
  *
@@ -276,8 +304,8 @@ es_read_all(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("after_position must not be negative")));
 
+	args[0] = FullTransactionIdGetDatum(arg_checkpoint_tx(fcinfo, 0));
 	es_call_begin(fcinfo, &call);
-	args[0] = PG_ARGISNULL(0) ? FullTransactionIdGetDatum(InvalidFullTransactionId) : PG_GETARG_DATUM(0);
 	args[1] = PG_ARGISNULL(1) ? Int64GetDatum(0) : PG_GETARG_DATUM(1);
 	args[2] = FullTransactionIdGetDatum(es_commit_horizon_push());
 	args[3] = aggregate_type ? CStringGetTextDatum(aggregate_type) : (Datum) 0;
