@@ -320,8 +320,9 @@ static EsPlan ingest_progress_plan = {
 
 /*
  * Errors that say nothing about the message (a deadlock, a serialization
- * failure, a lock timeout, a full disk, a cancel, an internal error): the
- * message must not be dead-lettered for them.
+ * failure, a lock timeout, a full disk, a cancel, an I/O error): the
+ * message must not be dead-lettered for them.  Internal errors are neither
+ * (internal_error_given_up).
  */
 static bool
 error_is_transient(int sqlerrcode)
@@ -332,7 +333,6 @@ error_is_transient(int sqlerrcode)
 		case ERRCODE_TO_CATEGORY(ERRCODE_INSUFFICIENT_RESOURCES):
 		case ERRCODE_TO_CATEGORY(ERRCODE_OPERATOR_INTERVENTION):
 		case ERRCODE_TO_CATEGORY(ERRCODE_SYSTEM_ERROR):
-		case ERRCODE_TO_CATEGORY(ERRCODE_INTERNAL_ERROR):
 			return true;
 	}
 	return sqlerrcode == ERRCODE_LOCK_NOT_AVAILABLE || sqlerrcode == ERRCODE_OBJECT_IN_USE;
@@ -357,6 +357,44 @@ static bool ingest_lookup_ids = false;
 
 /* Set when a batch found a partition's epoch no longer its worker's. */
 static bool partition_lost = false;
+
+/*
+ * An internal error (SQLSTATE class XX) may be the server's passing trouble
+ * or the message's doing (a projection's bug it triggers): the batch is
+ * taken again, and when the same message fails so INTERNAL_ERROR_TRIES
+ * times in a row, it is dead-lettered instead of stopping the partition for
+ * ever.
+ */
+#define INTERNAL_ERROR_TRIES 5
+static struct
+{
+	char		topic[256];
+	int32		partition;
+	int64		offset;
+	int			tries;
+}			internal_failure;
+
+/* Whether the message failed with an internal error too often to try again. */
+static bool
+internal_error_given_up(rd_kafka_message_t *msg)
+{
+	const char *topic = rd_kafka_topic_name(msg->rkt);
+
+	if (internal_failure.tries > 0 && internal_failure.partition == msg->partition &&
+		internal_failure.offset == msg->offset && strcmp(internal_failure.topic, topic) == 0)
+		internal_failure.tries++;
+	else
+	{
+		strlcpy(internal_failure.topic, topic, sizeof(internal_failure.topic));
+		internal_failure.partition = msg->partition;
+		internal_failure.offset = msg->offset;
+		internal_failure.tries = 1;
+	}
+	if (internal_failure.tries < INTERNAL_ERROR_TRIES)
+		return false;
+	internal_failure.tries = 0;
+	return true;
+}
 
 /* Order of the direct path: by aggregate, then place in the batch; arg is the requests. */
 static int
@@ -539,6 +577,13 @@ ingest_step(EsStore *s, void *arg)
 			/* Not the message's fault: the batch is taken again from the stored offsets. */
 			if (error_is_transient(edata->sqlerrcode))
 				ReThrowError(edata);
+			if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_INTERNAL_ERROR)
+			{
+				if (!internal_error_given_up(taken.msgs[i]))
+					ReThrowError(edata);
+				edata->message = psprintf("internal error, %d times in a row: %s",
+										  INTERNAL_ERROR_TRIES, edata->message);
+			}
 			es_kafka_ingest_dead_letter(taken.msgs[i], es_error_text(edata));
 			FreeErrorData(edata);
 		}

@@ -231,6 +231,38 @@ ok( $node->poll_query_until(
 is($node->safe_psql('postgres', q{SELECT count(*) FROM es_kafka_dead_letters WHERE headers->>'ce_id' = 'locked-2'}),
 	0, 'not dead-lettered');
 
+# An internal error (class XX) for one message, here from an inline
+# projection's bug, is taken again a few times, then dead-lettered: the
+# messages after it go on.
+$node->safe_psql(
+	'postgres', q{
+	CREATE FUNCTION buggy(event es_events) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+	    IF event.data ? 'poison' THEN
+	        RAISE EXCEPTION 'the projection broke' USING ERRCODE = 'XX000';
+	    END IF;
+	END $$;
+	SELECT es_register_projection('buggy', 'buggy(es_events)', ARRAY['ACCOUNT_OPENED'], mode => 'inline');
+});
+$kafka->produce(
+	map {
+		[
+			'bank.in', $_->[0],
+			{ ce_id => lc $_->[0], ce_type => 'ACCOUNT_OPENED', ce_aggregatetype => 'Account', ce_aggregateversion => 1 },
+			$_->[1]
+		]
+	} ([ 'POISON-1', '{"poison": true}' ], [ 'AFTER-POISON-1', '{"balance": 1}' ]));
+ok( $node->poll_query_until(
+		'postgres', q{SELECT count(*) = 1 FROM es_events WHERE event_id = 'after-poison-1'}, 't'),
+	'the message after the one that failed internally is appended');
+like(
+	$node->safe_psql('postgres', q{SELECT error FROM es_kafka_dead_letters WHERE headers->>'ce_id' = 'poison-1'}),
+	qr/internal error, 5 times in a row: .*the projection broke/,
+	'the message that failed internally was tried again, then dead-lettered');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_events WHERE event_id = 'poison-1'}),
+	'0', 'and not appended');
+$node->safe_psql('postgres', q{SELECT es_unregister_projection('buggy')});
+
 # The ingest workers sleep on their consumer's queue: a message is appended
 # as it arrives, not at the next poll interval (ten minutes from here on,
 # longer than poll_query_until waits).
