@@ -95,32 +95,87 @@ es_launcher_wake(void)
  *-------------------------------------------------------------------------
  */
 
+/*
+ * The next name of a comma-separated list at *p: false at its end, else
+ * *name and *len (blanks around it trimmed, never empty) and *p past it.
+ */
+static bool
+next_listed_name(const char **p, const char **name, size_t *len)
+{
+	while (**p)
+	{
+		size_t		n;
+
+		while (**p == ' ' || **p == '\t' || **p == ',')
+			(*p)++;
+		n = strcspn(*p, ",");
+		*name = *p;
+		*len = n;
+		*p += n;
+		while (*len > 0 && ((*name)[*len - 1] == ' ' || (*name)[*len - 1] == '\t'))
+			(*len)--;
+		if (*len > 0)
+			return true;
+	}
+	return false;
+}
+
 /* Whether ultracore_es.database (a comma-separated list; empty: all) lets name in. */
 static bool
 launcher_serves(const char *name)
 {
 	const char *p = es_worker_database ? es_worker_database : "";
+	const char *listed;
+	size_t		len;
 	bool		empty = true;
 
-	while (*p)
+	while (next_listed_name(&p, &listed, &len))
 	{
-		size_t		len;
-
-		while (*p == ' ' || *p == '\t' || *p == ',')
-			p++;
-		len = strcspn(p, ",");
-		while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
-			len--;
-		if (len > 0)
-		{
-			empty = false;
-			if (strlen(name) == len && strncmp(name, p, len) == 0)
-				return true;
-		}
-		p += strcspn(p, ",");
+		empty = false;
+		if (strlen(name) == len && strncmp(name, listed, len) == 0)
+			return true;
 	}
 	return empty;
 }
+
+/*
+ * What the settings ask for and the server cannot give yet, said once at
+ * start and after each reload, instead of a worker failing every few
+ * seconds: a database named by ultracore_es.database or
+ * ultracore_es.kafka_database that does not exist (it is served once it is
+ * created), ingest topics without brokers.  existing: every database's name.
+ */
+static void
+launcher_report_settings(List *existing)
+{
+	const char *p = es_worker_database ? es_worker_database : "";
+	const char *listed;
+	size_t		len;
+	const char *kafka_database = es_kafka_database_name();
+
+	while (next_listed_name(&p, &listed, &len))
+	{
+		char	   *name = pnstrdup(listed, len);
+
+		if (!list_member(existing, makeString(name)))
+			ereport(LOG,
+					(errmsg("ultracore_es launcher: database \"%s\" of ultracore_es.database does not exist", name),
+					 errdetail("It is served once it is created.")));
+	}
+	if (es_kafka_brokers != NULL && es_kafka_brokers[0] != '\0' &&
+		!list_member(existing, makeString(pstrdup(kafka_database))))
+		ereport(LOG,
+				(errmsg("ultracore_es launcher: database \"%s\" that Kafka serves does not exist", kafka_database),
+				 errdetail("The Kafka mirror and ingest start once it is created with the extension.")));
+	if ((es_kafka_brokers == NULL || es_kafka_brokers[0] == '\0') &&
+		es_kafka_ingest_topics != NULL && es_kafka_ingest_topics[0] != '\0')
+		ereport(LOG,
+				(errmsg("ultracore_es launcher: ultracore_es.kafka_ingest_topics is set but ultracore_es.kafka_brokers is empty"),
+				 errdetail("Nothing is ingested until brokers are set.")));
+}
+
+/* Whether the settings were reported since the last start or reload. */
+static bool settings_reported = false;
 
 static DatabaseEntry *
 database_find(Oid oid)
@@ -144,6 +199,7 @@ launcher_scan_databases(void)
 	TableScanDesc scan;
 	HeapTuple	tup;
 	int			i;
+	List	   *existing = NIL;
 
 	StartTransactionCommand();
 	(void) GetTransactionSnapshot();
@@ -157,6 +213,8 @@ launcher_scan_databases(void)
 		Form_pg_database pgdb = (Form_pg_database) GETSTRUCT(tup);
 		DatabaseEntry *db;
 
+		if (!settings_reported)
+			existing = lappend(existing, makeString(pstrdup(NameStr(pgdb->datname))));
 		if (!pgdb->datallowconn || pgdb->datistemplate || !launcher_serves(NameStr(pgdb->datname)))
 			continue;
 		db = database_find(pgdb->oid);
@@ -184,6 +242,9 @@ launcher_scan_databases(void)
 			es_worker_shared->databases[i].held_by == 0)
 			es_worker_shared->databases[i].oid = InvalidOid;
 	LWLockRelease(es_worker_shared->lock);
+	if (!settings_reported)
+		launcher_report_settings(existing);
+	settings_reported = true;
 	CommitTransactionCommand();
 }
 
@@ -453,6 +514,7 @@ es_launcher_main(Datum arg)
 					es_worker_shared->databases[i].state = DB_UNKNOWN;
 			LWLockRelease(es_worker_shared->lock);
 			warned_no_slot = false;
+			settings_reported = false;
 		}
 		launcher_scan_databases();
 		launcher_reap();
