@@ -50,11 +50,11 @@ SELECT version FROM es_append('Account', 'A1', 'ACCOUNT_OPENED', jsonb_build_obj
 RESET ultracore_es.max_event_bytes;
 SELECT events = :before_events + 1 AS only_the_small_one FROM es_test.state();
 -- The limit is for superusers to set.
-CREATE ROLE es_test_nobody;
-SET ROLE es_test_nobody;
+CREATE ROLE regress_es_test_nobody;
+SET ROLE regress_es_test_nobody;
 SET ultracore_es.max_event_bytes = '10MB';
 RESET ROLE;
-DROP ROLE es_test_nobody;
+DROP ROLE regress_es_test_nobody;
 -- A setting of the reserved prefix that does not exist is refused.
 SET ultracore_es.no_such_setting = 1;
 

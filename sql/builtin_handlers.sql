@@ -5,9 +5,9 @@ SELECT es_resume_handler('es_audit_trail', from_now => true);
 SELECT es_resume_handler('es_notification_outbox', from_now => true);
 SELECT es_resume_handler('es_analytics_counters', from_now => true);
 
-CREATE ROLE es_teller;
-GRANT EXECUTE ON FUNCTION es_append(text, text, text, jsonb, bigint, jsonb, text, text, text, timestamptz) TO es_teller;
-SET ROLE es_teller;
+CREATE ROLE regress_es_teller;
+GRANT EXECUTE ON FUNCTION es_append(text, text, text, jsonb, bigint, jsonb, text, text, text, timestamptz) TO regress_es_teller;
+SET ROLE regress_es_teller;
 SELECT version FROM es_append('Payment', 'BI-P1', 'PAYMENT_INITIATED', '{"amount": 10}', 0, event_id => 'bi-1');
 SELECT version FROM es_append('Payment', 'BI-P1', 'PAYMENT_COMPLETED', '{}', 1, event_id => 'bi-2');
 RESET ROLE;
@@ -50,8 +50,8 @@ SELECT bool_and(minute = date_trunc('minute', minute)) AS whole_minutes FROM es_
 SELECT es_pause_handler('es_audit_trail');
 SELECT es_pause_handler('es_notification_outbox');
 SELECT es_pause_handler('es_analytics_counters');
-REVOKE ALL ON FUNCTION es_append(text, text, text, jsonb, bigint, jsonb, text, text, text, timestamptz) FROM es_teller;
-DROP ROLE es_teller;
+REVOKE ALL ON FUNCTION es_append(text, text, text, jsonb, bigint, jsonb, text, text, text, timestamptz) FROM regress_es_teller;
+DROP ROLE regress_es_teller;
 -- Unregistered, a built-in handler is off again; its table stays.
 SELECT es_unregister_handler('es_analytics_counters');
 SELECT handler, state FROM es_handler_status WHERE builtin ORDER BY 1;

@@ -63,7 +63,7 @@ SELECT consumer, count(*) = (SELECT count(*) FROM es_test.handled t WHERE t.hand
 -- Paused, a handler receives nothing; resumed, it catches up from its checkpoint.
 SELECT es_pause_handler('record');
 SELECT version FROM es_append('Customer', 'H-PAUSED', 'CUSTOMER_CREATED', '{}', 0);
-SELECT pg_sleep(0.5);
+SELECT es_test.delivery_passed();
 SELECT count(*) AS while_paused FROM es_test.handled WHERE aggregate_id = 'H-PAUSED';
 SELECT handler, state FROM es_handler_status WHERE handler = 'record';
 SELECT es_resume_handler('record');
@@ -99,15 +99,15 @@ SELECT es_test.error_of($$SELECT es_unregister_handler('es_audit_trail')$$);
 -- A handler runs as its registrant, who must be allowed to execute it.
 CREATE FUNCTION es_test.private_handler(event es_events) RETURNS void LANGUAGE sql AS 'SELECT';
 REVOKE EXECUTE ON FUNCTION es_test.private_handler(es_events) FROM PUBLIC;
-CREATE ROLE es_handler_admin;
-GRANT EXECUTE ON FUNCTION es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer) TO es_handler_admin;
-GRANT USAGE ON SCHEMA es_test TO es_handler_admin;
-SET ROLE es_handler_admin;
+CREATE ROLE regress_es_handler_admin;
+GRANT EXECUTE ON FUNCTION es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer) TO regress_es_handler_admin;
+GRANT USAGE ON SCHEMA es_test TO regress_es_handler_admin;
+SET ROLE regress_es_handler_admin;
 SELECT es_test.error_of($$SELECT es_register_handler('private', 'es_test.private_handler(es_events)')$$);
 RESET ROLE;
-REVOKE ALL ON FUNCTION es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer) FROM es_handler_admin;
-REVOKE ALL ON SCHEMA es_test FROM es_handler_admin;
-DROP ROLE es_handler_admin;
+REVOKE ALL ON FUNCTION es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer) FROM regress_es_handler_admin;
+REVOKE ALL ON SCHEMA es_test FROM regress_es_handler_admin;
+DROP ROLE regress_es_handler_admin;
 
 -- Unregistering removes the handler with its checkpoint and ledger.
 SELECT es_unregister_handler('payments');

@@ -39,6 +39,23 @@ BEGIN
     END LOOP;
     RETURN false;
 END $$;
+-- Wait (up to a minute) until every delivery worker has looked twice more
+-- than when called: the proof an absence check needs that the workers
+-- passed the point (false with no worker, or one that does not loop).
+CREATE FUNCTION es_test.delivery_passed() RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    before jsonb;
+BEGIN
+    SELECT jsonb_object_agg(member, passes) INTO before FROM es_worker_state() WHERE kind = 'delivery';
+    FOR i IN 1..1200 LOOP
+        IF (SELECT bool_and(passes >= (before->>member::text)::bigint + 2)
+              FROM es_worker_state() WHERE kind = 'delivery') THEN
+            RETURN true;
+        END IF;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN false;
+END $$;
 -- What the store holds: a refused call must leave all three unchanged (the
 -- sequence is not transactional, so a burned position shows here too).
 CREATE FUNCTION es_test.state(OUT events bigint, OUT aggregates bigint, OUT last_position bigint)

@@ -19,13 +19,13 @@ ALTER SYSTEM SET ultracore_es.kafka_partitioner = 'murmur2_random';
 ALTER SYSTEM RESET ultracore_es.kafka_partitioner;
 
 -- The properties may hold credentials: only superusers read them.
-CREATE ROLE kafka_reader;
-SET ROLE kafka_reader;
+CREATE ROLE regress_kafka_reader;
+SET ROLE regress_kafka_reader;
 SHOW ultracore_es.kafka_producer_properties;
 SHOW ultracore_es.kafka_consumer_properties;
 SHOW ultracore_es.kafka_brokers;
 RESET ROLE;
-DROP ROLE kafka_reader;
+DROP ROLE regress_kafka_reader;
 
 -- Routes: a topic per aggregate type, NULL for none, invalid names refused.
 SELECT es_set_kafka_route('Customer', 'customers-v1');

@@ -1,16 +1,16 @@
 -- Least privilege: a role that can append and read, and nothing else.
-CREATE ROLE es_app LOGIN;
-GRANT USAGE ON SCHEMA public TO es_app;
+CREATE ROLE regress_es_app LOGIN;
+GRANT USAGE ON SCHEMA public TO regress_es_app;
 GRANT EXECUTE ON FUNCTION
     es_append(text, text, text, jsonb, bigint, jsonb, text, text, text, timestamptz),
     es_append_batch(text, text, jsonb, bigint, jsonb, text, text),
     es_get_events(text, bigint, bigint, timestamptz),
     es_read_all(xid8, bigint, text, text[], integer),
     es_aggregate_version(text)
-TO es_app;
-CREATE ROLE es_stranger LOGIN;
+TO regress_es_app;
+CREATE ROLE regress_es_stranger LOGIN;
 
-SET ROLE es_app;
+SET ROLE regress_es_app;
 SELECT version FROM es_append('Customer', 'PRIV-1', 'CUSTOMER_CREATED', '{"name": "Priv"}', 0);
 SELECT version FROM es_append_batch('Customer', 'PRIV-1', '[{"event_type": "CUSTOMER_UPDATED"}]', 1);
 SELECT version, appended_by FROM es_get_events('PRIV-1');
@@ -31,15 +31,15 @@ SELECT * FROM es_causation_chain('x');
 RESET ROLE;
 
 -- A role without grants can do nothing at all.
-SET ROLE es_stranger;
+SET ROLE regress_es_stranger;
 SELECT es_append('Customer', 'PRIV-3', 'CUSTOMER_CREATED', '{}');
 SELECT * FROM es_get_events('PRIV-1');
 RESET ROLE;
 SELECT count(*) FROM es_aggregates WHERE aggregate_id IN ('PRIV-2', 'PRIV-3');
 
 -- Reading the tables directly takes an explicit grant.
-GRANT SELECT ON es_events, es_aggregate_versions TO es_app;
-SET ROLE es_app;
+GRANT SELECT ON es_events, es_aggregate_versions TO regress_es_app;
+SET ROLE regress_es_app;
 SELECT count(*) FROM es_events WHERE aggregate_id = 'PRIV-1';
 SELECT version FROM es_aggregate_versions WHERE aggregate_id = 'PRIV-1';
 RESET ROLE;
@@ -56,14 +56,14 @@ SELECT count(*) FROM public.es_get_events('PRIV-1');
 RESET search_path;
 DROP SCHEMA es_hostile CASCADE;
 
-REVOKE ALL ON es_events, es_aggregate_versions FROM es_app;
+REVOKE ALL ON es_events, es_aggregate_versions FROM regress_es_app;
 REVOKE ALL ON FUNCTION
     es_append(text, text, text, jsonb, bigint, jsonb, text, text, text, timestamptz),
     es_append_batch(text, text, jsonb, bigint, jsonb, text, text),
     es_get_events(text, bigint, bigint, timestamptz),
     es_read_all(xid8, bigint, text, text[], integer),
     es_aggregate_version(text)
-FROM es_app;
-REVOKE USAGE ON SCHEMA public FROM es_app;
-DROP ROLE es_app;
-DROP ROLE es_stranger;
+FROM regress_es_app;
+REVOKE USAGE ON SCHEMA public FROM regress_es_app;
+DROP ROLE regress_es_app;
+DROP ROLE regress_es_stranger;

@@ -97,25 +97,25 @@ SELECT state FROM es_load_aggregate('RED-L1');
 -- event store: registering one takes owning it, and a reducer that tries to
 -- use more rights than its owner has fails.
 CREATE FUNCTION bank.private_reducer(state jsonb, event es_events) RETURNS jsonb LANGUAGE sql AS 'SELECT $1';
-CREATE ROLE es_reducer_admin;
-GRANT EXECUTE ON FUNCTION es_register_reducer(text, regprocedure) TO es_reducer_admin;
-GRANT USAGE, CREATE ON SCHEMA bank TO es_reducer_admin;
-GRANT USAGE ON SCHEMA es_test TO es_reducer_admin;
-SET ROLE es_reducer_admin;
+CREATE ROLE regress_es_reducer_admin;
+GRANT EXECUTE ON FUNCTION es_register_reducer(text, regprocedure) TO regress_es_reducer_admin;
+GRANT USAGE, CREATE ON SCHEMA bank TO regress_es_reducer_admin;
+GRANT USAGE ON SCHEMA es_test TO regress_es_reducer_admin;
+SET ROLE regress_es_reducer_admin;
 SELECT es_test.error_of($$SELECT es_register_reducer('Loan', 'bank.private_reducer(jsonb, es_events)')$$);
 CREATE FUNCTION bank.escalating_reducer(state jsonb, event es_events) RETURNS jsonb LANGUAGE plpgsql AS $$
 BEGIN
-    EXECUTE 'ALTER ROLE es_reducer_admin SUPERUSER';
+    EXECUTE 'ALTER ROLE regress_es_reducer_admin SUPERUSER';
     RETURN state;
 END $$;
 SELECT es_register_reducer('Loan', 'bank.escalating_reducer(jsonb, es_events)');
 RESET ROLE;
 SELECT es_test.error_of($$SELECT * FROM es_load_aggregate('RED-L1')$$);
-SELECT rolsuper FROM pg_roles WHERE rolname = 'es_reducer_admin';
+SELECT rolsuper FROM pg_roles WHERE rolname = 'regress_es_reducer_admin';
 SELECT es_register_reducer('Loan', NULL);
 DROP FUNCTION bank.escalating_reducer(jsonb, es_events);
-REVOKE ALL ON SCHEMA bank, es_test FROM es_reducer_admin;
-REVOKE ALL ON FUNCTION es_register_reducer(text, regprocedure) FROM es_reducer_admin;
-DROP ROLE es_reducer_admin;
+REVOKE ALL ON SCHEMA bank, es_test FROM regress_es_reducer_admin;
+REVOKE ALL ON FUNCTION es_register_reducer(text, regprocedure) FROM regress_es_reducer_admin;
+DROP ROLE regress_es_reducer_admin;
 -- Leave the Account type with the default reducer for the tests that follow.
 SELECT es_register_reducer('Account', NULL);

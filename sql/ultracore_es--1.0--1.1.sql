@@ -207,11 +207,12 @@ CREATE FUNCTION @extschema@.es_worker_state(
     OUT busy text,
     OUT busy_since timestamptz,
     OUT last_exit text,
-    OUT last_exit_at timestamptz)
+    OUT last_exit_at timestamptz,
+    OUT passes bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'es_worker_state' LANGUAGE C VOLATILE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION @extschema@.es_worker_state() IS
-    'ultracore_es: the launcher, and each background process this database wants (pid NULL: not running), with what it is doing and why the last one in its place ended';
+    'ultracore_es: the launcher, and each background process this database wants (pid NULL: not running), with what it is doing, why the last one in its place ended, and how many loops it has done';
 
 -- Who holds the commit horizon back (horizon.c).
 CREATE FUNCTION @extschema@.es_horizon_holders(OUT pid integer, OUT xid xid8)
@@ -271,7 +272,7 @@ SELECT 'launcher',
             ELSE 'pid ' || w.pid END,
        w.started_at
   FROM (SELECT * FROM workers WHERE kind = 'launcher'
-        UNION ALL SELECT 'launcher', 0, NULL, NULL, NULL, NULL, NULL, NULL
+        UNION ALL SELECT 'launcher', 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL
          WHERE NOT EXISTS (SELECT FROM workers WHERE kind = 'launcher')) w
 UNION ALL
 SELECT 'worker ' || w.kind || ' ' || w.member,

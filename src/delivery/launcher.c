@@ -370,6 +370,7 @@ launcher_slot(Oid db, int service, int member, TimestampTz now, int *index)
 	/* A slot another worker had: nothing of its past is kept. */
 	memset(&es_worker_shared->slots[free_slot], 0, sizeof(WorkerSlot));
 	pg_atomic_init_u32(&es_worker_shared->slots[free_slot].reads_appends, 0);
+	pg_atomic_init_u64(&es_worker_shared->slots[free_slot].passes, 0);
 	es_worker_shared->slots[free_slot].database = db;
 	es_worker_shared->slots[free_slot].service = service;
 	es_worker_shared->slots[free_slot].member = member;

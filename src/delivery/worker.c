@@ -203,7 +203,10 @@ worker_shmem_init(void *segment)
 	shared->lock = &(GetNamedLWLockTranche("ultracore_es workers"))->lock;
 	shared->nslots = max_worker_processes;
 	for (i = 0; i < shared->nslots; i++)
+	{
 		pg_atomic_init_u32(&shared->slots[i].reads_appends, 0);
+		pg_atomic_init_u64(&shared->slots[i].passes, 0);
+	}
 }
 
 /* es_worker_init: from _PG_init, preloaded or not. */
@@ -521,6 +524,7 @@ es_worker_main(Datum arg)
 		if (!ran && service->stop != NULL)
 			service->stop();
 		pg_atomic_write_u32(&my_slot->reads_appends, reads_appends ? 1 : 0);
+		pg_atomic_fetch_add_u64(&my_slot->passes, 1);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		fd = service->wait_fd != NULL ? service->wait_fd() : -1;
 		if (fd >= 0)
@@ -589,9 +593,12 @@ worker_served(void)
 
 /*
  * es_worker_state() returns setof (kind, member, pid, started_at, busy,
- * busy_since, last_exit, last_exit_at): the launcher, then each process the
- * current database wants now (pid NULL: not running).  No rows when the
- * library is not preloaded.
+ * busy_since, last_exit, last_exit_at, passes): the launcher, then each
+ * process the current database wants now (pid NULL: not running).  passes
+ * counts the process's loops, whether it ran its service or waited (the
+ * extension outdated, worker_enabled off): two more than before an event
+ * prove that it has looked since.  No rows when the library is not
+ * preloaded.
  */
 PG_FUNCTION_INFO_V1(es_worker_state);
 Datum
@@ -599,8 +606,8 @@ es_worker_state(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	bool		kafka_database;
-	Datum		values[8];
-	bool		nulls[8];
+	Datum		values[9];
+	bool		nulls[9];
 	int			service;
 
 	InitMaterializedSRF(fcinfo, 0);
@@ -641,6 +648,8 @@ es_worker_state(PG_FUNCTION_ARGS)
 				values[5] = TimestampTzGetDatum(slot->busy_since);
 				nulls[2] = nulls[3] = nulls[4] = false;
 				nulls[5] = slot->busy_since == 0;
+				values[8] = Int64GetDatum((int64) pg_atomic_read_u64(&slot->passes));
+				nulls[8] = false;
 			}
 			if (slot != NULL && slot->last_exit_at != 0)
 			{

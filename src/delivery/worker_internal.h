@@ -56,6 +56,7 @@ typedef struct WorkerSlot
 	int			pid;			/* written by the process; 0 until it runs */
 	Latch	   *latch;
 	pg_atomic_uint32 reads_appends;
+	pg_atomic_uint64 passes;	/* loops done, run or not: proof it looked */
 	TimestampTz registered_at;	/* when the launcher asked the postmaster to start it */
 	TimestampTz started_at;		/* when the process began to run */
 	TimestampTz start_after;	/* after a failure: not before */

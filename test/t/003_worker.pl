@@ -31,6 +31,20 @@ sub wait_for
 	ok($node->poll_query_until('postgres', $query), $what);
 }
 
+# Every delivery worker has looked twice more than when called: what an
+# absence check waits for, so that it fails with a dead or stuck worker.
+sub delivery_passed
+{
+	my ($what) = @_;
+	my %before = map { split /:/ } split /,/, $node->safe_psql('postgres',
+		q{SELECT string_agg(member || ':' || passes, ',') FROM es_worker_state() WHERE kind = 'delivery'});
+	my $passed = join(' AND ',
+		map { "coalesce((SELECT passes FROM es_worker_state() WHERE kind = 'delivery' AND member = $_), 0) >= "
+			  . ($before{$_} + 2) } sort keys %before);
+	ok(%before && $node->poll_query_until('postgres', "SELECT $passed"), "$what: the delivery workers looked since");
+	return;
+}
+
 # The effects table has no unique key: a duplicate delivery would show as a
 # second row.  The handler is slow enough that a kill lands mid-batch.
 $node->safe_psql(
@@ -41,6 +55,9 @@ $node->safe_psql(
 	BEGIN
 	    IF event.aggregate_type = 'Customer' THEN
 	        PERFORM pg_sleep(0.002);
+	    END IF;
+	    IF event.aggregate_id LIKE 'KILLW-%' THEN
+	        PERFORM pg_advisory_xact_lock_shared(3);  -- the test holds it to stop delivery mid-batch
 	    END IF;
 	    INSERT INTO applied (event_id, aggregate_id, version)
 	    VALUES (event.event_id, event.aggregate_id, event.version);
@@ -91,7 +108,7 @@ my $log_offset = -s $node->logfile;
 $node->safe_psql('postgres', q{ALTER SYSTEM SET ultracore_es.worker_enabled = off; SELECT pg_reload_conf()});
 $node->wait_for_log(qr/ultracore_es delivery stops in database "postgres"/, $log_offset);
 $node->safe_psql('postgres', q{CALL append_customers('HUP-', 1, 1)});
-sleep(1);
+delivery_passed('disabled');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM applied WHERE aggregate_id = 'HUP-1'}),
 	'0', 'nothing delivered while disabled');
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET ultracore_es.worker_enabled; SELECT pg_reload_conf()});
@@ -111,13 +128,18 @@ ok(!$node->log_contains(qr/terminating any other active server processes/, $log_
 # resumes from its committed checkpoint.
 $node->safe_psql('postgres', q{CALL append_customers('KILLW-', 20, 50)});
 wait_for(q{SELECT count(*) > 200 FROM applied WHERE aggregate_id LIKE 'KILLW-%'}, 'worker delivering');
-$pid = worker_pid();
+my $gate = $node->background_psql('postgres');
+$gate->query_safe('SELECT pg_advisory_lock(3)');
+wait_for(q{SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 3 AND NOT granted},
+	'the worker stopped mid-batch at the gate');
+$pid = $node->safe_psql('postgres', q{SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = 3 AND NOT granted});
+my $delivered = $node->safe_psql('postgres', q{SELECT count(*) FROM applied WHERE aggregate_id LIKE 'KILLW-%'});
 $log_offset = -s $node->logfile;
 kill 'KILL', $pid;
 $node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset);
+eval { $gate->quit };
 wait_for('SELECT true', 'server back after the worker was killed');
-cmp_ok($node->safe_psql('postgres', q{SELECT count(*) FROM applied WHERE aggregate_id LIKE 'KILLW-%'}),
-	'<', 1000, 'the kill interrupted delivery');
+cmp_ok($delivered, '<', 1000, 'the kill interrupted delivery');
 check_exactly_once('after kill -9 of the worker');
 
 # kill -9 of a backend (a crash of the whole server) while the worker
@@ -144,7 +166,7 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM es_events WHERE aggregate
 my $late = $node->background_psql('postgres');
 $late->query_safe(q{BEGIN; SELECT es_append('Customer', 'LATE', 'CUSTOMER_CREATED', '{}', 0)});
 $node->safe_psql('postgres', q{CALL append_customers('AFTER-', 3, 2)});
-sleep(1);
+delivery_passed('an open transaction');
 is( $node->safe_psql(
 		'postgres', q{
 	SELECT count(*) || ' ' || (SELECT lag_events >= 6 FROM es_stats WHERE consumer = 'record')

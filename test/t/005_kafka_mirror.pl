@@ -73,9 +73,10 @@ my $appender = $node->background_psql('postgres');
 $appender->query_until(qr/started/, qq{\\echo started\nCALL append_accounts('OUT-', 20, 40, 0.5);\n\\echo done\n});
 sleep(2);
 $kafka->command('down -1');
-sleep(10);
-cmp_ok($node->safe_psql('postgres', q{SELECT lag_events FROM es_kafka_status WHERE component = 'mirror'}),
-	'>', 0, 'while the brokers are down, the checkpoint waits');
+# 400 events appended meanwhile (at 40 a second): ten seconds or so.
+ok( $node->poll_query_until(
+		'postgres', q{SELECT lag_events >= 400 FROM es_kafka_status WHERE component = 'mirror'}, 't'),
+	'while the brokers are down, the checkpoint waits');
 $kafka->command('up -1');
 $appender->query_until(qr/done/, '');
 $appender->quit;
@@ -85,7 +86,10 @@ mirrored_all('brokers down for ten seconds');
 # the worker does not wait for them, and nothing is lost.
 $kafka->command('down -1');
 $node->safe_psql('postgres', q{CALL append_accounts('TERM-', 10, 5)});
-sleep(2);
+my $passes = $node->safe_psql('postgres', q{SELECT passes FROM es_worker_state() WHERE kind = 'kafka mirror'});
+ok( $node->poll_query_until(
+		'postgres', qq{SELECT passes >= $passes + 2 FROM es_worker_state() WHERE kind = 'kafka mirror'}, 't'),
+	'the mirror looked since');
 is($node->safe_psql('postgres', q{SELECT lag_events FROM es_kafka_status WHERE component = 'mirror'}),
 	50, 'the events wait for the brokers');
 my $stop_started = time;
