@@ -53,3 +53,10 @@ SELECT es_test.error_of($$SELECT es_append_batch('Payment', 'PAY003', '[
     {"event_type": "PAYMENT_AUTHORIZED"}]')$$);
 -- A single event that was part of a batch comes back as stored.
 SELECT event_id, version FROM es_append('Payment', 'PAY003', 'PAYMENT_AUTHORIZED', event_id => 'evt_p2');
+
+-- A resend without event ids cannot be told from a new append: the conflict
+-- says so, and does not advise to append again blindly.
+SELECT version FROM es_append_batch('Customer', 'IDEM-NOIDS', '[{"event_type": "CUSTOMER_CREATED", "data": {"a": 1}}]', 0);
+SELECT version FROM es_append_batch('Customer', 'IDEM-NOIDS', '[{"event_type": "CUSTOMER_CREATED", "data": {"a": 1}}]', 0);
+-- With ids, the same mistake is a different one: a new event on a stale version.
+SELECT version FROM es_append('Customer', 'IDEM-NOIDS', 'CUSTOMER_UPDATED', '{}', 0, event_id => 'idem-noids-2');

@@ -387,6 +387,7 @@ static void
 append_raise_conflict(EsAppendRequest *req, int64 actual)
 {
 	char		expected[64];
+	int			i;
 
 	if (req->any)
 		strlcpy(expected, "any", sizeof(expected));
@@ -397,13 +398,24 @@ append_raise_conflict(EsAppendRequest *req, int64 actual)
 	else
 		snprintf(expected, sizeof(expected), INT64_FORMAT, req->expected);
 
+	/*
+	 * Without event ids the store cannot tell a retry of an append that
+	 * committed (its answer lost with the connection) from a new one: say
+	 * so, rather than only advise to append again, which would store the
+	 * events twice.
+	 */
+	for (i = 0; i < req->nevents && !req->events[i].event_id_given; i++)
+		;
 	ereport(ERROR,
 			(errcode(ERRCODE_ES_WRONG_EXPECTED_VERSION),
 			 errmsg("version conflict on aggregate \"%s\"", req->aggregate_id),
 			 errdetail("Aggregate \"%s\": expected version %s, actual version %lld%s.",
 					   req->aggregate_id, expected, (long long) actual,
 					   actual == 0 ? " (it does not exist)" : ""),
-			 errhint("Reload the aggregate and append again with its current version as expected_version.")));
+			 i < req->nevents ?
+			 errhint("Reload the aggregate and append again with its current version as expected_version.") :
+			 errhint("If this call retries one whose answer was lost, it may have been stored already: read the aggregate's events before appending again. "
+					 "Give each event an event_id to make retries safe: a resend with the same ids returns the stored result.")));
 }
 
 /*
