@@ -58,5 +58,20 @@ DROP ROLE regress_es_test_nobody;
 -- A setting of the reserved prefix that does not exist is refused.
 SET ultracore_es.no_such_setting = 1;
 
+-- An event occurs at a finite time of the years 1 to 9999 (UTC), what RFC
+-- 3339 (CloudEvents' ce_time) can say; in the server's time zone or not.
+SET TIME ZONE 'Europe/Amsterdam';
+SELECT es_test.error_of($$SELECT es_append('Customer', 'TIME-1', 'CUSTOMER_CREATED', '{}', occurred_at => 'infinity')$$);
+SELECT es_test.error_of($$SELECT es_append('Customer', 'TIME-1', 'CUSTOMER_CREATED', '{}', occurred_at => '-infinity')$$);
+SELECT es_test.error_of($$SELECT es_append('Customer', 'TIME-1', 'CUSTOMER_CREATED', '{}', occurred_at => '10000-01-01 01:30:00+01')$$);
+-- (9999-12-31 23:30 UTC: in range, whatever the zone says)
+SELECT es_test.error_of($$SELECT es_append('Customer', 'TIME-0', 'CUSTOMER_CREATED', '{}', occurred_at => '10000-01-01 00:30:00+01')$$);
+SELECT es_test.error_of($$SELECT es_append('Customer', 'TIME-1', 'CUSTOMER_CREATED', '{}', occurred_at => '0044-03-15 12:00 BC')$$);
+SELECT es_test.error_of($$SELECT es_append_batch('Customer', 'TIME-1', '[{"event_type": "CUSTOMER_CREATED", "occurred_at": "infinity"}]')$$);
+-- The edges themselves are events' times.
+SELECT version FROM es_append('Customer', 'TIME-1', 'CUSTOMER_CREATED', '{}', occurred_at => '0001-01-01 00:00:00+00');
+SELECT version FROM es_append('Customer', 'TIME-1', 'CUSTOMER_UPDATED', '{}', occurred_at => '9999-12-31 23:59:59.999999+00');
+RESET TIME ZONE;
+
 -- Nothing was written by any refused call.
-SELECT events = :before_events + 1 AS one_event_added FROM es_test.state();
+SELECT events = :before_events + 4 AS four_events_added FROM es_test.state();

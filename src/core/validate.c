@@ -20,6 +20,8 @@
 #include "core/guc.h"
 
 #include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/timestamp.h"
 
 static const char *
 json_kind(Jsonb *jb)
@@ -154,6 +156,26 @@ es_check_object(Jsonb *jb, const char *what)
 				 errmsg("%s must be a JSON object", what),
 				 errdetail("The value given is a JSON %s.", json_kind(jb)),
 				 errhint("Wrap the value in an object, for example {\"value\": ...}.")));
+}
+
+/*
+ * es_check_occurred_at: an event occurs at a finite time of the years 1 to
+ * 9999 (UTC).  RFC 3339, the time of CloudEvents and of most clients'
+ * libraries, has no other: a consumer that cannot read an event's time
+ * loses the event.
+ */
+void
+es_check_occurred_at(TimestampTz t, const char *what)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	if (TIMESTAMP_NOT_FINITE(t) || timestamp2tm(t, NULL, &tm, &fsec, NULL, NULL) != 0 ||
+		tm.tm_year < 1 || tm.tm_year > 9999)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("%s %s is out of range", what, timestamptz_to_str(t)),
+				 errdetail("An event occurs at a finite time of the years 1 to 9999 (UTC), the range of RFC 3339.")));
 }
 
 es_event_size_check_hook_type es_event_size_check_hook = NULL;

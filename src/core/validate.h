@@ -12,6 +12,7 @@
 #define ES_VALIDATE_H
 
 #include "fmgr.h"
+#include "datatype/timestamp.h"
 #include "utils/jsonb.h"
 
 extern char *es_arg_id(FunctionCallInfo fcinfo, int argno, const char *what, bool required);
@@ -19,6 +20,7 @@ extern char *es_arg_name(FunctionCallInfo fcinfo, int argno, const char *what, b
 extern void es_check_id(const char *value, const char *what);
 extern void es_check_name(const char *value, const char *what);
 extern void es_check_object(Jsonb *jb, const char *what);
+extern void es_check_occurred_at(TimestampTz t, const char *what);
 extern void es_check_event_size(Jsonb *data, Jsonb *metadata, const char *event_id);
 
 /*

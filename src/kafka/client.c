@@ -182,17 +182,31 @@ es_kafka_client_new(rd_kafka_type_t type, rd_kafka_conf_t *conf, char *errstr, s
 /*
  * es_kafka_own_source: the ce_source of what this store mirrors: ultracore_es.kafka_source, or
  * by default one that names this cluster and database, so that the ingest
- * recognizes the store's own events.
+ * recognizes the store's own events.  The default is a URI reference, as
+ * CloudEvents wants: the database name is percent-encoded but for the
+ * unreserved characters (a space is %20).
  */
 const char *
 es_kafka_own_source(void)
 {
-	static char source[256];
+	static char source[NAMEDATALEN * 3 + 64];
+	const char *name;
+	char	   *p;
 
 	if (es_kafka_source != NULL && es_kafka_source[0] != '\0')
 		return es_kafka_source;
-	snprintf(source, sizeof(source), "/ultracore_es/" UINT64_FORMAT "/%s", GetSystemIdentifier(),
-			 es_kafka_database_name());
+	p = source + snprintf(source, sizeof(source), "/ultracore_es/" UINT64_FORMAT "/", GetSystemIdentifier());
+	for (name = es_kafka_database_name(); *name; name++)
+	{
+		unsigned char c = (unsigned char) *name;
+
+		if ((c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
+			c == '-' || c == '.' || c == '_' || c == '~')
+			*p++ = c;
+		else
+			p += sprintf(p, "%%%02X", c);
+	}
+	*p = '\0';
 	return source;
 }
 

@@ -46,16 +46,178 @@ header(rd_kafka_headers_t *h, const char *name)
 	return pnstrdup(value, size);
 }
 
-static char *
-required_header(rd_kafka_headers_t *h, const char *name)
+/*
+ * A message's CloudEvent: in binary mode its attributes are ce_* headers
+ * and its value the data; in structured mode (content-type
+ * application/cloudevents+json) its value is one JSON object holding both.
+ */
+typedef struct CloudEvent
 {
-	char	   *value = header(h, name);
+	rd_kafka_headers_t *headers;
+	Jsonb	   *structured;		/* NULL in binary mode */
+} CloudEvent;
 
+/* The member name of the structured event, or NULL. */
+static JsonbValue *
+member(CloudEvent *ce, const char *name)
+{
+	JsonbValue *v = getKeyJsonValueFromContainer(&ce->structured->root, name, strlen(name), NULL);
+
+	return v == NULL || v->type == jbvNull ? NULL : v;
+}
+
+/* Attribute name as text (a header, or a string, number or boolean member), or NULL. */
+static char *
+attribute(CloudEvent *ce, const char *name)
+{
+	JsonbValue *v;
+
+	if (ce->structured == NULL)
+		return header(ce->headers, psprintf("ce_%s", name));
+	if ((v = member(ce, name)) == NULL)
+		return NULL;
+	switch (v->type)
+	{
+		case jbvString:
+			return pnstrdup(v->val.string.val, v->val.string.len);
+		case jbvNumeric:
+			return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+		case jbvBool:
+			return pstrdup(v->val.boolean ? "true" : "false");
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("CloudEvent attribute \"%s\" is not a string", name)));
+	}
+	return NULL;					/* keep compiler quiet */
+}
+
+static char *
+required_attribute(CloudEvent *ce, const char *name)
+{
+	char	   *value = attribute(ce, name);
+
+	if (value == NULL && ce->structured == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("message has no ce_%s header", name)));
 	if (value == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("message has no %s header", name)));
+				 errmsg("structured CloudEvent has no \"%s\" attribute", name)));
 	return value;
+}
+
+/* Whether a media type (parameters such as charset aside) is a kind of JSON. */
+static bool
+media_type_is_json(const char *type)
+{
+	size_t		len = strcspn(type, "; \t");
+
+	return (len == strlen("application/json") && pg_strncasecmp(type, "application/json", len) == 0) ||
+		(len == strlen("text/json") && pg_strncasecmp(type, "text/json", len) == 0) ||
+		(len > 5 && pg_strncasecmp(type + len - 5, "+json", 5) == 0);
+}
+
+/*
+ * The mode of the message, from its content-type header: structured (set
+ * ce->structured from the value), or binary (false).  Batches and other
+ * event formats are refused.
+ */
+static void
+cloud_event_open(rd_kafka_message_t *msg, CloudEvent *ce)
+{
+	char	   *content_type;
+	Jsonb	   *value;
+
+	memset(ce, 0, sizeof(*ce));
+	(void) rd_kafka_message_headers(msg, &ce->headers);
+	content_type = header(ce->headers, "content-type");
+	if (content_type == NULL || pg_strncasecmp(content_type, "application/cloudevents", strlen("application/cloudevents")) != 0)
+		return;
+	if (pg_strncasecmp(content_type, "application/cloudevents-batch", strlen("application/cloudevents-batch")) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("batched CloudEvents (content-type %s) are not supported", content_type),
+				 errhint("Produce one event per message, in binary or structured mode.")));
+	if (!media_type_is_json(content_type))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("structured CloudEvents of content-type %s are not supported", content_type),
+				 errhint("Structured mode is read in the JSON format (application/cloudevents+json).")));
+	if (msg->payload == NULL || msg->len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("structured CloudEvent without a value")));
+	value = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(msg->payload, msg->len))));
+	if (!JB_ROOT_IS_OBJECT(value))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("structured CloudEvent is not a JSON object")));
+	ce->structured = value;
+}
+
+/*
+ * The event's data: a JSON object, or {} for a CloudEvent without data
+ * (which CloudEvents allows).  Data of another content type than JSON is
+ * refused, whether it would parse as JSON or not: the store keeps JSON
+ * objects, and would mirror it back as application/json.
+ */
+static Jsonb *
+cloud_event_data(rd_kafka_message_t *msg, CloudEvent *ce)
+{
+	char	   *content_type = ce->structured ? attribute(ce, "datacontenttype")
+		: header(ce->headers, "content-type");
+	JsonbValue *v;
+	Jsonb	   *data;
+
+	if (content_type != NULL && !media_type_is_json(content_type))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("data of content type %s is not supported", content_type),
+				 errdetail("The store keeps event data as JSON objects."),
+				 errhint("Produce the data as application/json.")));
+	if (ce->structured == NULL)
+	{
+		if (msg->payload == NULL || msg->len == 0)
+			return es_empty_object();
+		data = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(msg->payload, msg->len))));
+	}
+	else
+	{
+		if (member(ce, "data_base64") != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("binary data (data_base64) is not supported"),
+					 errdetail("The store keeps event data as JSON objects.")));
+		if ((v = member(ce, "data")) == NULL)
+			return es_empty_object();
+		if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("data must be a JSON object")));
+		data = JsonbValueToJsonb(v);
+	}
+	es_check_object(data, "data");
+	return data;
+}
+
+/* The metadata the producer gave (ce_metadata: a JSON object, or its text), or NULL. */
+static Jsonb *
+cloud_event_metadata(CloudEvent *ce)
+{
+	JsonbValue *v;
+	char	   *text;
+	Jsonb	   *given;
+
+	if (ce->structured != NULL && (v = member(ce, "metadata")) != NULL && v->type == jbvBinary)
+		given = JsonbValueToJsonb(v);
+	else if ((text = attribute(ce, "metadata")) != NULL)
+		given = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
+	else
+		return NULL;
+	es_check_object(given, "ce_metadata");
+	return given;
 }
 
 static void
@@ -70,14 +232,17 @@ push_string(JsonbParseState **state, JsonbIteratorToken token, const char *str)
 }
 
 /*
- * {"kafka_origin": {"topic": topic, "partition": partition}}: where an
- * ingested event came from, so that the mirror does not send it back
- * there.  Not the offset: a message produced twice (a producer's retry)
- * must carry the same event, to be absorbed as a duplicate.  Built, not
- * parsed from text: it is made for every message.
+ * {"kafka_origin": {"topic": topic, "partition": partition, "source":
+ * source}}: where an ingested event came from, so that the mirror does not
+ * send it back there, and sends it on with its own source.  Not the offset:
+ * a message produced twice (a producer's retry) must carry the same event,
+ * to be absorbed as a duplicate.  The source is part of the event's
+ * identity: an event of another source with the same id differs in its
+ * metadata, and is refused, not absorbed.  Built, not parsed from text: it
+ * is made for every message.
  */
 static Jsonb *
-origin_metadata(const char *topic, int32 partition)
+origin_metadata(const char *topic, int32 partition, const char *source)
 {
 	JsonbParseState *state = NULL;
 	JsonbValue	v;
@@ -91,6 +256,11 @@ origin_metadata(const char *topic, int32 partition)
 	v.type = jbvNumeric;
 	v.val.numeric = int64_to_numeric(partition);
 	(void) pushJsonbValue(&state, WJB_VALUE, &v);
+	if (source != NULL)
+	{
+		push_string(&state, WJB_KEY, "source");
+		push_string(&state, WJB_VALUE, source);
+	}
 	(void) pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
 }
@@ -103,25 +273,36 @@ origin_metadata(const char *topic, int32 partition)
 bool
 es_kafka_ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *ev)
 {
-	rd_kafka_headers_t *h = NULL;
+	CloudEvent	ce;
 	const char *topic = rd_kafka_topic_name(msg->rkt);
+	const char *own = es_kafka_own_source();
+	char	   *specversion;
 	char	   *version;
 	char	   *time;
-	char	   *metadata;
 	char	   *source;
+	char	   *mirrored_by;
+	Jsonb	   *metadata;
 
-	(void) rd_kafka_message_headers(msg, &h);
-	source = header(h, "ce_source");
-	if (source != NULL && strcmp(source, es_kafka_own_source()) == 0)
+	cloud_event_open(msg, &ce);
+	source = attribute(&ce, "source");
+	mirrored_by = attribute(&ce, "mirroredby");
+	if ((source != NULL && strcmp(source, own) == 0) || (mirrored_by != NULL && strcmp(mirrored_by, own) == 0))
 		return false;
+	/* Binary messages of producers that set no ce_specversion are taken as 1.0. */
+	specversion = ce.structured ? required_attribute(&ce, "specversion") : attribute(&ce, "specversion");
+	if (specversion != NULL && strcmp(specversion, "1.0") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("CloudEvents specversion \"%s\" is not supported", specversion),
+				 errdetail("The ingest reads CloudEvents 1.0.")));
 	memset(req, 0, sizeof(*req));
 	memset(ev, 0, sizeof(*ev));
-	ev->event_id = required_header(h, "ce_id");
+	ev->event_id = required_attribute(&ce, "id");
 	es_check_id(ev->event_id, "ce_id");
 	ev->event_id_given = true;
-	ev->event_type = required_header(h, "ce_type");
+	ev->event_type = required_attribute(&ce, "type");
 	es_check_name(ev->event_type, "ce_type");
-	req->aggregate_id = header(h, "ce_subject");
+	req->aggregate_id = attribute(&ce, "subject");
 	if (req->aggregate_id == NULL && msg->key != NULL)
 		req->aggregate_id = pnstrdup(msg->key, msg->key_len);
 	if (req->aggregate_id == NULL)
@@ -129,7 +310,7 @@ es_kafka_ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("message has neither a ce_subject header nor a key")));
 	es_check_id(req->aggregate_id, "ce_subject");
-	req->aggregate_type = header(h, "ce_aggregatetype");
+	req->aggregate_type = attribute(&ce, "aggregatetype");
 	if (req->aggregate_type == NULL)
 	{
 		EsEventType type;
@@ -145,7 +326,7 @@ es_kafka_ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *
 	es_check_name(req->aggregate_type, "ce_aggregatetype");
 
 	/* Version v is appended at expected version v - 1; without one, at any. */
-	version = header(h, "ce_aggregateversion");
+	version = attribute(&ce, "aggregateversion");
 	req->any = (version == NULL);
 	if (version != NULL)
 	{
@@ -157,36 +338,24 @@ es_kafka_ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *
 					 errmsg("ce_aggregateversion must be at least 1")));
 		req->expected = v - 1;
 	}
-	if (msg->payload == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("message has no value")));
-	ev->data = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
-												  CStringGetDatum(pnstrdup(msg->payload, msg->len))));
-	es_check_object(ev->data, "data");
-	time = header(h, "ce_time");
+	ev->data = cloud_event_data(msg, &ce);
+	time = attribute(&ce, "time");
 	ev->occurred_at_given = (time != NULL);
 	if (time != NULL)
 		ev->occurred_at = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(time),
 																  ObjectIdGetDatum(InvalidOid),
 																  Int32GetDatum(-1)));
-	ev->causation_id = header(h, "ce_causationid");
-	ev->correlation_id = header(h, "ce_correlationid");
+	ev->causation_id = attribute(&ce, "causationid");
+	ev->correlation_id = attribute(&ce, "correlationid");
 	if (ev->causation_id)
 		es_check_id(ev->causation_id, "ce_causationid");
 	if (ev->correlation_id)
 		es_check_id(ev->correlation_id, "ce_correlationid");
 
-	ev->metadata = origin_metadata(topic, msg->partition);
-	metadata = header(h, "ce_metadata");
-	if (metadata != NULL)
-	{
-		Jsonb	   *given = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(metadata)));
-
-		es_check_object(given, "ce_metadata");
-		ev->metadata = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(given),
+	ev->metadata = origin_metadata(topic, msg->partition, source);
+	if ((metadata = cloud_event_metadata(&ce)) != NULL)
+		ev->metadata = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(metadata),
 														  JsonbPGetDatum(ev->metadata)));
-	}
 
 	req->nevents = 1;
 	req->events = ev;

@@ -37,7 +37,6 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
-#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -477,27 +476,46 @@ add_header(rd_kafka_headers_t *h, const char *name, const char *value)
 		rd_kafka_header_add(h, name, -1, value, strlen(value));
 }
 
-/* RFC 3339, as CloudEvents wants its time. */
+/*
+ * RFC 3339 in UTC (2026-12-06T09:30:00.123456Z), as CloudEvents wants its
+ * time, whatever the server's time zone; NULL for a time RFC 3339 cannot
+ * say (infinite, or outside the years 1 to 9999: refused at append since
+ * 1.1, possible in events of 1.0), and the message goes without ce_time,
+ * which is optional.
+ */
 static char *
 rfc3339(TimestampTz t)
 {
-	return JsonEncodeDateTime(NULL, TimestampTzGetDatum(t), TIMESTAMPTZOID, NULL);
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	if (TIMESTAMP_NOT_FINITE(t) || timestamp2tm(t, NULL, &tm, &fsec, NULL, NULL) != 0 ||
+		tm.tm_year < 1 || tm.tm_year > 9999)
+		return NULL;
+	if (fsec == 0)
+		return psprintf("%04d-%02d-%02dT%02d:%02d:%02dZ",
+						tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	return psprintf("%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
+					tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
 }
 
-/* The origin topic of an ingested event, from its metadata; NULL for others. */
+/*
+ * A string of an ingested event's origin ("topic", "source"), from its
+ * metadata's kafka_origin; NULL for other events.
+ */
 static char *
-origin_topic(Jsonb *metadata)
+origin_string(Jsonb *metadata, const char *key)
 {
 	JsonbValue *origin = getKeyJsonValueFromContainer(&metadata->root, "kafka_origin",
 													  strlen("kafka_origin"), NULL);
-	JsonbValue *topic;
+	JsonbValue *value;
 
 	if (origin == NULL || origin->type != jbvBinary || !JsonContainerIsObject(origin->val.binary.data))
 		return NULL;
-	topic = getKeyJsonValueFromContainer(origin->val.binary.data, "topic", strlen("topic"), NULL);
-	if (topic == NULL || topic->type != jbvString)
+	value = getKeyJsonValueFromContainer(origin->val.binary.data, key, strlen(key), NULL);
+	if (value == NULL || value->type != jbvString)
 		return NULL;
-	return pnstrdup(topic->val.string.val, topic->val.string.len);
+	return pnstrdup(value->val.string.val, value->val.string.len);
 }
 
 typedef struct MirrorRead
@@ -514,7 +532,7 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 	MirrorRead *r = (MirrorRead *) arg;
 	char	   *aggregate_type = TextDatumGetCString(values[EV_AGGREGATE_TYPE]);
 	Route	   *route = route_of(aggregate_type);
-	char	   *origin = origin_topic(DatumGetJsonbP(values[EV_METADATA]));
+	char	   *origin = origin_string(DatumGetJsonbP(values[EV_METADATA]), "topic");
 	InFlight   *m;
 	uint64		seq;
 
@@ -552,6 +570,8 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 		char	   *aggregate_id = TextDatumGetCString(values[EV_AGGREGATE_ID]);
 		char	   *value = JsonbToCString(NULL, &DatumGetJsonbP(values[EV_DATA])->root, 0);
 		Jsonb	   *metadata = DatumGetJsonbP(values[EV_METADATA]);
+		char	   *source;
+		char	   *time;
 		rd_kafka_resp_err_t err;
 
 		/* Transactional: the batch is one Kafka transaction, begun with its first message. */
@@ -569,13 +589,22 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 			}
 			in_transaction = true;
 		}
-		h = rd_kafka_headers_new(12);
+		h = rd_kafka_headers_new(14);
 		add_header(h, "ce_specversion", "1.0");
 		add_header(h, "ce_id", TextDatumGetCString(values[EV_EVENT_ID]));
-		add_header(h, "ce_source", es_kafka_own_source());
+
+		/*
+		 * An ingested event keeps its source: (source, id) is a CloudEvent's
+		 * identity, which a forwarder must not change.  ce_mirroredby says
+		 * which store sent it, for the ingest's echo check.
+		 */
+		source = origin_string(metadata, "source");
+		add_header(h, "ce_source", source != NULL ? source : es_kafka_own_source());
+		add_header(h, "ce_mirroredby", es_kafka_own_source());
 		add_header(h, "ce_type", TextDatumGetCString(values[EV_EVENT_TYPE]));
 		add_header(h, "ce_subject", aggregate_id);
-		add_header(h, "ce_time", rfc3339(DatumGetTimestampTz(values[EV_OCCURRED_AT])));
+		if ((time = rfc3339(DatumGetTimestampTz(values[EV_OCCURRED_AT]))) != NULL)
+			add_header(h, "ce_time", time);
 		add_header(h, "content-type", "application/json");
 		add_header(h, "ce_aggregatetype", aggregate_type);
 		add_header(h, "ce_aggregateversion", psprintf(INT64_FORMAT, DatumGetInt64(values[EV_VERSION])));

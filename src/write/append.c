@@ -152,6 +152,8 @@ es_append_prepare(EsAppendRequest *req)
 			ev->event_id = append_new_event_id();
 		if (!ev->occurred_at_given)
 			ev->occurred_at = req->now;
+		else
+			es_check_occurred_at(ev->occurred_at, "occurred_at");
 	}
 	qsort(ids, nids, sizeof(char *), pg_qsort_strcmp);
 	for (i = 1; i < nids; i++)
