@@ -4,7 +4,7 @@
 # as root, so servers, builds and pg_regress run as the postgres user, in a
 # private work directory that user owns ($ES_WORKDIR).
 
-ES_PACKAGES="build-essential pkg-config postgresql-15 postgresql-server-dev-15 libipc-run-perl librdkafka-dev kcat bc pgbouncer python3-psycopg"
+ES_PACKAGES="build-essential pkg-config postgresql-15 postgresql-server-dev-15 libipc-run-perl librdkafka-dev kcat bc pgbouncer python3-psycopg nodejs"
 ES_PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 export PATH="$ES_PGBIN:$PATH"
 
@@ -19,6 +19,9 @@ es_install_prerequisites() {
 	for p in $ES_PACKAGES; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 	done
+	# npm for test/t/013_cloudevents.pl: Debian's package, unless the
+	# nodejs installed brings its own (as NodeSource's does).
+	command -v npm >/dev/null 2>&1 || missing+=(npm)
 	if [ ${#missing[@]} -gt 0 ]; then
 		es_log "installing ${missing[*]}"
 		es_sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q
@@ -48,7 +51,7 @@ es_build_and_install() { # srcdir [pg_cflags]
 	es_sudo rm -rf "$ES_WORKDIR/src"
 	mkdir -p "$ES_WORKDIR/src" 2>/dev/null || es_sudo mkdir -p "$ES_WORKDIR/src"
 	(cd "$src" && tar --exclude=.git --exclude='*.o' --exclude='*.so' --exclude=tmp_check \
-		--exclude=tmp_check_iso --exclude=results --exclude=output_iso --exclude=log -cf - .) |
+		--exclude=tmp_check_iso --exclude=results --exclude=output_iso --exclude=log --exclude=node_modules -cf - .) |
 		es_sudo tar -C "$ES_WORKDIR/src" -xf -
 	es_sudo chown -R postgres "$ES_WORKDIR/src"
 	es_as_postgres make -C "$ES_WORKDIR/src" -s clean >/dev/null
