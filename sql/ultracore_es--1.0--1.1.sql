@@ -478,3 +478,125 @@ REVOKE ALL ON SEQUENCE @extschema@.es_dead_letters_id_seq, @extschema@.es_kafka_
 -- es_rebuild_snapshots folds it again from the events.
 UPDATE @extschema@.es_snapshots SET fingerprint = fingerprint || ' (saved by hand under 1.0, unchecked)'
  WHERE NOT automatic;
+
+-- Access in one call: the privileges of each kind of role, as the README
+-- lists them ("Privileges").  The lists are here, in one place; the grants
+-- are plain GRANTs, visible in the catalog, and as idempotent.
+CREATE FUNCTION @extschema@.es_access_privileges(access text,
+    OUT kind text, OUT object text)
+RETURNS SETOF record
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT p.kind, '@extschema@.' || p.object
+      FROM (VALUES
+        ('reader', 'function', 'es_get_events(text, bigint, bigint, timestamptz)'),
+        ('reader', 'function', 'es_read_all(xid8, bigint, text, text[], integer)'),
+        ('reader', 'function', 'es_read_all(bigint, bigint, text, text[], integer)'),
+        ('reader', 'function', 'es_read_all(text, bigint, text, text[], integer)'),
+        ('reader', 'function', 'es_commit_horizon()'),
+        ('reader', 'function', 'es_aggregate_version(text)'),
+        ('reader', 'function', 'es_load_aggregate(text, bigint, timestamptz)'),
+        ('reader', 'function', 'es_causation_chain(text)'),
+        ('reader', 'function', 'es_correlated_events(text)'),
+        ('reader', 'function', 'es_get_snapshot(text, bigint, boolean)'),
+        ('reader', 'function', 'es_list_snapshots(text, text)'),
+        ('reader', 'function', 'es_wait_for_projection(text, bigint, interval)'),
+        ('reader', 'table', 'es_aggregate_versions'),
+        ('reader', 'table', 'es_customers'),
+        ('reader', 'table', 'es_accounts'),
+        ('reader', 'table', 'es_transactions'),
+        ('reader', 'table', 'es_payments'),
+        ('reader', 'table', 'es_loans'),
+        ('writer', 'function', 'es_append(text, text, text, jsonb, bigint, jsonb, text, text, text, timestamptz)'),
+        ('writer', 'function', 'es_append_batch(text, text, jsonb, bigint, jsonb, text, text)'),
+        ('operator', 'function', 'es_health()'),
+        ('operator', 'function', 'es_worker_state()'),
+        ('operator', 'function', 'es_horizon_holders()'),
+        ('operator', 'function', 'es_store_counters()'),
+        ('operator', 'function', 'es_consumer_counters()'),
+        ('operator', 'function', 'es_pause_handler(text)'),
+        ('operator', 'function', 'es_resume_handler(text, boolean)'),
+        ('operator', 'function', 'es_retry_dead_letter(bigint)'),
+        ('operator', 'function', 'es_retry_dead_letters(text)'),
+        ('operator', 'function', 'es_reset_consumer_counters(text)'),
+        ('operator', 'function', 'es_rebuild_projection(text, text)'),
+        ('operator', 'function', 'es_rebuild_snapshots(text, text)'),
+        ('operator', 'function', 'es_wait_for_projection(text, bigint, interval)'),
+        ('operator', 'table', 'es_stats'),
+        ('operator', 'table', 'es_store_stats'),
+        ('operator', 'table', 'es_handler_status'),
+        ('operator', 'table', 'es_projection_status'),
+        ('operator', 'table', 'es_consumer_checkpoints'),
+        ('operator', 'table', 'es_dead_letter_queue'),
+        ('operator', 'table', 'es_kafka_status'),
+        ('operator', 'table', 'es_snapshot_list')) AS p(access, kind, object)
+     WHERE p.access = $1
+        OR ($1 = 'writer' AND p.access = 'reader')
+$$;
+COMMENT ON FUNCTION @extschema@.es_access_privileges(text) IS
+    'ultracore_es: what es_grant_access gives for an access (reader, writer: a reader that also appends, operator): functions to execute, views to select';
+
+CREATE FUNCTION @extschema@.es_grant_access(role regrole, access text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p record;
+BEGIN
+    IF access IS NULL OR access NOT IN ('reader', 'writer', 'operator') THEN
+        RAISE EXCEPTION 'unknown access "%"', access USING ERRCODE = '22023',
+            HINT = 'Access is reader, writer (a reader that also appends) or operator (monitoring and delivery''s operations).';
+    END IF;
+    IF role IS NULL THEN
+        RAISE EXCEPTION 'role must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF NOT pg_has_role((SELECT e.extowner FROM pg_extension e WHERE e.extname = 'ultracore_es'), 'USAGE') THEN
+        RAISE EXCEPTION 'permission denied to grant access to the event store' USING ERRCODE = '42501',
+            DETAIL = 'Only the owner of extension ultracore_es (or a superuser) grants its privileges.';
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA %s TO %s', '@extschema@', role);
+    FOR p IN SELECT * FROM @extschema@.es_access_privileges(access) LOOP
+        EXECUTE format('GRANT %s ON %s %s TO %s', CASE p.kind WHEN 'function' THEN 'EXECUTE' ELSE 'SELECT' END,
+                       upper(p.kind), p.object, role);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION @extschema@.es_grant_access(regrole, text) IS
+    'ultracore_es: grant a role reader, writer or operator access (es_access_privileges lists what each gives), and USAGE on the extension''s schema; idempotent';
+
+CREATE FUNCTION @extschema@.es_revoke_access(role regrole, access text)
+RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p record;
+BEGIN
+    IF access IS NULL OR access NOT IN ('reader', 'writer', 'operator') THEN
+        RAISE EXCEPTION 'unknown access "%"', access USING ERRCODE = '22023',
+            HINT = 'Access is reader, writer (a reader that also appends) or operator (monitoring and delivery''s operations).';
+    END IF;
+    IF role IS NULL THEN
+        RAISE EXCEPTION 'role must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF NOT pg_has_role((SELECT e.extowner FROM pg_extension e WHERE e.extname = 'ultracore_es'), 'USAGE') THEN
+        RAISE EXCEPTION 'permission denied to revoke access to the event store' USING ERRCODE = '42501',
+            DETAIL = 'Only the owner of extension ultracore_es (or a superuser) revokes its privileges.';
+    END IF;
+    FOR p IN SELECT * FROM @extschema@.es_access_privileges(access) LOOP
+        EXECUTE format('REVOKE %s ON %s %s FROM %s', CASE p.kind WHEN 'function' THEN 'EXECUTE' ELSE 'SELECT' END,
+                       upper(p.kind), p.object, role);
+    END LOOP;
+END $$;
+COMMENT ON FUNCTION @extschema@.es_revoke_access(regrole, text) IS
+    'ultracore_es: revoke what es_grant_access gave for that access (schema USAGE stays: other access may need it); idempotent';
+REVOKE ALL ON FUNCTION @extschema@.es_access_privileges(text), @extschema@.es_grant_access(regrole, text),
+    @extschema@.es_revoke_access(regrole, text) FROM PUBLIC;
+
+-- Monitoring: pg_monitor reads the health, the statistics and the workers,
+-- as it reads PostgreSQL's own (and so does a Prometheus exporter's role).
+GRANT SELECT ON @extschema@.es_stats, @extschema@.es_store_stats, @extschema@.es_handler_status,
+    @extschema@.es_projection_status, @extschema@.es_consumer_checkpoints, @extschema@.es_kafka_status TO pg_monitor;
+GRANT EXECUTE ON FUNCTION @extschema@.es_health(), @extschema@.es_worker_state(), @extschema@.es_horizon_holders(),
+    @extschema@.es_store_counters(), @extschema@.es_consumer_counters() TO pg_monitor;

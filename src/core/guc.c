@@ -49,6 +49,36 @@ bool		es_kafka_transactional = false;
 int			es_kafka_batch_size = 10000;
 int			es_kafka_ingest_batch_size = 1000;
 int			es_kafka_ingest_workers = 1;
+char	   *es_traceparent = NULL;
+char	   *es_tracestate = NULL;
+
+/*
+ * A W3C trace context traceparent (version-traceid-parentid-flags, lower
+ * case hex, ids not all zero, version ff invalid), or empty.
+ */
+static bool
+check_traceparent(char **newval, void **extra, GucSource source)
+{
+	const char *v = *newval;
+	int			i;
+
+	if (v == NULL || v[0] == '\0')
+		return true;
+	if (strlen(v) < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-' || (strlen(v) > 55 && v[55] != '-') ||
+		(strncmp(v, "00", 2) == 0 && strlen(v) != 55) || strncmp(v, "ff", 2) == 0 ||
+		strspn(v + 3, "0") >= 32 || strspn(v + 36, "0") >= 16)
+	{
+		GUC_check_errdetail("A traceparent is version-traceid-parentid-flags, as in 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01.");
+		return false;
+	}
+	for (i = 0; i < 55; i++)
+		if (i != 2 && i != 35 && i != 52 && !((v[i] >= '0' && v[i] <= '9') || (v[i] >= 'a' && v[i] <= 'f')))
+		{
+			GUC_check_errdetail("A traceparent is lower-case hexadecimal digits and dashes.");
+			return false;
+		}
+	return true;
+}
 
 /* librdkafka's partitioners; murmur2_random is the Java client's. */
 static bool
@@ -79,6 +109,28 @@ es_guc_init(void)
 							PGC_SUSET,
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
+
+	/*
+	 * The W3C trace context of the session's appends, which instrumented
+	 * clients SET LOCAL: recorded in the metadata of each event that does
+	 * not carry its own, and sent on to Kafka.
+	 */
+	DefineCustomStringVariable("ultracore_es.traceparent",
+							   "W3C traceparent recorded in the metadata of the events appended (unless an event's metadata has one).",
+							   "Empty: none.  Instrumented clients SET LOCAL it per transaction.",
+							   &es_traceparent,
+							   "",
+							   PGC_USERSET,
+							   0,
+							   check_traceparent, NULL, NULL);
+	DefineCustomStringVariable("ultracore_es.tracestate",
+							   "W3C tracestate recorded with ultracore_es.traceparent.",
+							   NULL,
+							   &es_tracestate,
+							   "",
+							   PGC_USERSET,
+							   0,
+							   NULL, NULL, NULL);
 
 	/*
 	 * The workers' settings exist only when the library is preloaded: a

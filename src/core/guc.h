@@ -44,6 +44,10 @@ extern int	es_health_batch_seconds;
 extern int	es_health_horizon_seconds;
 extern int	es_health_dead_letters;
 
+/* trace context */
+extern char *es_traceparent;
+extern char *es_tracestate;
+
 extern void es_guc_init(void);
 
 #endif							/* ES_GUC_H */

@@ -232,8 +232,21 @@ push_string(JsonbParseState **state, JsonbIteratorToken token, const char *str)
 }
 
 /*
+ * The W3C trace context the message carries (name: traceparent or
+ * tracestate): the CloudEvents distributed tracing extension's attribute,
+ * else the plain header OpenTelemetry's Kafka instrumentation writes; NULL.
+ */
+static char *
+cloud_event_trace(CloudEvent *ce, const char *name)
+{
+	char	   *value = attribute(ce, name);
+
+	return value != NULL ? value : header(ce->headers, name);
+}
+
+/*
  * {"kafka_origin": {"topic": topic, "partition": partition, "source":
- * source}}: where an ingested event came from, so that the mirror does not
+ * source}, "traceparent": ..., "tracestate": ...}: where an ingested event came from, so that the mirror does not
  * send it back there, and sends it on with its own source.  Not the offset:
  * a message produced twice (a producer's retry) must carry the same event,
  * to be absorbed as a duplicate.  The source is part of the event's
@@ -242,7 +255,8 @@ push_string(JsonbParseState **state, JsonbIteratorToken token, const char *str)
  * is made for every message.
  */
 static Jsonb *
-origin_metadata(const char *topic, int32 partition, const char *source)
+origin_metadata(const char *topic, int32 partition, const char *source,
+				const char *traceparent, const char *tracestate)
 {
 	JsonbParseState *state = NULL;
 	JsonbValue	v;
@@ -262,6 +276,16 @@ origin_metadata(const char *topic, int32 partition, const char *source)
 		push_string(&state, WJB_VALUE, source);
 	}
 	(void) pushJsonbValue(&state, WJB_END_OBJECT, NULL);
+	if (traceparent != NULL)
+	{
+		push_string(&state, WJB_KEY, "traceparent");
+		push_string(&state, WJB_VALUE, traceparent);
+		if (tracestate != NULL)
+		{
+			push_string(&state, WJB_KEY, "tracestate");
+			push_string(&state, WJB_VALUE, tracestate);
+		}
+	}
 	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
 }
 
@@ -352,7 +376,8 @@ es_kafka_ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *
 	if (ev->correlation_id)
 		es_check_id(ev->correlation_id, "ce_correlationid");
 
-	ev->metadata = origin_metadata(topic, msg->partition, source);
+	ev->metadata = origin_metadata(topic, msg->partition, source,
+								   cloud_event_trace(&ce, "traceparent"), cloud_event_trace(&ce, "tracestate"));
 	if ((metadata = cloud_event_metadata(&ce)) != NULL)
 		ev->metadata = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(metadata),
 														  JsonbPGetDatum(ev->metadata)));

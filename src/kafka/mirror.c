@@ -499,6 +499,17 @@ rfc3339(TimestampTz t)
 					tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
 }
 
+/* The string at key of a JSON object's container, or NULL. */
+static char *
+container_string(JsonbContainer *container, const char *key)
+{
+	JsonbValue *value = getKeyJsonValueFromContainer(container, key, strlen(key), NULL);
+
+	if (value == NULL || value->type != jbvString)
+		return NULL;
+	return pnstrdup(value->val.string.val, value->val.string.len);
+}
+
 /*
  * A string of an ingested event's origin ("topic", "source"), from its
  * metadata's kafka_origin; NULL for other events.
@@ -508,14 +519,10 @@ origin_string(Jsonb *metadata, const char *key)
 {
 	JsonbValue *origin = getKeyJsonValueFromContainer(&metadata->root, "kafka_origin",
 													  strlen("kafka_origin"), NULL);
-	JsonbValue *value;
 
 	if (origin == NULL || origin->type != jbvBinary || !JsonContainerIsObject(origin->val.binary.data))
 		return NULL;
-	value = getKeyJsonValueFromContainer(origin->val.binary.data, key, strlen(key), NULL);
-	if (value == NULL || value->type != jbvString)
-		return NULL;
-	return pnstrdup(value->val.string.val, value->val.string.len);
+	return container_string(origin->val.binary.data, key);
 }
 
 typedef struct MirrorRead
@@ -572,6 +579,7 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 		Jsonb	   *metadata = DatumGetJsonbP(values[EV_METADATA]);
 		char	   *source;
 		char	   *time;
+		char	   *trace;
 		rd_kafka_resp_err_t err;
 
 		/* Transactional: the batch is one Kafka transaction, begun with its first message. */
@@ -589,7 +597,7 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 			}
 			in_transaction = true;
 		}
-		h = rd_kafka_headers_new(14);
+		h = rd_kafka_headers_new(18);
 		add_header(h, "ce_specversion", "1.0");
 		add_header(h, "ce_id", TextDatumGetCString(values[EV_EVENT_ID]));
 
@@ -615,6 +623,22 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 			add_header(h, "ce_correlationid", TextDatumGetCString(values[EV_CORRELATION_ID]));
 		if (JB_ROOT_COUNT(metadata) > 0)
 			add_header(h, "ce_metadata", JsonbToCString(NULL, &metadata->root, 0));
+
+		/*
+		 * The event's W3C trace context, as the CloudEvents distributed
+		 * tracing extension (ce_traceparent) and as the plain headers that
+		 * OpenTelemetry's Kafka instrumentation continues a trace from.
+		 */
+		if ((trace = container_string(&metadata->root, "traceparent")) != NULL)
+		{
+			add_header(h, "ce_traceparent", trace);
+			add_header(h, "traceparent", trace);
+			if ((trace = container_string(&metadata->root, "tracestate")) != NULL)
+			{
+				add_header(h, "ce_tracestate", trace);
+				add_header(h, "tracestate", trace);
+			}
+		}
 
 		err = rd_kafka_producev(producer,
 								RD_KAFKA_V_TOPIC(route->topic),

@@ -81,6 +81,7 @@
 
 #include "core/errors.h"
 #include "core/event.h"
+#include "core/guc.h"
 #include "core/horizon.h"
 #include "core/validate.h"
 #include "write/aggregate.h"
@@ -123,6 +124,38 @@ append_new_event_id(void)
 }
 
 /*
+ * The session's W3C trace context (ultracore_es.traceparent, tracestate) as
+ * metadata, {"traceparent": ..., "tracestate": ...}; NULL when it sets none.
+ */
+static Jsonb *
+append_trace_context(void)
+{
+	JsonbParseState *state = NULL;
+	JsonbValue	v;
+
+	if (es_traceparent == NULL || es_traceparent[0] == '\0')
+		return NULL;
+	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	v.type = jbvString;
+	v.val.string.val = "traceparent";
+	v.val.string.len = strlen("traceparent");
+	(void) pushJsonbValue(&state, WJB_KEY, &v);
+	v.val.string.val = es_traceparent;
+	v.val.string.len = strlen(es_traceparent);
+	(void) pushJsonbValue(&state, WJB_VALUE, &v);
+	if (es_tracestate != NULL && es_tracestate[0] != '\0')
+	{
+		v.val.string.val = "tracestate";
+		v.val.string.len = strlen("tracestate");
+		(void) pushJsonbValue(&state, WJB_KEY, &v);
+		v.val.string.val = es_tracestate;
+		v.val.string.len = strlen(es_tracestate);
+		(void) pushJsonbValue(&state, WJB_VALUE, &v);
+	}
+	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+}
+
+/*
  * es_append_prepare: allocate the results of req and fill in what the caller
  * left out (event ids, occurred_at, appended_by: the caller's role; the time).  Runs
  * before es_call_begin, in the caller's memory context, so that everything
@@ -135,6 +168,7 @@ es_append_prepare(EsAppendRequest *req)
 	int			i;
 	int			nids = 0;
 	char	  **ids = palloc(sizeof(char *) * req->nevents);
+	Jsonb	   *trace = append_trace_context();
 
 	req->now = GetCurrentTimestamp();
 	if (req->appended_by == NULL)
@@ -154,6 +188,13 @@ es_append_prepare(EsAppendRequest *req)
 			ev->occurred_at = req->now;
 		else
 			es_check_occurred_at(ev->occurred_at, "occurred_at");
+		/* The session's trace context, unless the event carries its own. */
+		if (trace != NULL && ev->metadata == NULL)
+			ev->metadata = trace;
+		else if (trace != NULL &&
+				 getKeyJsonValueFromContainer(&ev->metadata->root, "traceparent", strlen("traceparent"), NULL) == NULL)
+			ev->metadata = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(ev->metadata),
+															  JsonbPGetDatum(trace)));
 	}
 	qsort(ids, nids, sizeof(char *), pg_qsort_strcmp);
 	for (i = 1; i < nids; i++)
@@ -212,6 +253,27 @@ jsonb_equal(HeapTuple row, TupleDesc desc, int att, Jsonb *value)
 	return compareJsonbContainers(&stored->root, &value->root) == 0;
 }
 
+/*
+ * Whether stored and given metadata differ only in their trace context: a
+ * retry runs in a span of its own, and is still the same event.
+ */
+static bool
+metadata_equal_but_trace(HeapTuple row, TupleDesc desc, Jsonb *value)
+{
+	bool		isnull;
+	Datum		stored = heap_getattr(row, EV_METADATA + 1, desc, &isnull);
+	Datum		given = JsonbPGetDatum(value);
+	int			i;
+	static const char *const trace_keys[] = {"traceparent", "tracestate"};
+
+	for (i = 0; i < (int) lengthof(trace_keys); i++)
+	{
+		stored = DirectFunctionCall2(jsonb_delete, stored, CStringGetTextDatum(trace_keys[i]));
+		given = DirectFunctionCall2(jsonb_delete, given, CStringGetTextDatum(trace_keys[i]));
+	}
+	return compareJsonbContainers(&DatumGetJsonbP(stored)->root, &DatumGetJsonbP(given)->root) == 0;
+}
+
 static int64
 int64_att(HeapTuple row, TupleDesc desc, int att)
 {
@@ -237,7 +299,7 @@ append_event_difference(HeapTuple row, TupleDesc desc, EsAppendRequest *req, EsE
 		return "event_type";
 	if (!jsonb_equal(row, desc, EV_DATA, ev->data))
 		return "data";
-	if (!jsonb_equal(row, desc, EV_METADATA, ev->metadata))
+	if (!jsonb_equal(row, desc, EV_METADATA, ev->metadata) && !metadata_equal_but_trace(row, desc, ev->metadata))
 		return "metadata";
 	if (!text_equal_or_both_null(row, desc, EV_CAUSATION_ID, ev->causation_id))
 		return "causation_id";

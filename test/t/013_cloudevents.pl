@@ -135,6 +135,35 @@ is($by_id{'crm-2'}{ce_mirroredby}, $own, 'and says which store sent it on');
 is(scalar(grep { !$_->{headers}{ce_source} || ($_->{headers}{ce_source} ne $own && $_->{key} =~ /^LOCAL-/) } @mirrored),
 	0, "the store's own source is a URI reference: $own");
 
+# W3C trace context, end to end: set by the appending session, sent as the
+# CloudEvents distributed tracing extension and as plain traceparent; taken
+# from a message on ingest; in the event row a handler gets.
+my $tp_out = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+my $tp_in = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
+$node->safe_psql(
+	$db, qq{
+	CREATE TABLE traced (event_id text, traceparent text);
+	CREATE FUNCTION trace(event es_events) RETURNS void LANGUAGE sql
+	    AS 'INSERT INTO traced VALUES (event.event_id, event.metadata->>''traceparent'')';
+	SELECT es_register_handler('trace', 'trace(es_events)');
+	BEGIN;
+	SET LOCAL ultracore_es.traceparent = '$tp_out';
+	SET LOCAL ultracore_es.tracestate = 'bank=teller-7';
+	SELECT es_append('Account', 'TRACE-OUT', 'ACCOUNT_OPENED', '{}', 0, event_id => 'trace-out');
+	COMMIT;
+});
+$kafka->produce(
+	[ 'ce.in', 'TRACE-IN', { %account, ce_id => 'trace-in', ce_source => '/crm', ce_traceparent => $tp_in }, '{}' ]);
+ok($node->poll_query_until($db, q{SELECT count(*) = 2 FROM traced}), 'the handler got both events');
+is( $node->safe_psql($db, q{SELECT string_agg(event_id || ' ' || traceparent, ', ' ORDER BY event_id) FROM traced}),
+	"trace-in $tp_in, trace-out $tp_out", 'with their traceparent, set by the session or taken from the message');
+ok($node->poll_query_until($db, q{SELECT lag_events = 0 FROM es_kafka_status WHERE component = 'mirror'}),
+	'the mirror caught up again');
+my ($traced) = grep { $_->{headers}{ce_id} eq 'trace-out' } $kafka->consume('es.Account');
+is(join(' ', map { $traced->{headers}{$_} // '-' } qw(ce_traceparent traceparent ce_tracestate tracestate)),
+	"$tp_out $tp_out bank=teller-7 bank=teller-7", 'the trace context mirrored as ce_traceparent and traceparent');
+@mirrored = $kafka->consume('es.Account');
+
 # The SDK reads every mirrored message as a valid CloudEvent.
 my @checked = node_check('validate', $kafka->bootstrap, 'es.Account', scalar(@mirrored));
 is(scalar(grep { /^valid / } @checked), scalar(@mirrored), 'the SDK validates every mirrored message')
