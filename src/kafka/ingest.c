@@ -194,7 +194,7 @@ consumer_create(void)
 	rd_kafka_poll_set_consumer(consumer);
 	if (rd_kafka_set_log_queue(consumer, NULL) != RD_KAFKA_RESP_ERR_NO_ERROR)
 		elog(ERROR, "could not forward the consumer's logs");
-	/* A byte on the pipe when that queue gets something: see es_kafka_ingest_wait_fd. */
+	/* A byte on the pipe when that queue gets something: see ingest_wait_fd. */
 	if (pipe2(wake_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
 	{
 		wake_pipe[0] = wake_pipe[1] = -1;
@@ -658,6 +658,17 @@ ingest_rewind(void)
 	return es_kafka_run(INGEST_CONSUMER, rebalance_step);
 }
 
+/* After a revocation: give the partitions up; what was taken from them is left to their next owner. */
+static void
+give_up_revoked(void)
+{
+	if (!pending_revocation)
+		return;
+	rd_kafka_assign(consumer, NULL);
+	nowned = 0;
+	pending_revocation = false;
+}
+
 /* The ingest's part of a pass; true when it took a full batch (more may be waiting). */
 static bool
 ingest_pass(void)
@@ -690,13 +701,7 @@ ingest_pass(void)
 		;
 	while (nbatch < es_kafka_ingest_batch_size && (msg = rd_kafka_consumer_poll(consumer, 0)) != NULL)
 	{
-		if (pending_revocation)
-		{
-			/* Give the partitions up; what was taken from them is left to their next owner. */
-			rd_kafka_assign(consumer, NULL);
-			nowned = 0;
-			pending_revocation = false;
-		}
+		give_up_revoked();
 		if (msg->err)
 		{
 			if (msg->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
@@ -708,12 +713,7 @@ ingest_pass(void)
 		}
 		batch[nbatch++] = msg;
 	}
-	if (pending_revocation)
-	{
-		rd_kafka_assign(consumer, NULL);
-		nowned = 0;
-		pending_revocation = false;
-	}
+	give_up_revoked();
 	if (pending_assignment != NULL)
 		es_kafka_run(INGEST_CONSUMER, rebalance_step);
 	full = (nbatch == es_kafka_ingest_batch_size);
