@@ -81,8 +81,17 @@ SELECT count(*) FROM es_customers;
 RESET ROLE;
 \set VERBOSITY default
 
-SELECT es_unregister_handler('acc_seen');
+-- Revoking writer takes back the appends, not the reads.
 SELECT es_revoke_access('regress_acc_writer', 'writer');
+\set VERBOSITY sqlstate
+SET ROLE regress_acc_writer;
+SELECT es_append('Customer', 'ACC-ACCESS', 'CUSTOMER_UPDATED', '{}', 3);
+SELECT count(*) FROM es_get_events('ACC-ACCESS');
+RESET ROLE;
+\set VERBOSITY default
+
+SELECT es_unregister_handler('acc_seen');
+SELECT es_revoke_access('regress_acc_writer', 'reader');
 SELECT es_revoke_access('regress_acc_operator', 'operator');
 REVOKE ALL ON SCHEMA public FROM regress_acc_reader, regress_acc_writer, regress_acc_operator;
 DROP ROLE regress_acc_reader, regress_acc_writer, regress_acc_operator, regress_acc_monitor;

@@ -19,6 +19,11 @@ SELECT es_test.error_of($$SELECT es_append('Account', 'A1', 'ACCOUNT_OPENED', '"
 SELECT es_test.error_of($$SELECT es_append('Account', 'A1', 'ACCOUNT_OPENED', '42')$$);
 SELECT es_test.error_of($$SELECT es_append('Account', 'A1', 'ACCOUNT_OPENED', 'null')$$);
 SELECT es_test.error_of($$SELECT es_append('Account', 'A1', 'ACCOUNT_OPENED', '{}', metadata => 'true')$$);
+-- The key under which the Kafka ingest records an event's origin is its own:
+-- the mirror trusts it, so a writer cannot forge it.
+SELECT es_test.error_of($$SELECT es_append('Account', 'A1', 'ACCOUNT_OPENED', '{}', metadata => '{"kafka_origin": {"source": "/crm"}}')$$);
+SELECT es_test.error_of($$SELECT es_append_batch('Account', 'A1', '[{"event_type": "ACCOUNT_OPENED", "metadata": {"kafka_origin": {}}}]')$$);
+SELECT es_test.error_of($$SELECT es_append_batch('Account', 'A1', '[{"event_type": "ACCOUNT_OPENED"}]', metadata => '{"kafka_origin": {}}')$$);
 SELECT es_test.error_of($$SELECT es_append('Account', 'A1', 'ACCOUNT_OPENED', '{bad json')$$);
 
 -- Versions out of range.

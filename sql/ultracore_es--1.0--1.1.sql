@@ -161,7 +161,7 @@ BEGIN
               WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor
     LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer) TO %s%s',
-                                  CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(g.grantee::regrole::text) END,
+                                  CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
                                   CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
     END LOOP;
 
@@ -184,7 +184,7 @@ BEGIN
               WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor
     LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.es_register_projection(text, regprocedure, text[], text, regprocedure, integer, interval, interval) TO %s%s',
-                                  CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(g.grantee::regrole::text) END,
+                                  CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
                                   CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
     END LOOP;
 END $$;
@@ -382,7 +382,7 @@ CREATE FUNCTION @extschema@.es_read_all(
     event_types         text[] DEFAULT NULL,
     max_count           integer DEFAULT 1000)
 RETURNS SETOF @extschema@.es_events
-AS 'MODULE_PATHNAME', 'es_read_all' LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 1000;
+AS 'MODULE_PATHNAME', 'es_read_all_bigint' LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 1000;
 COMMENT ON FUNCTION @extschema@.es_read_all(bigint, bigint, text, text[], integer) IS
     'ultracore_es: es_read_all with the checkpoint''s tx_id as bigint, for drivers without xid8';
 CREATE FUNCTION @extschema@.es_read_all(
@@ -392,7 +392,7 @@ CREATE FUNCTION @extschema@.es_read_all(
     event_types         text[] DEFAULT NULL,
     max_count           integer DEFAULT 1000)
 RETURNS SETOF @extschema@.es_events
-AS 'MODULE_PATHNAME', 'es_read_all' LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 1000;
+AS 'MODULE_PATHNAME', 'es_read_all_text' LANGUAGE C VOLATILE PARALLEL RESTRICTED ROWS 1000;
 COMMENT ON FUNCTION @extschema@.es_read_all(text, bigint, text, text[], integer) IS
     'ultracore_es: es_read_all with the checkpoint''s tx_id as text, for drivers without xid8';
 REVOKE ALL ON FUNCTION @extschema@.es_read_all(bigint, bigint, text, text[], integer),
@@ -409,7 +409,7 @@ BEGIN
     LOOP
         FOREACH f IN ARRAY ARRAY['bigint', 'text'] LOOP
             EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.es_read_all(%s, bigint, text, text[], integer) TO %s%s', f,
-                                      CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(g.grantee::regrole::text) END,
+                                      CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
                                       CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
         END LOOP;
     END LOOP;
@@ -522,7 +522,6 @@ AS $$
         ('operator', 'function', 'es_reset_consumer_counters(text)'),
         ('operator', 'function', 'es_rebuild_projection(text, text)'),
         ('operator', 'function', 'es_rebuild_snapshots(text, text)'),
-        ('operator', 'function', 'es_wait_for_projection(text, bigint, interval)'),
         ('operator', 'table', 'es_stats'),
         ('operator', 'table', 'es_store_stats'),
         ('operator', 'table', 'es_handler_status'),
@@ -584,18 +583,22 @@ BEGIN
         RAISE EXCEPTION 'permission denied to revoke access to the event store' USING ERRCODE = '42501',
             DETAIL = 'Only the owner of extension ultracore_es (or a superuser) revokes its privileges.';
     END IF;
-    FOR p IN SELECT * FROM @extschema@.es_access_privileges(access) LOOP
+    -- Revoking writer takes back the appends; the reads go with reader.
+    FOR p IN SELECT * FROM @extschema@.es_access_privileges(access) a
+              WHERE access <> 'writer'
+                 OR a.object NOT IN (SELECT r.object FROM @extschema@.es_access_privileges('reader') r) LOOP
         EXECUTE format('REVOKE %s ON %s %s FROM %s', CASE p.kind WHEN 'function' THEN 'EXECUTE' ELSE 'SELECT' END,
                        upper(p.kind), p.object, role);
     END LOOP;
 END $$;
 COMMENT ON FUNCTION @extschema@.es_revoke_access(regrole, text) IS
-    'ultracore_es: revoke what es_grant_access gave for that access (schema USAGE stays: other access may need it); idempotent';
+    'ultracore_es: revoke what es_grant_access gave for that access (for writer: the appends; schema USAGE stays); idempotent';
 REVOKE ALL ON FUNCTION @extschema@.es_access_privileges(text), @extschema@.es_grant_access(regrole, text),
     @extschema@.es_revoke_access(regrole, text) FROM PUBLIC;
 
 -- Monitoring: pg_monitor reads the health, the statistics and the workers,
 -- as it reads PostgreSQL's own (and so does a Prometheus exporter's role).
+GRANT USAGE ON SCHEMA @extschema@ TO pg_monitor;
 GRANT SELECT ON @extschema@.es_stats, @extschema@.es_store_stats, @extschema@.es_handler_status,
     @extschema@.es_projection_status, @extschema@.es_consumer_checkpoints, @extschema@.es_kafka_status TO pg_monitor;
 GRANT EXECUTE ON FUNCTION @extschema@.es_health(), @extschema@.es_worker_state(), @extschema@.es_horizon_holders(),

@@ -23,6 +23,8 @@
 #include "utils/guc.h"
 #include "utils/memutils.h"
 
+#include "core/validate.h"
+
 int			es_max_event_bytes = 1024 * 1024;
 char	   *es_worker_database = NULL;
 int			es_delivery_workers = 2;
@@ -52,32 +54,26 @@ int			es_kafka_ingest_workers = 1;
 char	   *es_traceparent = NULL;
 char	   *es_tracestate = NULL;
 
-/*
- * A W3C trace context traceparent (version-traceid-parentid-flags, lower
- * case hex, ids not all zero, version ff invalid), or empty.
- */
+/* ultracore_es.tracestate: a W3C tracestate, or empty. */
+static bool
+check_tracestate(char **newval, void **extra, GucSource source)
+{
+	if (*newval == NULL || es_tracestate_valid(*newval))
+		return true;
+	GUC_check_errdetail("A tracestate is at most 512 printable ASCII characters.");
+	return false;
+}
+
+/* ultracore_es.traceparent: a W3C traceparent, or empty. */
 static bool
 check_traceparent(char **newval, void **extra, GucSource source)
 {
-	const char *v = *newval;
-	int			i;
+	const char *why;
 
-	if (v == NULL || v[0] == '\0')
+	if (*newval == NULL || (*newval)[0] == '\0' || es_traceparent_valid(*newval, &why))
 		return true;
-	if (strlen(v) < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-' || (strlen(v) > 55 && v[55] != '-') ||
-		(strncmp(v, "00", 2) == 0 && strlen(v) != 55) || strncmp(v, "ff", 2) == 0 ||
-		strspn(v + 3, "0") >= 32 || strspn(v + 36, "0") >= 16)
-	{
-		GUC_check_errdetail("A traceparent is version-traceid-parentid-flags, as in 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01.");
-		return false;
-	}
-	for (i = 0; i < 55; i++)
-		if (i != 2 && i != 35 && i != 52 && !((v[i] >= '0' && v[i] <= '9') || (v[i] >= 'a' && v[i] <= 'f')))
-		{
-			GUC_check_errdetail("A traceparent is lower-case hexadecimal digits and dashes.");
-			return false;
-		}
-	return true;
+	GUC_check_errdetail("%s", why);
+	return false;
 }
 
 /* librdkafka's partitioners; murmur2_random is the Java client's. */
@@ -130,7 +126,7 @@ es_guc_init(void)
 							   "",
 							   PGC_USERSET,
 							   0,
-							   NULL, NULL, NULL);
+							   check_tracestate, NULL, NULL);
 
 	/*
 	 * The workers' settings exist only when the library is preloaded: a

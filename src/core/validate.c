@@ -159,6 +159,61 @@ es_check_object(Jsonb *jb, const char *what)
 }
 
 /*
+ * es_traceparent_valid: whether value is a W3C trace context traceparent
+ * (version-traceid-parentid-flags in lower-case hex, ids not all zero,
+ * version ff invalid, exactly 55 characters for version 00); else *why
+ * says what is wrong.
+ */
+bool
+es_traceparent_valid(const char *v, const char **why)
+{
+	size_t		len = strlen(v);
+	int			i;
+
+	*why = "A traceparent is version-traceid-parentid-flags, as in 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01.";
+	if (len < 55 || v[2] != '-' || v[35] != '-' || v[52] != '-' || (len > 55 && v[55] != '-') ||
+		(strncmp(v, "00", 2) == 0 && len != 55) || strncmp(v, "ff", 2) == 0 ||
+		strspn(v + 3, "0") >= 32 || strspn(v + 36, "0") >= 16)
+		return false;
+	for (i = 0; i < 55; i++)
+		if (i != 2 && i != 35 && i != 52 && !((v[i] >= '0' && v[i] <= '9') || (v[i] >= 'a' && v[i] <= 'f')))
+		{
+			*why = "A traceparent is lower-case hexadecimal digits and dashes.";
+			return false;
+		}
+	return true;
+}
+
+/* es_tracestate_valid: a W3C tracestate: at most 512 printable ASCII characters. */
+bool
+es_tracestate_valid(const char *v)
+{
+	size_t		i;
+
+	for (i = 0; v[i] != '\0'; i++)
+		if (i >= 512 || v[i] < 0x20 || v[i] > 0x7e)
+			return false;
+	return true;
+}
+
+/*
+ * es_check_metadata: a caller's metadata is a JSON object without the key
+ * the Kafka ingest records an event's origin under (kafka_origin): the
+ * mirror trusts it (not sending an event back to its topic, keeping its
+ * CloudEvents source), so a writer must not be able to forge it.
+ */
+void
+es_check_metadata(Jsonb *jb, const char *what)
+{
+	es_check_object(jb, what);
+	if (getKeyJsonValueFromContainer(&jb->root, "kafka_origin", strlen("kafka_origin"), NULL) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s key \"kafka_origin\" is reserved for the Kafka ingest", what),
+				 errdetail("It records the topic and the CloudEvents source an ingested event came from.")));
+}
+
+/*
  * es_check_occurred_at: an event occurs at a finite time of the years 1 to
  * 9999 (UTC).  RFC 3339, the time of CloudEvents and of most clients'
  * libraries, has no other: a consumer that cannot read an event's time

@@ -21,6 +21,9 @@ extern void es_check_id(const char *value, const char *what);
 extern void es_check_name(const char *value, const char *what);
 extern void es_check_object(Jsonb *jb, const char *what);
 extern void es_check_occurred_at(TimestampTz t, const char *what);
+extern void es_check_metadata(Jsonb *jb, const char *what);
+extern bool es_traceparent_valid(const char *value, const char **why);
+extern bool es_tracestate_valid(const char *value);
 extern void es_check_event_size(Jsonb *data, Jsonb *metadata, const char *event_id);
 
 /*

@@ -196,7 +196,8 @@ es_kafka_own_source(void)
 	if (es_kafka_source != NULL && es_kafka_source[0] != '\0')
 		return es_kafka_source;
 	p = source + snprintf(source, sizeof(source), "/ultracore_es/" UINT64_FORMAT "/", GetSystemIdentifier());
-	for (name = es_kafka_database_name(); *name; name++)
+	/* A database name is shorter than NAMEDATALEN: the bound only guards a longer setting. */
+	for (name = es_kafka_database_name(); *name && p + 4 <= source + sizeof(source); name++)
 	{
 		unsigned char c = (unsigned char) *name;
 
@@ -204,7 +205,7 @@ es_kafka_own_source(void)
 			c == '-' || c == '.' || c == '_' || c == '~')
 			*p++ = c;
 		else
-			p += sprintf(p, "%%%02X", c);
+			p += snprintf(p, 4, "%%%02X", c);
 	}
 	*p = '\0';
 	return source;

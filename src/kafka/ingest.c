@@ -359,6 +359,17 @@ static bool ingest_lookup_ids = false;
 static bool partition_lost = false;
 
 /*
+ * After a batch that was not stored, the next try waits: 0.5 s, doubling up
+ * to 30 s, until a batch is stored.  A lock held elsewhere, a full disk or
+ * a passing internal error then gets time to go away before a message is
+ * given up on (internal_error_given_up).
+ */
+#define RETRY_FIRST_MS	500
+#define RETRY_MAX_MS	30000
+static int	retry_ms = 0;
+static TimestampTz retry_at = 0;
+
+/*
  * An internal error (SQLSTATE class XX) may be the server's passing trouble
  * or the message's doing (a projection's bug it triggers): the batch is
  * taken again, and when the same message fails so INTERNAL_ERROR_TRIES
@@ -699,6 +710,8 @@ ingest_pass(void)
 	/* Emptied before the polls: what arrives after them writes again. */
 	while (read(wake_pipe[0], drained, sizeof(drained)) > 0)
 		;
+	if (retry_at != 0 && GetCurrentTimestamp() < retry_at)
+		return false;
 	while (nbatch < es_kafka_ingest_batch_size && (msg = rd_kafka_consumer_poll(consumer, 0)) != NULL)
 	{
 		give_up_revoked();
@@ -740,9 +753,11 @@ ingest_pass(void)
 			ereport(LOG, (errcode(sqlerrcode), errmsg("ultracore_es kafka: %s", error)));
 			es_consumer_record_failure(INGEST_CONSUMER, error);
 		}
+		retry_ms = ok ? 0 : Min(retry_ms == 0 ? RETRY_FIRST_MS : retry_ms * 2, RETRY_MAX_MS);
+		retry_at = ok ? 0 : TimestampTzPlusMilliseconds(GetCurrentTimestamp(), retry_ms);
 		if (!ok)
 		{
-			/* Not stored: start again from the stored offsets. */
+			/* Not stored: start again from the stored offsets, after a while. */
 			batch_release();
 			if (partition_lost || !ingest_rewind())
 				consumer_destroy();
@@ -790,6 +805,9 @@ ingest_service_pass(bool *reads_appends)
 		return es_worker_poll_interval;
 	busy = ingest_pass();
 	es_kafka_emit_logs();
+	if (retry_at != 0)			/* waiting to try a batch again: wake up for it */
+		return Max(Min((long) es_worker_poll_interval,
+					   (long) ((retry_at - GetCurrentTimestamp()) / 1000) + 1), 0);
 	return busy ? 0 : es_worker_poll_interval;
 }
 

@@ -234,14 +234,22 @@ push_string(JsonbParseState **state, JsonbIteratorToken token, const char *str)
 /*
  * The W3C trace context the message carries (name: traceparent or
  * tracestate): the CloudEvents distributed tracing extension's attribute,
- * else the plain header OpenTelemetry's Kafka instrumentation writes; NULL.
+ * else the plain header OpenTelemetry's Kafka instrumentation writes; NULL
+ * when it has none, or a malformed one.
  */
 static char *
 cloud_event_trace(CloudEvent *ce, const char *name)
 {
 	char	   *value = attribute(ce, name);
+	const char *why;
 
-	return value != NULL ? value : header(ce->headers, name);
+	if (value == NULL)
+		value = header(ce->headers, name);
+	/* A malformed one is dropped: it says nothing a trace could continue from. */
+	if (value != NULL &&
+		(strcmp(name, "traceparent") == 0 ? !es_traceparent_valid(value, &why) : !es_tracestate_valid(value)))
+		return NULL;
+	return value;
 }
 
 /*

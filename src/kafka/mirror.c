@@ -580,6 +580,7 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 		char	   *source;
 		char	   *time;
 		char	   *trace;
+		const char *why;
 		rd_kafka_resp_err_t err;
 
 		/* Transactional: the batch is one Kafka transaction, begun with its first message. */
@@ -629,11 +630,12 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 		 * tracing extension (ce_traceparent) and as the plain headers that
 		 * OpenTelemetry's Kafka instrumentation continues a trace from.
 		 */
-		if ((trace = container_string(&metadata->root, "traceparent")) != NULL)
+		if ((trace = container_string(&metadata->root, "traceparent")) != NULL &&
+			es_traceparent_valid(trace, &why))
 		{
 			add_header(h, "ce_traceparent", trace);
 			add_header(h, "traceparent", trace);
-			if ((trace = container_string(&metadata->root, "tracestate")) != NULL)
+			if ((trace = container_string(&metadata->root, "tracestate")) != NULL && es_tracestate_valid(trace))
 			{
 				add_header(h, "ce_tracestate", trace);
 				add_header(h, "tracestate", trace);

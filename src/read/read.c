@@ -245,25 +245,13 @@ es_get_events(PG_FUNCTION_ARGS)
 }
 
 /*
- * The after_tx_id checkpoint, declared xid8 and, for drivers that have no
- * xid8 (an integer literal is int, and int has no cast to xid8), also bigint
- * and text: the same function behind three signatures.
+ * A checkpoint's tx_id given as a number (the bigint and text signatures,
+ * for drivers that have no xid8: an integer literal is int, and int has no
+ * cast to xid8).
  */
 static FullTransactionId
-arg_checkpoint_tx(FunctionCallInfo fcinfo, int argno)
+checkpoint_tx_of(int64 v)
 {
-	Oid			type = get_fn_expr_argtype(fcinfo->flinfo, argno);
-	int64		v;
-
-	if (PG_ARGISNULL(argno))
-		return InvalidFullTransactionId;
-	if (type == TEXTOID)		/* int8in, not xid8in: it refuses what is no number */
-		v = DatumGetInt64(DirectFunctionCall1(int8in,
-											  CStringGetDatum(text_to_cstring(PG_GETARG_TEXT_PP(argno)))));
-	else if (type == INT8OID)
-		v = PG_GETARG_INT64(argno);
-	else
-		return PG_GETARG_FULLTRANSACTIONID(argno);
 	if (v < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
@@ -282,9 +270,35 @@ arg_checkpoint_tx(FunctionCallInfo fcinfo, int argno)
  * aggregate type and of some event types.  The last row's (tx_id,
  * position) is the next checkpoint.
  */
+static Datum read_all(FunctionCallInfo fcinfo, FullTransactionId after_tx);
+
 PG_FUNCTION_INFO_V1(es_read_all);
 Datum
 es_read_all(PG_FUNCTION_ARGS)
+{
+	return read_all(fcinfo, PG_ARGISNULL(0) ? InvalidFullTransactionId : PG_GETARG_FULLTRANSACTIONID(0));
+}
+
+/* es_read_all(after_tx_id bigint, ...) */
+PG_FUNCTION_INFO_V1(es_read_all_bigint);
+Datum
+es_read_all_bigint(PG_FUNCTION_ARGS)
+{
+	return read_all(fcinfo, PG_ARGISNULL(0) ? InvalidFullTransactionId : checkpoint_tx_of(PG_GETARG_INT64(0)));
+}
+
+/* es_read_all(after_tx_id text, ...): int8in, not xid8in, which takes what is no number as 0 */
+PG_FUNCTION_INFO_V1(es_read_all_text);
+Datum
+es_read_all_text(PG_FUNCTION_ARGS)
+{
+	return read_all(fcinfo, PG_ARGISNULL(0) ? InvalidFullTransactionId
+					: checkpoint_tx_of(DatumGetInt64(DirectFunctionCall1(int8in,
+																		 CStringGetDatum(text_to_cstring(PG_GETARG_TEXT_PP(0)))))));
+}
+
+static Datum
+read_all(FunctionCallInfo fcinfo, FullTransactionId after_tx)
 {
 	EsCall		call;
 	Datum		args[6];
@@ -304,7 +318,7 @@ es_read_all(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("after_position must not be negative")));
 
-	args[0] = FullTransactionIdGetDatum(arg_checkpoint_tx(fcinfo, 0));
+	args[0] = FullTransactionIdGetDatum(after_tx);
 	es_call_begin(fcinfo, &call);
 	args[1] = PG_ARGISNULL(1) ? Int64GetDatum(0) : PG_GETARG_DATUM(1);
 	args[2] = FullTransactionIdGetDatum(es_commit_horizon_push());

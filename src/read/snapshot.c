@@ -91,7 +91,7 @@ snapshot_shown(Jsonb *state)
 	char	   *text = JsonbToCString(NULL, &state->root, VARSIZE(state));
 
 	if (strlen(text) > 1000)
-		return psprintf("%.*s... (%zu characters)", pg_mbcliplen(text, strlen(text), 1000), text, strlen(text));
+		return psprintf("%.*s... (%zu bytes)", pg_mbcliplen(text, strlen(text), 1000), text, strlen(text));
 	return text;
 }
 

@@ -62,7 +62,7 @@ es_append(PG_FUNCTION_ARGS)
 	es_check_object(ev.data, "data");
 	req.expected = es_arg_expected_version(fcinfo, 4, &req.any);
 	ev.metadata = PG_ARGISNULL(5) ? es_empty_object() : PG_GETARG_JSONB_P(5);
-	es_check_object(ev.metadata, "metadata");
+	es_check_metadata(ev.metadata, "metadata");
 	ev.event_id = es_arg_id(fcinfo, 6, "event_id", false);
 	ev.event_id_given = (ev.event_id != NULL);
 	ev.causation_id = es_arg_id(fcinfo, 7, "causation_id", false);
@@ -181,6 +181,7 @@ batch_parse_event(JsonbValue *elem, EsEventIn *ev, Jsonb *dflt_metadata,
 	es_check_name(ev->event_type, "event_type");
 	ev->data = batch_object(obj, "data", empty);
 	ev->metadata = batch_object(obj, "metadata", dflt_metadata ? dflt_metadata : empty);
+	es_check_metadata(ev->metadata, "metadata");
 	ev->event_id = batch_string(obj, "event_id", "event_id", false);
 	ev->event_id_given = (ev->event_id != NULL);
 	if (ev->event_id)
@@ -257,7 +258,7 @@ es_append_batch(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(4))
 	{
 		dflt_metadata = PG_GETARG_JSONB_P(4);
-		es_check_object(dflt_metadata, "metadata");
+		es_check_metadata(dflt_metadata, "metadata");
 	}
 	dflt_causation = es_arg_id(fcinfo, 5, "causation_id", false);
 	dflt_correlation = es_arg_id(fcinfo, 6, "correlation_id", false);

@@ -36,11 +36,15 @@ sub wait_for
 sub delivery_passed
 {
 	my ($what) = @_;
-	my %before = map { split /:/ } split /,/, $node->safe_psql('postgres',
-		q{SELECT string_agg(member || ':' || passes, ',') FROM es_worker_state() WHERE kind = 'delivery'});
+	my %before = map { my ($m, $pid, $passes) = split /:/; ($m => [ $pid, $passes ]) } split /,/,
+	  $node->safe_psql('postgres',
+		q{SELECT string_agg(member || ':' || pid || ':' || passes, ',') FROM es_worker_state() WHERE kind = 'delivery'});
+	# (a worker started again since is a new process: it looked after the call)
 	my $passed = join(' AND ',
-		map { "coalesce((SELECT passes FROM es_worker_state() WHERE kind = 'delivery' AND member = $_), 0) >= "
-			  . ($before{$_} + 2) } sort keys %before);
+		map {
+			"(SELECT passes >= $before{$_}[1] + 2 OR pid <> $before{$_}[0] FROM es_worker_state()"
+			  . " WHERE kind = 'delivery' AND member = $_)"
+		} sort keys %before);
 	ok(%before && $node->poll_query_until('postgres', "SELECT $passed"), "$what: the delivery workers looked since");
 	return;
 }

@@ -56,6 +56,10 @@ $node->safe_psql(
 	    END LOOP;
 	END $$;
 	CALL append_accounts('OLD-', 10, 12);
+	-- A role whose name needs quoting, with grants the update carries over.
+	CREATE ROLE "App-Reader";
+	GRANT EXECUTE ON FUNCTION es_read_all(xid8, bigint, text, text[], integer),
+	    es_register_handler(text, regprocedure, text[], integer, interval, boolean) TO "App-Reader";
 });
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'ultracore_es'}),
 	'1.0', 'installed as release 1.0');
@@ -166,6 +170,19 @@ if ($release_1_0)
 		  FROM es_load_aggregate('OLD-1', at_version => 2) s1, es_load_aggregate('OLD-2', at_version => 2) s2}),
 		't', 'a state saved by hand under 1.0 no longer serves loads: the events are folded');
 }
+
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT string_agg(p::text, ', ' ORDER BY p::text) FROM unnest(ARRAY[
+	    'es_read_all(xid8, bigint, text, text[], integer)', 'es_read_all(bigint, bigint, text, text[], integer)',
+	    'es_read_all(text, bigint, text, text[], integer)',
+	    'es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer)']::regprocedure[]) p
+	 WHERE has_function_privilege('App-Reader', p, 'EXECUTE')}),
+	'es_read_all(bigint,bigint,text,text[],integer), es_read_all(text,bigint,text,text[],integer), '
+	  . 'es_read_all(xid8,bigint,text,text[],integer), '
+	  . 'es_register_handler(text,regprocedure,text[],integer,interval,boolean,interval,integer)',
+	'grants carried over to the new signatures, for a role whose name needs quoting');
+$node->safe_psql('postgres', q{REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM "App-Reader"; DROP ROLE "App-Reader"});
 
 # The catalog of the updated store, object by object, against a fresh
 # install of the same release in another database.

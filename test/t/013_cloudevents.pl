@@ -36,7 +36,14 @@ my ($out, $err);
 ok( IPC::Run::run([ 'npm', 'ci', '--no-audit', '--no-fund', '--prefix', $sdk ],
 		'>', \$out, '2>', \$err, init => sub { $ENV{npm_config_cache} = PostgreSQL::Test::Utils::tempdir . '/npm' }),
 	'the CloudEvents SDK and kafkajs installed from the npm registry')
-  or BAIL_OUT("npm ci: $err");
+  or do
+{
+	diag("npm ci: $err");
+	$node->stop;
+	$kafka->stop;
+	done_testing();
+	exit;
+};
 
 sub node_check
 {
