@@ -62,12 +62,12 @@ SELECT count(*) FROM es_get_events('ACC-ACCESS');
 RESET ROLE;
 
 -- Only the extension's owner (or a superuser) grants, even with EXECUTE.
-GRANT EXECUTE ON FUNCTION es_grant_access(regrole, text) TO regress_acc_writer;
+GRANT EXECUTE ON FUNCTION es_grant_access(regrole, text), es_change_access(regrole, text, boolean) TO regress_acc_writer;
 \set VERBOSITY default
 SET ROLE regress_acc_writer;
 SELECT es_grant_access('regress_acc_writer', 'operator');
 RESET ROLE;
-REVOKE EXECUTE ON FUNCTION es_grant_access(regrole, text) FROM regress_acc_writer;
+REVOKE EXECUTE ON FUNCTION es_grant_access(regrole, text), es_change_access(regrole, text, boolean) FROM regress_acc_writer;
 SELECT es_grant_access('regress_acc_reader', 'admin');
 SELECT es_grant_access(NULL, 'reader');
 

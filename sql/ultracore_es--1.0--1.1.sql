@@ -536,7 +536,7 @@ $$;
 COMMENT ON FUNCTION @extschema@.es_access_privileges(text) IS
     'ultracore_es: what es_grant_access gives for an access (reader, writer: a reader that also appends, operator): functions to execute, views to select';
 
-CREATE FUNCTION @extschema@.es_grant_access(role regrole, access text)
+CREATE FUNCTION @extschema@.es_change_access(role regrole, access text, give boolean)
 RETURNS void
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -548,53 +548,42 @@ BEGIN
         RAISE EXCEPTION 'unknown access "%"', access USING ERRCODE = '22023',
             HINT = 'Access is reader, writer (a reader that also appends) or operator (monitoring and delivery''s operations).';
     END IF;
-    IF role IS NULL THEN
-        RAISE EXCEPTION 'role must not be NULL' USING ERRCODE = '22004';
+    IF role IS NULL OR give IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN role IS NULL THEN 'role' ELSE 'give' END USING ERRCODE = '22004';
     END IF;
     IF NOT pg_has_role((SELECT e.extowner FROM pg_extension e WHERE e.extname = 'ultracore_es'), 'USAGE') THEN
-        RAISE EXCEPTION 'permission denied to grant access to the event store' USING ERRCODE = '42501',
-            DETAIL = 'Only the owner of extension ultracore_es (or a superuser) grants its privileges.';
+        RAISE EXCEPTION 'permission denied to change access to the event store' USING ERRCODE = '42501',
+            DETAIL = 'Only the owner of extension ultracore_es (or a superuser) grants and revokes its privileges.';
     END IF;
-    EXECUTE format('GRANT USAGE ON SCHEMA %s TO %s', '@extschema@', role);
-    FOR p IN SELECT * FROM @extschema@.es_access_privileges(access) LOOP
-        EXECUTE format('GRANT %s ON %s %s TO %s', CASE p.kind WHEN 'function' THEN 'EXECUTE' ELSE 'SELECT' END,
-                       upper(p.kind), p.object, role);
+    IF give THEN
+        EXECUTE format('GRANT USAGE ON SCHEMA %s TO %s', '@extschema@', role);
+    END IF;
+    -- Revoking writer takes back the appends; the reads go with reader.
+    FOR p IN SELECT * FROM @extschema@.es_access_privileges(access) a
+              WHERE give OR access <> 'writer'
+                 OR a.object NOT IN (SELECT r.object FROM @extschema@.es_access_privileges('reader') r) LOOP
+        EXECUTE format(CASE WHEN give THEN 'GRANT %s ON %s %s TO %s' ELSE 'REVOKE %s ON %s %s FROM %s' END,
+                       CASE p.kind WHEN 'function' THEN 'EXECUTE' ELSE 'SELECT' END, upper(p.kind), p.object, role);
     END LOOP;
 END $$;
+COMMENT ON FUNCTION @extschema@.es_change_access(regrole, text, boolean) IS
+    'ultracore_es: what es_grant_access (give) and es_revoke_access do';
+
+CREATE FUNCTION @extschema@.es_grant_access(role regrole, access text)
+RETURNS void
+LANGUAGE sql VOLATILE
+AS $$ SELECT @extschema@.es_change_access(role, access, true) $$;
 COMMENT ON FUNCTION @extschema@.es_grant_access(regrole, text) IS
     'ultracore_es: grant a role reader, writer or operator access (es_access_privileges lists what each gives), and USAGE on the extension''s schema; idempotent';
 
 CREATE FUNCTION @extschema@.es_revoke_access(role regrole, access text)
 RETURNS void
-LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    p record;
-BEGIN
-    IF access IS NULL OR access NOT IN ('reader', 'writer', 'operator') THEN
-        RAISE EXCEPTION 'unknown access "%"', access USING ERRCODE = '22023',
-            HINT = 'Access is reader, writer (a reader that also appends) or operator (monitoring and delivery''s operations).';
-    END IF;
-    IF role IS NULL THEN
-        RAISE EXCEPTION 'role must not be NULL' USING ERRCODE = '22004';
-    END IF;
-    IF NOT pg_has_role((SELECT e.extowner FROM pg_extension e WHERE e.extname = 'ultracore_es'), 'USAGE') THEN
-        RAISE EXCEPTION 'permission denied to revoke access to the event store' USING ERRCODE = '42501',
-            DETAIL = 'Only the owner of extension ultracore_es (or a superuser) revokes its privileges.';
-    END IF;
-    -- Revoking writer takes back the appends; the reads go with reader.
-    FOR p IN SELECT * FROM @extschema@.es_access_privileges(access) a
-              WHERE access <> 'writer'
-                 OR a.object NOT IN (SELECT r.object FROM @extschema@.es_access_privileges('reader') r) LOOP
-        EXECUTE format('REVOKE %s ON %s %s FROM %s', CASE p.kind WHEN 'function' THEN 'EXECUTE' ELSE 'SELECT' END,
-                       upper(p.kind), p.object, role);
-    END LOOP;
-END $$;
+LANGUAGE sql VOLATILE
+AS $$ SELECT @extschema@.es_change_access(role, access, false) $$;
 COMMENT ON FUNCTION @extschema@.es_revoke_access(regrole, text) IS
     'ultracore_es: revoke what es_grant_access gave for that access (for writer: the appends; schema USAGE stays); idempotent';
-REVOKE ALL ON FUNCTION @extschema@.es_access_privileges(text), @extschema@.es_grant_access(regrole, text),
-    @extschema@.es_revoke_access(regrole, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION @extschema@.es_access_privileges(text), @extschema@.es_change_access(regrole, text, boolean),
+    @extschema@.es_grant_access(regrole, text), @extschema@.es_revoke_access(regrole, text) FROM PUBLIC;
 
 -- Monitoring: pg_monitor reads the health, the statistics and the workers,
 -- as it reads PostgreSQL's own (and so does a Prometheus exporter's role).

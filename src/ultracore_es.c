@@ -58,6 +58,7 @@
  *	kafka/		Kafka, the only folder that includes librdkafka
  *		client.c		clients: configuration, creation, logs, settings
  *		mirror.c		the mirror: committed events to topics
+ *		mirror_message.c	an event as a message: its ce_* headers
  *		ingest.c		the ingest: topics to appends
  *		ingest_message.c	a message: its append request, or a dead letter
  *

@@ -55,6 +55,10 @@ extern const char *es_kafka_own_source(void);
 /* mirror.c */
 extern void es_kafka_mirror_init(void);
 
+/* mirror_message.c */
+extern rd_kafka_headers_t *es_kafka_mirror_headers(Datum *values, bool *nulls, const char *aggregate_type);
+extern char *es_kafka_event_origin(Jsonb *metadata, const char *key);
+
 /* ingest.c */
 extern void es_kafka_ingest_init(void);
 

@@ -7,7 +7,7 @@
  * Events are read in commit order (as es_read_all) from the point produced
  * so far and produced with key = aggregate_id by an idempotent producer,
  * as CloudEvents in binary mode: the event's data is the value, its
- * attributes are ce_* headers.  Up to ultracore_es.kafka_batch_size
+ * attributes are ce_* headers (mirror_message.c).  Up to ultracore_es.kafka_batch_size
  * messages are in flight; each delivery report marks its message, and the
  * mirror's checkpoint (its es_consumers row, "kafka_mirror") advances past
  * the longest prefix of messages all acknowledged.  message.timeout.ms is
@@ -469,62 +469,6 @@ route_of(const char *aggregate_type)
 	return r;
 }
 
-static void
-add_header(rd_kafka_headers_t *h, const char *name, const char *value)
-{
-	if (value != NULL)
-		rd_kafka_header_add(h, name, -1, value, strlen(value));
-}
-
-/*
- * RFC 3339 in UTC (2026-12-06T09:30:00.123456Z), as CloudEvents wants its
- * time, whatever the server's time zone; NULL for a time RFC 3339 cannot
- * say (infinite, or outside the years 1 to 9999: refused at append since
- * 1.1, possible in events of 1.0), and the message goes without ce_time,
- * which is optional.
- */
-static char *
-rfc3339(TimestampTz t)
-{
-	struct pg_tm tm;
-	fsec_t		fsec;
-
-	if (TIMESTAMP_NOT_FINITE(t) || timestamp2tm(t, NULL, &tm, &fsec, NULL, NULL) != 0 ||
-		tm.tm_year < 1 || tm.tm_year > 9999)
-		return NULL;
-	if (fsec == 0)
-		return psprintf("%04d-%02d-%02dT%02d:%02d:%02dZ",
-						tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
-	return psprintf("%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
-					tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
-}
-
-/* The string at key of a JSON object's container, or NULL. */
-static char *
-container_string(JsonbContainer *container, const char *key)
-{
-	JsonbValue *value = getKeyJsonValueFromContainer(container, key, strlen(key), NULL);
-
-	if (value == NULL || value->type != jbvString)
-		return NULL;
-	return pnstrdup(value->val.string.val, value->val.string.len);
-}
-
-/*
- * A string of an ingested event's origin ("topic", "source"), from its
- * metadata's kafka_origin; NULL for other events.
- */
-static char *
-origin_string(Jsonb *metadata, const char *key)
-{
-	JsonbValue *origin = getKeyJsonValueFromContainer(&metadata->root, "kafka_origin",
-													  strlen("kafka_origin"), NULL);
-
-	if (origin == NULL || origin->type != jbvBinary || !JsonContainerIsObject(origin->val.binary.data))
-		return NULL;
-	return container_string(origin->val.binary.data, key);
-}
-
 typedef struct MirrorRead
 {
 	int			wanted;
@@ -539,7 +483,7 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 	MirrorRead *r = (MirrorRead *) arg;
 	char	   *aggregate_type = TextDatumGetCString(values[EV_AGGREGATE_TYPE]);
 	Route	   *route = route_of(aggregate_type);
-	char	   *origin = origin_string(DatumGetJsonbP(values[EV_METADATA]), "topic");
+	char	   *origin = es_kafka_event_origin(DatumGetJsonbP(values[EV_METADATA]), "topic");
 	InFlight   *m;
 	uint64		seq;
 
@@ -576,11 +520,6 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 		rd_kafka_headers_t *h;
 		char	   *aggregate_id = TextDatumGetCString(values[EV_AGGREGATE_ID]);
 		char	   *value = JsonbToCString(NULL, &DatumGetJsonbP(values[EV_DATA])->root, 0);
-		Jsonb	   *metadata = DatumGetJsonbP(values[EV_METADATA]);
-		char	   *source;
-		char	   *time;
-		char	   *trace;
-		const char *why;
 		rd_kafka_resp_err_t err;
 
 		/* Transactional: the batch is one Kafka transaction, begun with its first message. */
@@ -598,49 +537,7 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 			}
 			in_transaction = true;
 		}
-		h = rd_kafka_headers_new(18);
-		add_header(h, "ce_specversion", "1.0");
-		add_header(h, "ce_id", TextDatumGetCString(values[EV_EVENT_ID]));
-
-		/*
-		 * An ingested event keeps its source: (source, id) is a CloudEvent's
-		 * identity, which a forwarder must not change.  ce_mirroredby says
-		 * which store sent it, for the ingest's echo check.
-		 */
-		source = origin_string(metadata, "source");
-		add_header(h, "ce_source", source != NULL ? source : es_kafka_own_source());
-		add_header(h, "ce_mirroredby", es_kafka_own_source());
-		add_header(h, "ce_type", TextDatumGetCString(values[EV_EVENT_TYPE]));
-		add_header(h, "ce_subject", aggregate_id);
-		if ((time = rfc3339(DatumGetTimestampTz(values[EV_OCCURRED_AT]))) != NULL)
-			add_header(h, "ce_time", time);
-		add_header(h, "content-type", "application/json");
-		add_header(h, "ce_aggregatetype", aggregate_type);
-		add_header(h, "ce_aggregateversion", psprintf(INT64_FORMAT, DatumGetInt64(values[EV_VERSION])));
-		add_header(h, "ce_position", psprintf(INT64_FORMAT, DatumGetInt64(values[EV_POSITION])));
-		if (!nulls[EV_CAUSATION_ID])
-			add_header(h, "ce_causationid", TextDatumGetCString(values[EV_CAUSATION_ID]));
-		if (!nulls[EV_CORRELATION_ID])
-			add_header(h, "ce_correlationid", TextDatumGetCString(values[EV_CORRELATION_ID]));
-		if (JB_ROOT_COUNT(metadata) > 0)
-			add_header(h, "ce_metadata", JsonbToCString(NULL, &metadata->root, 0));
-
-		/*
-		 * The event's W3C trace context, as the CloudEvents distributed
-		 * tracing extension (ce_traceparent) and as the plain headers that
-		 * OpenTelemetry's Kafka instrumentation continues a trace from.
-		 */
-		if ((trace = container_string(&metadata->root, "traceparent")) != NULL &&
-			es_traceparent_valid(trace, &why))
-		{
-			add_header(h, "ce_traceparent", trace);
-			add_header(h, "traceparent", trace);
-			if ((trace = container_string(&metadata->root, "tracestate")) != NULL && es_tracestate_valid(trace))
-			{
-				add_header(h, "ce_tracestate", trace);
-				add_header(h, "tracestate", trace);
-			}
-		}
+		h = es_kafka_mirror_headers(values, nulls, aggregate_type);
 
 		err = rd_kafka_producev(producer,
 								RD_KAFKA_V_TOPIC(route->topic),

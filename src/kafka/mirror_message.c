@@ -1,0 +1,142 @@
+/*-------------------------------------------------------------------------
+ *
+ * mirror_message.c
+ *	  An event as the mirror (mirror.c) sends it: a CloudEvent in the Kafka
+ *	  binding's binary mode, its attributes ce_* headers (the value, the
+ *	  event's data, and the key, its aggregate id, are the mirror's).
+ *
+ * Reads nothing but the event's columns; allocates in the caller's memory
+ * context.  The ingest reads what this writes (ingest_message.c).
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "kafka/kafka.h"
+
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "core/event.h"
+#include "core/validate.h"
+
+static void
+add_header(rd_kafka_headers_t *h, const char *name, const char *value)
+{
+	if (value != NULL)
+		rd_kafka_header_add(h, name, -1, value, strlen(value));
+}
+
+/*
+ * RFC 3339 in UTC (2026-12-06T09:30:00.123456Z), as CloudEvents wants its
+ * time, whatever the server's time zone; NULL for a time RFC 3339 cannot
+ * say (infinite, or outside the years 1 to 9999: refused at append since
+ * 1.1, possible in events of 1.0), and the message goes without ce_time,
+ * which is optional.
+ */
+static char *
+rfc3339(TimestampTz t)
+{
+	struct pg_tm tm;
+	fsec_t		fsec;
+
+	if (TIMESTAMP_NOT_FINITE(t) || timestamp2tm(t, NULL, &tm, &fsec, NULL, NULL) != 0 ||
+		tm.tm_year < 1 || tm.tm_year > 9999)
+		return NULL;
+	if (fsec == 0)
+		return psprintf("%04d-%02d-%02dT%02d:%02d:%02dZ",
+						tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	return psprintf("%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
+					tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
+}
+
+/* The string at key of a JSON object's container, or NULL. */
+static char *
+container_string(JsonbContainer *container, const char *key)
+{
+	JsonbValue *value = getKeyJsonValueFromContainer(container, key, strlen(key), NULL);
+
+	if (value == NULL || value->type != jbvString)
+		return NULL;
+	return pnstrdup(value->val.string.val, value->val.string.len);
+}
+
+/*
+ * es_kafka_event_origin: a string of an ingested event's origin ("topic",
+ * "source"), from its metadata's kafka_origin; NULL for other events.
+ */
+char *
+es_kafka_event_origin(Jsonb *metadata, const char *key)
+{
+	JsonbValue *origin = getKeyJsonValueFromContainer(&metadata->root, "kafka_origin",
+													  strlen("kafka_origin"), NULL);
+
+	if (origin == NULL || origin->type != jbvBinary || !JsonContainerIsObject(origin->val.binary.data))
+		return NULL;
+	return container_string(origin->val.binary.data, key);
+}
+
+/*
+ * es_kafka_mirror_headers: the ce_* headers of the event whose es_events
+ * columns are values and nulls.
+ */
+rd_kafka_headers_t *
+es_kafka_mirror_headers(Datum *values, bool *nulls, const char *aggregate_type)
+{
+	rd_kafka_headers_t *h;
+	Jsonb	   *metadata = DatumGetJsonbP(values[EV_METADATA]);
+	char	   *aggregate_id = TextDatumGetCString(values[EV_AGGREGATE_ID]);
+	char	   *source;
+	char	   *time;
+	char	   *trace;
+	const char *why;
+
+	h = rd_kafka_headers_new(18);
+	add_header(h, "ce_specversion", "1.0");
+	add_header(h, "ce_id", TextDatumGetCString(values[EV_EVENT_ID]));
+
+	/*
+	 * An ingested event keeps its source: (source, id) is a CloudEvent's
+	 * identity, which a forwarder must not change.  ce_mirroredby says
+	 * which store sent it, for the ingest's echo check.
+	 */
+	source = es_kafka_event_origin(metadata, "source");
+	add_header(h, "ce_source", source != NULL ? source : es_kafka_own_source());
+	add_header(h, "ce_mirroredby", es_kafka_own_source());
+	add_header(h, "ce_type", TextDatumGetCString(values[EV_EVENT_TYPE]));
+	add_header(h, "ce_subject", aggregate_id);
+	if ((time = rfc3339(DatumGetTimestampTz(values[EV_OCCURRED_AT]))) != NULL)
+		add_header(h, "ce_time", time);
+	add_header(h, "content-type", "application/json");
+	add_header(h, "ce_aggregatetype", aggregate_type);
+	add_header(h, "ce_aggregateversion", psprintf(INT64_FORMAT, DatumGetInt64(values[EV_VERSION])));
+	add_header(h, "ce_position", psprintf(INT64_FORMAT, DatumGetInt64(values[EV_POSITION])));
+	if (!nulls[EV_CAUSATION_ID])
+		add_header(h, "ce_causationid", TextDatumGetCString(values[EV_CAUSATION_ID]));
+	if (!nulls[EV_CORRELATION_ID])
+		add_header(h, "ce_correlationid", TextDatumGetCString(values[EV_CORRELATION_ID]));
+	if (JB_ROOT_COUNT(metadata) > 0)
+		add_header(h, "ce_metadata", JsonbToCString(NULL, &metadata->root, 0));
+
+	/*
+	 * The event's W3C trace context, as the CloudEvents distributed
+	 * tracing extension (ce_traceparent) and as the plain headers that
+	 * OpenTelemetry's Kafka instrumentation continues a trace from.
+	 */
+	if ((trace = container_string(&metadata->root, "traceparent")) != NULL &&
+		es_traceparent_valid(trace, &why))
+	{
+		add_header(h, "ce_traceparent", trace);
+		add_header(h, "traceparent", trace);
+		if ((trace = container_string(&metadata->root, "tracestate")) != NULL && es_tracestate_valid(trace))
+		{
+			add_header(h, "ce_tracestate", trace);
+			add_header(h, "tracestate", trace);
+		}
+	}
+	return h;
+}
