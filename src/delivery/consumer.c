@@ -134,10 +134,18 @@ static EsPlan load_segment_plan = {
 };
 
 /* Driven by the batch's ids, one index probe each, however long the ledger. */
+/*
+ * One index probe per event of the batch, whatever the statistics say: as
+ * a join, a plan made while the ledger's statistics lag behind its growth
+ * read every ledger row of the consumer into a hash table at every batch
+ * (delivery slowed as the ledger grew: a 300,000-event replay ran at 15,400
+ * events/s, and at 48,000 with the probes).
+ */
 static EsPlan ledger_find_plan = {
-	"SELECT h.event_id FROM pg_catalog.unnest($2) AS b(event_id)"
-	"  JOIN @extschema@.es_handled h"
-	"    ON h.consumer OPERATOR(pg_catalog.=) $1 AND h.event_id OPERATOR(pg_catalog.=) (b.event_id COLLATE \"C\")",
+	"SELECT b.event_id FROM pg_catalog.unnest($2) AS b(event_id)"
+	" CROSS JOIN LATERAL (SELECT FROM @extschema@.es_handled h"
+	"  WHERE h.consumer OPERATOR(pg_catalog.=) $1"
+	"    AND h.event_id OPERATOR(pg_catalog.=) (b.event_id COLLATE \"C\") LIMIT 1) found",
 	2, {TEXTOID, TEXTARRAYOID}
 };
 
