@@ -359,8 +359,9 @@ static bool ingest_lookup_ids = false;
 static bool partition_lost = false;
 
 /*
- * After a batch that was not stored, the next try waits: 0.5 s, doubling up
- * to 30 s, until a batch is stored.  A lock held elsewhere, a full disk or
+ * After a batch that was not stored (but for a partition lost to a
+ * rebalance), the next try waits: 0.5 s, doubling up to 30 s, until a
+ * batch is stored.  A lock held elsewhere, a full disk or
  * a passing internal error then gets time to go away before a message is
  * given up on (internal_error_given_up).
  */
@@ -753,8 +754,9 @@ ingest_pass(void)
 			ereport(LOG, (errcode(sqlerrcode), errmsg("ultracore_es kafka: %s", error)));
 			es_consumer_record_failure(INGEST_CONSUMER, error);
 		}
-		retry_ms = ok ? 0 : Min(retry_ms == 0 ? RETRY_FIRST_MS : retry_ms * 2, RETRY_MAX_MS);
-		retry_at = ok ? 0 : TimestampTzPlusMilliseconds(GetCurrentTimestamp(), retry_ms);
+		/* A partition taken by another member is a rebalance, not a failure: no pause. */
+		retry_ms = ok || partition_lost ? 0 : Min(retry_ms == 0 ? RETRY_FIRST_MS : retry_ms * 2, RETRY_MAX_MS);
+		retry_at = retry_ms == 0 ? 0 : TimestampTzPlusMilliseconds(GetCurrentTimestamp(), retry_ms);
 		if (!ok)
 		{
 			/* Not stored: start again from the stored offsets, after a while. */
