@@ -66,14 +66,21 @@ member(CloudEvent *ce, const char *name)
 	return v == NULL || v->type == jbvNull ? NULL : v;
 }
 
-/* Attribute name as text (a header, or a string, number or boolean member), or NULL. */
+/*
+ * Attribute header (a "ce_" header name) as text: the header in binary
+ * mode, the member without the prefix (a string, number or boolean) in
+ * structured mode; NULL when absent.  Header names, not attribute names,
+ * so that the binary mode, the usual one, builds no string per lookup.
+ */
 static char *
-attribute(CloudEvent *ce, const char *name)
+attribute(CloudEvent *ce, const char *header_name)
 {
+	const char *name = header_name + strlen("ce_");
 	JsonbValue *v;
 
+	Assert(strncmp(header_name, "ce_", 3) == 0);
 	if (ce->structured == NULL)
-		return header(ce->headers, psprintf("ce_%s", name));
+		return header(ce->headers, header_name);
 	if ((v = member(ce, name)) == NULL)
 		return NULL;
 	switch (v->type)
@@ -93,18 +100,18 @@ attribute(CloudEvent *ce, const char *name)
 }
 
 static char *
-required_attribute(CloudEvent *ce, const char *name)
+required_attribute(CloudEvent *ce, const char *header_name)
 {
-	char	   *value = attribute(ce, name);
+	char	   *value = attribute(ce, header_name);
 
 	if (value == NULL && ce->structured == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("message has no ce_%s header", name)));
+				 errmsg("message has no %s header", header_name)));
 	if (value == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("structured CloudEvent has no \"%s\" attribute", name)));
+				 errmsg("structured CloudEvent has no \"%s\" attribute", header_name + strlen("ce_"))));
 	return value;
 }
 
@@ -166,7 +173,7 @@ cloud_event_open(rd_kafka_message_t *msg, CloudEvent *ce)
 static Jsonb *
 cloud_event_data(rd_kafka_message_t *msg, CloudEvent *ce)
 {
-	char	   *content_type = ce->structured ? attribute(ce, "datacontenttype")
+	char	   *content_type = ce->structured ? attribute(ce, "ce_datacontenttype")
 		: header(ce->headers, "content-type");
 	JsonbValue *v;
 	Jsonb	   *data;
@@ -212,7 +219,7 @@ cloud_event_metadata(CloudEvent *ce)
 
 	if (ce->structured != NULL && (v = member(ce, "metadata")) != NULL && v->type == jbvBinary)
 		given = JsonbValueToJsonb(v);
-	else if ((text = attribute(ce, "metadata")) != NULL)
+	else if ((text = attribute(ce, "ce_metadata")) != NULL)
 		given = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(text)));
 	else
 		return NULL;
@@ -238,9 +245,10 @@ push_string(JsonbParseState **state, JsonbIteratorToken token, const char *str)
  * when it has none, or a malformed one.
  */
 static char *
-cloud_event_trace(CloudEvent *ce, const char *name)
+cloud_event_trace(CloudEvent *ce, const char *header_name)
 {
-	char	   *value = attribute(ce, name);
+	const char *name = header_name + strlen("ce_");
+	char	   *value = attribute(ce, header_name);
 	const char *why;
 
 	if (value == NULL)
@@ -316,12 +324,12 @@ es_kafka_ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *
 	Jsonb	   *metadata;
 
 	cloud_event_open(msg, &ce);
-	source = attribute(&ce, "source");
-	mirrored_by = attribute(&ce, "mirroredby");
+	source = attribute(&ce, "ce_source");
+	mirrored_by = attribute(&ce, "ce_mirroredby");
 	if ((source != NULL && strcmp(source, own) == 0) || (mirrored_by != NULL && strcmp(mirrored_by, own) == 0))
 		return false;
 	/* Binary messages of producers that set no ce_specversion are taken as 1.0. */
-	specversion = ce.structured ? required_attribute(&ce, "specversion") : attribute(&ce, "specversion");
+	specversion = ce.structured ? required_attribute(&ce, "ce_specversion") : attribute(&ce, "ce_specversion");
 	if (specversion != NULL && strcmp(specversion, "1.0") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -329,12 +337,12 @@ es_kafka_ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *
 				 errdetail("The ingest reads CloudEvents 1.0.")));
 	memset(req, 0, sizeof(*req));
 	memset(ev, 0, sizeof(*ev));
-	ev->event_id = required_attribute(&ce, "id");
+	ev->event_id = required_attribute(&ce, "ce_id");
 	es_check_id(ev->event_id, "ce_id");
 	ev->event_id_given = true;
-	ev->event_type = required_attribute(&ce, "type");
+	ev->event_type = required_attribute(&ce, "ce_type");
 	es_check_name(ev->event_type, "ce_type");
-	req->aggregate_id = attribute(&ce, "subject");
+	req->aggregate_id = attribute(&ce, "ce_subject");
 	if (req->aggregate_id == NULL && msg->key != NULL)
 		req->aggregate_id = pnstrdup(msg->key, msg->key_len);
 	if (req->aggregate_id == NULL)
@@ -342,7 +350,7 @@ es_kafka_ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("message has neither a ce_subject header nor a key")));
 	es_check_id(req->aggregate_id, "ce_subject");
-	req->aggregate_type = attribute(&ce, "aggregatetype");
+	req->aggregate_type = attribute(&ce, "ce_aggregatetype");
 	if (req->aggregate_type == NULL)
 	{
 		EsEventType type;
@@ -358,7 +366,7 @@ es_kafka_ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *
 	es_check_name(req->aggregate_type, "ce_aggregatetype");
 
 	/* Version v is appended at expected version v - 1; without one, at any. */
-	version = attribute(&ce, "aggregateversion");
+	version = attribute(&ce, "ce_aggregateversion");
 	req->any = (version == NULL);
 	if (version != NULL)
 	{
@@ -371,21 +379,21 @@ es_kafka_ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *
 		req->expected = v - 1;
 	}
 	ev->data = cloud_event_data(msg, &ce);
-	time = attribute(&ce, "time");
+	time = attribute(&ce, "ce_time");
 	ev->occurred_at_given = (time != NULL);
 	if (time != NULL)
 		ev->occurred_at = DatumGetTimestampTz(DirectFunctionCall3(timestamptz_in, CStringGetDatum(time),
 																  ObjectIdGetDatum(InvalidOid),
 																  Int32GetDatum(-1)));
-	ev->causation_id = attribute(&ce, "causationid");
-	ev->correlation_id = attribute(&ce, "correlationid");
+	ev->causation_id = attribute(&ce, "ce_causationid");
+	ev->correlation_id = attribute(&ce, "ce_correlationid");
 	if (ev->causation_id)
 		es_check_id(ev->causation_id, "ce_causationid");
 	if (ev->correlation_id)
 		es_check_id(ev->correlation_id, "ce_correlationid");
 
 	ev->metadata = origin_metadata(topic, msg->partition, source,
-								   cloud_event_trace(&ce, "traceparent"), cloud_event_trace(&ce, "tracestate"));
+								   cloud_event_trace(&ce, "ce_traceparent"), cloud_event_trace(&ce, "ce_tracestate"));
 	if ((metadata = cloud_event_metadata(&ce)) != NULL)
 		ev->metadata = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(metadata),
 														  JsonbPGetDatum(ev->metadata)));
