@@ -14,10 +14,11 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c src/*/*.c)))
 DATA = $(wildcard sql/ultracore_es--*.sql)
 
 PG_CPPFLAGS = -I$(srcdir)/src -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers \
-	$(shell pkg-config --cflags rdkafka)
+	$(shell pkg-config --cflags rdkafka libcrypto)
 
 # librdkafka (Debian's librdkafka-dev), found with pkg-config; only src/kafka/ includes it.
-SHLIB_LINK = $(shell pkg-config --libs rdkafka)
+# OpenSSL's libcrypto (Debian's libssl-dev): SHA-256 of the ledger, AES-256-GCM of personal data.
+SHLIB_LINK = $(shell pkg-config --libs rdkafka libcrypto)
 
 # pg_regress: one file per feature, run in this order on one temporary instance.
 REGRESS = install read_models rebuild projections event_types append append_batch idempotency \

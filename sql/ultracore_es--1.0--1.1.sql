@@ -522,6 +522,8 @@ AS $$
         ('operator', 'function', 'es_reset_consumer_counters(text)'),
         ('operator', 'function', 'es_rebuild_projection(text, text)'),
         ('operator', 'function', 'es_rebuild_snapshots(text, text)'),
+        ('operator', 'function', 'es_digest()'),
+        ('operator', 'function', 'es_verify(text, jsonb)'),
         ('operator', 'table', 'es_stats'),
         ('operator', 'table', 'es_store_stats'),
         ('operator', 'table', 'es_handler_status'),
@@ -592,3 +594,57 @@ GRANT SELECT ON @extschema@.es_stats, @extschema@.es_store_stats, @extschema@.es
     @extschema@.es_projection_status, @extschema@.es_consumer_checkpoints, @extschema@.es_kafka_status TO pg_monitor;
 GRANT EXECUTE ON FUNCTION @extschema@.es_health(), @extschema@.es_worker_state(), @extschema@.es_horizon_holders(),
     @extschema@.es_store_counters(), @extschema@.es_consumer_counters() TO pg_monitor;
+
+------------------------------------------------------------------------------
+-- Tamper evidence (src/core/event_hash.c, src/read/ledger.c): every event
+-- carries a hash of its content chained to its aggregate's previous event;
+-- ledger blocks chain all hashes in commit order; es_digest() seals and
+-- returns a digest to keep outside the database; es_verify() finds what no
+-- longer adds up.
+------------------------------------------------------------------------------
+
+-- Added without a default: no rewrite of the stored events, which keep a
+-- NULL hash (the ledger chains their content instead, see es_ledger).
+ALTER TABLE @extschema@.es_events ADD COLUMN hash bytea;
+COMMENT ON COLUMN @extschema@.es_events.hash IS
+    'SHA-256 of the event''s content chained to its aggregate''s previous event (README, "Tamper evidence"); NULL for events stored by release 1.0';
+
+-- Where the hashes start: events at or below unhashed_through were stored by
+-- release 1.0 without a hash.  One row, written here.
+CREATE TABLE @extschema@.es_ledger (
+    unhashed_through    bigint NOT NULL,
+    started_at          timestamptz NOT NULL
+);
+INSERT INTO @extschema@.es_ledger (unhashed_through, started_at)
+SELECT coalesce(max(e.position), 0), now() FROM @extschema@.es_events e;
+COMMENT ON TABLE @extschema@.es_ledger IS
+    'ultracore_es: where the event hashes start (events at or below unhashed_through were stored by release 1.0, without one)';
+
+-- The sealed history: block n holds the ledger chain and the number of
+-- events below its commit horizon.  Written by es_digest only.
+CREATE TABLE @extschema@.es_ledger_blocks (
+    block               bigint PRIMARY KEY,
+    horizon             xid8 NOT NULL,
+    events              bigint NOT NULL,
+    total_events        bigint NOT NULL,
+    hash                bytea NOT NULL,
+    sealed_at           timestamptz NOT NULL
+);
+COMMENT ON TABLE @extschema@.es_ledger_blocks IS
+    'ultracore_es: the sealed history: per block, the events below its commit horizon (in it, in all) and the commit-order chain of their hashes';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_ledger', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_ledger_blocks', '');
+REVOKE ALL ON TABLE @extschema@.es_ledger, @extschema@.es_ledger_blocks FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.es_digest()
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'es_digest' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_digest() IS
+    'ultracore_es: seal the committed history into a ledger block and return its digest (block, horizon, events, hash, sealed_at), to keep outside the database';
+
+CREATE FUNCTION @extschema@.es_verify(aggregate_id text DEFAULT NULL, digest jsonb DEFAULT NULL)
+RETURNS TABLE (aggregate_id text, version bigint, "position" bigint, problem text)
+AS 'MODULE_PATHNAME', 'es_verify' LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.es_verify(text, jsonb) IS
+    'ultracore_es: one row per problem of the history (an event changed, missing or inserted, a ledger block or the given digest that no longer adds up); no rows: intact';
+REVOKE ALL ON FUNCTION @extschema@.es_digest(), @extschema@.es_verify(text, jsonb) FROM PUBLIC;

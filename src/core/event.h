@@ -12,6 +12,8 @@
 #ifndef ES_EVENT_H
 #define ES_EVENT_H
 
+#include "access/htup_details.h"
+
 /*
  * Columns of es_events, 0-based, in the order of the install script.  Code
  * that reads or writes rows by position uses these; the store checks the
@@ -21,8 +23,25 @@ typedef enum EsEventColumn
 {
 	EV_EVENT_ID, EV_EVENT_TYPE, EV_AGGREGATE_TYPE, EV_AGGREGATE_ID, EV_VERSION, EV_POSITION,
 	EV_TX_ID, EV_OCCURRED_AT, EV_RECORDED_AT, EV_CAUSATION_ID, EV_CORRELATION_ID, EV_DATA,
-	EV_METADATA, EV_SCHEMA_VERSION, EV_APPENDED_BY, EV_NATTS
+	EV_METADATA, EV_SCHEMA_VERSION, EV_APPENDED_BY, EV_HASH, EV_NATTS
 } EsEventColumn;
+
+/*
+ * es_deform_event: deform an es_events row into values/isnull[EV_NATTS].  A
+ * row of a 1.0 catalog, not updated yet, has no hash column: NULL.
+ */
+static inline void
+es_deform_event(HeapTuple tup, TupleDesc desc, Datum *values, bool *isnull)
+{
+	if (desc->natts != EV_NATTS && desc->natts != EV_HASH)
+		elog(ERROR, "es_events rows have %d columns, expected %d", desc->natts, EV_NATTS);
+	heap_deform_tuple(tup, desc, values, isnull);
+	if (desc->natts == EV_HASH)
+	{
+		values[EV_HASH] = (Datum) 0;
+		isnull[EV_HASH] = true;
+	}
+}
 
 /* Lengths, in bytes, beyond which an identifier is refused. */
 #define ES_MAX_ID_LEN		255		/* event, aggregate, causation, correlation ids */

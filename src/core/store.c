@@ -159,7 +159,7 @@ store_resolve(Oid nspid)
 	static const char *const event_columns[EV_NATTS] = {
 		"event_id", "event_type", "aggregate_type", "aggregate_id", "version", "position",
 		"tx_id", "occurred_at", "recorded_at", "causation_id", "correlation_id", "data",
-		"metadata", "schema_version", "appended_by"
+		"metadata", "schema_version", "appended_by", "hash"
 	};
 	EsStore		next;
 	HeapTuple	tup;
@@ -196,11 +196,19 @@ store_resolve(Oid nspid)
 	next.owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
 
-	/* The code reads and writes es_events rows by column number. */
+	/*
+	 * The code reads and writes es_events rows by column number.  The last,
+	 * hash, came with 1.1: the library serves a 1.0 catalog without it until
+	 * the update.
+	 */
 	for (i = 0; i < EV_NATTS; i++)
 	{
 		char	   *attname = get_attname(next.events_relid, i + 1, true);
 
+		if (i == EV_HASH && attname == NULL)
+			break;
+		if (i == EV_HASH)
+			next.hashed = true;
 		if (attname == NULL || strcmp(attname, event_columns[i]) != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
@@ -224,6 +232,7 @@ store_resolve(Oid nspid)
 		next.policies_relid != store.policies_relid ||
 		next.snapshots_relid != store.snapshots_relid ||
 		next.projections_relid != store.projections_relid ||
+		next.hashed != store.hashed ||
 		next.owner != store.owner)
 	{
 		next.nspname = MemoryContextStrdup(TopMemoryContext, nspname);

@@ -42,6 +42,7 @@ typedef struct EsStore
 	Oid			snapshots_relid;
 	Oid			projections_relid;
 	Oid			events_rowtype; /* composite type of es_events */
+	bool		hashed;			/* es_events has its hash column (1.1) */
 	uint32		generation;		/* bumped on every re-resolution */
 	/* of the installed catalog, as es_store_current last read it */
 	char		version[NAMEDATALEN];	/* pg_extension.extversion */

@@ -323,7 +323,7 @@ es_read_model_apply(EsReadModel *m, EsStore *s, TupleDesc desc, HeapTuple *event
 	{
 		RmEvent		ev;
 
-		heap_deform_tuple(events[i], desc, values, nulls);
+		es_deform_event(events[i], desc, values, nulls);
 		rm_event_from_values(&ev, values, nulls);
 		if (i == 0)
 			rm_load(m, s, &row, ev.aggregate_id);

@@ -124,12 +124,10 @@ es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only,
 		n = SPI_processed;
 		if (n == 0)
 			break;
-		if (tt->tupdesc->natts != EV_NATTS)
-			elog(ERROR, "es_events rows have %d columns, expected %d", tt->tupdesc->natts, EV_NATTS);
 		for (i = 0; i < n && !done; i++)
 		{
 			CHECK_FOR_INTERRUPTS();
-			heap_deform_tuple(tt->vals[i], tt->tupdesc, values, isnull);
+			es_deform_event(tt->vals[i], tt->tupdesc, values, isnull);
 			if (has_end && DatumGetTimestampTz(values[EV_OCCURRED_AT]) > end)
 				done = true;
 			else

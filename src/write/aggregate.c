@@ -70,8 +70,8 @@ aggregate_key(ScanKey key, const char *aggregate_id)
 }
 
 /*
- * The last event of the aggregate (its current version and commit-order
- * key), read with SnapshotSelf under the aggregate's lock.  A new aggregate
+ * The last event of the aggregate (its current version, commit-order key
+ * and hash), read with SnapshotSelf under the aggregate's lock.  A new aggregate
  * without events yet has version 0.
  */
 static void
@@ -88,9 +88,12 @@ aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 	index_rescan(scan, &key, 1, NULL, 0);
 	if (index_getnext_slot(scan, BackwardScanDirection, slot))
 	{
-		slot_getsomeattrs(slot, EV_TX_ID + 1);
+		slot_getallattrs(slot);
 		row->version = DatumGetInt64(slot->tts_values[EV_VERSION]);
 		row->last_tx = DatumGetFullTransactionId(slot->tts_values[EV_TX_ID]);
+		if (slot->tts_tupleDescriptor->natts <= EV_HASH ||
+			!es_hash_of_datum(slot->tts_values[EV_HASH], slot->tts_isnull[EV_HASH], row->last_hash))
+			memcpy(row->last_hash, es_hash_zero, ES_HASH_LEN);
 
 		/* Newer than what this transaction may see: it must not go on. */
 		if (IsolationUsesXactSnapshot())
@@ -113,6 +116,7 @@ aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 	{
 		row->version = 0;
 		row->last_tx = InvalidFullTransactionId;
+		memcpy(row->last_hash, es_hash_zero, ES_HASH_LEN);
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);

@@ -13,6 +13,7 @@
 
 #include "access/transam.h"
 #include "core/event.h"
+#include "core/event_hash.h"
 #include "core/store.h"
 #include "utils/timestamp.h"
 
@@ -21,6 +22,7 @@ typedef struct EsAggregateRow
 	char		aggregate_type[ES_MAX_NAME_LEN + 1];
 	int64		version;		/* current version, 0 before the first event */
 	FullTransactionId last_tx;	/* commit-order key (tx_id) of the last event */
+	uint8		last_hash[ES_HASH_LEN]; /* its hash (es_hash_zero: none, or stored by 1.0) */
 } EsAggregateRow;
 
 extern bool es_aggregate_lock(EsStore *s, const char *aggregate_id, EsAggregateRow *row);

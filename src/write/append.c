@@ -81,6 +81,7 @@
 
 #include "core/errors.h"
 #include "core/event.h"
+#include "core/event_hash.h"
 #include "core/guc.h"
 #include "core/horizon.h"
 #include "core/validate.h"
@@ -565,9 +566,9 @@ es_event_inserter_open(EsStore *store)
 	EsEventInserter *ins = palloc0(sizeof(EsEventInserter));
 
 	ins->rel = table_open(store->events_relid, RowExclusiveLock);
-	if (RelationGetDescr(ins->rel)->natts != EV_NATTS)
+	if (RelationGetDescr(ins->rel)->natts != (store->hashed ? EV_NATTS : EV_HASH))
 		elog(ERROR, "es_events has %d columns, expected %d",
-			 RelationGetDescr(ins->rel)->natts, EV_NATTS);
+			 RelationGetDescr(ins->rel)->natts, store->hashed ? EV_NATTS : EV_HASH);
 	ins->estate = CreateExecutorState();
 	ins->rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(ins->rri, ins->rel, 1, NULL, 0);
@@ -588,7 +589,8 @@ es_event_inserter_close(EsEventInserter *ins)
 /*
  * Insert the events of req after version base: heap inserts (one
  * multi-insert per slice for batches) and their index entries, with the
- * unique checks of the indexes; then tell the listeners (inline
+ * unique checks of the indexes, each event hashed and chained to the one
+ * before it (last_hash: the aggregate's last stored event); then tell the listeners (inline
  * projections, automatic snapshots, ...).  A unique violation on event_id (two
  * identical retries racing) is reported as such; one on (aggregate_id,
  * version) would mean a writer bypassed the aggregate's lock, and is reported
@@ -596,7 +598,8 @@ es_event_inserter_close(EsEventInserter *ins)
  * its own.
  */
 static void
-append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTransactionId tx)
+append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTransactionId tx,
+					 const uint8 *last_hash)
 {
 	EsEventInserter *ins = req->inserter ? req->inserter : es_event_inserter_open(store);
 	Relation	rel = ins->rel;
@@ -607,6 +610,7 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 	Datum		aggregate_id = CStringGetTextDatum(req->aggregate_id);
 	Datum		appended_by = CStringGetTextDatum(req->appended_by);
 	int			nslots = Min(req->nevents, INSERT_SLICE);
+	uint8		chain[ES_HASH_LEN];
 	HeapTuple  *stored = NULL;
 	int			first;
 	int			i;
@@ -625,6 +629,7 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 		MemoryContextSwitchTo(old);
 	}
 
+	memcpy(chain, last_hash, ES_HASH_LEN);
 	PG_TRY();
 	{
 		for (first = 0; first < req->nevents; first += nslots)
@@ -641,7 +646,7 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 				bool	   *isnull = slot->tts_isnull;
 
 				ExecClearTuple(slot);
-				memset(isnull, 0, sizeof(bool) * EV_NATTS);
+				memset(isnull, 0, sizeof(bool) * slot->tts_tupleDescriptor->natts);
 				req->versions[first + i] = base + first + i + 1;
 				req->positions[first + i] = nextval_internal(store->position_seq, false);
 				v[EV_EVENT_ID] = CStringGetTextDatum(ev->event_id);
@@ -661,6 +666,11 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 				v[EV_METADATA] = JsonbPGetDatum(ev->metadata);
 				v[EV_SCHEMA_VERSION] = Int32GetDatum(ev->schema_version);
 				v[EV_APPENDED_BY] = appended_by;
+				if (store->hashed)
+				{
+					es_event_hash(v, isnull, chain, chain);
+					v[EV_HASH] = es_hash_datum(chain);
+				}
 				ExecStoreVirtualTuple(slot);
 			}
 			if (n == 1)
@@ -723,7 +733,8 @@ es_append_execute(EsAppendRequest *req, EsStore *store)
 				append_check_row(req, &row);
 				/* The commit-order key never goes back within an aggregate. */
 				append_insert_events(req, store, row.version,
-									 FullTransactionIdFollows(row.last_tx, own) ? row.last_tx : own);
+									 FullTransactionIdFollows(row.last_tx, own) ? row.last_tx : own,
+									 row.last_hash);
 				return;
 			}
 			if (!req->any && req->expected != ES_EXPECT_NEW)
@@ -737,7 +748,7 @@ es_append_execute(EsAppendRequest *req, EsStore *store)
 		{
 			/* No event can be stored for a new aggregate; ids used elsewhere are refused. */
 			(void) append_find_stored(req, store);
-			append_insert_events(req, store, 0, own);
+			append_insert_events(req, store, 0, own, es_hash_zero);
 			return;
 		}
 		/* A concurrent creator won (or rolled back): lock its row next round. */
