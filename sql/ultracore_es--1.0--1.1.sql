@@ -502,6 +502,8 @@ AS $$
         ('reader', 'function', 'es_get_snapshot(text, bigint, boolean)'),
         ('reader', 'function', 'es_list_snapshots(text, text)'),
         ('reader', 'function', 'es_wait_for_projection(text, bigint, interval)'),
+        ('reader', 'function', 'es_reveal(text)'),
+        ('reader', 'function', 'es_reveal(jsonb)'),
         ('reader', 'table', 'es_aggregate_versions'),
         ('reader', 'table', 'es_customers'),
         ('reader', 'table', 'es_accounts'),
@@ -648,3 +650,109 @@ AS 'MODULE_PATHNAME', 'es_verify' LANGUAGE C STABLE PARALLEL RESTRICTED;
 COMMENT ON FUNCTION @extschema@.es_verify(text, jsonb) IS
     'ultracore_es: one row per problem of the history (an event changed, missing or inserted, a ledger block or the given digest that no longer adds up); no rows: intact';
 REVOKE ALL ON FUNCTION @extschema@.es_digest(), @extschema@.es_verify(text, jsonb) FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Personal data that can be forgotten (src/privacy/): registered personal
+-- fields are sealed on append with a key of their subject, which es_forget
+-- destroys; keys are wrapped by a master key kept outside the database.
+------------------------------------------------------------------------------
+
+-- The personal fields of event types.  No foreign key to es_event_types:
+-- pg_dump restores extension tables' data in no particular order.
+CREATE TABLE @extschema@.es_personal_data (
+    event_type      text COLLATE "C" PRIMARY KEY,
+    fields          text[] NOT NULL CHECK (cardinality(fields) >= 1),
+    subject_field   text,
+    registered_at   timestamptz NOT NULL,
+    registered_by   text NOT NULL
+);
+COMMENT ON TABLE @extschema@.es_personal_data IS
+    'ultracore_es: top-level fields of an event type''s data that are personal data of a subject (subject_field''s value, or the aggregate id), sealed on append';
+
+-- One key per data subject, wrapped (AES-256-GCM) by the master key that
+-- master_key_id names; NULL once es_forget destroyed it.
+CREATE TABLE @extschema@.es_subject_keys (
+    subject_id      text COLLATE "C" PRIMARY KEY,
+    wrapped_key     bytea,
+    master_key_id   text,
+    created_at      timestamptz NOT NULL,
+    forgotten_at    timestamptz,
+    CHECK ((wrapped_key IS NULL) = (forgotten_at IS NOT NULL) AND (wrapped_key IS NULL) = (master_key_id IS NULL))
+);
+COMMENT ON TABLE @extschema@.es_subject_keys IS
+    'ultracore_es: the key of each data subject''s personal data, wrapped by the master key; NULL once forgotten';
+
+-- Backends cache both: a change reaches every one (a forgotten key leaves
+-- their caches at their next transaction).  New keys need no invalidation.
+CREATE TRIGGER es_personal_data_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON @extschema@.es_personal_data FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.es_catalog_changed();
+ALTER TABLE @extschema@.es_personal_data ENABLE ALWAYS TRIGGER es_personal_data_changed;
+CREATE TRIGGER es_subject_keys_changed AFTER UPDATE OR DELETE OR TRUNCATE
+    ON @extschema@.es_subject_keys FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.es_catalog_changed();
+ALTER TABLE @extschema@.es_subject_keys ENABLE ALWAYS TRIGGER es_subject_keys_changed;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_personal_data', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_subject_keys', '');
+REVOKE ALL ON TABLE @extschema@.es_personal_data, @extschema@.es_subject_keys FROM PUBLIC;
+
+-- A state folded from personal data is stored sealed with the keys of its
+-- subjects (listed here; NULL: a plain state).
+ALTER TABLE @extschema@.es_snapshots ADD COLUMN subjects text[];
+COMMENT ON COLUMN @extschema@.es_snapshots.subjects IS
+    'whose personal data the state was folded from: it is stored sealed with their keys (NULL: in the clear)';
+
+CREATE FUNCTION @extschema@.es_register_personal_data(event_type text, fields text[], subject_field text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'es_register_personal_data' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_register_personal_data(text, text[], text) IS
+    'ultracore_es: the top-level fields of event_type''s data are personal data of the subject whose id is in subject_field (NULL: the aggregate id); sealed on append from now on';
+
+CREATE FUNCTION @extschema@.es_forget(subject_id text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'es_forget' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_forget(text) IS
+    'ultracore_es: destroy a data subject''s key: its personal fields read as null everywhere from now on; true when a key was destroyed';
+
+CREATE FUNCTION @extschema@.es_rewrap_subject_keys()
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_rewrap_subject_keys' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_rewrap_subject_keys() IS
+    'ultracore_es: master key rotation: wrap every subject key that the previous master key wrapped with the current one; returns how many';
+
+CREATE FUNCTION @extschema@.es_reveal(value text)
+RETURNS text
+AS 'MODULE_PATHNAME', 'es_reveal_text' LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
+CREATE FUNCTION @extschema@.es_reveal(value jsonb)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'es_reveal_jsonb' LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.es_reveal(text) IS
+    'ultracore_es: a sealed personal field opened (NULL once its subject was forgotten); any other value as it is';
+COMMENT ON FUNCTION @extschema@.es_reveal(jsonb) IS
+    'ultracore_es: a sealed personal field opened (NULL once its subject was forgotten); any other value as it is';
+REVOKE ALL ON FUNCTION @extschema@.es_register_personal_data(text, text[], text), @extschema@.es_forget(text),
+    @extschema@.es_rewrap_subject_keys(), @extschema@.es_reveal(text), @extschema@.es_reveal(jsonb) FROM PUBLIC;
+
+-- The read models keep personal fields sealed, as the events hold them;
+-- their views open them for whoever reads the view.
+CREATE OR REPLACE VIEW @extschema@.es_customers AS
+SELECT customer_id, @extschema@.es_reveal(name) AS name, @extschema@.es_reveal(email) AS email,
+       @extschema@.es_reveal(phone) AS phone, @extschema@.es_reveal(address) AS address, kyc_status, risk_rating,
+       status, created_at, updated_at, version, last_position
+  FROM @extschema@.es_rm_customers;
+CREATE OR REPLACE VIEW @extschema@.es_transactions AS
+SELECT transaction_id, account_id, amount, currency, direction, @extschema@.es_reveal(description) AS description,
+       status, created_at, posted_at, settled_at, reversed_at, reversal_reason, failed_at, failure_reason,
+       updated_at, version, last_position
+  FROM @extschema@.es_rm_transactions;
+
+-- The notification outbox is a table: it gets the data without its
+-- personal fields (a sender reads them with es_get_events, by event id).
+CREATE OR REPLACE FUNCTION @extschema@.es_notification_handler(event @extschema@.es_events)
+RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO @extschema@.es_notification_outbox (event_id, event_type, aggregate_type, aggregate_id, payload)
+    VALUES ($1.event_id, $1.event_type, $1.aggregate_type, $1.aggregate_id,
+            jsonb_build_object('event_id', $1.event_id, 'event_type', $1.event_type,
+                               'aggregate_type', $1.aggregate_type, 'aggregate_id', $1.aggregate_id,
+                               'version', $1.version, 'occurred_at', $1.occurred_at,
+                               'correlation_id', $1.correlation_id,
+                               'data', $1.data - coalesce(ARRAY(SELECT jsonb_array_elements_text($1.metadata -> 'personal_data' -> 'fields')), '{}')))
+$$;

@@ -25,7 +25,14 @@
  *						background processes
  *		validate.c		argument checks shared by the SQL functions
  *		triggers.c		the append-only trigger, the catalog-change trigger
+ *		event_hash.c	an event's hash, chained to its aggregate's previous
+ *						event (tamper evidence)
  *		event.h, errors.h	the event's columns and limits; SQLSTATEs
+ *	privacy/	personal data that can be forgotten
+ *		keys.c			the master key file, subjects' keys, AES-256-GCM;
+ *						es_forget, es_rewrap_subject_keys
+ *		personal_data.c	the registry of personal fields, sealed on append,
+ *						revealed on read; sealed snapshot states
  *	write/		the write path
  *		event_type.c	the event-type catalog and its cache
  *		aggregate.c		the aggregate's row, whose lock serializes its writers
@@ -38,6 +45,7 @@
  *		aggregate_type.c reducers, fingerprints, snapshot policies
  *		load.c			folding an aggregate's state; es_load_aggregate
  *		snapshot.c		snapshots, automatic ones listening to appends
+ *		ledger.c		ledger blocks and digests; es_verify
  *	delivery/	the background workers and what they deliver
  *		launcher.c		the launcher process, which starts and stops the
  *						workers of every database; the utility hook that
@@ -80,6 +88,8 @@
 #include "delivery/stats.h"
 #include "delivery/worker.h"
 #include "kafka/service.h"
+#include "privacy/keys.h"
+#include "privacy/personal_data.h"
 #include "read/aggregate_type.h"
 #include "read/snapshot.h"
 #include "write/append.h"
@@ -95,6 +105,9 @@ _PG_init(void)
 	/* core */
 	es_guc_init();
 	es_horizon_init();
+	/* privacy */
+	es_keys_init();
+	es_personal_data_init();
 	/* write */
 	es_event_type_init();
 	es_append_hooks_init();

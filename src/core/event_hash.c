@@ -45,8 +45,9 @@ const uint8 es_hash_zero[ES_HASH_LEN];
 
 static EVP_MD_CTX *hash_ctx;
 
-static void
-sha256(const void *a, size_t alen, const void *b, size_t blen, uint8 *out)
+/* es_sha256: SHA-256 of a followed by b (blen may be 0). */
+void
+es_sha256(const void *a, size_t alen, const void *b, size_t blen, uint8 *out)
 {
 	unsigned int len;
 
@@ -136,7 +137,7 @@ es_event_hash(const Datum *values, const bool *isnull, const uint8 *prev, uint8 
 				break;
 		}
 	}
-	sha256(buf.data, buf.len, NULL, 0, out);
+	es_sha256(buf.data, buf.len, NULL, 0, out);
 	pfree(buf.data);
 }
 
@@ -144,7 +145,7 @@ es_event_hash(const Datum *values, const bool *isnull, const uint8 *prev, uint8 
 void
 es_chain_hash(const uint8 *chain, const uint8 *link, uint8 *out)
 {
-	sha256(chain, ES_HASH_LEN, link, ES_HASH_LEN, out);
+	es_sha256(chain, ES_HASH_LEN, link, ES_HASH_LEN, out);
 }
 
 /*

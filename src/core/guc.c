@@ -53,6 +53,16 @@ int			es_kafka_ingest_batch_size = 1000;
 int			es_kafka_ingest_workers = 1;
 char	   *es_traceparent = NULL;
 char	   *es_tracestate = NULL;
+char	   *es_master_key_file = NULL;
+char	   *es_previous_master_key_file = NULL;
+int			es_kafka_personal_data = ES_KAFKA_PERSONAL_ENCRYPTED;
+
+static const struct config_enum_entry kafka_personal_data_options[] = {
+	{"encrypted", ES_KAFKA_PERSONAL_ENCRYPTED, false},
+	{"omit", ES_KAFKA_PERSONAL_OMIT, false},
+	{"plain", ES_KAFKA_PERSONAL_PLAIN, false},
+	{NULL, 0, false}
+};
 
 /* ultracore_es.tracestate: a W3C tracestate, or empty. */
 static bool
@@ -127,6 +137,28 @@ es_guc_init(void)
 							   PGC_USERSET,
 							   0,
 							   check_tracestate, NULL, NULL);
+
+	/*
+	 * Personal data (src/privacy/keys.c): the master key stays outside the
+	 * database, in a file that only the server's user reads; only
+	 * superusers see or set where.
+	 */
+	DefineCustomStringVariable("ultracore_es.master_key_file",
+							   "File holding the master key that wraps the keys of personal data (at least 32 random bytes, mode 0600).",
+							   "Empty: personal data cannot be registered, stored or read.",
+							   &es_master_key_file,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("ultracore_es.previous_master_key_file",
+							   "During a master key rotation, the file of the previous master key (until es_rewrap_subject_keys() has run).",
+							   NULL,
+							   &es_previous_master_key_file,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
 
 	/*
 	 * The workers' settings exist only when the library is preloaded: a
@@ -302,6 +334,16 @@ es_guc_init(void)
 							   PGC_SIGHUP,
 							   0,
 							   NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("ultracore_es.kafka_personal_data",
+							 "What the mirror sends of personal fields: encrypted (as stored, the subject in a header), omit, or plain.",
+							 NULL,
+							 &es_kafka_personal_data,
+							 ES_KAFKA_PERSONAL_ENCRYPTED,
+							 kafka_personal_data_options,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 
 	DefineCustomBoolVariable("ultracore_es.kafka_transactional",
 							 "Whether the mirror produces each batch in a Kafka transaction (for consumers that read committed only).",

@@ -48,6 +48,18 @@ extern int	es_health_dead_letters;
 extern char *es_traceparent;
 extern char *es_tracestate;
 
+/* ultracore_es.kafka_personal_data */
+typedef enum EsKafkaPersonalData
+{
+	ES_KAFKA_PERSONAL_ENCRYPTED,
+	ES_KAFKA_PERSONAL_OMIT,
+	ES_KAFKA_PERSONAL_PLAIN
+} EsKafkaPersonalData;
+
+extern char *es_master_key_file;
+extern char *es_previous_master_key_file;
+extern int	es_kafka_personal_data;
+
 extern void es_guc_init(void);
 
 #endif							/* ES_GUC_H */

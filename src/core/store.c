@@ -189,6 +189,9 @@ store_resolve(Oid nspid)
 	next.policies_relid = store_relation("es_snapshot_policies", nspid);
 	next.snapshots_relid = store_relation("es_snapshots", nspid);
 	next.projections_relid = store_relation("es_projections", nspid);
+	/* 1.1's, absent from a 1.0 catalog until the update */
+	next.personal_data_relid = get_relname_relid("es_personal_data", nspid);
+	next.subject_keys_relid = get_relname_relid("es_subject_keys", nspid);
 	next.events_rowtype = get_rel_type_id(next.events_relid);
 	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(next.events_relid));
 	if (!HeapTupleIsValid(tup))
@@ -233,6 +236,8 @@ store_resolve(Oid nspid)
 		next.snapshots_relid != store.snapshots_relid ||
 		next.projections_relid != store.projections_relid ||
 		next.hashed != store.hashed ||
+		next.personal_data_relid != store.personal_data_relid ||
+		next.subject_keys_relid != store.subject_keys_relid ||
 		next.owner != store.owner)
 	{
 		next.nspname = MemoryContextStrdup(TopMemoryContext, nspname);
@@ -244,6 +249,16 @@ store_resolve(Oid nspid)
 		store_changed(InvalidOid);
 	}
 	store_valid = true;
+}
+
+/*
+ * es_store_resolved: the store that the running call (es_call_begin) or
+ * worker step (es_store_current) resolved, for code deep below them.
+ */
+EsStore *
+es_store_resolved(void)
+{
+	return &store;
 }
 
 /*

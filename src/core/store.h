@@ -43,6 +43,8 @@ typedef struct EsStore
 	Oid			projections_relid;
 	Oid			events_rowtype; /* composite type of es_events */
 	bool		hashed;			/* es_events has its hash column (1.1) */
+	Oid			personal_data_relid;	/* es_personal_data (1.1; else invalid) */
+	Oid			subject_keys_relid; /* es_subject_keys (1.1; else invalid) */
 	uint32		generation;		/* bumped on every re-resolution */
 	/* of the installed catalog, as es_store_current last read it */
 	char		version[NAMEDATALEN];	/* pg_extension.extversion */
@@ -102,6 +104,7 @@ typedef struct EsCall
 
 extern EsStore *es_store_for_function(FunctionCallInfo fcinfo);
 extern EsStore *es_store_current(void);
+extern EsStore *es_store_resolved(void);
 extern void es_call_begin(FunctionCallInfo fcinfo, EsCall *call);
 extern void es_call_end(EsCall *call);
 extern SPIPlanPtr es_plan(EsPlan *p);

@@ -197,10 +197,12 @@ es_tracestate_valid(const char *v)
 }
 
 /*
- * es_check_metadata: a caller's metadata is a JSON object without the key
- * the Kafka ingest records an event's origin under (kafka_origin): the
- * mirror trusts it (not sending an event back to its topic, keeping its
- * CloudEvents source), so a writer must not be able to forge it.
+ * es_check_metadata: a caller's metadata is a JSON object without the keys
+ * the store writes itself: kafka_origin, where the Kafka ingest records an
+ * event's origin (the mirror trusts it, not sending an event back to its
+ * topic, keeping its CloudEvents source), and personal_data, the sealed
+ * fields of the event (reads decrypt what it lists).  A writer must not be
+ * able to forge either.
  */
 void
 es_check_metadata(Jsonb *jb, const char *what)
@@ -211,6 +213,12 @@ es_check_metadata(Jsonb *jb, const char *what)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("%s key \"kafka_origin\" is reserved for the Kafka ingest", what),
 				 errdetail("It records the topic and the CloudEvents source an ingested event came from.")));
+	if (getKeyJsonValueFromContainer(&jb->root, "personal_data", strlen("personal_data"), NULL) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s key \"personal_data\" is reserved for the store", what),
+				 errdetail("It records which fields of the event's data are sealed personal data, and whose."),
+				 errhint("Register personal fields with es_register_personal_data; the store records them.")));
 }
 
 /*

@@ -42,6 +42,7 @@
 #include "postgres.h"
 
 #include "delivery/consumer_internal.h"
+#include "delivery/read_model.h"
 
 #include <math.h>
 
@@ -671,6 +672,8 @@ consumer_pass(const char *name, int segments, int segment, bool careful, const F
 	AfterTriggerSetState(immediate);
 
 	fmgr_info(c.function, &c.flinfo);
+	/* Handlers and projection functions read the events; a read model's rows keep them sealed. */
+	c.reveal = !es_read_model_function(s, c.function);
 	c.event_desc = lookup_rowtype_tupdesc_copy(s->events_rowtype, -1);
 	c.max_events = Max(es_worker_batch_size, 1);
 	c.events = palloc(sizeof(BatchEvent) * c.max_events);
@@ -696,7 +699,7 @@ consumer_pass(const char *name, int segments, int segment, bool careful, const F
 		args[6] = Int32GetDatum(c.segments);
 		args[7] = Int32GetDatum(c.segment);
 		es_read_rows(c.segments > 1 ? es_segment_order_plan() : es_commit_order_plan(), args, nulls, true,
-					 false, 0, es_consumer_collect, &c);
+					 c.reveal, false, 0, es_consumer_collect, &c);
 	}
 	PopActiveSnapshot();
 	if (retry_due)

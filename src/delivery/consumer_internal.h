@@ -62,6 +62,7 @@ typedef struct Consumer
 	TimestampTz retry_first_failed_at;
 	TimestampTz retry_at;
 	Oid			function;
+	bool		reveal;			/* it gets personal fields opened: not a read model's */
 	Datum		event_types;	/* text[], or 0 for all */
 	int32		max_retries;
 	int64		backoff_us;

@@ -209,7 +209,7 @@ es_dead_letter_retry(Consumer *c)
 		SPI_freetuptable(SPI_tuptable);
 
 		c->nevents = 0;
-		es_read_event(event_id, false, es_consumer_collect, c);
+		es_read_event(event_id, false, c->reveal, es_consumer_collect, c);
 		args[0] = Int64GetDatum(id);
 		if (c->nevents == 1)
 		{

@@ -61,6 +61,7 @@
 #include "core/event.h"
 #include "delivery/consumer.h"
 #include "delivery/read_model.h"
+#include "privacy/personal_data.h"
 #include "delivery/stats.h"
 #include "write/append.h"
 
@@ -123,8 +124,10 @@ projection_apply(Projection *p, EsStore *s, TupleDesc desc, HeapTuple *events, i
 		(void) es_read_model_apply(p->model, s, desc, events, nevents);
 		return;
 	}
+	/* A projection function reads the events: their personal fields revealed. */
 	for (i = 0; i < nevents; i++)
-		es_projection_call(p, &p->flinfo, heap_copy_tuple_as_datum(events[i], desc), false);
+		es_projection_call(p, &p->flinfo,
+						   heap_copy_tuple_as_datum(es_personal_revealed_tuple(s, desc, events[i]), desc), false);
 }
 
 static void

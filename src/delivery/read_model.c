@@ -442,7 +442,7 @@ es_read_model_rebuild(EsReadModel *m, ArrayType *event_types, const char *aggreg
 	nulls[1] = aggregate_id ? ' ' : 'n';
 	args[2] = FullTransactionIdGetDatum(bound_tx);
 	args[3] = Int64GetDatum(bound_position);
-	es_read_rows(&rebuild_plan, args, nulls, false, false, 0, rm_rebuild_event, &r);
+	es_read_rows(&rebuild_plan, args, nulls, false, false, false, 0, rm_rebuild_event, &r);
 	if (r.started)
 		rm_save(m, &r.row);
 	MemoryContextDelete(r.event_cxt);
@@ -489,6 +489,21 @@ rm_project_one(FunctionCallInfo fcinfo, const char *model)
 	ReleaseTupleDesc(desc);
 	es_call_end(&call);
 	PG_RETURN_VOID();
+}
+
+/*
+ * es_read_model_function: whether fn is one of the projection functions
+ * above, which take events with their personal fields sealed (the read
+ * models keep them so; their views reveal them).
+ */
+bool
+es_read_model_function(EsStore *s, Oid fn)
+{
+	char	   *name;
+
+	if (get_func_namespace(fn) != s->nspid || (name = get_func_name(fn)) == NULL)
+		return false;
+	return strncmp(name, "es_project_", strlen("es_project_")) == 0;
 }
 
 PG_FUNCTION_INFO_V1(es_project_customers);

@@ -21,6 +21,7 @@ typedef struct EsReadModel EsReadModel;
 
 /* The model maintained by built-in projection name; NULL when there is none. */
 extern EsReadModel *es_read_model(const char *name);
+extern bool es_read_model_function(EsStore *s, Oid fn);
 extern int	es_read_model_apply(EsReadModel *m, EsStore *s, TupleDesc desc, HeapTuple *events,
 								int nevents);
 extern void es_read_model_reset(EsReadModel *m, const char *aggregate_id);

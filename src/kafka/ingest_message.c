@@ -394,8 +394,15 @@ es_kafka_ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *
 
 	ev->metadata = origin_metadata(topic, msg->partition, source,
 								   cloud_event_trace(&ce, "ce_traceparent"), cloud_event_trace(&ce, "ce_tracestate"));
+	/*
+	 * The producer's metadata, without a personal_data key: what it lists
+	 * was sealed by another store, with keys this one does not have; the
+	 * append seals this store's own.
+	 */
 	if ((metadata = cloud_event_metadata(&ce)) != NULL)
-		ev->metadata = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat, JsonbPGetDatum(metadata),
+		ev->metadata = DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
+														  DirectFunctionCall2(jsonb_delete, JsonbPGetDatum(metadata),
+																			  CStringGetTextDatum("personal_data")),
 														  JsonbPGetDatum(ev->metadata)));
 
 	req->nevents = 1;

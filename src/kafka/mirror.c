@@ -50,6 +50,7 @@
 #include "delivery/consumer.h"
 #include "delivery/stats.h"
 #include "delivery/worker.h"
+#include "privacy/personal_data.h"
 #include "read/read.h"
 
 /* Sleep while messages are in flight (their acknowledgements are polled). */
@@ -476,6 +477,28 @@ typedef struct MirrorRead
 	bool		queue_full;
 } MirrorRead;
 
+/*
+ * The data a message carries: its personal fields as stored (sealed), left
+ * out, or opened, after ultracore_es.kafka_personal_data.
+ */
+static Jsonb *
+mirror_data(Datum *values)
+{
+	Jsonb	   *data = DatumGetJsonbP(values[EV_DATA]);
+	Jsonb	   *metadata = DatumGetJsonbP(values[EV_METADATA]);
+
+	switch ((EsKafkaPersonalData) es_kafka_personal_data)
+	{
+		case ES_KAFKA_PERSONAL_OMIT:
+			return es_personal_omitted(data, metadata);
+		case ES_KAFKA_PERSONAL_PLAIN:
+			return es_personal_revealed(es_store_resolved(), data, metadata);
+		case ES_KAFKA_PERSONAL_ENCRYPTED:
+			break;
+	}
+	return data;
+}
+
 /* es_read_rows callback: produce one event, or account for one not mirrored. */
 static void
 mirror_event(Datum *values, bool *nulls, void *arg)
@@ -519,7 +542,7 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 	{
 		rd_kafka_headers_t *h;
 		char	   *aggregate_id = TextDatumGetCString(values[EV_AGGREGATE_ID]);
-		char	   *value = JsonbToCString(NULL, &DatumGetJsonbP(values[EV_DATA])->root, 0);
+		char	   *value = JsonbToCString(NULL, &mirror_data(values)->root, 0);
 		rd_kafka_resp_err_t err;
 
 		/* Transactional: the batch is one Kafka transaction, begun with its first message. */
@@ -734,7 +757,7 @@ mirror_produce_step(EsStore *s, void *arg)
 	args[1] = Int64GetDatum(produced_position);
 	args[2] = FullTransactionIdGetDatum(es_commit_horizon_push());
 	args[5] = Int32GetDatum(r.wanted);
-	es_read_rows(es_commit_order_plan(), args, nulls, true, false, 0, mirror_event, &r);
+	es_read_rows(es_commit_order_plan(), args, nulls, true, false, false, 0, mirror_event, &r);
 	PopActiveSnapshot();
 	routes = NULL;
 }

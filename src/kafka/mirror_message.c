@@ -23,6 +23,7 @@
 
 #include "core/event.h"
 #include "core/validate.h"
+#include "privacy/personal_data.h"
 
 static void
 add_header(rd_kafka_headers_t *h, const char *name, const char *value)
@@ -121,6 +122,8 @@ es_kafka_mirror_headers(Datum *values, bool *nulls, const char *aggregate_type)
 		add_header(h, "ce_correlationid", TextDatumGetCString(values[EV_CORRELATION_ID]));
 	if (JB_ROOT_COUNT(metadata) > 0)
 		add_header(h, "ce_metadata", JsonbToCString(NULL, &metadata->root, 0));
+	/* Whose key sealed the personal fields (the value has them sealed, omitted or plain). */
+	add_header(h, "ce_personaldatasubject", es_personal_subject(metadata));
 
 	/*
 	 * The event's W3C trace context, as the CloudEvents distributed

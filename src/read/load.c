@@ -33,12 +33,14 @@
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
 #include "utils/typcache.h"
 
 #include "core/validate.h"
+#include "privacy/personal_data.h"
 #include "read/aggregate_type.h"
 #include "read/read.h"
 
@@ -56,7 +58,28 @@ typedef struct Fold
 	/* registered reducer */
 	Datum		state;
 	int64		applied;
+	List	   *subjects;		/* whose personal data it folded, sorted */
 } Fold;
+
+/* Add subject to a sorted list of distinct subjects. */
+static List *
+subjects_add(List *subjects, const char *subject)
+{
+	ListCell   *lc;
+	int			i = 0;
+
+	foreach(lc, subjects)
+	{
+		int			c = strcmp((const char *) lfirst(lc), subject);
+
+		if (c == 0)
+			return subjects;
+		if (c > 0)
+			break;
+		i++;
+	}
+	return list_insert_nth(subjects, i, pstrdup(subject));
+}
 
 /* Add the top-level pairs of obj to the default reducer's state. */
 static void
@@ -116,7 +139,11 @@ static void
 fold_apply(Datum *values, bool *nulls, void *arg)
 {
 	Fold	   *f = (Fold *) arg;
+	const char *subject = es_personal_subject(DatumGetJsonbP(values[EV_METADATA]));
 
+	/* A state folded from personal data is sealed in snapshots (snapshot.c). */
+	if (subject != NULL)
+		f->subjects = subjects_add(f->subjects, subject);
 	if (f->default_reducer)
 	{
 		/* The pairs point into the payload: keep a copy of it. */
@@ -208,14 +235,40 @@ static EsPlan first_later_plan = {
 	2, {TEXTOID, TIMESTAMPTZOID}, true
 };
 
-static EsPlan snapshot_plan = {
-	"SELECT s.version, s.state FROM @extschema@.es_snapshots s"
-	" WHERE s.aggregate_id OPERATOR(pg_catalog.=) $1"
-	"   AND s.version OPERATOR(pg_catalog.<=) $2"
-	"   AND s.fingerprint OPERATOR(pg_catalog.=) $3"
-	" ORDER BY s.version DESC LIMIT 1",
+#define SNAPSHOT_WHERE \
+	" FROM @extschema@.es_snapshots s" \
+	" WHERE s.aggregate_id OPERATOR(pg_catalog.=) $1" \
+	"   AND s.version OPERATOR(pg_catalog.<=) $2" \
+	"   AND s.fingerprint OPERATOR(pg_catalog.=) $3" \
+	" ORDER BY s.version DESC LIMIT 1"
+
+/* A 1.0 catalog's snapshots have no subjects: its plan. */
+static EsPlan snapshot_1_0_plan = {
+	"SELECT s.version, s.state, NULL::text[]" SNAPSHOT_WHERE,
 	3, {TEXTOID, INT8OID, TEXTOID}, true
 };
+
+static EsPlan snapshot_plan = {
+	"SELECT s.version, s.state, s.subjects" SNAPSHOT_WHERE,
+	3, {TEXTOID, INT8OID, TEXTOID}, true
+};
+
+/* es_snapshot_subjects: a snapshot's subjects (a text[] Datum) as a list. */
+List *
+es_snapshot_subjects(Datum d, bool isnull)
+{
+	Datum	   *elems;
+	int			n;
+	int			i;
+	List	   *subjects = NIL;
+
+	if (isnull)
+		return NIL;
+	deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
+	for (i = 0; i < n; i++)
+		subjects = lappend(subjects, TextDatumGetCString(elems[i]));
+	return subjects;
+}
 
 /*
  * es_load_state: the state of aggregate_id at at_version (-1: the current
@@ -235,6 +288,7 @@ es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
 	int64		current;
 	int64		target;
 	Jsonb	   *initial = NULL;
+	List	   *subjects = NIL;
 	Fold		fold;
 
 	memset(out, 0, sizeof(*out));
@@ -269,22 +323,34 @@ es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
 	args[2] = CStringGetTextDatum(es_aggregate_type_fingerprint(out->aggregate_type));
 	if (use_snapshots)
 	{
-		if (SPI_execute_plan(es_plan(&snapshot_plan), args, NULL, read_only, 1) != SPI_OK_SELECT)
+		if (SPI_execute_plan(es_plan(OidIsValid(s->personal_data_relid) ? &snapshot_plan : &snapshot_1_0_plan),
+							 args, NULL, read_only, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read the snapshots of aggregate \"%s\"", aggregate_id);
 		if (SPI_processed == 1)
 		{
-			out->snapshot_version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-			initial = DatumGetJsonbPCopy(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+			HeapTuple	row = SPI_tuptable->vals[0];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			Datum		d = SPI_getbinval(row, desc, 3, &isnull);
+
+			subjects = es_snapshot_subjects(d, isnull);
+			initial = es_personal_unseal_state(s, DatumGetJsonbPCopy(SPI_getbinval(row, desc, 2, &isnull)),
+											   subjects);
+			/* Sealed with a key since forgotten: no use, fold from the first event. */
+			if (initial != NULL)
+				out->snapshot_version = DatumGetInt64(SPI_getbinval(row, desc, 1, &isnull));
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
 
 	fold_init(&fold, s, aggregate_id, out->aggregate_type, initial);
+	if (initial != NULL)
+		fold.subjects = subjects;
 	if (target > out->snapshot_version)
 		es_read_stream(aggregate_id, out->snapshot_version + 1, target, read_only, false, 0,
 					   fold_apply, &fold);
 	out->state = fold_result(&fold);
 	out->events_applied = fold.applied;
+	out->subjects = fold.subjects;
 }
 
 /*

@@ -13,6 +13,7 @@
 
 #include "core/event.h"
 #include "core/store.h"
+#include "nodes/pg_list.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
@@ -23,6 +24,7 @@ typedef struct EsAggregateState
 	int64		version;
 	int64		snapshot_version;	/* 0: folded from the first event */
 	int64		events_applied;
+	List	   *subjects;		/* whose personal data the state holds, sorted */
 } EsAggregateState;
 
 extern bool es_aggregate_head(const char *aggregate_id, bool read_only, char *type,
@@ -30,5 +32,7 @@ extern bool es_aggregate_head(const char *aggregate_id, bool read_only, char *ty
 extern void es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
 						  bool has_time, TimestampTz at_time, bool read_only, bool use_snapshots,
 						  EsAggregateState *out);
+
+extern List *es_snapshot_subjects(Datum d, bool isnull);
 
 #endif							/* ES_LOAD_H */

@@ -41,6 +41,7 @@
 #include "core/event.h"
 #include "core/horizon.h"
 #include "core/validate.h"
+#include "privacy/personal_data.h"
 #include "read/upcast.h"
 
 #define READ_SLICE 1000
@@ -99,13 +100,15 @@ static EsPlan version_plan = {
 
 /*
  * es_read_rows: run plan (a query of whole es_events rows) through a cursor
- * and hand each row to fn, deformed and upcast to the current schema
- * versions.  With has_end, stop before the first event that occurred after
- * end: a point-in-time read returns a prefix of the stream, never a stream
- * with holes.  The values handed to fn live until fn returns.  Needs SPI.
+ * and hand each row to fn, deformed, with its personal fields revealed
+ * (with reveal: for readers of the events; the built-in read models and the
+ * mirror take them sealed) and upcast to the current schema versions.  With
+ * has_end, stop before the first event that occurred after end: a
+ * point-in-time read returns a prefix of the stream, never a stream with
+ * holes.  The values handed to fn live until fn returns.  Needs SPI.
  */
 void
-es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only,
+es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only, bool reveal,
 			 bool has_end, TimestampTz end, EsRowCallback fn, void *arg)
 {
 	Portal		portal = SPI_cursor_open(NULL, es_plan(plan), args, nulls, read_only);
@@ -132,6 +135,8 @@ es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only,
 				done = true;
 			else
 			{
+				if (reveal)
+					es_personal_reveal_row(es_store_resolved(), values, isnull);
 				es_upcast_row(values, isnull);
 				fn(values, isnull, arg);
 			}
@@ -154,7 +159,7 @@ es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, b
 	args[0] = CStringGetTextDatum(aggregate_id);
 	args[1] = Int64GetDatum(from_version);
 	args[2] = Int64GetDatum(to_version);
-	es_read_rows(&stream_plan, args, NULL, read_only, has_end, end, fn, arg);
+	es_read_rows(&stream_plan, args, NULL, read_only, true, has_end, end, fn, arg);
 }
 
 /*
@@ -180,11 +185,11 @@ es_segment_order_plan(void)
 
 /* es_read_event: the event event_id (if it exists) through es_read_rows. */
 void
-es_read_event(const char *event_id, bool read_only, EsRowCallback fn, void *arg)
+es_read_event(const char *event_id, bool read_only, bool reveal, EsRowCallback fn, void *arg)
 {
 	Datum		id = CStringGetTextDatum(event_id);
 
-	es_read_rows(&event_plan, &id, NULL, read_only, false, 0, fn, arg);
+	es_read_rows(&event_plan, &id, NULL, read_only, reveal, false, 0, fn, arg);
 }
 
 /* es_read_rows callback of the SRFs: add the row to the result set. */
@@ -325,7 +330,7 @@ read_all(FunctionCallInfo fcinfo, FullTransactionId after_tx)
 	args[4] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
 	nulls[4] = PG_ARGISNULL(3) ? 'n' : ' ';
 	args[5] = Int32GetDatum(max_count);
-	es_read_rows(&read_all_plan, args, nulls, true, false, 0, read_put_row, fcinfo->resultinfo);
+	es_read_rows(&read_all_plan, args, nulls, true, true, false, 0, read_put_row, fcinfo->resultinfo);
 	PopActiveSnapshot();
 	es_call_end(&call);
 	return (Datum) 0;
@@ -437,7 +442,7 @@ es_causation_chain(PG_FUNCTION_ARGS)
 		if (found)
 			break;
 		walk.cause = NULL;
-		es_read_event(event_id, true, causation_step, &walk);
+		es_read_event(event_id, true, true, causation_step, &walk);
 		event_id = walk.cause;
 	}
 	foreach(lc, walk.rows)
@@ -462,7 +467,7 @@ es_correlated_events(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	es_call_begin(fcinfo, &call);
 	arg = CStringGetTextDatum(correlation_id);
-	es_read_rows(&correlated_plan, &arg, NULL, true, false, 0, read_put_row, fcinfo->resultinfo);
+	es_read_rows(&correlated_plan, &arg, NULL, true, true, false, 0, read_put_row, fcinfo->resultinfo);
 	es_call_end(&call);
 	return (Datum) 0;
 }

@@ -17,12 +17,12 @@
 
 typedef void (*EsRowCallback) (Datum *values, bool *nulls, void *arg);
 
-extern void es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only,
+extern void es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only, bool reveal,
 						 bool has_end, TimestampTz end, EsRowCallback fn, void *arg);
 extern void es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version,
 						   bool read_only, bool has_end, TimestampTz end,
 						   EsRowCallback fn, void *arg);
-extern void es_read_event(const char *event_id, bool read_only, EsRowCallback fn, void *arg);
+extern void es_read_event(const char *event_id, bool read_only, bool reveal, EsRowCallback fn, void *arg);
 extern EsPlan *es_commit_order_plan(void);
 extern EsPlan *es_segment_order_plan(void);
 

@@ -36,28 +36,59 @@
 #include "core/event.h"
 #include "core/store.h"
 #include "core/validate.h"
+#include "privacy/personal_data.h"
 #include "read/aggregate_type.h"
 #include "read/load.h"
 #include "write/append.h"
 
-static EsPlan save_plan = {
+#define SAVE_CONFLICT \
+	" ON CONFLICT (aggregate_id, version) DO UPDATE" \
+	"    SET aggregate_type = excluded.aggregate_type, state = excluded.state," \
+	"        reducer = excluded.reducer, fingerprint = excluded.fingerprint," \
+	"        automatic = excluded.automatic, taken_at = excluded.taken_at, taken_by = excluded.taken_by"
+
+/* A 1.0 catalog's snapshots have no subjects: its plan. */
+static EsPlan save_1_0_plan = {
 	"INSERT INTO @extschema@.es_snapshots"
 	" (aggregate_id, version, aggregate_type, state, reducer, fingerprint, automatic, taken_at, taken_by)"
 	" VALUES ($1, $2, $3, $4, $5, $6, $7, pg_catalog.clock_timestamp(), $8)"
-	" ON CONFLICT (aggregate_id, version) DO UPDATE"
-	"    SET aggregate_type = excluded.aggregate_type, state = excluded.state,"
-	"        reducer = excluded.reducer, fingerprint = excluded.fingerprint,"
-	"        automatic = excluded.automatic, taken_at = excluded.taken_at, taken_by = excluded.taken_by",
+	SAVE_CONFLICT,
 	8, {TEXTOID, INT8OID, TEXTOID, JSONBOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID}
 };
 
-/* Store (or replace) the snapshot of aggregate_id at version. */
-static void
-snapshot_save(const char *aggregate_id, int64 version, const char *aggregate_type, Jsonb *state,
-			  bool automatic, const char *taken_by)
-{
-	Datum		args[8];
+static EsPlan save_plan = {
+	"INSERT INTO @extschema@.es_snapshots"
+	" (aggregate_id, version, aggregate_type, state, reducer, fingerprint, automatic, taken_at, taken_by, subjects)"
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, pg_catalog.clock_timestamp(), $8, $9)"
+	SAVE_CONFLICT ", subjects = excluded.subjects",
+	9, {TEXTOID, INT8OID, TEXTOID, JSONBOID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTARRAYOID}
+};
 
+/*
+ * Store (or replace) the snapshot of aggregate_id at version.  A state
+ * folded from personal data (of subjects) is stored sealed with their
+ * keys; when one was forgotten meanwhile, not at all.
+ */
+static void
+snapshot_save(EsStore *s, const char *aggregate_id, int64 version, const char *aggregate_type, Jsonb *state,
+			  List *subjects, bool automatic, const char *taken_by)
+{
+	Datum		args[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', 'n'};
+
+	if (subjects != NIL)
+	{
+		Datum	   *elems = palloc(sizeof(Datum) * list_length(subjects));
+		ListCell   *lc;
+		int			n = 0;
+
+		if ((state = es_personal_seal_state(s, state, subjects)) == NULL)
+			return;
+		foreach(lc, subjects)
+			elems[n++] = CStringGetTextDatum((const char *) lfirst(lc));
+		args[8] = PointerGetDatum(construct_array(elems, n, TEXTOID, -1, false, TYPALIGN_INT));
+		nulls[8] = ' ';
+	}
 	args[0] = CStringGetTextDatum(aggregate_id);
 	args[1] = Int64GetDatum(version);
 	args[2] = CStringGetTextDatum(aggregate_type);
@@ -66,7 +97,8 @@ snapshot_save(const char *aggregate_id, int64 version, const char *aggregate_typ
 	args[5] = CStringGetTextDatum(es_aggregate_type_fingerprint(aggregate_type));
 	args[6] = BoolGetDatum(automatic);
 	args[7] = CStringGetTextDatum(taken_by);
-	if (SPI_execute_plan(es_plan(&save_plan), args, NULL, false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_plan(es_plan(OidIsValid(s->personal_data_relid) ? &save_plan : &save_1_0_plan),
+						 args, nulls, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not save the snapshot of aggregate \"%s\"", aggregate_id);
 }
 
@@ -81,7 +113,7 @@ snapshot_take(EsStore *s, const char *aggregate_id, int64 version, bool automati
 	EsAggregateState st;
 
 	es_load_state(s, aggregate_id, version, false, 0, false, true, &st);
-	snapshot_save(aggregate_id, st.version, st.aggregate_type, st.state, automatic, taken_by);
+	snapshot_save(s, aggregate_id, st.version, st.aggregate_type, st.state, st.subjects, automatic, taken_by);
 }
 
 /* A JSON value for an error's detail, cut at 1000 characters. */
@@ -116,7 +148,7 @@ snapshot_save_given(EsStore *s, const char *aggregate_id, int64 version, Jsonb *
 				 errdetail("The events fold to %s; the state given is %s.",
 						   st.state ? snapshot_shown(st.state) : "nothing", snapshot_shown(given)),
 				 errhint("Omit the state to have it folded from the events, or register the reducer that gives it (es_register_reducer).")));
-	snapshot_save(aggregate_id, st.version, st.aggregate_type, st.state, false, taken_by);
+	snapshot_save(s, aggregate_id, st.version, st.aggregate_type, st.state, st.subjects, false, taken_by);
 }
 
 /*
@@ -220,14 +252,39 @@ static EsPlan get_plan = {
 	4, {TEXTOID, INT8OID, BOOLOID, TEXTOID}
 };
 
-/* es_read_rows is for events; snapshots are few and small: copy directly. */
+/*
+ * es_read_rows is for events; snapshots are few and small: copy directly,
+ * a sealed state revealed (NULL once a subject of it was forgotten).
+ */
 static void
-snapshot_put_rows(ReturnSetInfo *rsinfo)
+snapshot_put_rows(EsStore *s, ReturnSetInfo *rsinfo)
 {
+	TupleDesc	desc = SPI_tuptable->tupdesc;
+	int			state_att = SPI_fnumber(desc, "state");
+	int			subjects_att = SPI_fnumber(desc, "subjects");
 	uint64		i;
 
 	for (i = 0; i < SPI_processed; i++)
-		tuplestore_puttuple(rsinfo->setResult, SPI_tuptable->vals[i]);
+	{
+		HeapTuple	row = SPI_tuptable->vals[i];
+		bool		isnull;
+		Datum		subjects = subjects_att > 0 ? SPI_getbinval(row, desc, subjects_att, &isnull) : (Datum) 0;
+
+		if (subjects_att > 0 && !isnull && state_att > 0)
+		{
+			Datum	   *values = palloc(sizeof(Datum) * desc->natts);
+			bool	   *nulls = palloc(sizeof(bool) * desc->natts);
+			Jsonb	   *state;
+
+			heap_deform_tuple(row, desc, values, nulls);
+			state = es_personal_unseal_state(s, DatumGetJsonbP(values[state_att - 1]),
+											 es_snapshot_subjects(subjects, false));
+			values[state_att - 1] = state ? JsonbPGetDatum(state) : (Datum) 0;
+			nulls[state_att - 1] = (state == NULL);
+			row = heap_form_tuple(desc, values, nulls);
+		}
+		tuplestore_puttuple(rsinfo->setResult, row);
+	}
 }
 
 /*
@@ -257,7 +314,7 @@ es_get_snapshot(PG_FUNCTION_ARGS)
 	args[3] = CStringGetTextDatum(es_aggregate_type_fingerprint(type));
 	if (SPI_execute_plan(es_plan(&get_plan), args, nulls, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the snapshots of aggregate \"%s\"", aggregate_id);
-	snapshot_put_rows((ReturnSetInfo *) fcinfo->resultinfo);
+	snapshot_put_rows(call.store, (ReturnSetInfo *) fcinfo->resultinfo);
 	es_call_end(&call);
 	return (Datum) 0;
 }

@@ -85,6 +85,7 @@
 #include "core/guc.h"
 #include "core/horizon.h"
 #include "core/validate.h"
+#include "privacy/personal_data.h"
 #include "write/aggregate.h"
 #include "write/event_type.h"
 
@@ -207,11 +208,12 @@ es_append_prepare(EsAppendRequest *req)
 }
 
 /*
- * Check each event against the catalog and the limits.  Needs SPI (the
+ * Check each event against the catalog and the limits, and seal its
+ * personal fields (what is stored is what must fit).  Needs SPI (the
  * event-type cache may query the catalog).
  */
 static void
-append_check_events(EsAppendRequest *req)
+append_check_events(EsAppendRequest *req, EsStore *store)
 {
 	int			i;
 
@@ -230,7 +232,12 @@ append_check_events(EsAppendRequest *req)
 					 errhint("Append it to an aggregate of type \"%s\", or register an event type for \"%s\".",
 							 type.aggregate_type, req->aggregate_type)));
 		ev->schema_version = type.schema_version;
-		es_check_event_size(ev->data, ev->metadata, ev->event_id_given ? ev->event_id : NULL);
+		if (!es_personal_seal(store, ev->event_type, req->aggregate_id, ev->data, ev->metadata,
+							  &ev->stored_data, &ev->stored_metadata))
+			ev->stored_data = ev->stored_metadata = NULL;
+		es_check_event_size(ev->stored_data ? ev->stored_data : ev->data,
+							ev->stored_metadata ? ev->stored_metadata : ev->metadata,
+							ev->event_id_given ? ev->event_id : NULL);
 	}
 }
 
@@ -245,32 +252,42 @@ text_equal_or_both_null(HeapTuple row, TupleDesc desc, int att, const char *valu
 	return strcmp(TextDatumGetCString(d), value) == 0;
 }
 
+/*
+ * Whether the stored data is the given one: personal fields compare by
+ * what they seal (sealing again gives other bytes).
+ */
 static bool
-jsonb_equal(HeapTuple row, TupleDesc desc, int att, Jsonb *value)
+data_equal(EsStore *store, HeapTuple row, TupleDesc desc, Jsonb *value)
 {
 	bool		isnull;
-	Jsonb	   *stored = DatumGetJsonbP(heap_getattr(row, att + 1, desc, &isnull));
+	Jsonb	   *stored = DatumGetJsonbP(heap_getattr(row, EV_DATA + 1, desc, &isnull));
+	Jsonb	   *metadata = DatumGetJsonbP(heap_getattr(row, EV_METADATA + 1, desc, &isnull));
 
+	stored = es_personal_revealed(store, stored, metadata);
 	return compareJsonbContainers(&stored->root, &value->root) == 0;
 }
 
 /*
- * Whether stored and given metadata differ only in their trace context: a
- * retry runs in a span of its own, and is still the same event.
+ * Whether stored and given metadata differ only in what the store adds:
+ * the trace context (a retry runs in a span of its own, and is still the
+ * same event) and the list of sealed personal fields.
  */
 static bool
-metadata_equal_but_trace(HeapTuple row, TupleDesc desc, Jsonb *value)
+metadata_equal(HeapTuple row, TupleDesc desc, Jsonb *value)
 {
 	bool		isnull;
 	Datum		stored = heap_getattr(row, EV_METADATA + 1, desc, &isnull);
 	Datum		given = JsonbPGetDatum(value);
 	int			i;
-	static const char *const trace_keys[] = {"traceparent", "tracestate"};
+	static const char *const added_keys[] = {"traceparent", "tracestate", "personal_data"};
 
-	for (i = 0; i < (int) lengthof(trace_keys); i++)
+	if (compareJsonbContainers(&DatumGetJsonbP(stored)->root, &value->root) == 0)
+		return true;
+
+	for (i = 0; i < (int) lengthof(added_keys); i++)
 	{
-		stored = DirectFunctionCall2(jsonb_delete, stored, CStringGetTextDatum(trace_keys[i]));
-		given = DirectFunctionCall2(jsonb_delete, given, CStringGetTextDatum(trace_keys[i]));
+		stored = DirectFunctionCall2(jsonb_delete, stored, CStringGetTextDatum(added_keys[i]));
+		given = DirectFunctionCall2(jsonb_delete, given, CStringGetTextDatum(added_keys[i]));
 	}
 	return compareJsonbContainers(&DatumGetJsonbP(stored)->root, &DatumGetJsonbP(given)->root) == 0;
 }
@@ -288,7 +305,7 @@ int64_att(HeapTuple row, TupleDesc desc, int att)
  * appended again, or NULL when it is the same event.
  */
 static const char *
-append_event_difference(HeapTuple row, TupleDesc desc, EsAppendRequest *req, EsEventIn *ev)
+append_event_difference(EsStore *store, HeapTuple row, TupleDesc desc, EsAppendRequest *req, EsEventIn *ev)
 {
 	bool		isnull;
 
@@ -298,9 +315,9 @@ append_event_difference(HeapTuple row, TupleDesc desc, EsAppendRequest *req, EsE
 		return "aggregate_type";
 	if (!text_equal_or_both_null(row, desc, EV_EVENT_TYPE, ev->event_type))
 		return "event_type";
-	if (!jsonb_equal(row, desc, EV_DATA, ev->data))
+	if (!data_equal(store, row, desc, ev->data))
 		return "data";
-	if (!jsonb_equal(row, desc, EV_METADATA, ev->metadata) && !metadata_equal_but_trace(row, desc, ev->metadata))
+	if (!metadata_equal(row, desc, ev->metadata))
 		return "metadata";
 	if (!text_equal_or_both_null(row, desc, EV_CAUSATION_ID, ev->causation_id))
 		return "causation_id";
@@ -429,7 +446,7 @@ append_find_stored(EsAppendRequest *req, EsStore *store)
 					 errdetail("Event \"%s\" is at index %d of the batch; the earlier append stored \"%s\" there.",
 							   ev->event_id, i, req->events[order[i]].event_id),
 					 errhint("Resend the earlier batch exactly as it was.")));
-		diff = append_event_difference(row, desc, req, ev);
+		diff = append_event_difference(store, row, desc, req, ev);
 		if (diff != NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNIQUE_VIOLATION),
@@ -662,8 +679,8 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 				v[EV_CAUSATION_ID] = ev->causation_id ? CStringGetTextDatum(ev->causation_id) : (Datum) 0;
 				isnull[EV_CORRELATION_ID] = (ev->correlation_id == NULL);
 				v[EV_CORRELATION_ID] = ev->correlation_id ? CStringGetTextDatum(ev->correlation_id) : (Datum) 0;
-				v[EV_DATA] = JsonbPGetDatum(ev->data);
-				v[EV_METADATA] = JsonbPGetDatum(ev->metadata);
+				v[EV_DATA] = JsonbPGetDatum(ev->stored_data ? ev->stored_data : ev->data);
+				v[EV_METADATA] = JsonbPGetDatum(ev->stored_metadata ? ev->stored_metadata : ev->metadata);
 				v[EV_SCHEMA_VERSION] = Int32GetDatum(ev->schema_version);
 				v[EV_APPENDED_BY] = appended_by;
 				if (store->hashed)
@@ -719,7 +736,7 @@ es_append_execute(EsAppendRequest *req, EsStore *store)
 
 	PreventCommandIfReadOnly("es_append()");
 	PreventCommandIfParallelMode("es_append()");
-	append_check_events(req);
+	append_check_events(req, store);
 	own = FullTransactionIdFromU64(U64FromFullTransactionId(es_horizon_key()) + es_xid_offset(true));
 	for (round = 0; round < 3; round++)
 	{

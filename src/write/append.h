@@ -32,6 +32,9 @@ typedef struct EsEventIn
 	TimestampTz occurred_at;
 	bool		occurred_at_given;	/* else the append time */
 	int32		schema_version; /* set from the catalog */
+	/* what is stored, when personal fields were sealed (else NULL: as given) */
+	Jsonb	   *stored_data;
+	Jsonb	   *stored_metadata;
 } EsEventIn;
 
 /*
