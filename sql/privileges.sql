@@ -4,7 +4,7 @@ GRANT USAGE ON SCHEMA public TO regress_es_app;
 GRANT EXECUTE ON FUNCTION
     es_append(text, text, text, jsonb, bigint, jsonb, text, text, text, timestamptz),
     es_append_batch(text, text, jsonb, bigint, jsonb, text, text),
-    es_get_events(text, bigint, bigint, timestamptz),
+    es_get_events(text, bigint, bigint, timestamptz, timestamptz),
     es_read_all(xid8, bigint, text, text[], integer),
     es_aggregate_version(text)
 TO regress_es_app;
@@ -60,7 +60,7 @@ REVOKE ALL ON es_events, es_aggregate_versions FROM regress_es_app;
 REVOKE ALL ON FUNCTION
     es_append(text, text, text, jsonb, bigint, jsonb, text, text, text, timestamptz),
     es_append_batch(text, text, jsonb, bigint, jsonb, text, text),
-    es_get_events(text, bigint, bigint, timestamptz),
+    es_get_events(text, bigint, bigint, timestamptz, timestamptz),
     es_read_all(xid8, bigint, text, text[], integer),
     es_aggregate_version(text)
 FROM regress_es_app;

@@ -134,17 +134,20 @@ SELECT b.name, b.function, b.event_types, NULL, NULL, NULL, true, 'off',
   FROM @extschema@.es_builtin_handlers b
  WHERE NOT EXISTS (SELECT FROM @extschema@.es_handlers h WHERE h.name OPERATOR(pg_catalog.=) b.name);
 
--- Registrations with a timeout, and for handlers a parallelism.  Release
--- 1.0's functions are replaced (a call with their arguments alone would
--- match both), the EXECUTE grants on them carried over.
+-- Registrations with a timeout, and for handlers a parallelism; reads as
+-- of a recording time (issue "Trust and privacy").  Release 1.0's functions
+-- are replaced (a call with their arguments alone would match both), the
+-- EXECUTE grants on them carried over.
 DO $$
 DECLARE
+    f record;
     acl aclitem[];
     g record;
 BEGIN
-    SELECT p.proacl INTO acl FROM pg_catalog.pg_proc p
-     WHERE p.oid = '@extschema@.es_register_handler(text, regprocedure, text[], integer, interval, boolean)'::pg_catalog.regprocedure;
-    DROP FUNCTION @extschema@.es_register_handler(text, regprocedure, text[], integer, interval, boolean);
+    FOR f IN SELECT * FROM (VALUES
+        ('es_register_handler(text, regprocedure, text[], integer, interval, boolean)',
+         'es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer)',
+         $def$
     CREATE FUNCTION @extschema@.es_register_handler(
         name            text,
         function        regprocedure,
@@ -155,19 +158,11 @@ BEGIN
         timeout         interval DEFAULT NULL,
         parallelism     integer DEFAULT 1)
     RETURNS void
-    AS 'MODULE_PATHNAME', 'es_register_handler' LANGUAGE C VOLATILE PARALLEL UNSAFE;
-    REVOKE ALL ON FUNCTION @extschema@.es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer) FROM PUBLIC;
-    FOR g IN SELECT a.grantee, a.is_grantable FROM pg_catalog.aclexplode(acl) a
-              WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor
-    LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer) TO %s%s',
-                                  CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
-                                  CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-    END LOOP;
-
-    SELECT p.proacl INTO acl FROM pg_catalog.pg_proc p
-     WHERE p.oid = '@extschema@.es_register_projection(text, regprocedure, text[], text, regprocedure, integer, interval)'::pg_catalog.regprocedure;
-    DROP FUNCTION @extschema@.es_register_projection(text, regprocedure, text[], text, regprocedure, integer, interval);
+    AS 'MODULE_PATHNAME', 'es_register_handler' LANGUAGE C VOLATILE PARALLEL UNSAFE
+         $def$),
+        ('es_register_projection(text, regprocedure, text[], text, regprocedure, integer, interval)',
+         'es_register_projection(text, regprocedure, text[], text, regprocedure, integer, interval, interval)',
+         $def$
     CREATE FUNCTION @extschema@.es_register_projection(
         name            text,
         function        regprocedure DEFAULT NULL,
@@ -178,20 +173,54 @@ BEGIN
         backoff         interval DEFAULT '1 second',
         timeout         interval DEFAULT NULL)
     RETURNS void
-    AS 'MODULE_PATHNAME', 'es_register_projection' LANGUAGE C VOLATILE PARALLEL UNSAFE;
-    REVOKE ALL ON FUNCTION @extschema@.es_register_projection(text, regprocedure, text[], text, regprocedure, integer, interval, interval) FROM PUBLIC;
-    FOR g IN SELECT a.grantee, a.is_grantable FROM pg_catalog.aclexplode(acl) a
-              WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor
+    AS 'MODULE_PATHNAME', 'es_register_projection' LANGUAGE C VOLATILE PARALLEL UNSAFE
+         $def$),
+        ('es_get_events(text, bigint, bigint, timestamptz)',
+         'es_get_events(text, bigint, bigint, timestamptz, timestamptz)',
+         $def$
+    CREATE FUNCTION @extschema@.es_get_events(
+        aggregate_id        text,
+        from_version        bigint DEFAULT 1,
+        to_version          bigint DEFAULT NULL,
+        end_timestamp       timestamptz DEFAULT NULL,
+        as_of               timestamptz DEFAULT NULL)
+    RETURNS SETOF @extschema@.es_events
+    AS 'MODULE_PATHNAME', 'es_get_events' LANGUAGE C STABLE PARALLEL RESTRICTED ROWS 100
+         $def$),
+        ('es_load_aggregate(text, bigint, timestamptz)',
+         'es_load_aggregate(text, bigint, timestamptz, timestamptz)',
+         $def$
+    CREATE FUNCTION @extschema@.es_load_aggregate(
+        aggregate_id        text,
+        at_version          bigint DEFAULT NULL,
+        at_time             timestamptz DEFAULT NULL,
+        as_of               timestamptz DEFAULT NULL)
+    RETURNS @extschema@.es_aggregate_state
+    AS 'MODULE_PATHNAME', 'es_load_aggregate' LANGUAGE C STABLE PARALLEL UNSAFE
+         $def$)) AS v(old, new, def)
     LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.es_register_projection(text, regprocedure, text[], text, regprocedure, integer, interval, interval) TO %s%s',
-                                  CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
-                                  CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        SELECT p.proacl INTO acl FROM pg_catalog.pg_proc p
+         WHERE p.oid = ('@extschema@.' || f.old)::pg_catalog.regprocedure;
+        EXECUTE 'DROP FUNCTION @extschema@.' || f.old;
+        EXECUTE f.def;
+        EXECUTE 'REVOKE ALL ON FUNCTION @extschema@.' || f.new || ' FROM PUBLIC';
+        FOR g IN SELECT a.grantee, a.is_grantable FROM pg_catalog.aclexplode(acl) a
+                  WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor
+        LOOP
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.%s TO %s%s', f.new,
+                                      CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
+                                      CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
     END LOOP;
 END $$;
 COMMENT ON FUNCTION @extschema@.es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer) IS
     'ultracore_es: call function(event es_events) for each committed event (of event_types), in commit order, once, with max_retries retries and exponential backoff; from now, or from the first event with replay_history; each call cancelled after timeout; in parallelism segments by aggregate';
 COMMENT ON FUNCTION @extschema@.es_register_projection(text, regprocedure, text[], text, regprocedure, integer, interval, interval) IS
     'ultracore_es: project events (of event_types) with function(event es_events), inline in the append''s transaction or async by the worker, from the first event; function NULL switches on a built-in read model; async calls cancelled after timeout';
+COMMENT ON FUNCTION @extschema@.es_get_events(text, bigint, bigint, timestamptz, timestamptz) IS
+    'ultracore_es: an aggregate''s events in version order, optionally a version range, up to a point in business time (end_timestamp, by occurred_at) or as the store held them at a time (as_of, by recorded_at)';
+COMMENT ON FUNCTION @extschema@.es_load_aggregate(text, bigint, timestamptz, timestamptz) IS
+    'ultracore_es: an aggregate''s state (latest usable snapshot plus the later events), now, at a version, at a point in business time (at_time) or as the store knew it at a time (as_of)';
 
 -- Resuming a split handler from now moves its segments too.
 CREATE OR REPLACE FUNCTION @extschema@.es_resume_handler(name text, from_now boolean DEFAULT false)
@@ -490,13 +519,13 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT p.kind, '@extschema@.' || p.object
       FROM (VALUES
-        ('reader', 'function', 'es_get_events(text, bigint, bigint, timestamptz)'),
+        ('reader', 'function', 'es_get_events(text, bigint, bigint, timestamptz, timestamptz)'),
         ('reader', 'function', 'es_read_all(xid8, bigint, text, text[], integer)'),
         ('reader', 'function', 'es_read_all(bigint, bigint, text, text[], integer)'),
         ('reader', 'function', 'es_read_all(text, bigint, text, text[], integer)'),
         ('reader', 'function', 'es_commit_horizon()'),
         ('reader', 'function', 'es_aggregate_version(text)'),
-        ('reader', 'function', 'es_load_aggregate(text, bigint, timestamptz)'),
+        ('reader', 'function', 'es_load_aggregate(text, bigint, timestamptz, timestamptz)'),
         ('reader', 'function', 'es_causation_chain(text)'),
         ('reader', 'function', 'es_correlated_events(text)'),
         ('reader', 'function', 'es_get_snapshot(text, bigint, boolean)'),

@@ -699,7 +699,7 @@ consumer_pass(const char *name, int segments, int segment, bool careful, const F
 		args[6] = Int32GetDatum(c.segments);
 		args[7] = Int32GetDatum(c.segment);
 		es_read_rows(c.segments > 1 ? es_segment_order_plan() : es_commit_order_plan(), args, nulls, true,
-					 c.reveal, false, 0, es_consumer_collect, &c);
+					 c.reveal, NULL, es_consumer_collect, &c);
 	}
 	PopActiveSnapshot();
 	if (retry_due)

@@ -130,7 +130,7 @@ projection_replay(EsStore *s, Projection *p, const char *aggregate_id, FullTrans
 	nulls[1] = aggregate_id ? ' ' : 'n';
 	args[2] = FullTransactionIdGetDatum(bound_tx);
 	args[3] = Int64GetDatum(bound_position);
-	es_read_rows(&replay_plan, args, nulls, false, true, false, 0, replay_event, &r);
+	es_read_rows(&replay_plan, args, nulls, false, true, NULL, replay_event, &r);
 	MemoryContextDelete(r.event_cxt);
 	return r.events;
 }

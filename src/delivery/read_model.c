@@ -442,7 +442,7 @@ es_read_model_rebuild(EsReadModel *m, ArrayType *event_types, const char *aggreg
 	nulls[1] = aggregate_id ? ' ' : 'n';
 	args[2] = FullTransactionIdGetDatum(bound_tx);
 	args[3] = Int64GetDatum(bound_position);
-	es_read_rows(&rebuild_plan, args, nulls, false, false, false, 0, rm_rebuild_event, &r);
+	es_read_rows(&rebuild_plan, args, nulls, false, false, NULL, rm_rebuild_event, &r);
 	if (r.started)
 		rm_save(m, &r.row);
 	MemoryContextDelete(r.event_cxt);

@@ -757,7 +757,7 @@ mirror_produce_step(EsStore *s, void *arg)
 	args[1] = Int64GetDatum(produced_position);
 	args[2] = FullTransactionIdGetDatum(es_commit_horizon_push());
 	args[5] = Int32GetDatum(r.wanted);
-	es_read_rows(es_commit_order_plan(), args, nulls, true, false, false, 0, mirror_event, &r);
+	es_read_rows(es_commit_order_plan(), args, nulls, true, false, NULL, mirror_event, &r);
 	PopActiveSnapshot();
 	routes = NULL;
 }

@@ -395,10 +395,21 @@ es_personal_seal(EsStore *s, const char *event_type, const char *aggregate_id,
 	SealArg		a;
 	uint8		key[ES_KEY_LEN];
 	Jsonb	   *out;
+	int			i;
 
 	registry_refresh(s);
 	if (hash_get_num_entries(registry) == 0 || strlen(event_type) > ES_MAX_NAME_LEN ||
 		(t = hash_search(registry, event_type, HASH_FIND, NULL)) == NULL)
+		return false;
+	/* Only an event that carries one of the fields needs its subject's key. */
+	for (i = 0; i < t->nfields; i++)
+	{
+		JsonbValue *v = getKeyJsonValueFromContainer(&data->root, t->fields[i], strlen(t->fields[i]), NULL);
+
+		if (v != NULL && v->type != jbvNull)
+			break;
+	}
+	if (i == t->nfields)
 		return false;
 	a.type = t;
 	a.subject = seal_subject(t, event_type, aggregate_id, data);

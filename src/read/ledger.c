@@ -366,11 +366,10 @@ verify_close_marks(VerifyState *vs, FullTransactionId upto, bool all)
 		if (m->events == vs->events && memcmp(m->chain, vs->chain, ES_HASH_LEN) == 0)
 			continue;
 		verify_problem(vs, NULL, -1, -1,
-					   psprintf("%s (horizon " UINT64_FORMAT ") no longer adds up: " INT64_FORMAT
-								" events below its horizon, " INT64_FORMAT " sealed%s",
+					   psprintf("%s no longer adds up: " INT64_FORMAT " events below its horizon, "
+								INT64_FORMAT " sealed%s",
 								m->block > 0 ? psprintf("ledger block " INT64_FORMAT, m->block) : "the digest",
-								U64FromFullTransactionId(m->horizon), vs->events, m->events,
-								m->events == vs->events ? ", and another hash" : ""));
+								vs->events, m->events, m->events == vs->events ? ", and another hash" : ""));
 	}
 }
 

@@ -228,11 +228,12 @@ es_aggregate_head(const char *aggregate_id, bool read_only, char *type, int64 *c
 	return true;
 }
 
+/* The first event past a point in time: occurred after $2, or recorded after $3 (NULL: no bound). */
 static EsPlan first_later_plan = {
 	"SELECT pg_catalog.min(e.version) FROM @extschema@.es_events e"
 	" WHERE e.aggregate_id OPERATOR(pg_catalog.=) $1"
-	"   AND e.occurred_at OPERATOR(pg_catalog.>) $2",
-	2, {TEXTOID, TIMESTAMPTZOID}, true
+	"   AND (e.occurred_at OPERATOR(pg_catalog.>) $2 OR e.recorded_at OPERATOR(pg_catalog.>) $3)",
+	3, {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}, true
 };
 
 #define SNAPSHOT_WHERE \
@@ -272,15 +273,15 @@ es_snapshot_subjects(Datum d, bool isnull)
 
 /*
  * es_load_state: the state of aggregate_id at at_version (-1: the current
- * one) and, with has_time, as it stood at at_time (the events up to the
- * first that occurred later).  An aggregate that does not exist, or did not
+ * one) and, with until, as it stood at a point in time (the events up to
+ * the first that occurred, or was recorded, later).  An aggregate that does not exist, or did not
  * yet, has version 0 and no state.  With read_only, the queries use the
  * calling statement's snapshot; without, a new one that sees the current
  * command's own appends.  Without use_snapshots, every event is folded.
  */
 void
 es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
-			  bool has_time, TimestampTz at_time, bool read_only, bool use_snapshots,
+			  const EsReadUntil *until, bool read_only, bool use_snapshots,
 			  EsAggregateState *out)
 {
 	Datum		args[3];
@@ -302,10 +303,13 @@ es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
 				 errmsg("aggregate \"%s\" has no version %lld", aggregate_id, (long long) at_version),
 				 errdetail("Its current version is %lld.", (long long) current)));
 	target = at_version < 0 ? current : at_version;
-	if (has_time)
+	if (until != NULL && (until->has_end || until->has_as_of))
 	{
-		args[1] = TimestampTzGetDatum(at_time);
-		if (SPI_execute_plan(es_plan(&first_later_plan), args, NULL, read_only, 1) != SPI_OK_SELECT)
+		char		nulls[3] = {' ', until->has_end ? ' ' : 'n', until->has_as_of ? ' ' : 'n'};
+
+		args[1] = TimestampTzGetDatum(until->end);
+		args[2] = TimestampTzGetDatum(until->as_of);
+		if (SPI_execute_plan(es_plan(&first_later_plan), args, nulls, read_only, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read aggregate \"%s\"", aggregate_id);
 		{
 			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -346,7 +350,7 @@ es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
 	if (initial != NULL)
 		fold.subjects = subjects;
 	if (target > out->snapshot_version)
-		es_read_stream(aggregate_id, out->snapshot_version + 1, target, read_only, false, 0,
+		es_read_stream(aggregate_id, out->snapshot_version + 1, target, read_only, NULL,
 					   fold_apply, &fold);
 	out->state = fold_result(&fold);
 	out->events_applied = fold.applied;
@@ -354,11 +358,14 @@ es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
 }
 
 /*
- * es_load_aggregate(aggregate_id, at_version, at_time) returns es_aggregate_state
+ * es_load_aggregate(aggregate_id, at_version, at_time, as_of) returns es_aggregate_state
  *
  * The guide's replay and point-in-time recovery: the state of the aggregate
- * now, at a version, or as it stood at a time, with the version it is at,
- * the snapshot it started from (NULL: none) and the number of events folded.
+ * now, at a version, as it stood at a time (at_time: by when its events
+ * occurred), or as the store knew it then (as_of: by when they were
+ * recorded), with the version it is at, the snapshot it started from (NULL:
+ * none) and the number of events folded.  The 1.0 catalog's function has
+ * no as_of.
  */
 PG_FUNCTION_INFO_V1(es_load_aggregate);
 Datum
@@ -380,8 +387,7 @@ es_load_aggregate(PG_FUNCTION_ARGS)
 				 errmsg("at_version must not be negative")));
 
 	es_call_begin(fcinfo, &call);
-	es_load_state(call.store, aggregate_id, at_version, !PG_ARGISNULL(2),
-				  PG_ARGISNULL(2) ? 0 : PG_GETARG_TIMESTAMPTZ(2), true, true, &st);
+	es_load_state(call.store, aggregate_id, at_version, es_read_until(fcinfo, 2, 3), true, true, &st);
 	if (st.state != NULL)		/* it must outlive the SPI connection */
 		st.state = DatumGetJsonbP(SPI_datumTransfer(JsonbPGetDatum(st.state), false, -1));
 	es_call_end(&call);

@@ -14,6 +14,7 @@
 #include "core/event.h"
 #include "core/store.h"
 #include "nodes/pg_list.h"
+#include "read/read.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
@@ -30,7 +31,7 @@ typedef struct EsAggregateState
 extern bool es_aggregate_head(const char *aggregate_id, bool read_only, char *type,
 							  int64 *current);
 extern void es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
-						  bool has_time, TimestampTz at_time, bool read_only, bool use_snapshots,
+						  const EsReadUntil *until, bool read_only, bool use_snapshots,
 						  EsAggregateState *out);
 
 extern List *es_snapshot_subjects(Datum d, bool isnull);

@@ -103,13 +103,12 @@ static EsPlan version_plan = {
  * and hand each row to fn, deformed, with its personal fields revealed
  * (with reveal: for readers of the events; the built-in read models and the
  * mirror take them sealed) and upcast to the current schema versions.  With
- * has_end, stop before the first event that occurred after end: a
- * point-in-time read returns a prefix of the stream, never a stream with
- * holes.  The values handed to fn live until fn returns.  Needs SPI.
+ * until (a stream's rows only), stop where it says.  The values handed to
+ * fn live until fn returns.  Needs SPI.
  */
 void
 es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only, bool reveal,
-			 bool has_end, TimestampTz end, EsRowCallback fn, void *arg)
+			 const EsReadUntil *until, EsRowCallback fn, void *arg)
 {
 	Portal		portal = SPI_cursor_open(NULL, es_plan(plan), args, nulls, read_only);
 	Datum		values[EV_NATTS];
@@ -131,7 +130,9 @@ es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only, bool reveal
 		{
 			CHECK_FOR_INTERRUPTS();
 			es_deform_event(tt->vals[i], tt->tupdesc, values, isnull);
-			if (has_end && DatumGetTimestampTz(values[EV_OCCURRED_AT]) > end)
+			if (until != NULL &&
+				((until->has_end && DatumGetTimestampTz(values[EV_OCCURRED_AT]) > until->end) ||
+				 (until->has_as_of && DatumGetTimestampTz(values[EV_RECORDED_AT]) > until->as_of)))
 				done = true;
 			else
 			{
@@ -152,14 +153,14 @@ es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only, bool reveal
  */
 void
 es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, bool read_only,
-			   bool has_end, TimestampTz end, EsRowCallback fn, void *arg)
+			   const EsReadUntil *until, EsRowCallback fn, void *arg)
 {
 	Datum		args[3];
 
 	args[0] = CStringGetTextDatum(aggregate_id);
 	args[1] = Int64GetDatum(from_version);
 	args[2] = Int64GetDatum(to_version);
-	es_read_rows(&stream_plan, args, NULL, read_only, true, has_end, end, fn, arg);
+	es_read_rows(&stream_plan, args, NULL, read_only, true, until, fn, arg);
 }
 
 /*
@@ -189,7 +190,7 @@ es_read_event(const char *event_id, bool read_only, bool reveal, EsRowCallback f
 {
 	Datum		id = CStringGetTextDatum(event_id);
 
-	es_read_rows(&event_plan, &id, NULL, read_only, reveal, false, 0, fn, arg);
+	es_read_rows(&event_plan, &id, NULL, read_only, reveal, NULL, fn, arg);
 }
 
 /* es_read_rows callback of the SRFs: add the row to the result set. */
@@ -217,13 +218,34 @@ arg_version(FunctionCallInfo fcinfo, int argno, const char *what, int64 dflt)
 	return v;
 }
 
+/* es_read_until: a point-in-time read's bounds, from two timestamptz arguments. */
+EsReadUntil *
+es_read_until(FunctionCallInfo fcinfo, int end_argno, int as_of_argno)
+{
+	EsReadUntil *until = palloc0(sizeof(EsReadUntil));
+
+	if (PG_NARGS() > end_argno && !PG_ARGISNULL(end_argno))
+	{
+		until->has_end = true;
+		until->end = PG_GETARG_TIMESTAMPTZ(end_argno);
+	}
+	if (PG_NARGS() > as_of_argno && !PG_ARGISNULL(as_of_argno))
+	{
+		until->has_as_of = true;
+		until->as_of = PG_GETARG_TIMESTAMPTZ(as_of_argno);
+	}
+	return until;
+}
+
 /*
- * es_get_events(aggregate_id, from_version, to_version, end_timestamp)
+ * es_get_events(aggregate_id, from_version, to_version, end_timestamp, as_of)
  *	returns setof es_events
  *
  * The guide's get_events: one aggregate's events in version order, from
- * from_version (default 1) to to_version (default the latest), and with
- * end_timestamp only those up to the first event that occurred after it.
+ * from_version (default 1) to to_version (default the latest); with
+ * end_timestamp only those up to the first event that occurred after it
+ * (business time), with as_of those up to the first event recorded after
+ * it (what the store held then).  The 1.0 catalog's function has no as_of.
  */
 PG_FUNCTION_INFO_V1(es_get_events);
 Datum
@@ -240,8 +262,7 @@ es_get_events(PG_FUNCTION_ARGS)
 	to_version = arg_version(fcinfo, 2, "to_version", PG_INT64_MAX);
 
 	es_call_begin(fcinfo, &call);
-	es_read_stream(aggregate_id, from_version, to_version, true,
-				   !PG_ARGISNULL(3), PG_ARGISNULL(3) ? 0 : PG_GETARG_TIMESTAMPTZ(3),
+	es_read_stream(aggregate_id, from_version, to_version, true, es_read_until(fcinfo, 3, 4),
 				   read_put_row, fcinfo->resultinfo);
 	es_call_end(&call);
 	return (Datum) 0;
@@ -330,7 +351,7 @@ read_all(FunctionCallInfo fcinfo, FullTransactionId after_tx)
 	args[4] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
 	nulls[4] = PG_ARGISNULL(3) ? 'n' : ' ';
 	args[5] = Int32GetDatum(max_count);
-	es_read_rows(&read_all_plan, args, nulls, true, true, false, 0, read_put_row, fcinfo->resultinfo);
+	es_read_rows(&read_all_plan, args, nulls, true, true, NULL, read_put_row, fcinfo->resultinfo);
 	PopActiveSnapshot();
 	es_call_end(&call);
 	return (Datum) 0;
@@ -467,7 +488,7 @@ es_correlated_events(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	es_call_begin(fcinfo, &call);
 	arg = CStringGetTextDatum(correlation_id);
-	es_read_rows(&correlated_plan, &arg, NULL, true, true, false, 0, read_put_row, fcinfo->resultinfo);
+	es_read_rows(&correlated_plan, &arg, NULL, true, true, NULL, read_put_row, fcinfo->resultinfo);
 	es_call_end(&call);
 	return (Datum) 0;
 }

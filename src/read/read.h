@@ -17,11 +17,25 @@
 
 typedef void (*EsRowCallback) (Datum *values, bool *nulls, void *arg);
 
+/*
+ * Where a point-in-time read of a stream stops: before the first event that
+ * occurred after end (business time), or that was recorded after as_of
+ * (what the store held then).  A prefix of the stream, never one with holes.
+ */
+typedef struct EsReadUntil
+{
+	bool		has_end;
+	TimestampTz end;
+	bool		has_as_of;
+	TimestampTz as_of;
+} EsReadUntil;
+
 extern void es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only, bool reveal,
-						 bool has_end, TimestampTz end, EsRowCallback fn, void *arg);
+						 const EsReadUntil *until, EsRowCallback fn, void *arg);
 extern void es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version,
-						   bool read_only, bool has_end, TimestampTz end,
+						   bool read_only, const EsReadUntil *until,
 						   EsRowCallback fn, void *arg);
+extern EsReadUntil *es_read_until(FunctionCallInfo fcinfo, int end_argno, int as_of_argno);
 extern void es_read_event(const char *event_id, bool read_only, bool reveal, EsRowCallback fn, void *arg);
 extern EsPlan *es_commit_order_plan(void);
 extern EsPlan *es_segment_order_plan(void);

@@ -112,7 +112,7 @@ snapshot_take(EsStore *s, const char *aggregate_id, int64 version, bool automati
 {
 	EsAggregateState st;
 
-	es_load_state(s, aggregate_id, version, false, 0, false, true, &st);
+	es_load_state(s, aggregate_id, version, NULL, false, true, &st);
 	snapshot_save(s, aggregate_id, st.version, st.aggregate_type, st.state, st.subjects, automatic, taken_by);
 }
 
@@ -138,7 +138,7 @@ snapshot_save_given(EsStore *s, const char *aggregate_id, int64 version, Jsonb *
 {
 	EsAggregateState st;
 
-	es_load_state(s, aggregate_id, version, false, 0, false, false, &st);
+	es_load_state(s, aggregate_id, version, NULL, false, false, &st);
 	if (st.state == NULL ||
 		DatumGetInt32(DirectFunctionCall2(jsonb_cmp, JsonbPGetDatum(st.state), JsonbPGetDatum(given))) != 0)
 		ereport(ERROR,
