@@ -641,7 +641,8 @@ COMMENT ON COLUMN @extschema@.es_events.hash IS
     'SHA-256 of the event''s content chained to its aggregate''s previous event (README, "Tamper evidence"); NULL for events stored by release 1.0';
 
 -- Where the hashes start: events at or below unhashed_through were stored by
--- release 1.0 without a hash.  One row, written here.
+-- release 1.0 without a hash.  Written here; a restore adds the dumped row
+-- beside the new install's, and the highest counts.
 CREATE TABLE @extschema@.es_ledger (
     unhashed_through    bigint NOT NULL,
     started_at          timestamptz NOT NULL

@@ -142,7 +142,10 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM applied WHERE aggregate_i
 
 # What must survive the update, row for row.
 my $state_query = q{
-	SELECT (SELECT md5(string_agg(e::text, '|' ORDER BY position)) FROM es_events e),
+	SELECT (SELECT md5(string_agg(ROW(e.event_id, e.event_type, e.aggregate_type, e.aggregate_id, e.version, e.position,
+	                                      e.tx_id, e.occurred_at, e.recorded_at, e.causation_id, e.correlation_id, e.data,
+	                                      e.metadata, e.schema_version, e.appended_by)::text, '|' ORDER BY position))
+	          FROM es_events e),
 	       (SELECT md5(string_agg(s.aggregate_id || s.version || s.state::text || s.fingerprint, '|'
 	                              ORDER BY s.aggregate_id, s.version)) FROM es_snapshots s WHERE automatic),
 	       (SELECT string_agg(name || ' ' || checkpoint_tx || ' ' || checkpoint_position || ' ' || events_processed,
@@ -183,6 +186,23 @@ is( $node->safe_psql(
 	  . 'es_register_handler(text,regprocedure,text[],integer,interval,boolean,interval,integer)',
 	'grants carried over to the new signatures, for a role whose name needs quoting');
 $node->safe_psql('postgres', q{REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM "App-Reader"; DROP ROLE "App-Reader"});
+
+# Events of 1.0 carry no hash: the first digest seals them by content, and a
+# change to one is found through its block.
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT (SELECT count(*) FROM es_events WHERE hash IS NULL) > 100,
+	       (SELECT count(*) FROM es_verify()), (es_digest() ->> 'events')::bigint = (SELECT count(*) FROM es_events)}),
+	't|0|t', 'the 1.0 history verifies and is sealed by the first digest');
+is( $node->safe_psql(
+		'postgres', q{
+	BEGIN;
+	ALTER TABLE es_events DISABLE TRIGGER es_events_append_only;
+	UPDATE es_events SET data = '{"balance": 1000000}' WHERE position = (SELECT min(position) FROM es_events);
+	SELECT string_agg(regexp_replace(problem, '\d+', 'N', 'g'), ', ') FROM es_verify();
+	ROLLBACK;}),
+	'ledger block N no longer adds up: N events below its horizon, N sealed, and another hash',
+	'a change to an event of 1.0 is found through the block that sealed it');
 
 # The catalog of the updated store, object by object, against a fresh
 # install of the same release in another database.
