@@ -18,8 +18,8 @@
  * The ledger (verify.c) chains these hashes once more, in commit order:
  * chain = SHA-256(previous chain || event hash).
  *
- * SHA-256 is OpenSSL's, through its EVP interface, with one context kept
- * for the backend's life.
+ * SHA-256 is OpenSSL's, through its EVP interface, with one context and
+ * one fetched implementation kept for the backend's life.
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -44,6 +44,7 @@ static const char hash_domain[] = "ultracore_es event v1";
 const uint8 es_hash_zero[ES_HASH_LEN];
 
 static EVP_MD_CTX *hash_ctx;
+static EVP_MD *sha256_md;		/* fetched once: an implicit fetch per hash costs more than the hash */
 
 /* es_sha256: SHA-256 of a followed by b (blen may be 0). */
 void
@@ -53,7 +54,9 @@ es_sha256(const void *a, size_t alen, const void *b, size_t blen, uint8 *out)
 
 	if (hash_ctx == NULL && (hash_ctx = EVP_MD_CTX_new()) == NULL)
 		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-	if (EVP_DigestInit_ex(hash_ctx, EVP_sha256(), NULL) != 1 ||
+	if (sha256_md == NULL && (sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL)
+		elog(ERROR, "OpenSSL has no SHA-256");
+	if (EVP_DigestInit_ex(hash_ctx, sha256_md, NULL) != 1 ||
 		EVP_DigestUpdate(hash_ctx, a, alen) != 1 ||
 		(blen > 0 && EVP_DigestUpdate(hash_ctx, b, blen) != 1) ||
 		EVP_DigestFinal_ex(hash_ctx, out, &len) != 1 || len != ES_HASH_LEN)

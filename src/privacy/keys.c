@@ -20,7 +20,8 @@
  * transaction) and when a (sub)transaction aborts (a key it created is gone).
  *
  * AES-256-GCM is OpenSSL's, through its EVP interface; nonces are 12 random
- * bytes from pg_strong_random.  A sealed value is nonce || ciphertext || tag.
+ * bytes from pg_strong_random (random_nonce).  A sealed value is nonce ||
+ * ciphertext || tag.
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -33,7 +34,11 @@
 #include <sys/stat.h>
 #include <openssl/evp.h>
 
+#include "access/genam.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/pg_collation.h"
 #include "miscadmin.h"
 #include "tcop/utility.h"
 #include "catalog/pg_type.h"
@@ -41,7 +46,10 @@
 #include "storage/fd.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
+#include "utils/fmgroids.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "core/errors.h"
 #include "core/event.h"
@@ -74,12 +82,6 @@ typedef struct SubjectKeyEntry
 
 static HTAB *subject_keys = NULL;
 static bool subject_keys_stale = false;
-
-static EsPlan lookup_plan = {
-	"SELECT k.wrapped_key, k.master_key_id FROM @extschema@.es_subject_keys k"
-	" WHERE k.subject_id OPERATOR(pg_catalog.=) $1",
-	1, {TEXTOID}
-};
 
 static EsPlan create_plan = {
 	"INSERT INTO @extschema@.es_subject_keys (subject_id, wrapped_key, master_key_id, created_at)"
@@ -231,34 +233,69 @@ master_key_of(const char *id, const char *subject)
 }
 
 /*
+ * One cipher context and one fetched AES-256-GCM for the backend's life:
+ * each seal initializes the context anew (key and nonce), without the
+ * implicit fetch EVP_aes_256_gcm() costs every time.  GCM's default nonce
+ * length is ES_NONCE_LEN.
+ */
+static EVP_CIPHER_CTX *
+cipher_ctx(const EVP_CIPHER **cipher)
+{
+	static EVP_CIPHER_CTX *ctx = NULL;
+	static EVP_CIPHER *gcm = NULL;
+
+	if (ctx == NULL && (ctx = EVP_CIPHER_CTX_new()) == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	if (gcm == NULL && (gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL)) == NULL)
+		elog(ERROR, "OpenSSL has no AES-256-GCM");
+	*cipher = gcm;
+	return ctx;
+}
+
+/*
+ * A nonce: 12 random bytes (GCM's own size, random as NIST SP 800-38D
+ * allows), taken from a buffer that pg_strong_random refills 4 kB at a time
+ * rather than asked for each one.  The buffer is filled in the backend
+ * itself, never inherited across fork().
+ */
+static void
+random_nonce(char *nonce)
+{
+	static char pool[4096];
+	static int	left = 0;
+
+	if (left < ES_NONCE_LEN)
+	{
+		if (!pg_strong_random(pool, sizeof(pool)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate a random nonce")));
+		left = sizeof(pool);
+	}
+	left -= ES_NONCE_LEN;
+	memcpy(nonce, pool + left, ES_NONCE_LEN);
+	explicit_bzero(pool + left, ES_NONCE_LEN);	/* never used twice */
+}
+
+/*
  * es_seal: AES-256-GCM of plain (len bytes) with key, authenticating aad;
  * out gets len + ES_SEAL_OVERHEAD bytes: nonce, ciphertext, tag.
  */
 void
 es_seal(const uint8 *key, const char *aad, int aadlen, const char *plain, int len, char *out)
 {
-	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+	const EVP_CIPHER *gcm;
+	EVP_CIPHER_CTX *ctx = cipher_ctx(&gcm);
 	int			n;
 	bool		ok;
 
-	if (ctx == NULL)
-		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-	if (!pg_strong_random(out, ES_NONCE_LEN))
-	{
-		EVP_CIPHER_CTX_free(ctx);
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not generate a random nonce")));
-	}
-	ok = EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1 &&
-		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, ES_NONCE_LEN, NULL) == 1 &&
-		EVP_EncryptInit_ex(ctx, NULL, NULL, key, (const unsigned char *) out) == 1 &&
+	random_nonce(out);
+	ok = EVP_EncryptInit_ex(ctx, gcm, NULL, key, (const unsigned char *) out) == 1 &&
 		EVP_EncryptUpdate(ctx, NULL, &n, (const unsigned char *) aad, aadlen) == 1 &&
 		EVP_EncryptUpdate(ctx, (unsigned char *) out + ES_NONCE_LEN, &n,
 						  (const unsigned char *) plain, len) == 1 &&
 		EVP_EncryptFinal_ex(ctx, (unsigned char *) out + ES_NONCE_LEN + n, &n) == 1 &&
 		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, ES_TAG_LEN, out + ES_NONCE_LEN + len) == 1;
-	EVP_CIPHER_CTX_free(ctx);
 	if (!ok)
 		elog(ERROR, "AES-256-GCM encryption failed");
 }
@@ -270,6 +307,7 @@ es_seal(const uint8 *key, const char *aad, int aadlen, const char *plain, int le
 bool
 es_unseal(const uint8 *key, const char *aad, int aadlen, const char *sealed, int len, char *out)
 {
+	const EVP_CIPHER *gcm;
 	EVP_CIPHER_CTX *ctx;
 	int			n;
 	int			plen = len - ES_SEAL_OVERHEAD;
@@ -277,18 +315,14 @@ es_unseal(const uint8 *key, const char *aad, int aadlen, const char *sealed, int
 
 	if (plen < 0)
 		return false;
-	if ((ctx = EVP_CIPHER_CTX_new()) == NULL)
-		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-	ok = EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1 &&
-		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, ES_NONCE_LEN, NULL) == 1 &&
-		EVP_DecryptInit_ex(ctx, NULL, NULL, key, (const unsigned char *) sealed) == 1 &&
+	ctx = cipher_ctx(&gcm);
+	ok = EVP_DecryptInit_ex(ctx, gcm, NULL, key, (const unsigned char *) sealed) == 1 &&
 		EVP_DecryptUpdate(ctx, NULL, &n, (const unsigned char *) aad, aadlen) == 1 &&
 		EVP_DecryptUpdate(ctx, (unsigned char *) out, &n,
 						  (const unsigned char *) sealed + ES_NONCE_LEN, plen) == 1 &&
 		EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, ES_TAG_LEN,
 							(void *) (sealed + ES_NONCE_LEN + plen)) == 1 &&
 		EVP_DecryptFinal_ex(ctx, (unsigned char *) out + n, &n) == 1;
-	EVP_CIPHER_CTX_free(ctx);
 	return ok;
 }
 
@@ -311,22 +345,60 @@ keys_cache_entry(const char *subject, bool *found)
 	return hash_search(subject_keys, subject, HASH_ENTER, found);
 }
 
-/* Unwrap a stored subject key (the first two columns of lookup_plan's row). */
-static EsSubjectKeyState
-keys_unwrap(HeapTuple row, TupleDesc desc, const char *subject, uint8 *key)
-{
-	bool		isnull;
-	Datum		wrapped = SPI_getbinval(row, desc, 1, &isnull);
-	bytea	   *w;
-	char	   *id;
+/* Columns of es_subject_keys read here, in the order of the update script. */
+#define Anum_keys_subject_id	1
+#define Anum_keys_wrapped_key	2
+#define Anum_keys_master_key_id 3
 
-	if (isnull)
+/*
+ * The stored key of subject: false when there is none; *wrapped NULL when
+ * it was forgotten.  A probe of the primary key with the latest snapshot, as
+ * the aggregate's row is read (aggregate.c): a key is a fact that only ever
+ * goes from made to destroyed, so the newest state is the one to use, and
+ * this is on every append's and read's path (a query costs several times
+ * more).
+ */
+static bool
+keys_fetch(EsStore *s, const char *subject, bytea **wrapped, char **id)
+{
+	Relation	rel = table_open(s->subject_keys_relid, AccessShareLock);
+	Relation	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+	ScanKeyData key;
+	IndexScanDesc scan;
+	bool		found;
+
+	ScanKeyInit(&key, Anum_keys_subject_id, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(subject));
+	key.sk_collation = C_COLLATION_OID;
+	scan = index_beginscan(rel, idx, snap, 1, 0);
+	index_rescan(scan, &key, 1, NULL, 0);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	if (found)
+	{
+		slot_getsomeattrs(slot, Anum_keys_master_key_id);
+		*wrapped = slot->tts_isnull[Anum_keys_wrapped_key - 1] ? NULL
+			: DatumGetByteaPCopy(slot->tts_values[Anum_keys_wrapped_key - 1]);
+		*id = slot->tts_isnull[Anum_keys_master_key_id - 1] ? NULL
+			: TextDatumGetCString(slot->tts_values[Anum_keys_master_key_id - 1]);
+	}
+	index_endscan(scan);
+	UnregisterSnapshot(snap);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, NoLock);
+	table_close(rel, NoLock);
+	return found;
+}
+
+/* Unwrap a stored subject key (NULL: forgotten) with the master key id names. */
+static EsSubjectKeyState
+keys_unwrap(bytea *wrapped, const char *id, const char *subject, uint8 *key)
+{
+	if (wrapped == NULL)
 		return ES_SUBJECT_KEY_FORGOTTEN;
-	w = DatumGetByteaPP(wrapped);
-	id = SPI_getvalue(row, desc, 2);
-	if (id == NULL || VARSIZE_ANY_EXHDR(w) != ES_KEY_LEN + ES_SEAL_OVERHEAD ||
+	if (id == NULL || VARSIZE_ANY_EXHDR(wrapped) != ES_KEY_LEN + ES_SEAL_OVERHEAD ||
 		!es_unseal(master_key_of(id, subject)->key, subject, strlen(subject),
-				   VARDATA_ANY(w), VARSIZE_ANY_EXHDR(w), (char *) key))
+				   VARDATA_ANY(wrapped), VARSIZE_ANY_EXHDR(wrapped), (char *) key))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("the key of data subject \"%s\" does not unwrap with master key %s", subject,
@@ -338,14 +410,15 @@ keys_unwrap(HeapTuple row, TupleDesc desc, const char *subject, uint8 *key)
 /*
  * es_subject_key: the key of subject into key (ES_SUBJECT_KEY_FOUND), or
  * why there is none.  With create, a subject without a key gets one.
- * Needs SPI, as the store's owner.
+ * Needs SPI (to create one), as the store's owner.
  */
 EsSubjectKeyState
 es_subject_key(EsStore *s, const char *subject, bool create, uint8 *key)
 {
 	SubjectKeyEntry *e;
 	bool		found;
-	Datum		arg;
+	bytea	   *wrapped;
+	char	   *id;
 	EsSubjectKeyState state;
 
 	if (!OidIsValid(s->subject_keys_relid))
@@ -361,17 +434,14 @@ es_subject_key(EsStore *s, const char *subject, bool create, uint8 *key)
 	/* Not cached until known: an error below leaves no half-made entry. */
 	hash_search(subject_keys, subject, HASH_REMOVE, NULL);
 
-	arg = CStringGetTextDatum(subject);
-	if (SPI_execute_plan(es_plan(&lookup_plan), &arg, NULL, !create, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read es_subject_keys");
-	if (SPI_processed == 1)
-		state = keys_unwrap(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, subject, key);
+	if (keys_fetch(s, subject, &wrapped, &id))
+		state = keys_unwrap(wrapped, id, subject, key);
 	else if (!create)
 		state = ES_SUBJECT_KEY_ABSENT;
 	else
 	{
 		Datum		args[3];
-		bytea	   *wrapped = palloc(VARHDRSZ + ES_KEY_LEN + ES_SEAL_OVERHEAD);
+		bytea	   *made = palloc(VARHDRSZ + ES_KEY_LEN + ES_SEAL_OVERHEAD);
 
 		es_check_id(subject, "subject id");
 		es_require_master_key();
@@ -379,28 +449,24 @@ es_subject_key(EsStore *s, const char *subject, bool create, uint8 *key)
 			ereport(ERROR,
 					(errcode(ERRCODE_INTERNAL_ERROR),
 					 errmsg("could not generate a random key")));
-		SET_VARSIZE(wrapped, VARHDRSZ + ES_KEY_LEN + ES_SEAL_OVERHEAD);
-		es_seal(current_key.key, subject, strlen(subject), (const char *) key, ES_KEY_LEN, VARDATA(wrapped));
-		args[0] = arg;
-		args[1] = PointerGetDatum(wrapped);
+		SET_VARSIZE(made, VARHDRSZ + ES_KEY_LEN + ES_SEAL_OVERHEAD);
+		es_seal(current_key.key, subject, strlen(subject), (const char *) key, ES_KEY_LEN, VARDATA(made));
+		args[0] = CStringGetTextDatum(subject);
+		args[1] = PointerGetDatum(made);
 		args[2] = CStringGetTextDatum(current_key.id);
 		if (SPI_execute_plan(es_plan(&create_plan), args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not store the key of data subject \"%s\"", subject);
 		if (SPI_processed == 1)
 			state = ES_SUBJECT_KEY_FOUND;
+		else if (keys_fetch(s, subject, &wrapped, &id))
+			/* a concurrent append made it first, and committed */
+			state = keys_unwrap(wrapped, id, subject, key);
 		else
-		{
-			/* A concurrent append created it and committed: read it with a new snapshot. */
-			if (SPI_execute_plan(es_plan(&lookup_plan), &arg, NULL, false, 1) != SPI_OK_SELECT)
-				elog(ERROR, "could not read es_subject_keys");
-			if (SPI_processed == 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-						 errmsg("could not serialize access due to concurrent update"),
-						 errdetail("The key of data subject \"%s\" was created by a concurrent transaction.", subject),
-						 errhint("Retry the transaction.")));
-			state = keys_unwrap(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, subject, key);
-		}
+			ereport(ERROR,
+					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+					 errmsg("could not serialize access due to concurrent update"),
+					 errdetail("The key of data subject \"%s\" was made by a concurrent transaction.", subject),
+					 errhint("Retry the transaction.")));
 	}
 	if (state != ES_SUBJECT_KEY_ABSENT)
 	{
