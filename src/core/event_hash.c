@@ -81,6 +81,24 @@ put_bytes(StringInfo buf, const char *p, int len)
 	appendBinaryStringInfo(buf, p, len);
 }
 
+/* A jsonb's text form, like put_bytes, written in place (its length patched in after). */
+static void
+put_jsonb_text(StringInfo buf, Datum d)
+{
+	Jsonb	   *jb = DatumGetJsonbP(d);
+	int			at = buf->len;
+	uint64		len;
+	int			i;
+
+	appendBinaryStringInfo(buf, "\0\0\0\0", 4);
+	(void) JsonbToCString(buf, &jb->root, VARSIZE(jb));
+	len = buf->len - at - 4;
+	for (i = 3; i >= 0; i--, len >>= 8)
+		buf->data[at + i] = (char) (len & 0xff);
+	if ((Pointer) jb != DatumGetPointer(d))
+		pfree(jb);
+}
+
 /*
  * es_event_hash: the hash of the deformed es_events row (values, isnull;
  * the hash column itself is left out) chained to prev.
@@ -90,8 +108,15 @@ es_event_hash(const Datum *values, const bool *isnull, const uint8 *prev, uint8 
 {
 	StringInfoData buf;
 	int			att;
+	int			size = sizeof(hash_domain) + ES_HASH_LEN + 128;
 
+	/* Room for it all at once: the text forms are about the size of the values. */
+	for (att = 0; att < EV_HASH; att++)
+		if (!isnull[att] && (att == EV_DATA || att == EV_METADATA || att <= EV_AGGREGATE_ID ||
+							 att == EV_CAUSATION_ID || att == EV_CORRELATION_ID || att == EV_APPENDED_BY))
+			size += VARSIZE_ANY(DatumGetPointer(values[att])) + 8;
 	initStringInfo(&buf);
+	enlargeStringInfo(&buf, size);
 	appendBinaryStringInfo(&buf, hash_domain, sizeof(hash_domain));
 	appendBinaryStringInfo(&buf, (const char *) prev, ES_HASH_LEN);
 	for (att = 0; att < EV_HASH; att++)
@@ -119,15 +144,7 @@ es_event_hash(const Datum *values, const bool *isnull, const uint8 *prev, uint8 
 				break;
 			case EV_DATA:
 			case EV_METADATA:
-				{
-					Jsonb	   *jb = DatumGetJsonbP(v);
-					char	   *text = JsonbToCString(NULL, &jb->root, VARSIZE(jb));
-
-					put_bytes(&buf, text, strlen(text));
-					pfree(text);
-					if ((Pointer) jb != DatumGetPointer(v))
-						pfree(jb);
-				}
+				put_jsonb_text(&buf, v);
 				break;
 			default:
 				{

@@ -40,6 +40,7 @@
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 #include "utils/snapmgr.h"
+#include "utils/typcache.h"
 #include "utils/xid8.h"
 
 #include "core/event.h"
@@ -68,9 +69,12 @@ static EsPlan unhashed_plan = {
 	"SELECT max(l.unhashed_through) FROM @extschema@.es_ledger l", 0, {0}
 };
 
-/* Commit order from $1 (inclusive) to $2 (exclusive). */
+/*
+ * Commit order from $1 (inclusive) to $2 (exclusive): each event's key and
+ * hash, and the whole row only where there is no hash to chain (1.0's).
+ */
 static EsPlan commit_range_plan = {
-	"SELECT e.* FROM @extschema@.es_events e"
+	"SELECT e.tx_id, e.hash, CASE WHEN e.hash IS NULL THEN e END FROM @extschema@.es_events e"
 	" WHERE e.tx_id OPERATOR(pg_catalog.>=) $1 AND e.tx_id OPERATOR(pg_catalog.<) $2"
 	" ORDER BY e.tx_id, e.position",
 	2, {XID8OID, XID8OID}
@@ -126,17 +130,6 @@ ledger_unhashed_through(void)
 	return isnull ? 0 : DatumGetInt64(d);
 }
 
-/*
- * The link an event adds to the ledger's chain: its stored hash, or for an
- * event stored before hashes (or one whose hash is missing: es_verify says
- * so) the hash of its content alone.
- */
-static void
-ledger_link(Datum *values, bool *isnull, uint8 *link)
-{
-	if (!es_hash_of_datum(values[EV_HASH], isnull[EV_HASH], link))
-		es_event_hash(values, isnull, es_hash_zero, link);
-}
 
 static void
 ledger_mark_of(HeapTuple tup, TupleDesc desc, LedgerMark *m)
@@ -185,6 +178,63 @@ ledger_scan(EsPlan *plan, Datum *args, const char *nulls, bool read_only, Ledger
 	MemoryContextDelete(rowcxt);
 }
 
+/*
+ * Run commit_range_plan from `from` to `to` and hand fn each event's key
+ * and the link it adds to the ledger's chain: its stored hash, or for an
+ * event stored before hashes (or one whose hash is missing: es_verify says
+ * so) the hash of its content alone.
+ */
+typedef void (*LedgerLinkFn) (FullTransactionId tx, const uint8 *link, void *arg);
+
+static void
+ledger_commit_scan(EsStore *s, FullTransactionId from, FullTransactionId to, bool read_only,
+				   LedgerLinkFn fn, void *arg)
+{
+	Datum		args[2];
+	Portal		portal;
+	TupleDesc	rowdesc = lookup_rowtype_tupdesc_copy(s->events_rowtype, -1);
+	Datum		values[EV_NATTS];
+	bool		isnull[EV_NATTS];
+
+	args[0] = FullTransactionIdGetDatum(from);
+	args[1] = FullTransactionIdGetDatum(to);
+	portal = SPI_cursor_open(NULL, es_plan(&commit_range_plan), args, NULL, read_only);
+	for (;;)
+	{
+		uint64		i;
+
+		SPI_cursor_fetch(portal, true, LEDGER_SLICE);
+		if (SPI_processed == 0)
+			break;
+		for (i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		null;
+			FullTransactionId tx = DatumGetFullTransactionId(SPI_getbinval(tup, desc, 1, &null));
+			Datum		hash = SPI_getbinval(tup, desc, 2, &null);
+			uint8		link[ES_HASH_LEN];
+
+			CHECK_FOR_INTERRUPTS();
+			if (!es_hash_of_datum(hash, null, link))
+			{
+				HeapTupleHeader th = DatumGetHeapTupleHeader(SPI_getbinval(tup, desc, 3, &null));
+				HeapTupleData row;
+
+				row.t_len = HeapTupleHeaderGetDatumLength(th);
+				ItemPointerSetInvalid(&row.t_self);
+				row.t_tableOid = InvalidOid;
+				row.t_data = th;
+				es_deform_event(&row, rowdesc, values, isnull);
+				es_event_hash(values, isnull, es_hash_zero, link);
+			}
+			fn(tx, link, arg);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+}
+
 /* es_digest's fold of the events it seals. */
 typedef struct SealState
 {
@@ -193,12 +243,10 @@ typedef struct SealState
 } SealState;
 
 static void
-seal_event(Datum *values, bool *isnull, void *arg)
+seal_event(FullTransactionId tx, const uint8 *link, void *arg)
 {
 	SealState  *st = (SealState *) arg;
-	uint8		link[ES_HASH_LEN];
 
-	ledger_link(values, isnull, link);
 	es_chain_hash(st->chain, link, st->chain);
 	st->events++;
 }
@@ -243,11 +291,7 @@ es_digest(PG_FUNCTION_ARGS)
 	st.events = 0;
 	memcpy(st.chain, last.chain, ES_HASH_LEN);
 	if (FullTransactionIdPrecedes(last.horizon, horizon))
-	{
-		args[0] = FullTransactionIdGetDatum(last.horizon);
-		args[1] = FullTransactionIdGetDatum(horizon);
-		ledger_scan(&commit_range_plan, args, NULL, false, seal_event, &st);
-	}
+		ledger_commit_scan(call.store, last.horizon, horizon, false, seal_event, &st);
 	PopActiveSnapshot();
 
 	if (st.events > 0 || last.block == 0)
@@ -373,15 +417,13 @@ verify_close_marks(VerifyState *vs, FullTransactionId upto, bool all)
 	}
 }
 
-/* One row of the ledger pass, in commit order. */
+/* One event of the ledger pass, in commit order. */
 static void
-verify_ledger_event(Datum *values, bool *isnull, void *arg)
+verify_ledger_event(FullTransactionId tx, const uint8 *link, void *arg)
 {
 	VerifyState *vs = (VerifyState *) arg;
-	uint8		link[ES_HASH_LEN];
 
-	verify_close_marks(vs, DatumGetFullTransactionId(values[EV_TX_ID]), false);
-	ledger_link(values, isnull, link);
+	verify_close_marks(vs, tx, false);
 	es_chain_hash(vs->chain, link, vs->chain);
 	vs->events++;
 }
@@ -488,13 +530,10 @@ es_verify(PG_FUNCTION_ARGS)
 	}
 	if (vs.nmarks > 0)
 	{
-		Datum		args[2];
-
 		qsort(vs.marks, vs.nmarks, sizeof(LedgerMark), mark_order);
 		memcpy(vs.chain, es_hash_zero, ES_HASH_LEN);
-		args[0] = FullTransactionIdGetDatum(FullTransactionIdFromU64(0));
-		args[1] = FullTransactionIdGetDatum(vs.marks[vs.nmarks - 1].horizon);
-		ledger_scan(&commit_range_plan, args, NULL, true, verify_ledger_event, &vs);
+		ledger_commit_scan(call.store, FullTransactionIdFromU64(0), vs.marks[vs.nmarks - 1].horizon, true,
+						   verify_ledger_event, &vs);
 		verify_close_marks(&vs, InvalidFullTransactionId, true);
 	}
 	es_call_end(&call);
