@@ -774,6 +774,22 @@ SELECT transaction_id, account_id, amount, currency, direction, @extschema@.es_r
        updated_at, version, last_position
   FROM @extschema@.es_rm_transactions;
 
+-- The views now call es_reveal, which their readers must be able to
+-- execute (a view's functions run with its reader's privileges): whoever
+-- may read one of them gets it.
+DO $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT DISTINCT a.grantee FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+              WHERE c.oid IN ('@extschema@.es_customers'::pg_catalog.regclass, '@extschema@.es_transactions'::pg_catalog.regclass)
+                AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.es_reveal(text), @extschema@.es_reveal(jsonb) TO %s',
+                                  CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END);
+    END LOOP;
+END $$;
+
 -- The notification outbox is a table: it gets the data without its
 -- personal fields (a sender reads them with es_get_events, by event id).
 CREATE OR REPLACE FUNCTION @extschema@.es_notification_handler(event @extschema@.es_events)

@@ -59,7 +59,9 @@ $node->safe_psql(
 	-- A role whose name needs quoting, with grants the update carries over.
 	CREATE ROLE "App-Reader";
 	GRANT EXECUTE ON FUNCTION es_read_all(xid8, bigint, text, text[], integer),
-	    es_register_handler(text, regprocedure, text[], integer, interval, boolean) TO "App-Reader";
+	    es_register_handler(text, regprocedure, text[], integer, interval, boolean),
+	    es_get_events(text, bigint, bigint, timestamptz) TO "App-Reader";
+	GRANT SELECT ON es_customers TO "App-Reader";
 });
 is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'ultracore_es'}),
 	'1.0', 'installed as release 1.0');
@@ -179,13 +181,20 @@ is( $node->safe_psql(
 	SELECT string_agg(p::text, ', ' ORDER BY p::text) FROM unnest(ARRAY[
 	    'es_read_all(xid8, bigint, text, text[], integer)', 'es_read_all(bigint, bigint, text, text[], integer)',
 	    'es_read_all(text, bigint, text, text[], integer)',
-	    'es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer)']::regprocedure[]) p
+	    'es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer)',
+	    'es_get_events(text, bigint, bigint, timestamptz, timestamptz)', 'es_reveal(text)', 'es_reveal(jsonb)']::regprocedure[]) p
 	 WHERE has_function_privilege('App-Reader', p, 'EXECUTE')}),
-	'es_read_all(bigint,bigint,text,text[],integer), es_read_all(text,bigint,text,text[],integer), '
+	'es_get_events(text,bigint,bigint,timestamp with time zone,timestamp with time zone), '
+	  . 'es_read_all(bigint,bigint,text,text[],integer), es_read_all(text,bigint,text,text[],integer), '
 	  . 'es_read_all(xid8,bigint,text,text[],integer), '
-	  . 'es_register_handler(text,regprocedure,text[],integer,interval,boolean,interval,integer)',
-	'grants carried over to the new signatures, for a role whose name needs quoting');
-$node->safe_psql('postgres', q{REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM "App-Reader"; DROP ROLE "App-Reader"});
+	  . 'es_register_handler(text,regprocedure,text[],integer,interval,boolean,interval,integer), '
+	  . 'es_reveal(jsonb), es_reveal(text)',
+	'grants carried over to the new signatures, and es_reveal to the readers of the read-model views, '
+	  . 'for a role whose name needs quoting');
+is($node->safe_psql('postgres', q{SET ROLE "App-Reader"; SELECT count(*) >= 0 FROM es_customers}),
+	't', 'a reader of es_customers under 1.0 still reads it');
+$node->safe_psql('postgres',
+	q{REVOKE ALL ON ALL FUNCTIONS IN SCHEMA public FROM "App-Reader"; REVOKE ALL ON es_customers FROM "App-Reader"; DROP ROLE "App-Reader"});
 
 # Events of 1.0 carry no hash: the first digest seals them by content, and a
 # change to one is found through its block.
