@@ -290,6 +290,18 @@ es_arg_expected_version(FunctionCallInfo fcinfo, int argno, bool *any)
 	return v;
 }
 
+/* es_push_string: push a string (a key, a value, an element) while building a jsonb. */
+void
+es_push_string(JsonbParseState **state, JsonbIteratorToken token, const char *str)
+{
+	JsonbValue	v;
+
+	v.type = jbvString;
+	v.val.string.val = (char *) str;
+	v.val.string.len = strlen(str);
+	(void) pushJsonbValue(state, token, &v);
+}
+
 /* es_empty_object: a new, empty JSON object ('{}'), palloc'd. */
 Jsonb *
 es_empty_object(void)

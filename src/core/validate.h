@@ -35,5 +35,6 @@ typedef void (*es_event_size_check_hook_type) (Jsonb *data, Jsonb *metadata, con
 extern PGDLLIMPORT es_event_size_check_hook_type es_event_size_check_hook;
 extern int64 es_arg_expected_version(FunctionCallInfo fcinfo, int argno, bool *any);
 extern Jsonb *es_empty_object(void);
+extern void es_push_string(JsonbParseState **state, JsonbIteratorToken token, const char *str);
 
 #endif							/* ES_VALIDATE_H */

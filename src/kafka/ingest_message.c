@@ -227,17 +227,6 @@ cloud_event_metadata(CloudEvent *ce)
 	return given;
 }
 
-static void
-push_string(JsonbParseState **state, JsonbIteratorToken token, const char *str)
-{
-	JsonbValue	v;
-
-	v.type = jbvString;
-	v.val.string.val = (char *) str;
-	v.val.string.len = strlen(str);
-	(void) pushJsonbValue(state, token, &v);
-}
-
 /*
  * The W3C trace context the message carries (name: traceparent or
  * tracestate): the CloudEvents distributed tracing extension's attribute,
@@ -278,28 +267,28 @@ origin_metadata(const char *topic, int32 partition, const char *source,
 	JsonbValue	v;
 
 	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-	push_string(&state, WJB_KEY, "kafka_origin");
+	es_push_string(&state, WJB_KEY, "kafka_origin");
 	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-	push_string(&state, WJB_KEY, "topic");
-	push_string(&state, WJB_VALUE, topic);
-	push_string(&state, WJB_KEY, "partition");
+	es_push_string(&state, WJB_KEY, "topic");
+	es_push_string(&state, WJB_VALUE, topic);
+	es_push_string(&state, WJB_KEY, "partition");
 	v.type = jbvNumeric;
 	v.val.numeric = int64_to_numeric(partition);
 	(void) pushJsonbValue(&state, WJB_VALUE, &v);
 	if (source != NULL)
 	{
-		push_string(&state, WJB_KEY, "source");
-		push_string(&state, WJB_VALUE, source);
+		es_push_string(&state, WJB_KEY, "source");
+		es_push_string(&state, WJB_VALUE, source);
 	}
 	(void) pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 	if (traceparent != NULL)
 	{
-		push_string(&state, WJB_KEY, "traceparent");
-		push_string(&state, WJB_VALUE, traceparent);
+		es_push_string(&state, WJB_KEY, "traceparent");
+		es_push_string(&state, WJB_VALUE, traceparent);
 		if (tracestate != NULL)
 		{
-			push_string(&state, WJB_KEY, "tracestate");
-			push_string(&state, WJB_VALUE, tracestate);
+			es_push_string(&state, WJB_KEY, "tracestate");
+			es_push_string(&state, WJB_VALUE, tracestate);
 		}
 	}
 	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));

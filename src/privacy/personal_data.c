@@ -316,17 +316,6 @@ seal_member(const char *key, int keylen, JsonbValue *v, void *arg)
 	return nv;
 }
 
-static void
-push_string(JsonbParseState **state, JsonbIteratorToken tok, const char *s)
-{
-	JsonbValue	v;
-
-	v.type = jbvString;
-	v.val.string.val = (char *) s;
-	v.val.string.len = strlen(s);
-	pushJsonbValue(state, tok, &v);
-}
-
 /* metadata with "personal_data": {"subject": subject, "fields": fields} added. */
 static Jsonb *
 metadata_with_personal(Jsonb *metadata, const char *subject, List *fields)
@@ -342,14 +331,14 @@ metadata_with_personal(Jsonb *metadata, const char *subject, List *fields)
 	{
 		if (tok == WJB_END_OBJECT)
 		{
-			push_string(&state, WJB_KEY, "personal_data");
+			es_push_string(&state, WJB_KEY, "personal_data");
 			pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-			push_string(&state, WJB_KEY, "subject");
-			push_string(&state, WJB_VALUE, subject);
-			push_string(&state, WJB_KEY, "fields");
+			es_push_string(&state, WJB_KEY, "subject");
+			es_push_string(&state, WJB_VALUE, subject);
+			es_push_string(&state, WJB_KEY, "fields");
 			pushJsonbValue(&state, WJB_BEGIN_ARRAY, NULL);
 			foreach(lc, fields)
-				push_string(&state, WJB_ELEM, (const char *) lfirst(lc));
+				es_push_string(&state, WJB_ELEM, (const char *) lfirst(lc));
 			pushJsonbValue(&state, WJB_END_ARRAY, NULL);
 			pushJsonbValue(&state, WJB_END_OBJECT, NULL);
 		}
@@ -415,18 +404,13 @@ es_personal_seal(EsStore *s, const char *event_type, const char *aggregate_id,
 	a.subject = seal_subject(t, event_type, aggregate_id, data);
 	a.key = key;
 	a.sealed = NIL;
-	switch (es_subject_key(s, a.subject, true, key))
-	{
-		case ES_SUBJECT_KEY_FOUND:
-			break;
-		default:
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("data subject \"%s\" was forgotten", a.subject),
-					 errdetail("es_forget destroyed the key of its personal data; no new personal data of it is stored."),
-					 errhint("Append the event without the personal fields of type \"%s\", or under a new subject id.",
-							 event_type)));
-	}
+	if (es_subject_key(s, a.subject, true, key) != ES_SUBJECT_KEY_FOUND)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("data subject \"%s\" was forgotten", a.subject),
+				 errdetail("es_forget destroyed the key of its personal data; no new personal data of it is stored."),
+				 errhint("Append the event without the personal fields of type \"%s\", or under a new subject id.",
+						 event_type)));
 	out = object_rewrite(data, seal_member, &a);
 	explicit_bzero(key, ES_KEY_LEN);
 	if (a.sealed == NIL)

@@ -143,15 +143,13 @@ ledger_mark_of(HeapTuple tup, TupleDesc desc, LedgerMark *m)
 		memset(m->chain, 0xff, ES_HASH_LEN);	/* a damaged block: matches nothing */
 }
 
-/* Run plan through a cursor and hand every es_events row to fn. */
-typedef void (*LedgerRowFn) (Datum *values, bool *isnull, void *arg);
+/* Run plan through a cursor and hand fn every row, in a memory context reset after each. */
+typedef void (*LedgerRowFn) (HeapTuple row, TupleDesc desc, void *arg);
 
 static void
 ledger_scan(EsPlan *plan, Datum *args, const char *nulls, bool read_only, LedgerRowFn fn, void *arg)
 {
 	Portal		portal = SPI_cursor_open(NULL, es_plan(plan), args, nulls, read_only);
-	Datum		values[EV_NATTS];
-	bool		isnull[EV_NATTS];
 	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "ultracore_es ledger row",
 												 ALLOCSET_DEFAULT_SIZES);
 
@@ -167,8 +165,7 @@ ledger_scan(EsPlan *plan, Datum *args, const char *nulls, bool read_only, Ledger
 			MemoryContext old = MemoryContextSwitchTo(rowcxt);
 
 			CHECK_FOR_INTERRUPTS();
-			es_deform_event(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, values, isnull);
-			fn(values, isnull, arg);
+			fn(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, arg);
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(rowcxt);
 		}
@@ -179,60 +176,61 @@ ledger_scan(EsPlan *plan, Datum *args, const char *nulls, bool read_only, Ledger
 }
 
 /*
- * Run commit_range_plan from `from` to `to` and hand fn each event's key
- * and the link it adds to the ledger's chain: its stored hash, or for an
- * event stored before hashes (or one whose hash is missing: es_verify says
- * so) the hash of its content alone.
+ * The commit-order pass: each event's key, and the link it adds to the
+ * ledger's chain: its stored hash, or for an event stored before hashes
+ * (or one whose hash is missing: es_verify says so) the hash of its
+ * content alone.
  */
 typedef void (*LedgerLinkFn) (FullTransactionId tx, const uint8 *link, void *arg);
 
+typedef struct CommitScan
+{
+	TupleDesc	events_desc;	/* es_events rows, for those without a hash */
+	LedgerLinkFn fn;
+	void	   *arg;
+} CommitScan;
+
+/* ledger_scan callback of commit_range_plan's rows. */
+static void
+commit_scan_row(HeapTuple tup, TupleDesc desc, void *arg)
+{
+	CommitScan *cs = (CommitScan *) arg;
+	bool		null;
+	FullTransactionId tx = DatumGetFullTransactionId(SPI_getbinval(tup, desc, 1, &null));
+	Datum		hash = SPI_getbinval(tup, desc, 2, &null);
+	uint8		link[ES_HASH_LEN];
+
+	if (!es_hash_of_datum(hash, null, link))
+	{
+		HeapTupleHeader th = DatumGetHeapTupleHeader(SPI_getbinval(tup, desc, 3, &null));
+		HeapTupleData row;
+		Datum		values[EV_NATTS];
+		bool		isnull[EV_NATTS];
+
+		row.t_len = HeapTupleHeaderGetDatumLength(th);
+		ItemPointerSetInvalid(&row.t_self);
+		row.t_tableOid = InvalidOid;
+		row.t_data = th;
+		es_deform_event(&row, cs->events_desc, values, isnull);
+		es_event_hash(values, isnull, es_hash_zero, link);
+	}
+	cs->fn(tx, link, cs->arg);
+}
+
+/* Hand fn every event committed from `from` (inclusive) to `to` (exclusive), in commit order. */
 static void
 ledger_commit_scan(EsStore *s, FullTransactionId from, FullTransactionId to, bool read_only,
 				   LedgerLinkFn fn, void *arg)
 {
 	Datum		args[2];
-	Portal		portal;
-	TupleDesc	rowdesc = lookup_rowtype_tupdesc_copy(s->events_rowtype, -1);
-	Datum		values[EV_NATTS];
-	bool		isnull[EV_NATTS];
+	CommitScan	cs;
 
+	cs.events_desc = lookup_rowtype_tupdesc_copy(s->events_rowtype, -1);
+	cs.fn = fn;
+	cs.arg = arg;
 	args[0] = FullTransactionIdGetDatum(from);
 	args[1] = FullTransactionIdGetDatum(to);
-	portal = SPI_cursor_open(NULL, es_plan(&commit_range_plan), args, NULL, read_only);
-	for (;;)
-	{
-		uint64		i;
-
-		SPI_cursor_fetch(portal, true, LEDGER_SLICE);
-		if (SPI_processed == 0)
-			break;
-		for (i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		null;
-			FullTransactionId tx = DatumGetFullTransactionId(SPI_getbinval(tup, desc, 1, &null));
-			Datum		hash = SPI_getbinval(tup, desc, 2, &null);
-			uint8		link[ES_HASH_LEN];
-
-			CHECK_FOR_INTERRUPTS();
-			if (!es_hash_of_datum(hash, null, link))
-			{
-				HeapTupleHeader th = DatumGetHeapTupleHeader(SPI_getbinval(tup, desc, 3, &null));
-				HeapTupleData row;
-
-				row.t_len = HeapTupleHeaderGetDatumLength(th);
-				ItemPointerSetInvalid(&row.t_self);
-				row.t_tableOid = InvalidOid;
-				row.t_data = th;
-				es_deform_event(&row, rowdesc, values, isnull);
-				es_event_hash(values, isnull, es_hash_zero, link);
-			}
-			fn(tx, link, arg);
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
-	SPI_cursor_close(portal);
+	ledger_scan(&commit_range_plan, args, NULL, read_only, commit_scan_row, &cs);
 }
 
 /* es_digest's fold of the events it seals. */
@@ -349,16 +347,24 @@ verify_problem(VerifyState *vs, const char *aggregate_id, int64 version, int64 p
 
 /* One row of the per-aggregate pass, in (aggregate_id, version) order. */
 static void
-verify_aggregate_event(Datum *values, bool *isnull, void *arg)
+verify_aggregate_event(HeapTuple row, TupleDesc desc, void *arg)
 {
 	VerifyState *vs = (VerifyState *) arg;
-	char	   *aggregate_id = TextDatumGetCString(values[EV_AGGREGATE_ID]);
-	int64		version = DatumGetInt64(values[EV_VERSION]);
-	int64		position = DatumGetInt64(values[EV_POSITION]);
+	Datum		values[EV_NATTS];
+	bool		isnull[EV_NATTS];
+	char	   *aggregate_id;
+	int64		version;
+	int64		position;
 	uint8		stored[ES_HASH_LEN];
 	uint8		computed[ES_HASH_LEN];
-	bool		has_hash = es_hash_of_datum(values[EV_HASH], isnull[EV_HASH], stored);
+	bool		has_hash;
 	bool		follows = true;
+
+	es_deform_event(row, desc, values, isnull);
+	aggregate_id = TextDatumGetCString(values[EV_AGGREGATE_ID]);
+	version = DatumGetInt64(values[EV_VERSION]);
+	position = DatumGetInt64(values[EV_POSITION]);
+	has_hash = es_hash_of_datum(values[EV_HASH], isnull[EV_HASH], stored);
 
 	if (vs->aggregate_id == NULL || strcmp(vs->aggregate_id, aggregate_id) != 0)
 	{

@@ -133,26 +133,16 @@ static Jsonb *
 append_trace_context(void)
 {
 	JsonbParseState *state = NULL;
-	JsonbValue	v;
 
 	if (es_traceparent == NULL || es_traceparent[0] == '\0')
 		return NULL;
 	(void) pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
-	v.type = jbvString;
-	v.val.string.val = "traceparent";
-	v.val.string.len = strlen("traceparent");
-	(void) pushJsonbValue(&state, WJB_KEY, &v);
-	v.val.string.val = es_traceparent;
-	v.val.string.len = strlen(es_traceparent);
-	(void) pushJsonbValue(&state, WJB_VALUE, &v);
+	es_push_string(&state, WJB_KEY, "traceparent");
+	es_push_string(&state, WJB_VALUE, es_traceparent);
 	if (es_tracestate != NULL && es_tracestate[0] != '\0')
 	{
-		v.val.string.val = "tracestate";
-		v.val.string.len = strlen("tracestate");
-		(void) pushJsonbValue(&state, WJB_KEY, &v);
-		v.val.string.val = es_tracestate;
-		v.val.string.len = strlen(es_tracestate);
-		(void) pushJsonbValue(&state, WJB_VALUE, &v);
+		es_push_string(&state, WJB_KEY, "tracestate");
+		es_push_string(&state, WJB_VALUE, es_tracestate);
 	}
 	return JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
 }
