@@ -37,7 +37,7 @@ TAP_TESTS = 1
 PROVE_TESTS = $(sort $(wildcard test/t/*.pl))
 
 EXTRA_CLEAN = tmp_check tmp_check_iso output_iso results regression.diffs regression.out \
-	log test/tmp_check test/kafka_mock_broker
+	log test/tmp_check test/kafka_mock_broker test/isolation_master.key
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
@@ -45,6 +45,12 @@ include $(PGXS)
 
 # PGXS tracks no header dependencies: rebuild everything when a header changes.
 $(OBJS): $(wildcard src/*/*.h)
+
+# The master key of the isolation specs' server (test/isolation.conf): made fresh, readable by
+# the user who runs the tests (and so the server) only.
+installcheck: test/isolation_master.key
+test/isolation_master.key:
+	umask 077 && head -c 32 /dev/urandom > $@
 
 # The Kafka cluster of the tests and the demo (librdkafka's mock), built with the module.
 all: test/kafka_mock_broker
