@@ -29,11 +29,17 @@
 
 #include "read/read.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/snapmgr.h"
 #include "utils/xid8.h"
@@ -45,15 +51,6 @@
 #include "read/upcast.h"
 
 #define READ_SLICE 1000
-
-static EsPlan stream_plan = {
-	"SELECT e.* FROM @extschema@.es_events e"
-	" WHERE e.aggregate_id OPERATOR(pg_catalog.=) $1"
-	"   AND e.version OPERATOR(pg_catalog.>=) $2"
-	"   AND e.version OPERATOR(pg_catalog.<=) $3"
-	" ORDER BY e.version",
-	3, {TEXTOID, INT8OID, INT8OID}, true
-};
 
 /* Commit order: $1/$2 the checkpoint, $3 the horizon, $4 an aggregate type, $5 event types. */
 #define COMMIT_ORDER_WHERE \
@@ -99,12 +96,29 @@ static EsPlan version_plan = {
 };
 
 /*
+ * Hand one deformed row to fn, its personal fields revealed (with reveal:
+ * for readers of the events; the built-in read models and the mirror take
+ * them sealed) and upcast to the current schema versions; false, without
+ * calling fn, at the first row past until.
+ */
+static bool
+read_step(Datum *values, bool *isnull, bool reveal, const EsReadUntil *until, EsRowCallback fn, void *arg)
+{
+	if (until != NULL &&
+		((until->has_end && DatumGetTimestampTz(values[EV_OCCURRED_AT]) > until->end) ||
+		 (until->has_as_of && DatumGetTimestampTz(values[EV_RECORDED_AT]) > until->as_of)))
+		return false;
+	if (reveal)
+		es_personal_reveal_row(es_store_resolved(), values, isnull);
+	es_upcast_row(values, isnull);
+	fn(values, isnull, arg);
+	return true;
+}
+
+/*
  * es_read_rows: run plan (a query of whole es_events rows) through a cursor
- * and hand each row to fn, deformed, with its personal fields revealed
- * (with reveal: for readers of the events; the built-in read models and the
- * mirror take them sealed) and upcast to the current schema versions.  With
- * until (a stream's rows only), stop where it says.  The values handed to
- * fn live until fn returns.  Needs SPI.
+ * and hand each row to fn through read_step.  The values handed to fn live
+ * until fn returns.  Needs SPI.
  */
 void
 es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only, bool reveal,
@@ -130,17 +144,7 @@ es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only, bool reveal
 		{
 			CHECK_FOR_INTERRUPTS();
 			es_deform_event(tt->vals[i], tt->tupdesc, values, isnull);
-			if (until != NULL &&
-				((until->has_end && DatumGetTimestampTz(values[EV_OCCURRED_AT]) > until->end) ||
-				 (until->has_as_of && DatumGetTimestampTz(values[EV_RECORDED_AT]) > until->as_of)))
-				done = true;
-			else
-			{
-				if (reveal)
-					es_personal_reveal_row(es_store_resolved(), values, isnull);
-				es_upcast_row(values, isnull);
-				fn(values, isnull, arg);
-			}
+			done = !read_step(values, isnull, reveal, until, fn, arg);
 		}
 		SPI_freetuptable(tt);
 	}
@@ -149,18 +153,61 @@ es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only, bool reveal
 
 /*
  * es_read_stream: the events of one aggregate from from_version to
- * to_version, in version order, through es_read_rows.
+ * to_version, in version order, revealed, through read_step.
+ *
+ * A scan of the unique (aggregate_id, version) index, not a query: the
+ * rows go from the index straight to fn, without the copy into an SPI
+ * tuple table that took a third of a stream read, and in index order,
+ * where a generic plan sorted a bitmap scan.  With read_only, with the
+ * calling statement's snapshot, as SPI's read-only mode; without, with a
+ * new one that sees the current command's own appends (after a command
+ * counter increment), as SPI's read-write mode.  fn may run queries.
  */
 void
 es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, bool read_only,
 			   const EsReadUntil *until, EsRowCallback fn, void *arg)
 {
-	Datum		args[3];
+	EsStore    *s = es_store_resolved();
+	Relation	rel = table_open(s->events_relid, AccessShareLock);
+	Relation	idx = index_open(s->events_version_idx, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	ScanKeyData keys[3];
+	IndexScanDesc scan;
+	Datum		values[EV_NATTS];
+	bool		isnull[EV_NATTS];
+	bool		more = true;
 
-	args[0] = CStringGetTextDatum(aggregate_id);
-	args[1] = Int64GetDatum(from_version);
-	args[2] = Int64GetDatum(to_version);
-	es_read_rows(&stream_plan, args, NULL, read_only, true, until, fn, arg);
+	if (read_only)
+		PushActiveSnapshot(GetActiveSnapshot());
+	else
+	{
+		CommandCounterIncrement();
+		PushCopiedSnapshot(GetTransactionSnapshot());
+		UpdateActiveSnapshotCommandId();
+	}
+	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(aggregate_id));
+	keys[0].sk_collation = C_COLLATION_OID;
+	ScanKeyInit(&keys[1], 2, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(from_version));
+	ScanKeyInit(&keys[2], 2, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(to_version));
+	scan = index_beginscan(rel, idx, GetActiveSnapshot(), 3, 0);
+	index_rescan(scan, keys, 3, NULL, 0);
+	while (more && index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		int			natts = slot->tts_tupleDescriptor->natts;
+
+		CHECK_FOR_INTERRUPTS();
+		slot_getallattrs(slot);
+		memcpy(values, slot->tts_values, sizeof(Datum) * natts);
+		memcpy(isnull, slot->tts_isnull, sizeof(bool) * natts);
+		if (natts == EV_HASH)	/* a 1.0 catalog's row */
+			isnull[EV_HASH] = true;
+		more = read_step(values, isnull, true, until, fn, arg);
+	}
+	index_endscan(scan);
+	PopActiveSnapshot();
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, NoLock);
+	table_close(rel, NoLock);
 }
 
 /*
