@@ -180,6 +180,7 @@ store_resolve(Oid nspid)
 	next.events_relid = store_relation("es_events", nspid);
 	next.events_id_idx = store_relation("es_events_event_id_key", nspid);
 	next.events_version_idx = store_relation("es_events_version_key", nspid);
+	next.events_commit_idx = store_relation("es_events_commit_order", nspid);
 	next.position_seq = store_relation("es_events_position_seq", nspid);
 	next.aggregates_relid = store_relation("es_aggregates", nspid);
 	next.event_types_relid = store_relation("es_event_types", nspid);
@@ -226,6 +227,7 @@ store_resolve(Oid nspid)
 		next.events_relid != store.events_relid ||
 		next.events_id_idx != store.events_id_idx ||
 		next.events_version_idx != store.events_version_idx ||
+		next.events_commit_idx != store.events_commit_idx ||
 		next.position_seq != store.position_seq ||
 		next.aggregates_relid != store.aggregates_relid ||
 		next.event_types_relid != store.event_types_relid ||

@@ -32,6 +32,7 @@ typedef struct EsStore
 	Oid			events_relid;
 	Oid			events_id_idx;	/* primary key (event_id) */
 	Oid			events_version_idx; /* unique (aggregate_id, version) */
+	Oid			events_commit_idx;	/* (tx_id, position): commit order */
 	Oid			position_seq;	/* es_events_position_seq */
 	Oid			aggregates_relid;
 	Oid			event_types_relid;

@@ -631,6 +631,15 @@ consumer_publish_latencies(void)
 	latency_count = 0;
 }
 
+/* es_read_commit_order filter of a split consumer: the aggregate is in its segment. */
+static bool
+consumer_in_segment(Datum aggregate_id, void *arg)
+{
+	Consumer   *c = (Consumer *) arg;
+
+	return es_segment_of_id(TextDatumGetCString(aggregate_id), c->segments) == c->segment;
+}
+
 /*
  * One pass over one consumer, in the current transaction: retries of dead
  * letters, then the next batch of events.  Returns the number of events the
@@ -647,8 +656,7 @@ consumer_pass(const char *name, int segments, int segment, bool careful, const F
 	EsStore    *s = es_store_current();
 	ConstraintsSetStmt *immediate = makeNode(ConstraintsSetStmt);
 	FullTransactionId horizon;
-	Datum		args[8];
-	char		nulls[8] = {' ', ' ', ' ', 'n', ' ', ' ', ' ', ' '};
+	EsCommitRead read;
 	int			done = 0;
 	int			nread = 0;
 	bool		retry_due;
@@ -690,16 +698,18 @@ consumer_pass(const char *name, int segments, int segment, bool careful, const F
 	horizon = es_commit_horizon_push();
 	if (retry_due)
 	{
-		args[0] = FullTransactionIdGetDatum(c.ck_tx);
-		args[1] = Int64GetDatum(c.ck_pos);
-		args[2] = FullTransactionIdGetDatum(horizon);
-		args[4] = c.event_types;
-		nulls[4] = c.event_types ? ' ' : 'n';
-		args[5] = Int32GetDatum(es_worker_batch_size);
-		args[6] = Int32GetDatum(c.segments);
-		args[7] = Int32GetDatum(c.segment);
-		es_read_rows(c.segments > 1 ? es_segment_order_plan() : es_commit_order_plan(), args, nulls, true,
-					 c.reveal, NULL, es_consumer_collect, &c);
+		memset(&read, 0, sizeof(read));
+		read.after_tx = c.ck_tx;
+		read.after_position = c.ck_pos;
+		read.horizon = horizon;
+		read.event_types = c.event_types ? DatumGetArrayTypeP(c.event_types) : NULL;
+		read.max_count = es_worker_batch_size;
+		if (c.segments > 1)
+		{
+			read.keep = consumer_in_segment;
+			read.keep_arg = &c;
+		}
+		es_read_commit_order(&read, c.reveal, es_consumer_collect, &c);
 	}
 	PopActiveSnapshot();
 	if (retry_due)

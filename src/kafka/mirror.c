@@ -749,15 +749,15 @@ static void
 mirror_produce_step(EsStore *s, void *arg)
 {
 	MirrorRead	r = {es_kafka_batch_size - ninflight, 0, false};
-	Datum		args[6];
-	char		nulls[6] = {' ', ' ', ' ', 'n', 'n', ' '};
+	EsCommitRead read;
 
 	routes_load();
-	args[0] = FullTransactionIdGetDatum(produced_tx);
-	args[1] = Int64GetDatum(produced_position);
-	args[2] = FullTransactionIdGetDatum(es_commit_horizon_push());
-	args[5] = Int32GetDatum(r.wanted);
-	es_read_rows(es_commit_order_plan(), args, nulls, true, false, NULL, mirror_event, &r);
+	memset(&read, 0, sizeof(read));
+	read.after_tx = produced_tx;
+	read.after_position = produced_position;
+	read.horizon = es_commit_horizon_push();
+	read.max_count = r.wanted;
+	es_read_commit_order(&read, false, mirror_event, &r);
 	PopActiveSnapshot();
 	routes = NULL;
 }

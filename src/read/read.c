@@ -38,6 +38,7 @@
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
@@ -51,30 +52,6 @@
 #include "read/upcast.h"
 
 #define READ_SLICE 1000
-
-/* Commit order: $1/$2 the checkpoint, $3 the horizon, $4 an aggregate type, $5 event types. */
-#define COMMIT_ORDER_WHERE \
-	"SELECT e.* FROM @extschema@.es_events e" \
-	" WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW($1, $2)" \
-	"   AND e.tx_id OPERATOR(pg_catalog.<) $3" \
-	"   AND ($4 IS NULL OR e.aggregate_type OPERATOR(pg_catalog.=) $4)" \
-	"   AND ($5 IS NULL OR e.event_type OPERATOR(pg_catalog.=) ANY ($5))"
-
-static EsPlan read_all_plan = {
-	COMMIT_ORDER_WHERE
-	" ORDER BY e.tx_id, e.position"
-	" LIMIT $6",
-	6, {XID8OID, INT8OID, XID8OID, TEXTOID, TEXTARRAYOID, INT4OID}
-};
-
-/* The same, of one segment ($8) of the aggregates split into $7. */
-static EsPlan segment_order_plan = {
-	COMMIT_ORDER_WHERE
-	"   AND @extschema@.es_segment_of(e.aggregate_id, $7) OPERATOR(pg_catalog.=) $8"
-	" ORDER BY e.tx_id, e.position"
-	" LIMIT $6",
-	8, {XID8OID, INT8OID, XID8OID, TEXTOID, TEXTARRAYOID, INT4OID, INT4OID, INT4OID}
-};
 
 static EsPlan event_plan = {
 	"SELECT e.* FROM @extschema@.es_events e WHERE e.event_id OPERATOR(pg_catalog.=) $1",
@@ -210,25 +187,97 @@ es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, b
 	table_close(rel, NoLock);
 }
 
-/*
- * es_commit_order_plan: the query behind es_read_all, for the worker: $1/$2
- * the checkpoint, $3 the horizon, $4 an aggregate type or NULL, $5 event
- * types or NULL, $6 the most rows.
- */
-EsPlan *
-es_commit_order_plan(void)
+/* Whether a text Datum is the string str. */
+static bool
+text_is(Datum d, const char *str)
 {
-	return &read_all_plan;
+	text	   *t = DatumGetTextPP(d);
+	size_t		len = strlen(str);
+
+	return VARSIZE_ANY_EXHDR(t) == len && memcmp(VARDATA_ANY(t), str, len) == 0;
 }
 
 /*
- * es_segment_order_plan: the same for a consumer split into segments: $7
- * the number of segments, $8 the segment.
+ * es_read_commit_order: the events of r in commit order, (tx_id, position),
+ * after its checkpoint and below its horizon, with the active snapshot
+ * (the one es_commit_horizon_push took, which sees every event below the
+ * horizon), handed to fn through read_step: es_read_all, the consumers
+ * and the mirror.
+ *
+ * A scan of the (tx_id, position) index, not a query (DESIGN.md, decision
+ * 1; README, "Guarantees"): rows go from the index to fn without an SPI
+ * tuple table.  The scan starts right after the checkpoint (a row
+ * comparison key); the filters are applied here, the most rows counted
+ * after them.
  */
-EsPlan *
-es_segment_order_plan(void)
+void
+es_read_commit_order(const EsCommitRead *r, bool reveal, EsRowCallback fn, void *arg)
 {
-	return &segment_order_plan;
+	EsStore    *s = es_store_resolved();
+	Relation	rel = table_open(s->events_relid, AccessShareLock);
+	Relation	idx = index_open(s->events_commit_idx, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	ScanKeyData keys[2];
+	ScanKeyData after[2];
+	IndexScanDesc scan;
+	char	  **types = NULL;
+	int			ntypes = 0;
+	int64		n = 0;
+	Datum		values[EV_NATTS];
+	bool		isnull[EV_NATTS];
+
+	if (r->event_types != NULL)
+	{
+		Datum	   *elems;
+		bool	   *nulls;
+		int			nelems;
+		int			i;
+
+		deconstruct_array(r->event_types, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &nelems);
+		types = palloc(sizeof(char *) * Max(nelems, 1));
+		for (i = 0; i < nelems; i++)
+			if (!nulls[i])
+				types[ntypes++] = TextDatumGetCString(elems[i]);
+	}
+	/* (tx_id, position) > the checkpoint: a row comparison, which btree starts at exactly. */
+	ScanKeyEntryInitialize(&after[0], SK_ROW_MEMBER, 1, BTGreaterStrategyNumber, XID8OID, InvalidOid,
+						   F_XID8CMP, FullTransactionIdGetDatum(r->after_tx));
+	ScanKeyEntryInitialize(&after[1], SK_ROW_MEMBER | SK_ROW_END, 2, BTGreaterStrategyNumber, INT8OID, InvalidOid,
+						   F_BTINT8CMP, Int64GetDatum(r->after_position));
+	ScanKeyEntryInitialize(&keys[0], SK_ROW_HEADER, 1, BTGreaterStrategyNumber, InvalidOid, InvalidOid,
+						   InvalidOid, PointerGetDatum(after));
+	ScanKeyInit(&keys[1], 1, BTLessStrategyNumber, F_XID8LT, FullTransactionIdGetDatum(r->horizon));
+	scan = index_beginscan(rel, idx, GetActiveSnapshot(), 2, 0);
+	index_rescan(scan, keys, 2, NULL, 0);
+	while (n < r->max_count && index_getnext_slot(scan, ForwardScanDirection, slot))
+	{
+		int			natts = slot->tts_tupleDescriptor->natts;
+		int			i;
+
+		CHECK_FOR_INTERRUPTS();
+		slot_getallattrs(slot);
+		memcpy(values, slot->tts_values, sizeof(Datum) * natts);
+		memcpy(isnull, slot->tts_isnull, sizeof(bool) * natts);
+		if (natts == EV_HASH)	/* a 1.0 catalog's row */
+			isnull[EV_HASH] = true;
+		if (r->aggregate_type != NULL && !text_is(values[EV_AGGREGATE_TYPE], r->aggregate_type))
+			continue;
+		if (types != NULL)
+		{
+			for (i = 0; i < ntypes && !text_is(values[EV_EVENT_TYPE], types[i]); i++)
+				;
+			if (i == ntypes)
+				continue;
+		}
+		if (r->keep != NULL && !r->keep(values[EV_AGGREGATE_ID], r->keep_arg))
+			continue;
+		n++;
+		(void) read_step(values, isnull, reveal, NULL, fn, arg);
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, NoLock);
+	table_close(rel, NoLock);
 }
 
 /* es_read_event: the event event_id (if it exists) through es_read_rows. */
@@ -372,8 +421,7 @@ static Datum
 read_all(FunctionCallInfo fcinfo, FullTransactionId after_tx)
 {
 	EsCall		call;
-	Datum		args[6];
-	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+	EsCommitRead r;
 	char	   *aggregate_type;
 	int32		max_count;
 
@@ -389,16 +437,15 @@ read_all(FunctionCallInfo fcinfo, FullTransactionId after_tx)
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("after_position must not be negative")));
 
-	args[0] = FullTransactionIdGetDatum(after_tx);
+	memset(&r, 0, sizeof(r));
+	r.after_tx = after_tx;
+	r.after_position = PG_ARGISNULL(1) ? 0 : PG_GETARG_INT64(1);
+	r.aggregate_type = aggregate_type;
+	r.event_types = PG_ARGISNULL(3) ? NULL : PG_GETARG_ARRAYTYPE_P(3);
+	r.max_count = max_count;
 	es_call_begin(fcinfo, &call);
-	args[1] = PG_ARGISNULL(1) ? Int64GetDatum(0) : PG_GETARG_DATUM(1);
-	args[2] = FullTransactionIdGetDatum(es_commit_horizon_push());
-	args[3] = aggregate_type ? CStringGetTextDatum(aggregate_type) : (Datum) 0;
-	nulls[3] = aggregate_type ? ' ' : 'n';
-	args[4] = PG_ARGISNULL(3) ? (Datum) 0 : PG_GETARG_DATUM(3);
-	nulls[4] = PG_ARGISNULL(3) ? 'n' : ' ';
-	args[5] = Int32GetDatum(max_count);
-	es_read_rows(&read_all_plan, args, nulls, true, true, NULL, read_put_row, fcinfo->resultinfo);
+	r.horizon = es_commit_horizon_push();
+	es_read_commit_order(&r, true, read_put_row, fcinfo->resultinfo);
 	PopActiveSnapshot();
 	es_call_end(&call);
 	return (Datum) 0;

@@ -12,7 +12,9 @@
 #ifndef ES_READ_H
 #define ES_READ_H
 
+#include "access/transam.h"
 #include "core/store.h"
+#include "utils/array.h"
 #include "utils/timestamp.h"
 
 typedef void (*EsRowCallback) (Datum *values, bool *nulls, void *arg);
@@ -37,7 +39,20 @@ extern void es_read_stream(const char *aggregate_id, int64 from_version, int64 t
 						   EsRowCallback fn, void *arg);
 extern EsReadUntil *es_read_until(FunctionCallInfo fcinfo, int end_argno, int as_of_argno);
 extern void es_read_event(const char *event_id, bool read_only, bool reveal, EsRowCallback fn, void *arg);
-extern EsPlan *es_commit_order_plan(void);
-extern EsPlan *es_segment_order_plan(void);
+
+/* A read in commit order: after a checkpoint, below a commit horizon. */
+typedef struct EsCommitRead
+{
+	FullTransactionId after_tx;	/* the checkpoint */
+	int64		after_position;
+	FullTransactionId horizon;
+	const char *aggregate_type; /* NULL: any */
+	ArrayType  *event_types;	/* text[]; NULL: any */
+	int64		max_count;
+	bool		(*keep) (Datum aggregate_id, void *arg);	/* NULL: every aggregate */
+	void	   *keep_arg;
+} EsCommitRead;
+
+extern void es_read_commit_order(const EsCommitRead *r, bool reveal, EsRowCallback fn, void *arg);
 
 #endif							/* ES_READ_H */
