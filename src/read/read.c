@@ -128,6 +128,19 @@ es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only, bool reveal
 	SPI_cursor_close(portal);
 }
 
+/* The values of an es_events row in a slot (a 1.0 catalog's row: no hash). */
+static void
+slot_event_values(TupleTableSlot *slot, Datum *values, bool *isnull)
+{
+	int			natts = slot->tts_tupleDescriptor->natts;
+
+	slot_getallattrs(slot);
+	memcpy(values, slot->tts_values, sizeof(Datum) * natts);
+	memcpy(isnull, slot->tts_isnull, sizeof(bool) * natts);
+	if (natts == EV_HASH)
+		isnull[EV_HASH] = true;
+}
+
 /*
  * es_read_stream: the events of one aggregate from from_version to
  * to_version, in version order, revealed, through read_step.
@@ -170,14 +183,8 @@ es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, b
 	index_rescan(scan, keys, 3, NULL, 0);
 	while (more && index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
-		int			natts = slot->tts_tupleDescriptor->natts;
-
 		CHECK_FOR_INTERRUPTS();
-		slot_getallattrs(slot);
-		memcpy(values, slot->tts_values, sizeof(Datum) * natts);
-		memcpy(isnull, slot->tts_isnull, sizeof(bool) * natts);
-		if (natts == EV_HASH)	/* a 1.0 catalog's row */
-			isnull[EV_HASH] = true;
+		slot_event_values(slot, values, isnull);
 		more = read_step(values, isnull, true, until, fn, arg);
 	}
 	index_endscan(scan);
@@ -251,15 +258,10 @@ es_read_commit_order(const EsCommitRead *r, bool reveal, EsRowCallback fn, void 
 	index_rescan(scan, keys, 2, NULL, 0);
 	while (n < r->max_count && index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
-		int			natts = slot->tts_tupleDescriptor->natts;
 		int			i;
 
 		CHECK_FOR_INTERRUPTS();
-		slot_getallattrs(slot);
-		memcpy(values, slot->tts_values, sizeof(Datum) * natts);
-		memcpy(isnull, slot->tts_isnull, sizeof(bool) * natts);
-		if (natts == EV_HASH)	/* a 1.0 catalog's row */
-			isnull[EV_HASH] = true;
+		slot_event_values(slot, values, isnull);
 		if (r->aggregate_type != NULL && !text_is(values[EV_AGGREGATE_TYPE], r->aggregate_type))
 			continue;
 		if (types != NULL)
