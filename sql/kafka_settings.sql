@@ -18,6 +18,11 @@ ALTER SYSTEM SET ultracore_es.kafka_partitioner = 'java';
 ALTER SYSTEM SET ultracore_es.kafka_partitioner = 'murmur2_random';
 ALTER SYSTEM RESET ultracore_es.kafka_partitioner;
 
+-- The standbys the mirror waits for: a list of slot names.
+ALTER SYSTEM SET ultracore_es.kafka_standby_slots = 'standby 1';
+ALTER SYSTEM SET ultracore_es.kafka_standby_slots = 'standby1, "standby2"';
+ALTER SYSTEM RESET ultracore_es.kafka_standby_slots;
+
 -- The properties may hold credentials: only superusers read them.
 CREATE ROLE regress_kafka_reader;
 SET ROLE regress_kafka_reader;

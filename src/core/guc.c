@@ -22,6 +22,7 @@
 #include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/varlena.h"
 
 #include "core/validate.h"
 
@@ -48,6 +49,8 @@ char	   *es_kafka_group_id = NULL;
 char	   *es_kafka_partitioner = NULL;
 char	   *es_kafka_source = NULL;
 bool		es_kafka_transactional = false;
+char	   *es_kafka_standby_slots = NULL;
+char	   *es_kafka_fence_topic = NULL;
 int			es_kafka_batch_size = 10000;
 int			es_kafka_ingest_batch_size = 1000;
 int			es_kafka_ingest_workers = 1;
@@ -100,6 +103,21 @@ check_kafka_partitioner(char **newval, void **extra, GucSource source)
 			return true;
 	GUC_check_errdetail("Known partitioners: consistent_random, murmur2_random, consistent, murmur2, fnv1a, fnv1a_random, random.");
 	return false;
+}
+
+/* A list of replication slot names (standby.c reads it the same way). */
+static bool
+check_kafka_standby_slots(char **newval, void **extra, GucSource source)
+{
+	char	   *names = pstrdup(*newval);
+	List	   *slots;
+	bool		ok = SplitIdentifierString(names, ',', &slots);
+
+	list_free(slots);
+	pfree(names);
+	if (!ok)
+		GUC_check_errdetail("The setting is a comma-separated list of physical replication slot names.");
+	return ok;
 }
 
 void
@@ -353,6 +371,24 @@ es_guc_init(void)
 							 PGC_SIGHUP,
 							 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("ultracore_es.kafka_standby_slots",
+							   "Physical replication slots (comma-separated) whose standbys must have flushed an event's commit before the mirror sends it; empty: none.",
+							   "With the standbys named here, a failover to one of them never leaves on Kafka an event the new primary lacks.",
+							   &es_kafka_standby_slots,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_LIST_INPUT,
+							   check_kafka_standby_slots, NULL, NULL);
+
+	DefineCustomStringVariable("ultracore_es.kafka_fence_topic",
+							   "Topic where each server that takes over a store's mirror claims it with its timeline; a server on an earlier timeline neither mirrors nor ingests.",
+							   NULL,
+							   &es_kafka_fence_topic,
+							   "ultracore_es.fence",
+							   PGC_SIGHUP,
+							   0,
+							   NULL, NULL, NULL);
 
 	DefineCustomIntVariable("ultracore_es.kafka_batch_size",
 							"Most messages the mirror has in flight.",

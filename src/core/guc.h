@@ -33,6 +33,8 @@ extern char *es_kafka_group_id;
 extern char *es_kafka_partitioner;
 extern char *es_kafka_source;
 extern bool es_kafka_transactional;
+extern char *es_kafka_standby_slots;
+extern char *es_kafka_fence_topic;
 extern int	es_kafka_batch_size;
 extern int	es_kafka_ingest_batch_size;
 extern int	es_kafka_ingest_workers;

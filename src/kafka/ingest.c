@@ -24,7 +24,8 @@
  * already stored is absorbed.  Appended events record their origin in
  * their metadata (kafka_origin), and the mirror does not produce them back
  * into the topic they came from; messages of this store's own source are
- * skipped.
+ * skipped.  The ingest runs only while this server's timeline is the
+ * newest to claim the store on the fence topic (fence.c).
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -688,7 +689,18 @@ ingest_pass(void)
 	rd_kafka_message_t *msg;
 	bool		full;
 	char		drained[64];
+	bool		fenced;
 
+	/* Not while a server on a later timeline serves the store: it leaves the group to that one. */
+	if (!es_kafka_fence_open(false, INGEST_CONSUMER, &fenced))
+	{
+		if (fenced)
+		{
+			batch_release();
+			consumer_destroy();
+		}
+		return false;
+	}
 	if (consumer == NULL)
 	{
 		if (consumer_failed_at != 0 &&
@@ -770,12 +782,13 @@ ingest_pass(void)
 	return full;
 }
 
-/* Leave the group and destroy the consumer; what was taken is left to the next owner. */
+/* Leave the group and destroy the consumer (and the fence's watcher); what was taken is left to the next owner. */
 static void
 ingest_stop(void)
 {
 	batch_release();
 	consumer_destroy();
+	es_kafka_fence_stop();
 	consumer_failed_at = 0;
 }
 

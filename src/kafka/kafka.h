@@ -4,8 +4,9 @@
  *	  The Kafka layer: what its files share.  The clients' configuration,
  *	  creation, logs and settings (client.c), the mirror (mirror.c) and the
  *	  ingest (ingest.c, its messages decoded in ingest_message.c), each a
- *	  service of the background workers.  Only the files of src/kafka
- *	  include librdkafka.
+ *	  service of the background workers; across a failover, the fence
+ *	  (fence.c) and the standbys the mirror waits for (standby.c).  Only
+ *	  the files of src/kafka include librdkafka.
  *
  * Rules (DESIGN.md, "Rules for code that talks to Kafka"):
  *
@@ -31,6 +32,8 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "access/xlogdefs.h"
+
 #include "core/step.h"
 #include "kafka/service.h"
 #include "write/append.h"
@@ -51,6 +54,14 @@ extern void es_kafka_emit_logs(void);
 extern bool es_kafka_configured(char **made_with, const char *settings, void (*stop) (void));
 extern bool es_kafka_run(const char *consumer_name, EsStep step);
 extern const char *es_kafka_own_source(void);
+
+/* fence.c: whether this server may speak for the store on Kafka */
+extern bool es_kafka_fence_open(bool claim, const char *consumer, bool *fenced);
+extern void es_kafka_fence_stop(void);
+
+/* standby.c */
+extern bool es_kafka_standby_wait_on(void);
+extern bool es_kafka_standbys_have(XLogRecPtr lsn, char *waiting_for, size_t len);
 
 /* mirror.c */
 extern void es_kafka_mirror_init(void);

@@ -24,6 +24,12 @@
  * checkpoint passes it once it commits.  Events the ingest appended from a
  * topic (their metadata's kafka_origin) are not produced back into it.
  *
+ * Across a failover: with ultracore_es.kafka_standby_slots, a batch read is
+ * held until those standbys have flushed the WAL past its commits
+ * (standby.c), so that Kafka never gets an event a promoted standby lacks;
+ * and the mirror runs only while this server's timeline is the newest to
+ * claim the store on the fence topic (fence.c).
+ *
  * Copyright (c) 2026, ultracore_es developers
  *
  *-------------------------------------------------------------------------
@@ -32,6 +38,7 @@
 
 #include "kafka/kafka.h"
 
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "miscadmin.h"
@@ -95,7 +102,12 @@ typedef struct InFlight
 	MessageState state;
 	char	   *refusal;		/* parked: "topic\nerror", malloc'd */
 	TimestampTz produced_at;
-	TopicState *topic;			/* NULL: not produced */
+	TopicState *topic;			/* NULL: no message */
+	/* A message read and not sent yet (malloc'd; value NULL: nothing to send). */
+	char	   *key;
+	char	   *value;
+	size_t		value_len;
+	rd_kafka_headers_t *headers;
 } InFlight;
 
 static rd_kafka_t *producer = NULL;
@@ -107,6 +119,9 @@ static InFlight *inflight = NULL;
 static int	inflight_size = 0;
 static int	ninflight = 0;
 static uint64 base_seq = 0;
+static int	nsent = 0;			/* the first nsent are in librdkafka's hands (or need not be) */
+static XLogRecPtr held_lsn = InvalidXLogRecPtr; /* the others wait for the standbys to pass it */
+static TimestampTz held_since = 0;
 static bool any_failed = false;
 static char failure[512];
 
@@ -230,6 +245,18 @@ producer_destroy(void)
 	in_transaction = false;
 }
 
+/* Free what a message not sent holds. */
+static void
+unsent_free(InFlight *m)
+{
+	free(m->key);
+	free(m->value);
+	if (m->headers != NULL)
+		rd_kafka_headers_destroy(m->headers);
+	m->key = m->value = NULL;
+	m->headers = NULL;
+}
+
 /* Forget the first n messages in flight. */
 static void
 inflight_drop(int n)
@@ -237,9 +264,13 @@ inflight_drop(int n)
 	int			i;
 
 	for (i = 0; i < n; i++)
+	{
 		free(inflight[i].refusal);
+		unsent_free(&inflight[i]);
+	}
 	memmove(inflight, inflight + n, sizeof(InFlight) * (ninflight - n));
 	ninflight -= n;
+	nsent = Max(nsent - n, 0);
 	base_seq += n;
 }
 
@@ -397,7 +428,7 @@ topic_state(const char *topic, bool recheck)
 static void
 mirror_check_stall(void)
 {
-	InFlight   *head = ninflight > 0 ? &inflight[0] : NULL;
+	InFlight   *head = nsent > 0 ? &inflight[0] : NULL;
 
 	if (head == NULL || head->state != MSG_PENDING || head->topic == NULL ||
 		!TimestampDifferenceExceeds(head->produced_at, GetCurrentTimestamp(), TOPIC_STALL_MS))
@@ -474,7 +505,6 @@ typedef struct MirrorRead
 {
 	int			wanted;
 	int			read;
-	bool		queue_full;
 } MirrorRead;
 
 /*
@@ -508,17 +538,13 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 	Route	   *route = route_of(aggregate_type);
 	char	   *origin = es_kafka_event_origin(DatumGetJsonbP(values[EV_METADATA]), "topic");
 	InFlight   *m;
-	uint64		seq;
 
-	if (r->queue_full)
-		return;
 	if (ninflight == inflight_size)
 	{
 		inflight_size = Max(inflight_size * 2, 1024);
 		inflight = inflight ? repalloc(inflight, sizeof(InFlight) * inflight_size)
 			: MemoryContextAlloc(TopMemoryContext, sizeof(InFlight) * inflight_size);
 	}
-	seq = base_seq + ninflight;
 	m = &inflight[ninflight];
 	m->tx = DatumGetFullTransactionId(values[EV_TX_ID]);
 	m->position = DatumGetInt64(values[EV_POSITION]);
@@ -526,8 +552,9 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 	m->acked_at = 0;
 	m->state = MSG_PENDING;
 	m->refusal = NULL;
-	m->produced_at = GetCurrentTimestamp();
 	m->topic = NULL;
+	m->key = m->value = NULL;
+	m->headers = NULL;
 
 	if (!route->mirrored || (origin != NULL && strcmp(origin, route->topic) == 0))
 		m->state = MSG_DELIVERED;	/* not for Kafka, or from this very topic */
@@ -540,50 +567,20 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 	}
 	else
 	{
-		rd_kafka_headers_t *h;
-		char	   *aggregate_id = TextDatumGetCString(values[EV_AGGREGATE_ID]);
+		const char *aggregate_id = TextDatumGetCString(values[EV_AGGREGATE_ID]);
 		char	   *value = JsonbToCString(NULL, &mirror_data(values)->root, 0);
-		rd_kafka_resp_err_t err;
 
-		/* Transactional: the batch is one Kafka transaction, begun with its first message. */
-		if (es_kafka_transactional && !in_transaction)
+		/* Sent by mirror_send, in order; librdkafka frees the value once it has it. */
+		m->value_len = strlen(value);
+		m->key = strdup(aggregate_id);
+		m->value = malloc(m->value_len + 1);
+		if (m->key == NULL || m->value == NULL)
 		{
-			rd_kafka_error_t *error = rd_kafka_begin_transaction(producer);
-
-			if (error != NULL)
-			{
-				snprintf(failure, sizeof(failure), "begin_transaction: %s", rd_kafka_error_string(error));
-				rd_kafka_error_destroy(error);
-				any_failed = true;
-				r->queue_full = true;
-				return;
-			}
-			in_transaction = true;
+			unsent_free(m);
+			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
 		}
-		h = es_kafka_mirror_headers(values, nulls, aggregate_type);
-
-		err = rd_kafka_producev(producer,
-								RD_KAFKA_V_TOPIC(route->topic),
-								RD_KAFKA_V_KEY(aggregate_id, strlen(aggregate_id)),
-								RD_KAFKA_V_VALUE(value, strlen(value)),
-								RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-								RD_KAFKA_V_HEADERS(h),
-								RD_KAFKA_V_OPAQUE((void *) (uintptr_t) seq),
-								RD_KAFKA_V_END);
-		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-		{
-			rd_kafka_headers_destroy(h);
-			if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
-			{
-				r->queue_full = true;	/* back-pressure: the rest next pass */
-				return;
-			}
-			if (!refused_for_good(err))
-				ereport(ERROR,
-						(errmsg("could not produce event to topic \"%s\": %s", route->topic, rd_kafka_err2str(err))));
-			mirror_park(m, refusal_of(route->topic, err));
-			m->acked_at = GetCurrentTimestamp();
-		}
+		memcpy(m->value, value, m->value_len + 1);
+		m->headers = es_kafka_mirror_headers(values, nulls, aggregate_type);
 	}
 	ninflight++;
 	r->read++;
@@ -748,7 +745,7 @@ mirror_forget(int done)
 static void
 mirror_produce_step(EsStore *s, void *arg)
 {
-	MirrorRead	r = {es_kafka_batch_size - ninflight, 0, false};
+	MirrorRead	r = {es_kafka_batch_size - ninflight, 0};
 	EsCommitRead read;
 
 	routes_load();
@@ -758,8 +755,90 @@ mirror_produce_step(EsStore *s, void *arg)
 	read.horizon = es_commit_horizon_push();
 	read.max_count = r.wanted;
 	es_read_commit_order(&read, false, mirror_event, &r);
+	/* Every commit the read saw is before this point of the WAL. */
+	if (r.read > 0 && es_kafka_standby_wait_on())
+	{
+		held_lsn = GetXLogInsertRecPtr();
+		held_since = GetCurrentTimestamp();
+	}
 	PopActiveSnapshot();
 	routes = NULL;
+}
+
+/*
+ * Hand the messages read and not sent yet to librdkafka, in order: at
+ * once, or with standby slots named, once those standbys have flushed the
+ * WAL past held_lsn.  A full queue stops it (back-pressure: the rest next
+ * pass); a message Kafka refuses for good at once is parked.
+ */
+static void
+mirror_send(void)
+{
+	char		waiting_for[256];
+
+	if (nsent == ninflight)
+		return;
+	if (es_kafka_standby_wait_on() && !es_kafka_standbys_have(held_lsn, waiting_for, sizeof(waiting_for)))
+	{
+		/* The lag grows meanwhile; after a while the reason shows in es_kafka_status too. */
+		if (TimestampDifferenceExceeds(held_since, GetCurrentTimestamp(), TOPIC_STALL_MS))
+		{
+			held_since = GetCurrentTimestamp();
+			ereport(LOG, (errmsg("ultracore_es kafka: the mirror waits for its standbys: %s", waiting_for)));
+			es_consumer_record_failure(MIRROR_CONSUMER, psprintf("waiting for the standbys: %s", waiting_for));
+		}
+		return;
+	}
+	for (; nsent < ninflight; nsent++)
+	{
+		InFlight   *m = &inflight[nsent];
+		rd_kafka_resp_err_t err;
+
+		if (m->value == NULL)
+			continue;
+		/* Transactional: the batch is one Kafka transaction, begun with its first message. */
+		if (es_kafka_transactional && !in_transaction)
+		{
+			rd_kafka_error_t *error = rd_kafka_begin_transaction(producer);
+
+			if (error != NULL)
+			{
+				snprintf(failure, sizeof(failure), "begin_transaction: %s", rd_kafka_error_string(error));
+				rd_kafka_error_destroy(error);
+				any_failed = true;
+				return;
+			}
+			in_transaction = true;
+		}
+		err = rd_kafka_producev(producer,
+								RD_KAFKA_V_TOPIC(m->topic->topic),
+								RD_KAFKA_V_KEY(m->key, strlen(m->key)),
+								RD_KAFKA_V_VALUE(m->value, m->value_len),
+								RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
+								RD_KAFKA_V_HEADERS(m->headers),
+								RD_KAFKA_V_OPAQUE((void *) (uintptr_t) (base_seq + nsent)),
+								RD_KAFKA_V_END);
+		if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL)
+			return;
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			m->value = NULL;	/* librdkafka's now, as the headers */
+		else
+			rd_kafka_headers_destroy(m->headers);
+		m->headers = NULL;
+		unsent_free(m);
+		m->produced_at = GetCurrentTimestamp();
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			continue;
+		if (!refused_for_good(err))
+		{
+			snprintf(failure, sizeof(failure), "could not produce to topic %s: %s", m->topic->topic,
+					 rd_kafka_err2str(err));
+			any_failed = true;
+			return;
+		}
+		mirror_park(m, refusal_of(m->topic->topic, err));
+		m->acked_at = GetCurrentTimestamp();
+	}
 }
 
 /*
@@ -779,8 +858,10 @@ mirror_commit_transaction(void)
 	error = rd_kafka_commit_transaction(producer, 50);
 	if (error == NULL)
 	{
-		for (i = 0; i < ninflight; i++)
-			inflight[i].state = MSG_DELIVERED;
+		/* What was sent; a message parked before it was sent stays parked. */
+		for (i = 0; i < nsent; i++)
+			if (inflight[i].state == MSG_PENDING)
+				inflight[i].state = MSG_DELIVERED;
 		in_transaction = false;
 		return;
 	}
@@ -799,9 +880,16 @@ static bool
 mirror_pass(void)
 {
 	char		fatal[512];
+	bool		fenced;
 
 	if (backoff_until != 0 && GetCurrentTimestamp() < backoff_until)
 		return false;
+	if (!es_kafka_fence_open(true, MIRROR_CONSUMER, &fenced))
+	{
+		if (fenced)
+			mirror_rewind();
+		return false;
+	}
 	if (producer == NULL)
 	{
 		if (producer_failed_at != 0 &&
@@ -841,8 +929,10 @@ mirror_pass(void)
 	if ((!produced_known || acknowledged_prefix() > 0) &&
 		es_kafka_run(MIRROR_CONSUMER, mirror_checkpoint_step) && checkpointed > 0)
 		mirror_forget(checkpointed);
-	if (produced_known && ninflight < es_kafka_batch_size && !in_transaction)
-		es_kafka_run(MIRROR_CONSUMER, mirror_produce_step);
+	mirror_send();
+	if (produced_known && nsent == ninflight && ninflight < es_kafka_batch_size && !in_transaction &&
+		!any_failed && es_kafka_run(MIRROR_CONSUMER, mirror_produce_step))
+		mirror_send();
 	rd_kafka_poll(producer, 0);
 	return ninflight > 0;
 }
@@ -855,6 +945,7 @@ static void
 mirror_stop(void)
 {
 	mirror_rewind();
+	es_kafka_fence_stop();
 	refused_forget(PG_INT64_MAX);
 	if (topics != NULL)
 		hash_destroy(topics);
