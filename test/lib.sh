@@ -4,7 +4,7 @@
 # as root, so servers, builds and pg_regress run as the postgres user, in a
 # private work directory that user owns ($ES_WORKDIR).
 
-ES_PACKAGES="build-essential pkg-config postgresql-15 postgresql-server-dev-15 libipc-run-perl librdkafka-dev libssl-dev kcat bc pgbouncer python3-psycopg nodejs prometheus-postgres-exporter default-jdk-headless libpostgresql-jdbc-java"
+ES_PACKAGES="build-essential pkg-config postgresql-15 postgresql-server-dev-15 postgresql-15-plproxy libipc-run-perl librdkafka-dev libssl-dev kcat bc pgbouncer python3-psycopg nodejs prometheus-postgres-exporter default-jdk-headless libpostgresql-jdbc-java"
 ES_PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 export PATH="$ES_PGBIN:$PATH"
 
