@@ -524,19 +524,33 @@ es_personal_omitted(Jsonb *data, Jsonb *metadata)
 	return object_rewrite(data, omit_member, &a);
 }
 
-/* es_personal_reveal_row: es_personal_revealed on a deformed es_events row. */
-void
+/*
+ * es_personal_reveal_row: es_personal_revealed on a deformed es_events row;
+ * whether the row changed.  Most rows have no personal data: their
+ * metadata, when stored inline and uncompressed, is searched for the key's
+ * name as bytes first (a jsonb object stores its keys as plain strings),
+ * without the copy that reading it as jsonb makes of a short value.
+ */
+bool
 es_personal_reveal_row(EsStore *s, Datum *values, bool *isnull)
 {
+	struct varlena *raw;
 	Jsonb	   *metadata;
 
 	if (isnull[EV_DATA] || isnull[EV_METADATA])
-		return;
+		return false;
+	raw = (struct varlena *) DatumGetPointer(values[EV_METADATA]);
+	if (!VARATT_IS_EXTENDED(raw) || VARATT_IS_SHORT(raw))
+	{
+		if (memmem(VARDATA_ANY(raw), VARSIZE_ANY_EXHDR(raw), "personal_data", strlen("personal_data")) == NULL)
+			return false;
+	}
 	metadata = DatumGetJsonbP(values[EV_METADATA]);
 	if (!JB_ROOT_IS_OBJECT(metadata) ||
 		getKeyJsonValueFromContainer(&metadata->root, "personal_data", strlen("personal_data"), NULL) == NULL)
-		return;
+		return false;
 	values[EV_DATA] = JsonbPGetDatum(es_personal_revealed(s, DatumGetJsonbP(values[EV_DATA]), metadata));
+	return true;
 }
 
 /*

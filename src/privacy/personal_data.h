@@ -23,7 +23,7 @@ extern bool es_personal_seal(EsStore *s, const char *event_type, const char *agg
 extern const char *es_personal_subject(Jsonb *metadata);
 extern Jsonb *es_personal_revealed(EsStore *s, Jsonb *data, Jsonb *metadata);
 extern Jsonb *es_personal_omitted(Jsonb *data, Jsonb *metadata);
-extern void es_personal_reveal_row(EsStore *s, Datum *values, bool *isnull);
+extern bool es_personal_reveal_row(EsStore *s, Datum *values, bool *isnull);
 extern HeapTuple es_personal_revealed_tuple(EsStore *s, TupleDesc desc, HeapTuple row);
 
 /* Snapshots of states folded from personal data: sealed with all their subjects' keys. */

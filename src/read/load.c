@@ -351,7 +351,7 @@ es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
 		fold.subjects = subjects;
 	if (target > out->snapshot_version)
 		es_read_stream(aggregate_id, out->snapshot_version + 1, target, read_only, NULL,
-					   fold_apply, &fold);
+					   fold_apply, NULL, &fold);
 	out->state = fold_result(&fold);
 	out->events_applied = fold.applied;
 	out->subjects = fold.subjects;

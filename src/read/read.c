@@ -76,19 +76,26 @@ static EsPlan version_plan = {
  * Hand one deformed row to fn, its personal fields revealed (with reveal:
  * for readers of the events; the built-in read models and the mirror take
  * them sealed) and upcast to the current schema versions; false, without
- * calling fn, at the first row past until.
+ * calling fn, at the first row past until.  A row of a scan (slot) that
+ * neither changed goes to slot_fn instead, when there is one.
  */
 static bool
-read_step(Datum *values, bool *isnull, bool reveal, const EsReadUntil *until, EsRowCallback fn, void *arg)
+read_step(Datum *values, bool *isnull, bool reveal, const EsReadUntil *until, EsRowCallback fn,
+		  TupleTableSlot *slot, EsSlotCallback slot_fn, void *arg)
 {
+	bool		changed = false;
+
 	if (until != NULL &&
 		((until->has_end && DatumGetTimestampTz(values[EV_OCCURRED_AT]) > until->end) ||
 		 (until->has_as_of && DatumGetTimestampTz(values[EV_RECORDED_AT]) > until->as_of)))
 		return false;
 	if (reveal)
-		es_personal_reveal_row(es_store_resolved(), values, isnull);
-	es_upcast_row(values, isnull);
-	fn(values, isnull, arg);
+		changed = es_personal_reveal_row(es_store_resolved(), values, isnull);
+	changed |= es_upcast_row(values, isnull);
+	if (slot_fn != NULL && !changed)
+		slot_fn(slot, arg);
+	else
+		fn(values, isnull, arg);
 	return true;
 }
 
@@ -121,7 +128,7 @@ es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only, bool reveal
 		{
 			CHECK_FOR_INTERRUPTS();
 			es_deform_event(tt->vals[i], tt->tupdesc, values, isnull);
-			done = !read_step(values, isnull, reveal, until, fn, arg);
+			done = !read_step(values, isnull, reveal, until, fn, NULL, NULL, arg);
 		}
 		SPI_freetuptable(tt);
 	}
@@ -155,7 +162,7 @@ slot_event_values(TupleTableSlot *slot, Datum *values, bool *isnull)
  */
 void
 es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, bool read_only,
-			   const EsReadUntil *until, EsRowCallback fn, void *arg)
+			   const EsReadUntil *until, EsRowCallback fn, EsSlotCallback slot_fn, void *arg)
 {
 	EsStore    *s = es_store_resolved();
 	Relation	rel = table_open(s->events_relid, AccessShareLock);
@@ -185,7 +192,7 @@ es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, b
 	{
 		CHECK_FOR_INTERRUPTS();
 		slot_event_values(slot, values, isnull);
-		more = read_step(values, isnull, true, until, fn, arg);
+		more = read_step(values, isnull, true, until, fn, slot, slot_fn, arg);
 	}
 	index_endscan(scan);
 	PopActiveSnapshot();
@@ -274,7 +281,7 @@ es_read_commit_order(const EsCommitRead *r, bool reveal, EsRowCallback fn, void 
 		if (r->keep != NULL && !r->keep(values[EV_AGGREGATE_ID], r->keep_arg))
 			continue;
 		n++;
-		(void) read_step(values, isnull, reveal, NULL, fn, arg);
+		(void) read_step(values, isnull, reveal, NULL, fn, slot, r->slot_fn, arg);
 	}
 	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
@@ -298,6 +305,23 @@ read_put_row(Datum *values, bool *nulls, void *arg)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) arg;
 
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+/*
+ * The same for a row as stored: copied as it is, where forming it again
+ * from its values took a fifth of es_read_all's time (palloc0, fill).  A
+ * table whose columns are not the result's (one dropped by hand) goes
+ * through the values.
+ */
+static void
+read_put_slot(TupleTableSlot *slot, void *arg)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) arg;
+
+	if (slot->tts_tupleDescriptor->natts == rsinfo->setDesc->natts)
+		tuplestore_puttupleslot(rsinfo->setResult, slot);
+	else
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, slot->tts_values, slot->tts_isnull);
 }
 
 static int64
@@ -361,7 +385,7 @@ es_get_events(PG_FUNCTION_ARGS)
 
 	es_call_begin(fcinfo, &call);
 	es_read_stream(aggregate_id, from_version, to_version, true, es_read_until(fcinfo, 3, 4),
-				   read_put_row, fcinfo->resultinfo);
+				   read_put_row, read_put_slot, fcinfo->resultinfo);
 	es_call_end(&call);
 	return (Datum) 0;
 }
@@ -445,6 +469,7 @@ read_all(FunctionCallInfo fcinfo, FullTransactionId after_tx)
 	r.aggregate_type = aggregate_type;
 	r.event_types = PG_ARGISNULL(3) ? NULL : PG_GETARG_ARRAYTYPE_P(3);
 	r.max_count = max_count;
+	r.slot_fn = read_put_slot;
 	es_call_begin(fcinfo, &call);
 	r.horizon = es_commit_horizon_push();
 	es_read_commit_order(&r, true, read_put_row, fcinfo->resultinfo);

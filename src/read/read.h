@@ -20,6 +20,14 @@
 typedef void (*EsRowCallback) (Datum *values, bool *nulls, void *arg);
 
 /*
+ * A reader that takes a row as stored, in the scan's slot, when nothing in
+ * it was revealed or upcast: the set-returning functions copy it into their
+ * result without forming it again from its values.  NULL: every row goes
+ * to the EsRowCallback.
+ */
+typedef void (*EsSlotCallback) (TupleTableSlot *slot, void *arg);
+
+/*
  * Where a point-in-time read of a stream stops: before the first event that
  * occurred after end (business time), or that was recorded after as_of
  * (what the store held then).  A prefix of the stream, never one with holes.
@@ -36,7 +44,7 @@ extern void es_read_rows(EsPlan *plan, Datum *args, char *nulls, bool read_only,
 						 const EsReadUntil *until, EsRowCallback fn, void *arg);
 extern void es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version,
 						   bool read_only, const EsReadUntil *until,
-						   EsRowCallback fn, void *arg);
+						   EsRowCallback fn, EsSlotCallback slot_fn, void *arg);
 extern EsReadUntil *es_read_until(FunctionCallInfo fcinfo, int end_argno, int as_of_argno);
 extern void es_read_event(const char *event_id, bool read_only, bool reveal, EsRowCallback fn, void *arg);
 
@@ -51,6 +59,7 @@ typedef struct EsCommitRead
 	int64		max_count;
 	bool		(*keep) (Datum aggregate_id, void *arg);	/* NULL: every aggregate */
 	void	   *keep_arg;
+	EsSlotCallback slot_fn;		/* NULL: none */
 } EsCommitRead;
 
 extern void es_read_commit_order(const EsCommitRead *r, bool reveal, EsRowCallback fn, void *arg);

@@ -40,8 +40,9 @@
  * es_upcast_row: upgrade the payload of one deformed es_events row to the
  * current schema version of its event type, in place (data and
  * schema_version).  The new payload is palloc'd in the current context.
+ * Returns whether the row changed.
  */
-void
+bool
 es_upcast_row(Datum *values, bool *nulls)
 {
 	char		event_type[ES_MAX_NAME_LEN + 1];
@@ -52,7 +53,7 @@ es_upcast_row(Datum *values, bool *nulls)
 	text_to_cstring_buffer(DatumGetTextPP(values[EV_EVENT_TYPE]), event_type, sizeof(event_type));
 	es_event_type_lookup(event_type, &type);
 	if (version >= type.schema_version)
-		return;
+		return false;
 
 	for (; version < type.schema_version; version++)
 	{
@@ -83,6 +84,7 @@ es_upcast_row(Datum *values, bool *nulls)
 	values[EV_DATA] = data;
 	nulls[EV_DATA] = false;
 	values[EV_SCHEMA_VERSION] = Int32GetDatum(type.schema_version);
+	return true;
 }
 
 /*

@@ -11,7 +11,7 @@
 #ifndef ES_UPCAST_H
 #define ES_UPCAST_H
 
-extern void es_upcast_row(Datum *values, bool *nulls);
+extern bool es_upcast_row(Datum *values, bool *nulls);
 extern void es_check_user_function(Oid fn, const char *role, int nargs, const Oid *argtypes,
 								   const char *signature, Oid caller);
 
