@@ -190,14 +190,19 @@ const char *
 es_kafka_own_source(void)
 {
 	static char source[NAMEDATALEN * 3 + 64];
+	static char made_for[NAMEDATALEN * 3 + 64]; /* the database name source was made for */
 	const char *name;
 	char	   *p;
 
 	if (es_kafka_source != NULL && es_kafka_source[0] != '\0')
 		return es_kafka_source;
+	/* The mirror asks for every message: made again only when the database setting changes. */
+	if (source[0] != '\0' && strcmp(made_for, es_kafka_database_name()) == 0)
+		return source;
+	strlcpy(made_for, es_kafka_database_name(), sizeof(made_for));
 	p = source + snprintf(source, sizeof(source), "/ultracore_es/" UINT64_FORMAT "/", GetSystemIdentifier());
 	/* A database name is shorter than NAMEDATALEN: the bound only guards a longer setting. */
-	for (name = es_kafka_database_name(); *name && p + 4 <= source + sizeof(source); name++)
+	for (name = made_for; *name && p + 4 <= source + sizeof(source); name++)
 	{
 		unsigned char c = (unsigned char) *name;
 

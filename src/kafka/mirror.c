@@ -38,6 +38,9 @@
 
 #include "kafka/kafka.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
@@ -60,7 +63,10 @@
 #include "privacy/personal_data.h"
 #include "read/read.h"
 
-/* Sleep while messages are in flight (their acknowledgements are polled). */
+/*
+ * Sleep while messages are in flight, at most: their acknowledgements
+ * wake the worker (wake_pipe) as they arrive.
+ */
 #define KAFKA_BUSY_MS		5
 
 /*
@@ -103,14 +109,15 @@ typedef struct InFlight
 	char	   *refusal;		/* parked: "topic\nerror", malloc'd */
 	TimestampTz produced_at;
 	TopicState *topic;			/* NULL: no message */
-	/* A message read and not sent yet (malloc'd; value NULL: nothing to send). */
-	char	   *key;
-	char	   *value;
+	/* A message read and not sent yet (value NULL: nothing to send). */
+	char	   *key;			/* in value's allocation, after it */
+	char	   *value;			/* malloc'd */
 	size_t		value_len;
 	rd_kafka_headers_t *headers;
 } InFlight;
 
 static rd_kafka_t *producer = NULL;
+static int	wake_pipe[2] = {-1, -1};	/* librdkafka writes when the producer has reports */
 static TimestampTz producer_failed_at = 0;
 static bool in_transaction = false;	/* a Kafka transaction is open */
 
@@ -243,13 +250,18 @@ producer_destroy(void)
 	rd_kafka_destroy_flags(producer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
 	producer = NULL;
 	in_transaction = false;
+	if (wake_pipe[0] >= 0)
+	{
+		close(wake_pipe[0]);
+		close(wake_pipe[1]);
+		wake_pipe[0] = wake_pipe[1] = -1;
+	}
 }
 
 /* Free what a message not sent holds. */
 static void
 unsent_free(InFlight *m)
 {
-	free(m->key);
 	free(m->value);
 	if (m->headers != NULL)
 		rd_kafka_headers_destroy(m->headers);
@@ -347,6 +359,27 @@ producer_create(void)
 		producer_destroy();
 		ereport(WARNING, (errmsg("ultracore_es kafka: could not forward the producer's logs")));
 		return false;
+	}
+
+	/*
+	 * A byte on the pipe when the main queue (delivery reports, logs) gets
+	 * something: the worker sleeps on it (mirror_wait_fd) and takes each
+	 * acknowledgement as it comes, where a poll every KAFKA_BUSY_MS left the
+	 * producer waiting on the mirror.
+	 */
+	if (pipe2(wake_pipe, O_NONBLOCK | O_CLOEXEC) != 0)
+	{
+		wake_pipe[0] = wake_pipe[1] = -1;
+		ereport(WARNING, (errcode_for_file_access(), errmsg("ultracore_es kafka: could not create a pipe: %m")));
+		producer_destroy();
+		return false;
+	}
+	else
+	{
+		rd_kafka_queue_t *queue = rd_kafka_queue_get_main(producer);
+
+		rd_kafka_queue_io_event_enable(queue, wake_pipe[1], "!", 1);
+		rd_kafka_queue_destroy(queue);	/* our reference; the queue stays */
 	}
 	if (es_kafka_transactional)
 	{
@@ -567,19 +600,23 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 	}
 	else
 	{
-		const char *aggregate_id = TextDatumGetCString(values[EV_AGGREGATE_ID]);
+		text	   *aggregate_id = DatumGetTextPP(values[EV_AGGREGATE_ID]);
+		size_t		key_len = VARSIZE_ANY_EXHDR(aggregate_id);
 		char	   *value = JsonbToCString(NULL, &mirror_data(values)->root, 0);
 
-		/* Sent by mirror_send, in order; librdkafka frees the value once it has it. */
+		/*
+		 * Sent by mirror_send, in order.  One allocation holds the value and
+		 * then the key: librdkafka copies the key when it takes the
+		 * message, and frees the value (the whole block) once it is done.
+		 */
 		m->value_len = strlen(value);
-		m->key = strdup(aggregate_id);
-		m->value = malloc(m->value_len + 1);
-		if (m->key == NULL || m->value == NULL)
-		{
-			unsent_free(m);
+		m->value = malloc(m->value_len + key_len + 2);
+		if (m->value == NULL)
 			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-		}
 		memcpy(m->value, value, m->value_len + 1);
+		m->key = m->value + m->value_len + 1;
+		memcpy(m->key, VARDATA_ANY(aggregate_id), key_len);
+		m->key[key_len] = '\0';
 		m->headers = es_kafka_mirror_headers(values, nulls, aggregate_type);
 	}
 	ninflight++;
@@ -775,6 +812,7 @@ static void
 mirror_send(void)
 {
 	char		waiting_for[256];
+	TimestampTz now;
 
 	if (nsent == ninflight)
 		return;
@@ -789,6 +827,7 @@ mirror_send(void)
 		}
 		return;
 	}
+	now = GetCurrentTimestamp();
 	for (; nsent < ninflight; nsent++)
 	{
 		InFlight   *m = &inflight[nsent];
@@ -826,7 +865,7 @@ mirror_send(void)
 			rd_kafka_headers_destroy(m->headers);
 		m->headers = NULL;
 		unsent_free(m);
-		m->produced_at = GetCurrentTimestamp();
+		m->produced_at = now;
 		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 			continue;
 		if (!refused_for_good(err))
@@ -837,7 +876,7 @@ mirror_send(void)
 			return;
 		}
 		mirror_park(m, refusal_of(m->topic->topic, err));
-		m->acked_at = GetCurrentTimestamp();
+		m->acked_at = now;
 	}
 }
 
@@ -880,8 +919,17 @@ static bool
 mirror_pass(void)
 {
 	char		fatal[512];
+	char		drained[64];
 	bool		fenced;
 
+	/*
+	 * Emptied first, whatever this pass does: what arrives after the next
+	 * poll writes again, and a pass that does not poll does not leave the
+	 * worker woken at once by a byte it already had.
+	 */
+	if (wake_pipe[0] >= 0)
+		while (read(wake_pipe[0], drained, sizeof(drained)) > 0)
+			;
 	if (backoff_until != 0 && GetCurrentTimestamp() < backoff_until)
 		return false;
 	if (!es_kafka_fence_open(true, MIRROR_CONSUMER, &fenced))
@@ -990,10 +1038,18 @@ mirror_wanted(bool kafka_database)
 	return kafka_database && es_kafka_brokers != NULL && es_kafka_brokers[0] != '\0' ? 1 : 0;
 }
 
+/* The worker sleeps on it too: see producer_create. */
+static int
+mirror_wait_fd(void)
+{
+	return producer != NULL ? wake_pipe[0] : -1;
+}
+
 static const EsWorkerService mirror_service = {
 	.name = "kafka mirror",
 	.wanted = mirror_wanted,
 	.pass = mirror_service_pass,
+	.wait_fd = mirror_wait_fd,
 	.stop = mirror_stop,
 };
 

@@ -32,6 +32,23 @@ add_header(rd_kafka_headers_t *h, const char *name, const char *value)
 		rd_kafka_header_add(h, name, -1, value, strlen(value));
 }
 
+/* A text column as a header: librdkafka copies it, no C string is made first. */
+static void
+add_text_header(rd_kafka_headers_t *h, const char *name, Datum value)
+{
+	text	   *t = DatumGetTextPP(value);
+
+	rd_kafka_header_add(h, name, -1, VARDATA_ANY(t), VARSIZE_ANY_EXHDR(t));
+}
+
+static void
+add_int64_header(rd_kafka_headers_t *h, const char *name, int64 value)
+{
+	char		buf[MAXINT8LEN + 1];
+
+	rd_kafka_header_add(h, name, -1, buf, pg_lltoa(value, buf));
+}
+
 /*
  * RFC 3339 in UTC (2026-12-06T09:30:00.123456Z), as CloudEvents wants its
  * time, whatever the server's time zone; NULL for a time RFC 3339 cannot
@@ -39,20 +56,49 @@ add_header(rd_kafka_headers_t *h, const char *name, const char *value)
  * 1.1, possible in events of 1.0), and the message goes without ce_time,
  * which is optional.
  */
+/* n as width digits, zero-padded, at p; the end. */
 static char *
-rfc3339(TimestampTz t)
+digits(char *p, int n, int width)
+{
+	int			i;
+
+	for (i = width - 1; i >= 0; i--, n /= 10)
+		p[i] = '0' + n % 10;
+	return p + width;
+}
+
+static const char *
+rfc3339(TimestampTz t, char *buf, size_t len)
 {
 	struct pg_tm tm;
 	fsec_t		fsec;
 
+	char	   *p = buf;
+
+	Assert(len >= sizeof("0000-00-00T00:00:00.000000Z"));
 	if (TIMESTAMP_NOT_FINITE(t) || timestamp2tm(t, NULL, &tm, &fsec, NULL, NULL) != 0 ||
 		tm.tm_year < 1 || tm.tm_year > 9999)
 		return NULL;
-	if (fsec == 0)
-		return psprintf("%04d-%02d-%02dT%02d:%02d:%02dZ",
-						tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
-	return psprintf("%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
-					tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int) fsec);
+	/* Digits written here: snprintf took a twentieth of the mirror's time. */
+	p = digits(p, tm.tm_year, 4);
+	*p++ = '-';
+	p = digits(p, tm.tm_mon, 2);
+	*p++ = '-';
+	p = digits(p, tm.tm_mday, 2);
+	*p++ = 'T';
+	p = digits(p, tm.tm_hour, 2);
+	*p++ = ':';
+	p = digits(p, tm.tm_min, 2);
+	*p++ = ':';
+	p = digits(p, tm.tm_sec, 2);
+	if (fsec != 0)
+	{
+		*p++ = '.';
+		p = digits(p, (int) fsec, 6);
+	}
+	*p++ = 'Z';
+	*p = '\0';
+	return buf;
 }
 
 /* The string at key of a JSON object's container, or NULL. */
@@ -73,9 +119,11 @@ container_string(JsonbContainer *container, const char *key)
 char *
 es_kafka_event_origin(Jsonb *metadata, const char *key)
 {
-	JsonbValue *origin = getKeyJsonValueFromContainer(&metadata->root, "kafka_origin",
-													  strlen("kafka_origin"), NULL);
+	JsonbValue *origin;
 
+	if (JB_ROOT_COUNT(metadata) == 0)
+		return NULL;			/* most events: '{}' */
+	origin = getKeyJsonValueFromContainer(&metadata->root, "kafka_origin", strlen("kafka_origin"), NULL);
 	if (origin == NULL || origin->type != jbvBinary || !JsonContainerIsObject(origin->val.binary.data))
 		return NULL;
 	return container_string(origin->val.binary.data, key);
@@ -90,15 +138,16 @@ es_kafka_mirror_headers(Datum *values, bool *nulls, const char *aggregate_type)
 {
 	rd_kafka_headers_t *h;
 	Jsonb	   *metadata = DatumGetJsonbP(values[EV_METADATA]);
-	char	   *aggregate_id = TextDatumGetCString(values[EV_AGGREGATE_ID]);
+	bool		has_metadata = JB_ROOT_COUNT(metadata) > 0;
+	const char *own_source = es_kafka_own_source();
 	char	   *source;
-	char	   *time;
+	char		time[64];
 	char	   *trace;
 	const char *why;
 
 	h = rd_kafka_headers_new(18);
 	add_header(h, "ce_specversion", "1.0");
-	add_header(h, "ce_id", TextDatumGetCString(values[EV_EVENT_ID]));
+	add_text_header(h, "ce_id", values[EV_EVENT_ID]);
 
 	/*
 	 * An ingested event keeps its source: (source, id) is a CloudEvent's
@@ -106,22 +155,22 @@ es_kafka_mirror_headers(Datum *values, bool *nulls, const char *aggregate_type)
 	 * which store sent it, for the ingest's echo check.
 	 */
 	source = es_kafka_event_origin(metadata, "source");
-	add_header(h, "ce_source", source != NULL ? source : es_kafka_own_source());
-	add_header(h, "ce_mirroredby", es_kafka_own_source());
-	add_header(h, "ce_type", TextDatumGetCString(values[EV_EVENT_TYPE]));
-	add_header(h, "ce_subject", aggregate_id);
-	if ((time = rfc3339(DatumGetTimestampTz(values[EV_OCCURRED_AT]))) != NULL)
-		add_header(h, "ce_time", time);
+	add_header(h, "ce_source", source != NULL ? source : own_source);
+	add_header(h, "ce_mirroredby", own_source);
+	add_text_header(h, "ce_type", values[EV_EVENT_TYPE]);
+	add_text_header(h, "ce_subject", values[EV_AGGREGATE_ID]);
+	add_header(h, "ce_time", rfc3339(DatumGetTimestampTz(values[EV_OCCURRED_AT]), time, sizeof(time)));
 	add_header(h, "content-type", "application/json");
 	add_header(h, "ce_aggregatetype", aggregate_type);
-	add_header(h, "ce_aggregateversion", psprintf(INT64_FORMAT, DatumGetInt64(values[EV_VERSION])));
-	add_header(h, "ce_position", psprintf(INT64_FORMAT, DatumGetInt64(values[EV_POSITION])));
+	add_int64_header(h, "ce_aggregateversion", DatumGetInt64(values[EV_VERSION]));
+	add_int64_header(h, "ce_position", DatumGetInt64(values[EV_POSITION]));
 	if (!nulls[EV_CAUSATION_ID])
-		add_header(h, "ce_causationid", TextDatumGetCString(values[EV_CAUSATION_ID]));
+		add_text_header(h, "ce_causationid", values[EV_CAUSATION_ID]);
 	if (!nulls[EV_CORRELATION_ID])
-		add_header(h, "ce_correlationid", TextDatumGetCString(values[EV_CORRELATION_ID]));
-	if (JB_ROOT_COUNT(metadata) > 0)
-		add_header(h, "ce_metadata", JsonbToCString(NULL, &metadata->root, 0));
+		add_text_header(h, "ce_correlationid", values[EV_CORRELATION_ID]);
+	if (!has_metadata)
+		return h;				/* no metadata, personal data or trace context */
+	add_header(h, "ce_metadata", JsonbToCString(NULL, &metadata->root, 0));
 	/* Whose key sealed the personal fields (the value has them sealed, omitted or plain). */
 	add_header(h, "ce_personaldatasubject", es_personal_subject(metadata));
 
