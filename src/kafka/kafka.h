@@ -19,9 +19,11 @@
  *	  delivery-report, error and rebalance callbacks, which the polls run on
  *	  the worker's own thread, only record what happened.
  *	- No worker blocks in librdkafka: polls have no timeout, and the workers
- *	  sleep on their latch (the mirror's a few milliseconds while messages
- *	  are in flight; an ingest worker's also on a pipe its consumer queue
- *	  writes to), so SIGTERM stops them at once even while brokers are gone.
+ *	  sleep on their latch and on a pipe their client's queue writes to (the
+ *	  mirror's producer's main queue, an ingest worker's consumer queue), so
+ *	  SIGTERM stops them at once even while brokers are gone.  The bounded
+ *	  exceptions: a topic's metadata (2 s) and a fence claim (5 s, once per
+ *	  promotion).
  *
  * Copyright (c) 2026, ultracore_es developers
  *
