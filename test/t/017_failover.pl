@@ -105,6 +105,14 @@ my $old_count = $at_stop;	# the standby had at most what the primary had when it
 my $new_count = $standby->safe_psql('postgres', 'SELECT count(*) FROM es_events');
 cmp_ok($new_count, '<=', $old_count, 'the new primary lacks the events appended while its standby was away');
 
+# Appends on the new primary wait for a standby slot it does not have (slots
+# are not replicated), and it says so.
+$standby->safe_psql('postgres', q{SELECT es_append('Account', 'ACC-1', 'ACCOUNT_BALANCE_UPDATED', '{"after": "promotion"}')});
+ok($standby->poll_query_until('postgres',
+		q{SELECT last_error LIKE 'waiting for the standbys: replication slot "standby1" does not exist%'
+		    FROM es_kafka_status WHERE component = 'mirror'}, 't'),
+	'the new primary\'s mirror waits for its missing standby slot, and es_kafka_status says so');
+
 # The runbook: the new primary has no standby yet.
 $standby->safe_psql('postgres', q{
 	ALTER SYSTEM SET ultracore_es.kafka_standby_slots = '';
