@@ -117,6 +117,39 @@ SELECT es_unregister_projection('deposits');
 SELECT count(*) FROM es_consumers WHERE name = 'deposits';
 SELECT count(*) AS rows_kept FROM es_test.deposits;
 
+-- A built-in read model, async: the worker folds a run of events of one
+-- aggregate into its row in one go, and its failure is the event that failed:
+-- the events before it folded, it dead-lettered, the later ones parked.
+SELECT es_unregister_projection('es_accounts');
+BEGIN;
+SELECT count(*) FROM es_append_batch('Account', 'RMA-1',
+    '[{"event_type": "ACCOUNT_OPENED", "data": {"currency": "EUR", "balance": "10.00"}},
+      {"event_type": "ACCOUNT_BALANCE_UPDATED", "data": {"amount": "1.25"}},
+      {"event_type": "ACCOUNT_BALANCE_UPDATED", "data": {"amount": "1.25"}},
+      {"event_type": "ACCOUNT_BALANCE_UPDATED", "data": {"amount": "-0.50"}}]', 0);
+SELECT count(*) FROM es_append_batch('Account', 'RMA-2',
+    '[{"event_type": "ACCOUNT_OPENED", "data": {"currency": "EUR"}},
+      {"event_type": "ACCOUNT_BALANCE_UPDATED", "data": {"amount": "2.00"}},
+      {"event_type": "ACCOUNT_BALANCE_UPDATED", "data": {"amount": "lots"}},
+      {"event_type": "ACCOUNT_BALANCE_UPDATED", "data": {"amount": "5.00"}}]', 0);
+SELECT count(*) FROM es_append_batch('Account', 'RMA-3',
+    '[{"event_type": "ACCOUNT_OPENED", "data": {"currency": "USD", "balance": 7}}]', 0);
+COMMIT;
+SELECT max(position) AS last_position FROM es_events \gset
+SELECT es_register_projection('es_accounts', max_retries => 0);
+SELECT es_wait_for_projection('es_accounts', :last_position, '30 seconds') AS caught_up;
+SELECT account_id, currency, balance, version FROM es_accounts WHERE account_id LIKE 'RMA-%' ORDER BY 1;
+SELECT status, aggregate_id, version, error FROM es_dead_letter_queue WHERE handler = 'es_accounts' ORDER BY version;
+-- The rows' versions are the model's ledger: no idempotency record per event.
+SELECT count(*) AS ledger_records FROM es_handled WHERE consumer = 'es_accounts';
+-- Every other row holds its aggregate's last event of the model's types.
+SELECT count(*) AS rows_behind
+  FROM es_accounts a
+ WHERE a.account_id <> 'RMA-2'
+   AND a.version <> (SELECT max(e.version) FROM es_events e, es_projections p
+                      WHERE p.name = 'es_accounts' AND e.aggregate_id = a.account_id
+                        AND e.event_type = ANY (p.event_types));
+
 -- The read models of read_models.sql are switched off; their rows stay.
 SELECT name, es_unregister_projection(name) FROM es_projection_status ORDER BY name;
 SELECT count(*) > 0 AS rows_kept FROM es_accounts;

@@ -28,6 +28,15 @@
  *	  the dead letter (es_retry_dead_letter) delivers it, then the parked
  *	  ones, in order.
  *
+ * A built-in read model's projection function is not called per event: the
+ * consumer folds the events in C, a row per run of consecutive events of one
+ * aggregate, loaded at its first event and written after its last
+ * (consumer_fold).  The row's version is the model's ledger (an event at or
+ * below it was folded before and is skipped), so such a consumer writes no
+ * es_handled records.  A failure is the event being folded, or the run's
+ * last event's when the row is written; the careful path then calls the
+ * projection function, one event at a time.
+ *
  * Handlers run as the role that registered them, in a restricted security
  * context, and with their timeout, if they have one: a call that runs past
  * it is cancelled and counts as a failed attempt.  Everything here runs in
@@ -42,7 +51,6 @@
 #include "postgres.h"
 
 #include "delivery/consumer_internal.h"
-#include "delivery/read_model.h"
 
 #include <math.h>
 
@@ -419,6 +427,8 @@ es_consumer_ledger(Consumer *c)
 	ctl.entrysize = ES_MAX_ID_LEN + 1;
 	ctl.hcxt = CurrentMemoryContext;
 	seen = hash_create("ultracore_es handled events", 16, &ctl, HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	if (c->model != NULL)
+		return seen;			/* the model's rows are its ledger */
 	for (i = 0; i < (uint64) c->nevents; i++)
 		ids[i] = CStringGetTextDatum(c->events[i].event_id);
 	args[0] = CStringGetTextDatum(c->name);
@@ -434,6 +444,61 @@ es_consumer_ledger(Consumer *c)
 	}
 	SPI_freetuptable(SPI_tuptable);
 	return seen;
+}
+
+/* The event being applied on the fast path is the index-th of c's batch. */
+static void
+consumer_applying(Consumer *c, int index)
+{
+	applying_index = index;
+	applying_event = &c->events[index];
+	strlcpy(applying_consumer, c->name, sizeof(applying_consumer));
+	applying_timeout_ms = c->timeout_ms;
+}
+
+/* Write the row of the read model's run under way, if any (see the file header). */
+static void
+consumer_fold_end(Consumer *c)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+
+	if (c->fold_row == NULL)
+		return;
+	consumer_applying(c, c->fold_last);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(es_store_resolved()->owner,
+						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	(void) es_read_model_end(c->fold_row);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	applying_index = -1;
+	c->fold_row = NULL;
+}
+
+/* Fold the index-th event of the batch into its read model's row (see the file header). */
+static void
+consumer_fold(Consumer *c, int index)
+{
+	BatchEvent *ev = &c->events[index];
+
+	if (c->fold_row != NULL && strcmp(c->fold_aggregate, ev->aggregate_id) != 0)
+		consumer_fold_end(c);
+	consumer_applying(c, index);
+	if (c->fold_row == NULL)
+	{
+		Oid			save_userid;
+		int			save_sec_context;
+
+		GetUserIdAndSecContext(&save_userid, &save_sec_context);
+		SetUserIdAndSecContext(es_store_resolved()->owner,
+							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+		c->fold_row = es_read_model_begin(c->model, es_store_resolved(), ev->aggregate_id);
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+		c->fold_aggregate = ev->aggregate_id;
+	}
+	(void) es_read_model_fold_event(c->fold_row, c->event_desc, ev->tuple);
+	c->fold_last = index;
+	applying_index = -1;
 }
 
 /*
@@ -483,12 +548,16 @@ consumer_apply_batch(Consumer *c, bool careful, const FastFailure *failed)
 			done = i + 1;	/* applied before: the ledger says so */
 			continue;
 		}
+		if (!careful && c->model != NULL)
+		{
+			consumer_fold(c, i);
+			es_consumer_handled(c, ev);
+			done = i + 1;
+			continue;
+		}
 		if (!careful)
 		{
-			applying_index = i;
-			applying_event = ev;
-			strlcpy(applying_consumer, c->name, sizeof(applying_consumer));
-			applying_timeout_ms = c->timeout_ms;
+			consumer_applying(c, i);
 			consumer_apply(c, ev);
 			applying_index = -1;
 			es_consumer_handled(c, ev);
@@ -525,6 +594,7 @@ consumer_apply_batch(Consumer *c, bool careful, const FastFailure *failed)
 		c->retry_event_id = NULL;
 		done = i + 1;
 	}
+	consumer_fold_end(c);
 	return done;
 }
 
@@ -542,7 +612,7 @@ consumer_save(Consumer *c, int done, bool whole_batch_read, FullTransactionId ho
 	FullTransactionId ck_tx = c->ck_tx;
 	int64		ck_pos = c->ck_pos;
 
-	if (c->handled > 0)
+	if (c->handled > 0 && c->model == NULL)
 	{
 		Datum		largs[3];
 
@@ -681,7 +751,8 @@ consumer_pass(const char *name, int segments, int segment, bool careful, const F
 
 	fmgr_info(c.function, &c.flinfo);
 	/* Handlers and projection functions read the events; a read model's rows keep them sealed. */
-	c.reveal = !es_read_model_function(s, c.function);
+	c.model = es_read_model_of_function(s, c.function);
+	c.reveal = (c.model == NULL);
 	c.event_desc = lookup_rowtype_tupdesc_copy(s->events_rowtype, -1);
 	c.max_events = Max(es_worker_batch_size, 1);
 	c.events = palloc(sizeof(BatchEvent) * c.max_events);

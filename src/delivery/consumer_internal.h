@@ -20,6 +20,7 @@
 #include "utils/timestamp.h"
 
 #include "delivery/consumer.h"
+#include "delivery/read_model.h"
 
 typedef struct BatchEvent
 {
@@ -62,6 +63,7 @@ typedef struct Consumer
 	TimestampTz retry_first_failed_at;
 	TimestampTz retry_at;
 	Oid			function;
+	EsReadModel *model;			/* the built-in read model function folds into; NULL: none */
 	bool		reveal;			/* it gets personal fields opened: not a read model's */
 	Datum		event_types;	/* text[], or 0 for all */
 	int32		max_retries;
@@ -76,6 +78,10 @@ typedef struct Consumer
 	BatchEvent *events;
 	int			nevents;
 	int			max_events;
+	/* a read model's run of events of one aggregate (consumer_fold) */
+	EsReadModelRow *fold_row;	/* NULL: none under way */
+	const char *fold_aggregate;
+	int			fold_last;		/* index in the batch of its last event */
 	/* what the batch did */
 	int			handled;
 	int			retried_letters;	/* the first ones handled: dead letters */

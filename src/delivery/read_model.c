@@ -306,6 +306,61 @@ es_read_model(const char *name)
 }
 
 /*
+ * A row being folded: loaded by es_read_model_begin, given events of its
+ * aggregate in version order by es_read_model_fold_event, written once by
+ * es_read_model_end.  Lives in the caller's memory context.
+ */
+struct EsReadModelRow
+{
+	EsReadModel *model;
+	RmRow		row;
+	int			folded;
+};
+
+/* es_read_model_begin: load the row of aggregate_id (or a new one).  Needs SPI, as the store's owner. */
+EsReadModelRow *
+es_read_model_begin(EsReadModel *m, EsStore *s, const char *aggregate_id)
+{
+	EsReadModelRow *r = palloc(sizeof(EsReadModelRow));
+
+	r->model = m;
+	r->folded = 0;
+	rm_load(m, s, &r->row, aggregate_id);
+	return r;
+}
+
+/*
+ * es_read_model_fold_event: fold one event (an es_events row of the row's
+ * aggregate) into the row, unless it was folded before; true when folded.
+ */
+bool
+es_read_model_fold_event(EsReadModelRow *r, TupleDesc desc, HeapTuple event)
+{
+	Datum		values[EV_NATTS];
+	bool		nulls[EV_NATTS];
+	RmEvent		ev;
+
+	es_deform_event(event, desc, values, nulls);
+	rm_event_from_values(&ev, values, nulls);
+	if (!rm_fold(r->model, &r->row, &ev))
+		return false;
+	r->folded++;
+	return true;
+}
+
+/* es_read_model_end: write the row, if an event was folded; returns how many were. */
+int
+es_read_model_end(EsReadModelRow *r)
+{
+	int			folded = r->folded;
+
+	if (folded > 0)
+		rm_save(r->model, &r->row);
+	pfree(r);
+	return folded;
+}
+
+/*
  * es_read_model_apply: fold events (es_events rows of one aggregate, in
  * version order) into the model's row, written once.  Returns how many were
  * folded (not skipped as folded before).  Needs SPI, as the store's owner.
@@ -313,26 +368,22 @@ es_read_model(const char *name)
 int
 es_read_model_apply(EsReadModel *m, EsStore *s, TupleDesc desc, HeapTuple *events, int nevents)
 {
-	Datum		values[EV_NATTS];
-	bool		nulls[EV_NATTS];
-	RmRow		row;
-	int			folded = 0;
+	EsReadModelRow *r;
+	Datum		id;
+	bool		isnull;
 	int			i;
 
+	if (nevents == 0)
+		return 0;
+	id = heap_getattr(events[0], EV_AGGREGATE_ID + 1, desc, &isnull);
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("event has no aggregate_id")));
+	r = es_read_model_begin(m, s, TextDatumGetCString(id));
 	for (i = 0; i < nevents; i++)
-	{
-		RmEvent		ev;
-
-		es_deform_event(events[i], desc, values, nulls);
-		rm_event_from_values(&ev, values, nulls);
-		if (i == 0)
-			rm_load(m, s, &row, ev.aggregate_id);
-		if (rm_fold(m, &row, &ev))
-			folded++;
-	}
-	if (folded > 0)
-		rm_save(m, &row);
-	return folded;
+		(void) es_read_model_fold_event(r, desc, events[i]);
+	return es_read_model_end(r);
 }
 
 /* es_read_model_reset: delete the rows of one aggregate, or all (NULL). */
@@ -492,18 +543,22 @@ rm_project_one(FunctionCallInfo fcinfo, const char *model)
 }
 
 /*
- * es_read_model_function: whether fn is one of the projection functions
- * above, which take events with their personal fields sealed (the read
- * models keep them so; their views reveal them).
+ * es_read_model_of_function: the model whose projection function (above) fn
+ * is, or NULL.  Such a function takes events with their personal fields
+ * sealed (the read models keep them so; their views reveal them), and a
+ * consumer calling it may fold its events in C, a row per run of events of
+ * one aggregate (consumer.c).
  */
-bool
-es_read_model_function(EsStore *s, Oid fn)
+EsReadModel *
+es_read_model_of_function(EsStore *s, Oid fn)
 {
+	const char *prefix = "es_project_";
 	char	   *name;
 
-	if (get_func_namespace(fn) != s->nspid || (name = get_func_name(fn)) == NULL)
-		return false;
-	return strncmp(name, "es_project_", strlen("es_project_")) == 0;
+	if (get_func_namespace(fn) != s->nspid || (name = get_func_name(fn)) == NULL ||
+		strncmp(name, prefix, strlen(prefix)) != 0)
+		return NULL;
+	return es_read_model(psprintf("es_%s", name + strlen(prefix)));
 }
 
 PG_FUNCTION_INFO_V1(es_project_customers);

@@ -18,10 +18,14 @@
 #include "utils/array.h"
 
 typedef struct EsReadModel EsReadModel;
+typedef struct EsReadModelRow EsReadModelRow;
 
 /* The model maintained by built-in projection name; NULL when there is none. */
 extern EsReadModel *es_read_model(const char *name);
-extern bool es_read_model_function(EsStore *s, Oid fn);
+extern EsReadModel *es_read_model_of_function(EsStore *s, Oid fn);
+extern EsReadModelRow *es_read_model_begin(EsReadModel *m, EsStore *s, const char *aggregate_id);
+extern bool es_read_model_fold_event(EsReadModelRow *r, TupleDesc desc, HeapTuple event);
+extern int	es_read_model_end(EsReadModelRow *r);
 extern int	es_read_model_apply(EsReadModel *m, EsStore *s, TupleDesc desc, HeapTuple *events,
 								int nevents);
 extern void es_read_model_reset(EsReadModel *m, const char *aggregate_id);
