@@ -802,3 +802,13 @@ RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
                                'correlation_id', $1.correlation_id,
                                'data', $1.data - coalesce(ARRAY(SELECT jsonb_array_elements_text($1.metadata -> 'personal_data' -> 'fields')), '{}')))
 $$;
+
+-- A read model's row is rewritten at each event of its aggregate.  Room left
+-- on its page lets the new version stay there (a HOT update: no new index
+-- entries, and the old version pruned in place) instead of moving to another
+-- page with an entry in every index.  Applies to the pages filled from now.
+ALTER TABLE @extschema@.es_rm_customers SET (fillfactor = 60);
+ALTER TABLE @extschema@.es_rm_accounts SET (fillfactor = 60);
+ALTER TABLE @extschema@.es_rm_transactions SET (fillfactor = 60);
+ALTER TABLE @extschema@.es_rm_payments SET (fillfactor = 60);
+ALTER TABLE @extschema@.es_rm_loans SET (fillfactor = 60);

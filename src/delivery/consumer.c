@@ -29,8 +29,8 @@
  *	  ones, in order.
  *
  * A built-in read model's projection function is not called per event: the
- * consumer folds the events in C, a row per run of consecutive events of one
- * aggregate, loaded at its first event and written after its last
+ * consumer folds the events in C, into a row per aggregate of the batch,
+ * loaded at its first event and written once after the batch's last
  * (consumer_fold).  The row's version is the model's ledger (an event at or
  * below it was folded before and is skipped), so such a consumer writes no
  * es_handled records.  A failure is the event being folded, or the run's
@@ -456,23 +456,41 @@ consumer_applying(Consumer *c, int index)
 	applying_timeout_ms = c->timeout_ms;
 }
 
-/* Write the row of the read model's run under way, if any (see the file header). */
-static void
-consumer_fold_end(Consumer *c)
+/* A read model's row the batch folds into: its aggregate's events, in version order. */
+typedef struct FoldRow
 {
-	Oid			save_userid;
-	int			save_sec_context;
+	char		aggregate_id[ES_MAX_ID_LEN + 1];
+	EsReadModelRow *row;
+	int			last;			/* index in the batch of its last event */
+} FoldRow;
 
-	if (c->fold_row == NULL)
-		return;
-	consumer_applying(c, c->fold_last);
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+/*
+ * The rows are the extension's: they are read and written as the owner of
+ * the store, as a read model's projection function does (es_call_begin).
+ * consumer_as_owner switches to it, and returns what consumer_as_before
+ * switches back to.
+ */
+typedef struct SavedUser
+{
+	Oid			userid;
+	int			sec_context;
+} SavedUser;
+
+static SavedUser
+consumer_as_owner(void)
+{
+	SavedUser	saved;
+
+	GetUserIdAndSecContext(&saved.userid, &saved.sec_context);
 	SetUserIdAndSecContext(es_store_resolved()->owner,
-						   save_sec_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	(void) es_read_model_end(c->fold_row);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
-	applying_index = -1;
-	c->fold_row = NULL;
+						   saved.sec_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	return saved;
+}
+
+static void
+consumer_as_before(SavedUser saved)
+{
+	SetUserIdAndSecContext(saved.userid, saved.sec_context);
 }
 
 /* Fold the index-th event of the batch into its read model's row (see the file header). */
@@ -480,25 +498,58 @@ static void
 consumer_fold(Consumer *c, int index)
 {
 	BatchEvent *ev = &c->events[index];
+	FoldRow    *f;
+	bool		found;
 
-	if (c->fold_row != NULL && strcmp(c->fold_aggregate, ev->aggregate_id) != 0)
-		consumer_fold_end(c);
-	consumer_applying(c, index);
-	if (c->fold_row == NULL)
+	if (c->fold_rows == NULL)
 	{
-		Oid			save_userid;
-		int			save_sec_context;
+		HASHCTL		ctl;
 
-		GetUserIdAndSecContext(&save_userid, &save_sec_context);
-		SetUserIdAndSecContext(es_store_resolved()->owner,
-							   save_sec_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-		c->fold_row = es_read_model_begin(c->model, es_store_resolved(), ev->aggregate_id);
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-		c->fold_aggregate = ev->aggregate_id;
+		ctl.keysize = ES_MAX_ID_LEN + 1;
+		ctl.entrysize = sizeof(FoldRow);
+		ctl.hcxt = CurrentMemoryContext;
+		c->fold_rows = hash_create("ultracore_es read model rows", 256, &ctl,
+								   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	}
-	(void) es_read_model_fold_event(c->fold_row, c->event_desc, ev->tuple);
-	c->fold_last = index;
+	consumer_applying(c, index);
+	f = hash_search(c->fold_rows, ev->aggregate_id, HASH_ENTER, &found);
+	if (!found)
+	{
+		SavedUser	saved = consumer_as_owner();
+
+		f->row = es_read_model_begin(c->model, es_store_resolved(), ev->aggregate_id);
+		consumer_as_before(saved);
+	}
+	(void) es_read_model_fold_event(f->row, c->event_desc, ev->tuple);
+	f->last = index;
 	applying_index = -1;
+}
+
+/*
+ * Write the rows the batch folded into, each once; a failure to write one is
+ * its aggregate's last event's.
+ */
+static void
+consumer_fold_end(Consumer *c)
+{
+	HASH_SEQ_STATUS seq;
+	FoldRow    *f;
+
+	if (c->fold_rows == NULL)
+		return;
+	hash_seq_init(&seq, c->fold_rows);
+	while ((f = hash_seq_search(&seq)) != NULL)
+	{
+		SavedUser	saved;
+
+		consumer_applying(c, f->last);
+		saved = consumer_as_owner();
+		(void) es_read_model_end(f->row);
+		consumer_as_before(saved);
+		applying_index = -1;
+	}
+	hash_destroy(c->fold_rows);
+	c->fold_rows = NULL;
 }
 
 /*

@@ -78,10 +78,7 @@ typedef struct Consumer
 	BatchEvent *events;
 	int			nevents;
 	int			max_events;
-	/* a read model's run of events of one aggregate (consumer_fold) */
-	EsReadModelRow *fold_row;	/* NULL: none under way */
-	const char *fold_aggregate;
-	int			fold_last;		/* index in the batch of its last event */
+	HTAB	   *fold_rows;		/* a read model's rows the batch folds into (consumer_fold) */
 	/* what the batch did */
 	int			handled;
 	int			retried_letters;	/* the first ones handled: dead letters */
