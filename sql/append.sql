@@ -94,10 +94,15 @@ SELECT tx_id > :'top_id'::xid8 AS above_top_id, pg_xact_status(tx_id) AS status
 COMMIT;
 
 -- A rolled-back append leaves no trace but its position (sequences are not transactional).
+-- The lock of an existing aggregate is held in the lock manager until the
+-- transaction ends (an advisory lock with objsubid 17747), not in its row.
 BEGIN;
 SELECT version FROM es_append('Account', 'ACC-ROLLBACK', 'ACCOUNT_OPENED', '{}', 0);
+SELECT version FROM es_append('Customer', 'CUST001', 'CUSTOMER_UPDATED', '{"email": "lock@example.org"}');
+SELECT locktype, mode, objsubid FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'advisory';
 ROLLBACK;
 SELECT count(*) FROM es_aggregates WHERE aggregate_id = 'ACC-ROLLBACK';
+SELECT count(*) AS locked_in_its_row FROM es_aggregates WHERE aggregate_id = 'CUST001' AND xmax <> '0';
 SELECT version FROM es_append('Account', 'ACC-ROLLBACK', 'ACCOUNT_OPENED', '{}', 0);
 
 -- The aggregates, listable with their current versions.

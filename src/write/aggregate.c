@@ -6,27 +6,36 @@
  *
  * An aggregate's row holds what never changes (its id, its type, when it was
  * created); its current version is the last version in the events table.  An
- * append locks the row (as SELECT ... FOR NO KEY UPDATE would), then reads
- * the last event through the unique (aggregate_id, version) index, and checks
- * the expected version against it before any position is taken.
+ * append takes the aggregate's lock, then reads the last event through the
+ * unique (aggregate_id, version) index, and checks the expected version
+ * against it before any position is taken.
  *
- * Why a lock and not an UPDATE of a version column: an update writes a new
- * row version on every append, and the page is then pruned on nearly every
- * access, which cost as much as the rest of the append.  A lock leaves the
- * row in place.  Both give the same guarantees: writers of one aggregate
- * queue on its row and nothing else; writers of different aggregates never
- * wait on each other (DESIGN.md, decision 2).
+ * The lock is a transaction-level lock of the lock manager, in shared
+ * memory, keyed by the database and a 64-bit hash of the aggregate's id
+ * (pg_locks shows it as an advisory lock with objsubid 17747, which the
+ * advisory lock functions never use).  Writers of one aggregate queue on
+ * it and on nothing else; writers of different aggregates wait on each
+ * other only if their ids' hashes collide, about once in 10^19 pairs, and
+ * then only until the first one commits (DESIGN.md, decision 2).  It
+ * writes nothing: the row lock it replaces (FOR NO KEY UPDATE) wrote the
+ * row's xmax and a WAL record on every append, and an UPDATE of a version
+ * column a whole new row version.  The unique (aggregate_id, version)
+ * index stays the backstop.
  *
  * The last event is read with SnapshotSelf once the lock is held: every
  * writer of the aggregate takes the lock first, so no other transaction can
  * be adding events to it, and SnapshotSelf sees exactly the committed events
- * plus our own.  Under REPEATABLE READ and SERIALIZABLE an event committed
- * after the transaction's snapshot means the aggregate changed under it: the
- * append fails with a serialization error, as an UPDATE would.
+ * plus our own.  It also gives the aggregate's type, so the aggregate's row
+ * is read only when it has no event (a new aggregate, or one whose events
+ * were deleted by hand).  Under REPEATABLE READ and SERIALIZABLE an event
+ * committed after the transaction's snapshot means the aggregate changed
+ * under it: the append fails with a serialization error, as an UPDATE
+ * would.
  *
- * Direct table access (index probes and a tuple lock) rather than SQL: this
- * is the hot half of every append.  New rows are inserted through SPI with
- * ON CONFLICT, which resolves two creators racing.
+ * Direct table access (index probes) rather than SQL: this is the hot half
+ * of every append.  New rows are inserted through SPI with ON CONFLICT,
+ * which resolves two creators racing: the loser waits for the winner's
+ * transaction on the row's unique key.
  *
  * Needs a transaction; runs as the owner of the tables (es_call_begin).
  *
@@ -43,8 +52,11 @@
 #include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/pg_collation.h"
+#include "common/hashfn.h"
 #include "catalog/pg_type.h"
 #include "executor/tuptable.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
@@ -54,6 +66,9 @@
 
 /* Column of es_aggregates read here, in the order of the install script. */
 #define Anum_agg_aggregate_type		2
+
+/* The aggregates' locks among the advisory locks: "ES"; the advisory functions use 1 and 2. */
+#define AGGREGATE_LOCK_SUBID		0x4553
 
 static EsPlan create_plan = {
 	"INSERT INTO @extschema@.es_aggregates (aggregate_id, aggregate_type, created_at)"
@@ -70,11 +85,11 @@ aggregate_key(ScanKey key, const char *aggregate_id)
 }
 
 /*
- * The last event of the aggregate (its current version, commit-order key
- * and hash), read with SnapshotSelf under the aggregate's lock.  A new aggregate
- * without events yet has version 0.
+ * The last event of the aggregate (its type, current version, commit-order
+ * key and hash), read with SnapshotSelf under the aggregate's lock; false
+ * when it has none (version 0).
  */
-static void
+static bool
 aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 {
 	Relation	rel = table_open(s->events_relid, RowExclusiveLock);
@@ -82,13 +97,17 @@ aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	ScanKeyData key;
 	IndexScanDesc scan;
+	bool		found;
 
 	aggregate_key(&key, aggregate_id);
 	scan = index_beginscan(rel, idx, SnapshotSelf, 1, 0);
 	index_rescan(scan, &key, 1, NULL, 0);
-	if (index_getnext_slot(scan, BackwardScanDirection, slot))
+	found = index_getnext_slot(scan, BackwardScanDirection, slot);
+	if (found)
 	{
 		slot_getallattrs(slot);
+		text_to_cstring_buffer(DatumGetTextPP(slot->tts_values[EV_AGGREGATE_TYPE]),
+							   row->aggregate_type, sizeof(row->aggregate_type));
 		row->version = DatumGetInt64(slot->tts_values[EV_VERSION]);
 		row->last_tx = DatumGetFullTransactionId(slot->tts_values[EV_TX_ID]);
 		if (slot->tts_tupleDescriptor->natts <= EV_HASH ||
@@ -122,14 +141,15 @@ aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 	ExecDropSingleTupleTableSlot(slot);
 	index_close(idx, NoLock);
 	table_close(rel, NoLock);
+	return found;
 }
 
 /*
- * Look up the row of aggregate_id with snap and lock it; false when not
- * found.  The aggregate's type goes into row.
+ * Look up the row of aggregate_id with snap; false when not found.  The
+ * aggregate's type goes into row.
  */
 static bool
-aggregate_lock_row(Relation rel, Relation idx, Snapshot snap, const char *aggregate_id,
+aggregate_find_row(Relation rel, Relation idx, Snapshot snap, const char *aggregate_id,
 				   EsAggregateRow *row)
 {
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
@@ -141,63 +161,59 @@ aggregate_lock_row(Relation rel, Relation idx, Snapshot snap, const char *aggreg
 	scan = index_beginscan(rel, idx, snap, 1, 0);
 	index_rescan(scan, &key, 1, NULL, 0);
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
-	index_endscan(scan);
-
 	if (found)
 	{
-		ItemPointerData tid = slot->tts_tid;
-		TM_FailureData tmfd;
-		TM_Result	result;
-
-		result = table_tuple_lock(rel, &tid, snap, slot, GetCurrentCommandId(false),
-								  LockTupleNoKeyExclusive, LockWaitBlock, 0, &tmfd);
-		if (result != TM_Ok)
-			elog(ERROR, "could not lock the row of aggregate \"%s\": %d", aggregate_id, (int) result);
 		slot_getsomeattrs(slot, Anum_agg_aggregate_type);
 		text_to_cstring_buffer(DatumGetTextPP(slot->tts_values[Anum_agg_aggregate_type - 1]),
 							   row->aggregate_type, sizeof(row->aggregate_type));
 	}
+	index_endscan(scan);
 	ExecDropSingleTupleTableSlot(slot);
 	return found;
 }
 
 /*
- * es_aggregate_lock: find the row of aggregate_id, lock it for this
- * transaction (waiting for the aggregate's other writers), and read the
- * aggregate's type, current version and last commit-order key into *row.
- * Returns false when the aggregate does not exist.
+ * es_aggregate_lock: take the lock of aggregate_id for this transaction
+ * (waiting for the aggregate's other writers), and read the aggregate's
+ * type, current version and last commit-order key into *row.  Returns false
+ * when the aggregate does not exist.
  *
- * The row is looked up with the calling statement's snapshot, as an UPDATE
- * would; under READ COMMITTED a row created since (by a transaction that has
- * committed) is looked up again with a new snapshot, so that existence and
- * version are judged on the same, latest, state.
+ * An aggregate without events is looked up by its row with the calling
+ * statement's snapshot, as an UPDATE would; under READ COMMITTED a row
+ * created since (by a transaction that has committed) is looked up again
+ * with a new snapshot, so that existence and version are judged on the
+ * same, latest, state.
  */
 bool
 es_aggregate_lock(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 {
+	uint64		hash = hash_bytes_extended((const unsigned char *) aggregate_id, strlen(aggregate_id), 0);
+	LOCKTAG		tag;
 	Relation	rel;
 	Relation	idx;
 	bool		found;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, (uint32) (hash >> 32), (uint32) hash, AGGREGATE_LOCK_SUBID);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
 
 	/*
 	 * See the effects of earlier commands of this transaction (an aggregate
 	 * created by an earlier append), like any statement does.
 	 */
 	CommandCounterIncrement();
+	if (aggregate_last_event(s, aggregate_id, row))
+		return true;
+
 	PushCopiedSnapshot(GetActiveSnapshot());
 	UpdateActiveSnapshotCommandId();
-
-	rel = table_open(s->aggregates_relid, RowShareLock);
+	rel = table_open(s->aggregates_relid, AccessShareLock);
 	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
-	found = aggregate_lock_row(rel, idx, GetActiveSnapshot(), aggregate_id, row);
+	found = aggregate_find_row(rel, idx, GetActiveSnapshot(), aggregate_id, row);
 	if (!found && !IsolationUsesXactSnapshot())
-		found = aggregate_lock_row(rel, idx, GetLatestSnapshot(), aggregate_id, row);
+		found = aggregate_find_row(rel, idx, GetLatestSnapshot(), aggregate_id, row);
 	index_close(idx, NoLock);
 	table_close(rel, NoLock);
 	PopActiveSnapshot();
-
-	if (found)
-		aggregate_last_event(s, aggregate_id, row);
 	return found;
 }
 

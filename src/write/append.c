@@ -7,9 +7,9 @@
  *
  * An append has two steps:
  *
- *	1. the aggregate's row in es_aggregates is locked, and its current
- *	   version (its last event) checked against the expected version
- *	   (aggregate.c);
+ *	1. the aggregate's lock is taken (a lock in memory, aggregate.c), and
+ *	   its current version (its last event) checked against the expected
+ *	   version;
  *	2. the events are inserted with the versions that follow, taking their
  *	   positions from the sequence.
  *
@@ -17,12 +17,13 @@
  *
  *	- the version is checked on the aggregate's own row before a position is
  *	  taken: a losing writer takes no position from the sequence;
- *	- writers of one aggregate queue on that row's lock and nothing else;
- *	  writers of different aggregates never wait on each other;
+ *	- writers of one aggregate queue on its lock and nothing else;
+ *	  writers of different aggregates do not wait on each other (but for a
+ *	  collision of 64-bit hashes, aggregate.c);
  *	- the unique (aggregate_id, version) index is only a backstop.
  *
- * Both steps use the table access method directly (a tuple lock, index
- * probes, heap inserts and index inserts), not SQL statements: executor
+ * Both steps use the table access method directly (index probes, heap
+ * inserts and index inserts), not SQL statements: executor
  * start-up for a one-row INSERT costs as much as the insert.  The price:
  * es_events and es_aggregates fire no triggers on insert, and must not be
  * given any; what reacts to an append in its transaction (inline
@@ -758,7 +759,7 @@ es_append_execute(EsAppendRequest *req, EsStore *store)
 			append_insert_events(req, store, 0, own, es_hash_zero);
 			return;
 		}
-		/* A concurrent creator won (or rolled back): lock its row next round. */
+		/* A concurrent creator won (or rolled back): lock its aggregate next round. */
 	}
 	elog(ERROR, "aggregate \"%s\" was created and rolled back too often during one append",
 		 req->aggregate_id);
