@@ -212,7 +212,8 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM es_kafka_dead_letters WHE
 $node->safe_psql('postgres', q{SELECT es_append('Account', 'LOCKED-1', 'ACCOUNT_OPENED', '{}', 0)});
 my $before_lock = $node->safe_psql('postgres', 'SELECT clock_timestamp()');
 $holder = $node->background_psql('postgres');
-$holder->query_safe(q{BEGIN; SELECT 1 FROM es_aggregates WHERE aggregate_id = 'LOCKED-1' FOR UPDATE;});
+# A writer of the aggregate that has not ended holds its lock.
+$holder->query_safe(q{BEGIN; SELECT es_append('Account', 'LOCKED-1', 'ACCOUNT_FROZEN', '{}', 1);});
 $kafka->produce(
 	[
 		'bank.in', 'LOCKED-1',
@@ -223,7 +224,7 @@ ok( $node->poll_query_until(
 		'postgres', qq{SELECT last_error LIKE '%lock timeout%' AND last_error_at > '$before_lock'
 		                 FROM es_consumers WHERE name = 'kafka_ingest'}, 't'),
 	'the ingest timed out on the locked aggregate');
-$holder->query_safe('COMMIT');
+$holder->query_safe('ROLLBACK');
 $holder->quit;
 ok( $node->poll_query_until(
 		'postgres', q{SELECT count(*) = 1 FROM es_events WHERE event_id = 'locked-2' AND version = 2}, 't'),
