@@ -79,3 +79,30 @@ SELECT (SELECT array_agg(position) FROM es_read_all(after_tx_id => 0, max_count 
 SELECT es_test.error_of($$SELECT * FROM es_read_all(-1)$$);
 SELECT es_test.error_of($$SELECT * FROM es_read_all('12abc'::text)$$);
 SELECT count(*) FROM es_read_all(NULL::bigint, max_count => 3);
+
+-- Results live in memory that outlives the query (read.c): reused by a
+-- rescan of each call, by a cursor read while other calls run, and after a
+-- query that failed while reading them.
+SELECT count(*) AS rows_of_rescans
+  FROM generate_series(1, 4) g, LATERAL es_read_all(max_count => g) r;
+SELECT es_test.error_of($$SELECT count(*) FROM es_read_all(max_count => 100) r
+                           WHERE 1 / (r.version - r.version) = 1$$);
+DO $$
+DECLARE
+    c refcursor;
+    p bigint;
+    got bigint[] := '{}';
+BEGIN
+    OPEN c FOR SELECT position FROM es_read_all(max_count => 5);
+    FETCH c INTO p; got := got || p;
+    FETCH c INTO p; got := got || p;
+    PERFORM count(*) FROM es_read_all(max_count => 100);
+    LOOP
+        FETCH c INTO p;
+        EXIT WHEN NOT FOUND;
+        got := got || p;
+    END LOOP;
+    IF got IS DISTINCT FROM (SELECT array_agg(position) FROM es_read_all(max_count => 5)) THEN
+        RAISE EXCEPTION 'the cursor''s rows changed under another call: %', got;
+    END IF;
+END $$;
