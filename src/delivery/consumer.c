@@ -33,9 +33,9 @@
  * loaded at its first event and written once after the batch's last
  * (consumer_fold).  The row's version is the model's ledger (an event at or
  * below it was folded before and is skipped), so such a consumer writes no
- * es_handled records.  A failure is the event being folded, or the run's
- * last event's when the row is written; the careful path then calls the
- * projection function, one event at a time.
+ * es_handled records.  A failure is the event being folded, or, when a row
+ * is written, its aggregate's last event in the batch; the careful path then
+ * calls the projection function, one event at a time.
  *
  * Handlers run as the role that registered them, in a restricted security
  * context, and with their timeout, if they have one: a call that runs past
