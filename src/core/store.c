@@ -323,6 +323,28 @@ es_store_current(void)
 }
 
 /*
+ * es_become_owner: run as the owner of the store's tables, in a restricted
+ * security context (as a SECURITY DEFINER function would), until es_become
+ * goes back to the role it returns.  Transaction abort goes back too.
+ */
+EsRole
+es_become_owner(const EsStore *s)
+{
+	EsRole		was;
+
+	GetUserIdAndSecContext(&was.userid, &was.sec_context);
+	SetUserIdAndSecContext(s->owner,
+						   was.sec_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	return was;
+}
+
+void
+es_become(EsRole role)
+{
+	SetUserIdAndSecContext(role.userid, role.sec_context);
+}
+
+/*
  * es_call_begin: resolve the store, switch to the owner of its tables (with
  * a restricted security context, as for a SECURITY DEFINER function) and
  * connect to SPI.  es_call_end undoes both; on error, transaction abort
@@ -337,6 +359,7 @@ void
 es_call_begin(FunctionCallInfo fcinfo, EsCall *call)
 {
 	EsStore    *s;
+	EsRole		was;
 
 	if (user_code_depth > 0)
 		ereport(ERROR,
@@ -348,11 +371,9 @@ es_call_begin(FunctionCallInfo fcinfo, EsCall *call)
 	s = es_store_for_function(fcinfo);
 
 	call->store = s;
-	GetUserIdAndSecContext(&call->caller, &call->sec_context);
-	SetUserIdAndSecContext(s->owner,
-						   call->sec_context |
-						   SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
+	was = es_become_owner(s);
+	call->caller = was.userid;
+	call->sec_context = was.sec_context;
 	if (SPI_connect() != SPI_OK_CONNECT)
 		elog(ERROR, "SPI_connect failed");
 }

@@ -103,6 +103,20 @@ typedef struct EsCall
 	int			sec_context;
 } EsCall;
 
+/*
+ * The role and security context that es_become_owner left, for es_become
+ * to go back to: code of the extension that runs outside an SQL function
+ * (the workers) reads and writes the store's tables as their owner too.
+ */
+typedef struct EsRole
+{
+	Oid			userid;
+	int			sec_context;
+} EsRole;
+
+extern EsRole es_become_owner(const EsStore *s);
+extern void es_become(EsRole role);
+
 extern EsStore *es_store_for_function(FunctionCallInfo fcinfo);
 extern EsStore *es_store_current(void);
 extern EsStore *es_store_resolved(void);

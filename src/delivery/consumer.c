@@ -464,35 +464,6 @@ typedef struct FoldRow
 	int			last;			/* index in the batch of its last event */
 } FoldRow;
 
-/*
- * The rows are the extension's: they are read and written as the owner of
- * the store, as a read model's projection function does (es_call_begin).
- * consumer_as_owner switches to it, and returns what consumer_as_before
- * switches back to.
- */
-typedef struct SavedUser
-{
-	Oid			userid;
-	int			sec_context;
-} SavedUser;
-
-static SavedUser
-consumer_as_owner(void)
-{
-	SavedUser	saved;
-
-	GetUserIdAndSecContext(&saved.userid, &saved.sec_context);
-	SetUserIdAndSecContext(es_store_resolved()->owner,
-						   saved.sec_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	return saved;
-}
-
-static void
-consumer_as_before(SavedUser saved)
-{
-	SetUserIdAndSecContext(saved.userid, saved.sec_context);
-}
-
 /* Fold the index-th event of the batch into its read model's row (see the file header). */
 static void
 consumer_fold(Consumer *c, int index)
@@ -515,10 +486,11 @@ consumer_fold(Consumer *c, int index)
 	f = hash_search(c->fold_rows, ev->aggregate_id, HASH_ENTER, &found);
 	if (!found)
 	{
-		SavedUser	saved = consumer_as_owner();
+		/* The rows are the extension's, read and written as a projection function does. */
+		EsRole		was = es_become_owner(es_store_resolved());
 
 		f->row = es_read_model_begin(c->model, es_store_resolved(), ev->aggregate_id);
-		consumer_as_before(saved);
+		es_become(was);
 	}
 	(void) es_read_model_fold_event(f->row, c->event_desc, ev->tuple);
 	f->last = index;
@@ -540,12 +512,12 @@ consumer_fold_end(Consumer *c)
 	hash_seq_init(&seq, c->fold_rows);
 	while ((f = hash_seq_search(&seq)) != NULL)
 	{
-		SavedUser	saved;
+		EsRole		was;
 
 		consumer_applying(c, f->last);
-		saved = consumer_as_owner();
+		was = es_become_owner(es_store_resolved());
 		(void) es_read_model_end(f->row);
-		consumer_as_before(saved);
+		es_become(was);
 		applying_index = -1;
 	}
 	hash_destroy(c->fold_rows);

@@ -490,14 +490,10 @@ ingest_directly(EsStore *s, rd_kafka_message_t **msgs, int n)
 static void
 ingest_as_owner(EsStore *s, void (*append) (EsStore *s, void *arg), void *arg)
 {
-	Oid			save_userid;
-	int			save_sec_context;
+	EsRole		was = es_become_owner(s);
 
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(s->owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
 	append(s, arg);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	es_become(was);
 }
 
 /* The messages a step appends. */

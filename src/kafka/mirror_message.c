@@ -49,13 +49,6 @@ add_int64_header(rd_kafka_headers_t *h, const char *name, int64 value)
 	rd_kafka_header_add(h, name, -1, buf, pg_lltoa(value, buf));
 }
 
-/*
- * RFC 3339 in UTC (2026-12-06T09:30:00.123456Z), as CloudEvents wants its
- * time, whatever the server's time zone; NULL for a time RFC 3339 cannot
- * say (infinite, or outside the years 1 to 9999: refused at append since
- * 1.1, possible in events of 1.0), and the message goes without ce_time,
- * which is optional.
- */
 /* n as width digits, zero-padded, at p; the end. */
 static char *
 digits(char *p, int n, int width)
@@ -67,12 +60,18 @@ digits(char *p, int n, int width)
 	return p + width;
 }
 
+/*
+ * RFC 3339 in UTC (2026-12-06T09:30:00.123456Z), as CloudEvents wants its
+ * time, whatever the server's time zone; NULL for a time RFC 3339 cannot
+ * say (infinite, or outside the years 1 to 9999: refused at append since
+ * 1.1, possible in events of 1.0), and the message goes without ce_time,
+ * which is optional.
+ */
 static const char *
 rfc3339(TimestampTz t, char *buf, size_t len)
 {
 	struct pg_tm tm;
 	fsec_t		fsec;
-
 	char	   *p = buf;
 
 	Assert(len >= sizeof("0000-00-00T00:00:00.000000Z"));
