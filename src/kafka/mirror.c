@@ -86,9 +86,22 @@ typedef struct TopicState
 	char		topic[256];		/* the key */
 	rd_kafka_resp_err_t refused;	/* RD_KAFKA_RESP_ERR_NO_ERROR: takes messages */
 	TimestampTz checked_at;
+
+	/*
+	 * The producer's handle of the topic, made at its first message and
+	 * destroyed with the producer: a message produced by the topic's name
+	 * had librdkafka look the topic up under a lock, every message.
+	 */
+	rd_kafka_topic_t *handle;
 } TopicState;
 
 static HTAB *topics = NULL;
+
+/*
+ * When the producer was last polled: the time its delivery reports
+ * (on_delivery) arrived, to within a poll, without a clock read each.
+ */
+static TimestampTz polled_at = 0;
 
 /* Backoff after a failed delivery: doubled from the first up to the last. */
 #define BACKOFF_FIRST_MS	100
@@ -224,7 +237,7 @@ on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 	if (seq < base_seq || seq >= base_seq + (uint64) ninflight)
 		return;					/* from before a rewind */
 	m = &inflight[seq - base_seq];
-	m->acked_at = GetCurrentTimestamp();
+	m->acked_at = polled_at;
 	if (msg->err && refused_for_good(msg->err))
 		mirror_park(m, refusal_of(rd_kafka_topic_name(msg->rkt), msg->err));
 	else if (msg->err)
@@ -239,6 +252,14 @@ on_delivery(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 		m->state = MSG_DELIVERED;
 }
 
+/* Serve the producer's delivery reports and logs that arrived. */
+static void
+producer_poll(void)
+{
+	polled_at = GetCurrentTimestamp();
+	rd_kafka_poll(producer, 0);
+}
+
 /* Destroy the producer without waiting for brokers: what is in flight is dropped. */
 static void
 producer_destroy(void)
@@ -246,7 +267,21 @@ producer_destroy(void)
 	if (producer == NULL)
 		return;
 	rd_kafka_purge(producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
-	rd_kafka_poll(producer, 0);
+	producer_poll();
+	if (topics != NULL)
+	{
+		HASH_SEQ_STATUS seq;
+		TopicState *t;
+
+		/* Before the producer: it is destroyed once no handle refers to it. */
+		hash_seq_init(&seq, topics);
+		while ((t = hash_seq_search(&seq)) != NULL)
+		{
+			if (t->handle != NULL)
+				rd_kafka_topic_destroy(t->handle);
+			t->handle = NULL;
+		}
+	}
 	rd_kafka_destroy_flags(producer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
 	producer = NULL;
 	in_transaction = false;
@@ -438,6 +473,8 @@ topic_state(const char *topic, bool recheck)
 		topics = hash_create("ultracore_es kafka topics", 16, &ctl, HASH_ELEM | HASH_STRINGS);
 	}
 	t = hash_search(topics, topic, HASH_ENTER, &found);
+	if (!found)
+		t->handle = NULL;
 	if (!found || ((t->refused != RD_KAFKA_RESP_ERR_NO_ERROR || recheck) &&
 				   TimestampDifferenceExceeds(t->checked_at, GetCurrentTimestamp(), TOPIC_RECHECK_MS)))
 	{
@@ -480,6 +517,7 @@ typedef struct Route
 	char		aggregate_type[ES_MAX_NAME_LEN + 1];
 	bool		mirrored;
 	char		topic[256];
+	TopicState *state;			/* the topic's, asked once per step */
 } Route;
 
 static HTAB *routes = NULL;
@@ -510,6 +548,7 @@ routes_load(void)
 		Route	   *r = hash_search(routes, type, HASH_ENTER, NULL);
 
 		r->mirrored = !isnull;
+		r->state = NULL;
 		if (!isnull)
 			strlcpy(r->topic, TextDatumGetCString(topic), sizeof(r->topic));
 	}
@@ -526,6 +565,7 @@ route_of(const char *aggregate_type)
 		char	   *c;
 
 		r->mirrored = true;
+		r->state = NULL;
 		snprintf(r->topic, sizeof(r->topic), "%s%s", es_kafka_topic_prefix, aggregate_type);
 		for (c = r->topic; *c; c++)
 			if (*c == ':')
@@ -538,7 +578,36 @@ typedef struct MirrorRead
 {
 	int			wanted;
 	int			read;
+	Route	   *last;			/* the route of the last event read */
 } MirrorRead;
+
+/*
+ * The memory of the event being read, emptied after each: a batch of
+ * 10,000 events made 10 MB of strings in the step's memory, which came
+ * from malloc and went back to it each step.
+ */
+static MemoryContext message_cxt = NULL;
+
+/* The route of aggregate type type: the last event's, most often. */
+static Route *
+mirror_route(MirrorRead *r, text *type)
+{
+	size_t		len = VARSIZE_ANY_EXHDR(type);
+
+	if (r->last == NULL || len > ES_MAX_NAME_LEN || r->last->aggregate_type[len] != '\0' ||
+		memcmp(r->last->aggregate_type, VARDATA_ANY(type), len) != 0)
+		r->last = route_of(text_to_cstring(type));
+	return r->last;
+}
+
+/* The state of a route's topic, asked at its first message of the step. */
+static TopicState *
+route_topic(Route *route)
+{
+	if (route->state == NULL)
+		route->state = topic_state(route->topic, false);
+	return route->state;
+}
 
 /*
  * The data a message carries: its personal fields as stored (sealed), left
@@ -567,8 +636,8 @@ static void
 mirror_event(Datum *values, bool *nulls, void *arg)
 {
 	MirrorRead *r = (MirrorRead *) arg;
-	char	   *aggregate_type = TextDatumGetCString(values[EV_AGGREGATE_TYPE]);
-	Route	   *route = route_of(aggregate_type);
+	MemoryContext caller_cxt = MemoryContextSwitchTo(message_cxt);
+	Route	   *route = mirror_route(r, DatumGetTextPP(values[EV_AGGREGATE_TYPE]));
 	char	   *origin = es_kafka_event_origin(DatumGetJsonbP(values[EV_METADATA]), "topic");
 	InFlight   *m;
 
@@ -593,7 +662,7 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 		m->state = MSG_DELIVERED;	/* not for Kafka, or from this very topic */
 	else if (nrefused > 0 && (m->refusal = refused_take(m->position)) != NULL)
 		mirror_park(m, m->refusal); /* refused before a rewind: not sent again */
-	else if ((m->topic = topic_state(route->topic, false))->refused != RD_KAFKA_RESP_ERR_NO_ERROR)
+	else if ((m->topic = route_topic(route))->refused != RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
 		mirror_park(m, refusal_of(route->topic, m->topic->refused));
 		m->acked_at = GetCurrentTimestamp();
@@ -617,12 +686,14 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 		m->key = m->value + m->value_len + 1;
 		memcpy(m->key, VARDATA_ANY(aggregate_id), key_len);
 		m->key[key_len] = '\0';
-		m->headers = es_kafka_mirror_headers(values, nulls, aggregate_type);
+		m->headers = es_kafka_mirror_headers(values, nulls, route->aggregate_type);
 	}
 	ninflight++;
 	r->read++;
 	produced_tx = m->tx;
 	produced_position = m->position;
+	MemoryContextSwitchTo(caller_cxt);
+	MemoryContextReset(message_cxt);
 }
 
 static EsPlan mirror_start_plan = {
@@ -782,9 +853,12 @@ mirror_forget(int done)
 static void
 mirror_produce_step(EsStore *s, void *arg)
 {
-	MirrorRead	r = {es_kafka_batch_size - ninflight, 0};
+	MirrorRead	r = {es_kafka_batch_size - ninflight, 0, NULL};
 	EsCommitRead read;
 
+	if (message_cxt == NULL)
+		message_cxt = AllocSetContextCreate(TopMemoryContext, "ultracore_es mirror message",
+											ALLOCSET_DEFAULT_SIZES);
 	routes_load();
 	memset(&read, 0, sizeof(read));
 	read.after_tx = produced_tx;
@@ -849,8 +923,16 @@ mirror_send(void)
 			}
 			in_transaction = true;
 		}
+		if (m->topic->handle == NULL &&
+			(m->topic->handle = rd_kafka_topic_new(producer, m->topic->topic, NULL)) == NULL)
+		{
+			snprintf(failure, sizeof(failure), "could not make a handle of topic %s: %s", m->topic->topic,
+					 rd_kafka_err2str(rd_kafka_last_error()));
+			any_failed = true;
+			return;
+		}
 		err = rd_kafka_producev(producer,
-								RD_KAFKA_V_TOPIC(m->topic->topic),
+								RD_KAFKA_V_RKT(m->topic->handle),
 								RD_KAFKA_V_KEY(m->key, strlen(m->key)),
 								RD_KAFKA_V_VALUE(m->value, m->value_len),
 								RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_FREE),
@@ -950,7 +1032,7 @@ mirror_pass(void)
 		}
 		producer_failed_at = 0;
 	}
-	rd_kafka_poll(producer, 0);
+	producer_poll();
 	mirror_commit_transaction();
 	mirror_check_stall();
 	if (rd_kafka_fatal_error(producer, fatal, sizeof(fatal)) != RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -981,7 +1063,7 @@ mirror_pass(void)
 	if (produced_known && nsent == ninflight && ninflight < es_kafka_batch_size && !in_transaction &&
 		!any_failed && es_kafka_run(MIRROR_CONSUMER, mirror_produce_step))
 		mirror_send();
-	rd_kafka_poll(producer, 0);
+	producer_poll();
 	return ninflight > 0;
 }
 
