@@ -2,10 +2,20 @@
 SELECT * FROM es_test.state();
 
 -- A new aggregate: version 1, a generated UUID as event id, a position.
-SELECT event_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$' AS uuid_v4,
+SELECT event_id ~ '^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$' AS uuid_v7,
        version, position > 0 AS has_position
   FROM es_append('Customer', 'CUST001', 'CUSTOMER_CREATED',
                  '{"name": "John Doe", "email": "john@example.com"}', expected_version => 0);
+-- Time-ordered (RFC 9562 version 7): its first 48 bits are the append's
+-- Unix time in milliseconds, and ids made one after another sort in order.
+SELECT abs(('x' || lpad(replace(left(event_id, 13), '-', ''), 16, '0'))::bit(64)::bigint
+           - floor(extract(epoch FROM recorded_at) * 1000)::bigint) <= 1 AS time_of_append
+  FROM es_events WHERE aggregate_id = 'CUST001';
+SELECT bool_and(event_id > lag) AS ids_in_order, count(*)
+  FROM (SELECT event_id, lag(event_id) OVER (ORDER BY position)
+          FROM es_append_batch('Customer', 'CUST-IDS',
+                               (SELECT jsonb_agg('{"event_type": "CUSTOMER_UPDATED"}'::jsonb) FROM generate_series(1, 200)))
+       ) s WHERE lag IS NOT NULL;
 
 -- Named notation with every parameter.
 SELECT event_id, version
