@@ -51,7 +51,6 @@
 #include "catalog/pg_extension.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
@@ -286,7 +285,6 @@ es_store_for_function(FunctionCallInfo fcinfo)
 EsStore *
 es_store_current(void)
 {
-	Oid			extoid = get_extension_oid("ultracore_es", true);
 	Oid			nspid = InvalidOid;
 	char		extversion[NAMEDATALEN] = "";
 	Relation	rel;
@@ -294,13 +292,11 @@ es_store_current(void)
 	SysScanDesc scan;
 	HeapTuple	tup;
 
-	if (!OidIsValid(extoid))
-		return NULL;
-
+	/* Every worker step runs this: one scan by name, not get_extension_oid's and then one by oid. */
 	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber, F_OIDEQ,
-				ObjectIdGetDatum(extoid));
-	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
+				CStringGetDatum("ultracore_es"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
 	tup = systable_getnext(scan);
 	if (HeapTupleIsValid(tup))
 	{
