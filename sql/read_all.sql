@@ -106,3 +106,12 @@ BEGIN
         RAISE EXCEPTION 'the cursor''s rows changed under another call: %', got;
     END IF;
 END $$;
+
+-- es_read_log: the commit log grows only with wal_level = logical (test/t/019_commit_log.pl);
+-- this server runs with replica: the log is empty, and es_health says why.
+SELECT count(*) AS logged FROM es_read_log();
+SELECT status, detail FROM es_health() WHERE component = 'commit log';
+SELECT count(*) FROM es_read_log(NULL, NULL, NULL);
+SELECT es_test.error_of($$SELECT * FROM es_read_log(-1)$$);
+SELECT es_test.error_of($$SELECT * FROM es_read_log(0, -5)$$);
+SELECT es_test.error_of($$SELECT * FROM es_read_log(0, 0, 0)$$);

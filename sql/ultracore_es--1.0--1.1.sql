@@ -250,6 +250,79 @@ AS 'MODULE_PATHNAME', 'es_horizon_holders' LANGUAGE C VOLATILE PARALLEL RESTRICT
 COMMENT ON FUNCTION @extschema@.es_horizon_holders() IS
     'ultracore_es: the backends holding the commit horizon back, with the transaction id each holds it at: those with events appended in this database and not yet committed (without preloading, or on a standby: every backend with a transaction id); prepared transactions are in pg_prepared_xacts';
 
+-- The commit log (sequencer.c): with wal_level = logical, every committed
+-- transaction that appended, numbered in commit order from logical decoding
+-- (the extension's output plugin, decoder.c); a transaction left open holds
+-- none back.  xid NULL: numbered in a tail, the events committed before the
+-- store's slot existed, in commit-horizon order.
+CREATE TABLE @extschema@.es_commit_log (
+    seq             bigint PRIMARY KEY,
+    xid             xid8,
+    positions       bigint[] NOT NULL,
+    commit_lsn      pg_lsn,
+    committed_at    timestamptz NOT NULL
+);
+CREATE INDEX es_commit_log_xid_idx ON @extschema@.es_commit_log (xid);
+COMMENT ON TABLE @extschema@.es_commit_log IS
+    'ultracore_es: each committed transaction that appended, numbered in commit order (es_read_log pages it); xid NULL: numbered in a tail, when the slot was made';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_commit_log', '');
+
+-- The sequencer's state: its slot and the tail numbered when it was made
+-- (the snapshot the tail was read with, and its last number).  Not dumped:
+-- a restored store makes a slot and a tail of its own.
+CREATE TABLE @extschema@.es_commit_log_state (
+    singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    slot_name       text,
+    tail_snapshot   pg_snapshot,
+    tail_seq        bigint,
+    tail_events     bigint,
+    slot_created_at timestamptz
+);
+INSERT INTO @extschema@.es_commit_log_state DEFAULT VALUES;
+REVOKE ALL ON TABLE @extschema@.es_commit_log, @extschema@.es_commit_log_state FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.es_read_log(
+    after_seq       bigint DEFAULT 0,
+    after_position  bigint DEFAULT 0,
+    max_count       integer DEFAULT 1000)
+RETURNS TABLE (
+    seq             bigint,
+    event_id        text,
+    event_type      text,
+    aggregate_type  text,
+    aggregate_id    text,
+    version         bigint,
+    "position"      bigint,
+    tx_id           xid8,
+    occurred_at     timestamptz,
+    recorded_at     timestamptz,
+    causation_id    text,
+    correlation_id  text,
+    data            jsonb,
+    metadata        jsonb,
+    schema_version  integer,
+    appended_by     text,
+    hash            bytea)
+AS 'MODULE_PATHNAME', 'es_read_log' LANGUAGE C STABLE PARALLEL RESTRICTED ROWS 1000;
+COMMENT ON FUNCTION @extschema@.es_read_log(bigint, bigint, integer) IS
+    'ultracore_es: up to max_count events after (after_seq, after_position), in commit order: the transactions of es_commit_log by seq, each one''s events in position order; the last row''s (seq, position) is the next checkpoint';
+REVOKE ALL ON FUNCTION @extschema@.es_read_log(bigint, bigint, integer) FROM PUBLIC;
+DO $$
+DECLARE
+    g record;
+BEGIN
+    -- Whoever reads es_read_all under 1.0 reads the log too.
+    FOR g IN SELECT a.grantee, a.is_grantable
+               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid = '@extschema@.es_read_all(xid8, bigint, text, text[], integer)'::pg_catalog.regprocedure
+                AND a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.es_read_log(bigint, bigint, integer) TO %s%s',
+                                  CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
+                                  CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+END $$;
+
 -- What an operator (or a probe) asks first: is delivery healthy?  One row
 -- per component, 'ok', 'warning' or 'critical'; the warning levels are
 -- settings (ultracore_es.health_*), ten times each is critical.  Every
@@ -352,6 +425,28 @@ SELECT 'commit horizon',
                 'no transaction holds it back'),
        h.since
   FROM t LEFT JOIN horizon h ON true
+UNION ALL
+SELECT 'commit log',
+       CASE WHEN c.mode <> 'logical' OR c.standby THEN 'ok'
+            WHEN NOT EXISTS (SELECT FROM workers WHERE kind = 'sequencer' AND pid IS NOT NULL) THEN 'critical'
+            WHEN sl.slot_name IS NULL OR sl.wal_status = 'lost' THEN 'warning'
+            ELSE 'ok' END,
+       CASE WHEN c.mode = 'off' THEN 'off (ultracore_es.commit_log): es_read_log returns nothing new'
+            WHEN c.mode = 'horizon' THEN 'none: wal_level is ' || current_setting('wal_level')
+                                         || ', es_read_log returns nothing new'
+            WHEN c.standby THEN 'standby: the primary''s, replicated; a promotion numbers its tail once'
+            WHEN sl.slot_name IS NULL THEN 'slot ' || c.slot || ' is missing: making it, then numbering the tail'
+            WHEN sl.wal_status = 'lost' THEN 'slot ' || c.slot || ' was invalidated: making it again, then numbering the tail'
+            ELSE 'logical decoding: slot ' || c.slot || ', up to seq ' || l.seq || ', the slot keeps '
+                 || pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), sl.restart_lsn)) || ' of WAL' END,
+       coalesce(l.committed_at, st.slot_created_at)
+  FROM (SELECT CASE WHEN NOT coalesce(current_setting('ultracore_es.commit_log', true)::boolean, false) THEN 'off'
+                    WHEN current_setting('wal_level') = 'logical' THEN 'logical' ELSE 'horizon' END AS mode,
+               pg_is_in_recovery() AS standby,
+               'ultracore_es_' || (SELECT d.oid FROM pg_database d WHERE d.datname = current_database()) AS slot) c
+  CROSS JOIN @extschema@.es_commit_log_state st
+  LEFT JOIN pg_replication_slots sl ON sl.slot_name = c.slot
+  LEFT JOIN LATERAL (SELECT g.seq, g.committed_at FROM @extschema@.es_commit_log g ORDER BY g.seq DESC LIMIT 1) l ON true
 UNION ALL
 SELECT 'kafka mirror',
        CASE WHEN NOT EXISTS (SELECT FROM workers WHERE kind = 'kafka mirror' AND pid IS NOT NULL) THEN 'critical'
@@ -524,6 +619,7 @@ AS $$
         ('reader', 'function', 'es_read_all(bigint, bigint, text, text[], integer)'),
         ('reader', 'function', 'es_read_all(text, bigint, text, text[], integer)'),
         ('reader', 'function', 'es_commit_horizon()'),
+        ('reader', 'function', 'es_read_log(bigint, bigint, integer)'),
         ('reader', 'function', 'es_aggregate_version(text)'),
         ('reader', 'function', 'es_load_aggregate(text, bigint, timestamptz, timestamptz)'),
         ('reader', 'function', 'es_causation_chain(text)'),
@@ -812,3 +908,4 @@ ALTER TABLE @extschema@.es_rm_accounts SET (fillfactor = 60);
 ALTER TABLE @extschema@.es_rm_transactions SET (fillfactor = 60);
 ALTER TABLE @extschema@.es_rm_payments SET (fillfactor = 60);
 ALTER TABLE @extschema@.es_rm_loans SET (fillfactor = 60);
+

@@ -63,6 +63,9 @@
  *		read_model.c	the five built-in read models: rows, projection
  *						functions
  *		read_model_fold.c	what each event does to a read model's row
+ *		decoder.c		the logical decoding output plugin: each committed
+ *						transaction that appended, in commit order
+ *		sequencer.c		the service that numbers them into es_commit_log
  *	kafka/		Kafka, the only folder that includes librdkafka
  *		client.c		clients: configuration, creation, logs, settings
  *		mirror.c		the mirror: committed events to topics
@@ -85,6 +88,7 @@
 #include "core/shmem.h"
 #include "delivery/consumer.h"
 #include "delivery/projection.h"
+#include "delivery/sequencer.h"
 #include "delivery/stats.h"
 #include "delivery/worker.h"
 #include "kafka/service.h"
@@ -119,6 +123,7 @@ _PG_init(void)
 	es_worker_init();
 	es_delivery_init();
 	es_projection_init();
+	es_sequencer_init();
 	/* kafka */
 	es_kafka_init();
 

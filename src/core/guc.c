@@ -37,6 +37,7 @@ int			es_health_batch_seconds = 60;
 int			es_health_horizon_seconds = 60;
 int			es_health_dead_letters = 100;
 bool		es_worker_enabled = true;
+bool		es_commit_log = true;
 int			es_worker_poll_interval = 1000;
 int			es_worker_batch_size = 1000;
 int			es_handled_retention = 7 * 24 * 3600;
@@ -230,6 +231,16 @@ es_guc_init(void)
 							 "Whether the background worker delivers events to consumers.",
 							 NULL,
 							 &es_worker_enabled,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("ultracore_es.commit_log",
+							 "Whether the store keeps its commit log from logical decoding when wal_level is logical.",
+							 "The sequencer numbers each committed transaction that appended, in commit order, "
+							 "into es_commit_log (es_read_log), through a logical replication slot.",
+							 &es_commit_log,
 							 true,
 							 PGC_SIGHUP,
 							 0,

@@ -18,6 +18,7 @@ extern char *es_worker_database;
 extern int	es_delivery_workers;
 extern int	es_delivery_nice;
 extern bool es_worker_enabled;
+extern bool es_commit_log;
 extern int	es_worker_poll_interval;
 extern int	es_worker_batch_size;
 extern int	es_handled_retention;

@@ -277,22 +277,20 @@ es_store_for_function(FunctionCallInfo fcinfo)
 }
 
 /*
- * es_store_current: the store of the extension installed in the current
- * database, for code that runs outside an SQL function (the workers), with
- * its catalog's version read afresh.  Returns NULL when the extension is
- * not installed.  Needs a transaction.
+ * es_extension_schema: the schema of the extension installed in the current
+ * database (InvalidOid: none), and its version in extversion (len bytes)
+ * when not NULL, read from the catalog (as of the catalog snapshot, which
+ * in logical decoding is the decoded change's).
  */
-EsStore *
-es_store_current(void)
+Oid
+es_extension_schema(char *extversion, size_t len)
 {
 	Oid			nspid = InvalidOid;
-	char		extversion[NAMEDATALEN] = "";
 	Relation	rel;
 	ScanKeyData key;
 	SysScanDesc scan;
 	HeapTuple	tup;
 
-	/* Every worker step runs this: one scan by name, not get_extension_oid's and then one by oid. */
 	rel = table_open(ExtensionRelationId, AccessShareLock);
 	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber, F_NAMEEQ,
 				CStringGetDatum("ultracore_es"));
@@ -304,10 +302,25 @@ es_store_current(void)
 		Datum		version = heap_getattr(tup, Anum_pg_extension_extversion, RelationGetDescr(rel), &isnull);
 
 		nspid = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
-		text_to_cstring_buffer(DatumGetTextPP(version), extversion, sizeof(extversion));
+		if (extversion != NULL)
+			text_to_cstring_buffer(DatumGetTextPP(version), extversion, len);
 	}
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
+	return nspid;
+}
+
+/*
+ * es_store_current: the store of the extension installed in the current
+ * database, for code that runs outside an SQL function (the workers), with
+ * its catalog's version read afresh.  Returns NULL when the extension is
+ * not installed.  Needs a transaction.
+ */
+EsStore *
+es_store_current(void)
+{
+	char		extversion[NAMEDATALEN] = "";
+	Oid			nspid = es_extension_schema(extversion, sizeof(extversion));
 
 	if (!OidIsValid(nspid))
 		return NULL;

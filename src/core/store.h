@@ -118,6 +118,7 @@ extern EsRole es_become_owner(const EsStore *s);
 extern void es_become(EsRole role);
 
 extern EsStore *es_store_for_function(FunctionCallInfo fcinfo);
+extern Oid	es_extension_schema(char *extversion, size_t len);
 extern EsStore *es_store_current(void);
 extern EsStore *es_store_resolved(void);
 extern void es_call_begin(FunctionCallInfo fcinfo, EsCall *call);

@@ -60,6 +60,7 @@
 #include "utils/snapmgr.h"
 
 #include "core/guc.h"
+#include "delivery/sequencer.h"
 
 /* The longest the launcher sleeps: it looks at pg_database this often. */
 #define LAUNCHER_NAP_MS		10000
@@ -707,7 +708,10 @@ launcher_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 		created_level = GetCurrentTransactionNestLevel();
 	if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION &&
 		statement_names_extension(((DropStmt *) parsetree)->objects))
+	{
 		dropped_level = GetCurrentTransactionNestLevel();
+		es_sequencer_drop_slot();
+	}
 }
 
 /*

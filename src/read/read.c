@@ -530,6 +530,107 @@ read_all(FunctionCallInfo fcinfo, FullTransactionId after_tx)
 }
 
 /*
+ * es_read_log(after_seq, after_position, max_count)
+ *	returns table (seq bigint, <the columns of es_events>)
+ *
+ * Up to max_count events after the checkpoint (after_seq, after_position)
+ * in commit order, as the sequencer numbered their transactions into
+ * es_commit_log (sequencer.c): by seq, each transaction's events in
+ * position order.  A transaction left open holds no later one back here,
+ * unlike es_read_all's commit horizon; with wal_level below logical the
+ * log does not grow.  A row of the log is added only once its events are
+ * visible, so the statement's snapshot, which sees the row, sees them.
+ */
+static EsPlan log_plan = {
+	"SELECT e.*, l.seq FROM @extschema@.es_commit_log l"
+	" CROSS JOIN LATERAL pg_catalog.unnest(l.positions) AS p(position)"
+	" JOIN @extschema@.es_events e ON e.position OPERATOR(pg_catalog.=) p.position"
+	" WHERE l.seq OPERATOR(pg_catalog.>=) $1"
+	"   AND (l.seq OPERATOR(pg_catalog.>) $1 OR p.position OPERATOR(pg_catalog.>) $2)"
+	" ORDER BY l.seq, p.position LIMIT $3",
+	3, {INT8OID, INT8OID, INT8OID}
+};
+
+/* A row of es_read_log: the event's seq first, then the event as read_step left it. */
+typedef struct LogRow
+{
+	ReturnSetInfo *rsinfo;
+	Datum		seq;
+} LogRow;
+
+static void
+read_put_log_row(Datum *values, bool *nulls, void *arg)
+{
+	LogRow	   *row = (LogRow *) arg;
+	Datum		out_values[EV_NATTS + 1];
+	bool		out_nulls[EV_NATTS + 1];
+
+	out_values[0] = row->seq;
+	out_nulls[0] = false;
+	memcpy(out_values + 1, values, sizeof(Datum) * EV_NATTS);
+	memcpy(out_nulls + 1, nulls, sizeof(bool) * EV_NATTS);
+	tuplestore_putvalues(row->rsinfo->setResult, row->rsinfo->setDesc, out_values, out_nulls);
+}
+
+PG_FUNCTION_INFO_V1(es_read_log);
+Datum
+es_read_log(PG_FUNCTION_ARGS)
+{
+	EsCall		call;
+	Datum		args[3];
+	LogRow		row;
+	Portal		portal;
+	bool		done = false;
+
+	/* As es_read_all's: NULL is the start, and 1,000 events. */
+	read_result_init(fcinfo);
+	args[0] = Int64GetDatum(PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0));
+	args[1] = Int64GetDatum(PG_ARGISNULL(1) ? 0 : PG_GETARG_INT64(1));
+	args[2] = Int64GetDatum(PG_ARGISNULL(2) ? 1000 : PG_GETARG_INT32(2));
+	if (DatumGetInt64(args[0]) < 0 || DatumGetInt64(args[1]) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("after_seq and after_position must not be negative"),
+				 errdetail("A checkpoint of the commit log is the last row's (seq, position); (0, 0) reads from the start.")));
+	if (DatumGetInt64(args[2]) < 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("max_count must be at least 1")));
+	row.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	es_call_begin(fcinfo, &call);
+	portal = SPI_cursor_open(NULL, es_plan(&log_plan), args, NULL, true);
+	while (!done)
+	{
+		SPITupleTable *tt;
+		uint64		n;
+		uint64		i;
+
+		SPI_cursor_fetch(portal, true, READ_SLICE);
+		tt = SPI_tuptable;		/* read_step may run queries: keep our own copy */
+		n = SPI_processed;
+		done = n == 0;
+		for (i = 0; i < n; i++)
+		{
+			Datum		values[EV_NATTS + 1];
+			bool		isnull[EV_NATTS + 1];
+			int			natts = tt->tupdesc->natts - 1;		/* es_events' columns, then seq */
+
+			CHECK_FOR_INTERRUPTS();
+			if (natts != EV_NATTS)
+				elog(ERROR, "es_events rows have %d columns, expected %d", natts, EV_NATTS);
+			heap_deform_tuple(tt->vals[i], tt->tupdesc, values, isnull);
+			row.seq = values[natts];
+			(void) read_step(values, isnull, true, NULL, read_put_log_row, NULL, NULL, &row);
+		}
+		SPI_freetuptable(tt);
+	}
+	SPI_cursor_close(portal);
+	es_call_end(&call);
+	return (Datum) 0;
+}
+
+/*
  * es_commit_horizon() returns xid8
  *
  * Every event with a smaller tx_id is committed (or will never exist).  A

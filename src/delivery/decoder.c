@@ -1,0 +1,164 @@
+/*-------------------------------------------------------------------------
+ *
+ * decoder.c
+ *	  The logical decoding output plugin "ultracore_es": each committed
+ *	  transaction that appended events, at its commit, in commit order.
+ *
+ * The sequencer (sequencer.c) reads the store's replication slot through
+ * this plugin and numbers what it emits into es_commit_log.  Logical
+ * decoding hands over a transaction when its commit record is decoded,
+ * whatever else is still running: unlike the commit horizon, a transaction
+ * left open, appending or not, holds no other back, and a rolled-back one
+ * never shows.
+ *
+ * One line per transaction that inserted rows into es_events (nothing for
+ * the others, nor for any other table):
+ *
+ *		<xid8> <commit time, microseconds since 2000-01-01 UTC> {<position>,...}
+ *
+ * the transaction's full id, when it committed, and the positions of its
+ * events in the order it inserted them (their version order within each
+ * aggregate).  The positions end in an array literal, so that SQL takes
+ * them with a cast.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/transam.h"
+#include "catalog/namespace.h"
+#include "replication/logical.h"
+#include "replication/output_plugin.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+
+#include "core/store.h"
+
+
+typedef struct DecoderState
+{
+	Oid			events_relid;	/* InvalidOid: not looked up yet in this decoding */
+	bool		looked_up;
+	AttrNumber	position_attnum;
+	StringInfoData positions;	/* of the transaction being decoded */
+	int64		count;
+} DecoderState;
+
+extern PGDLLEXPORT void _PG_output_plugin_init(OutputPluginCallbacks *cb);
+
+static void
+decoder_startup(LogicalDecodingContext *ctx, OutputPluginOptions *options, bool is_init)
+{
+	DecoderState *state = MemoryContextAllocZero(ctx->context, sizeof(DecoderState));
+	MemoryContext old = MemoryContextSwitchTo(ctx->context);
+	ListCell   *option;
+
+	foreach(option, ctx->output_plugin_options)
+	{
+		DefElem    *elem = lfirst(option);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("output plugin ultracore_es takes no option, got \"%s\"", elem->defname)));
+	}
+	initStringInfo(&state->positions);
+	MemoryContextSwitchTo(old);
+	ctx->output_plugin_private = state;
+	options->output_type = OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
+	options->receive_rewrites = false;
+}
+
+/*
+ * The store's es_events, looked up at the first change decoded (the
+ * catalogs are read as of that change): none while the extension is not
+ * installed.
+ */
+static Oid
+decoder_events_relid(DecoderState *state)
+{
+	if (!state->looked_up)
+	{
+		Oid			nspid = es_extension_schema(NULL, 0);
+
+		state->looked_up = true;
+		if (OidIsValid(nspid))
+			state->events_relid = get_relname_relid("es_events", nspid);
+		if (OidIsValid(state->events_relid))
+			state->position_attnum = get_attnum(state->events_relid, "position");
+		if (state->position_attnum == InvalidAttrNumber)
+			state->events_relid = InvalidOid;
+	}
+	return state->events_relid;
+}
+
+static void
+decoder_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
+{
+	DecoderState *state = ctx->output_plugin_private;
+
+	resetStringInfo(&state->positions);
+	state->count = 0;
+}
+
+static void
+decoder_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation relation,
+			   ReorderBufferChange *change)
+{
+	DecoderState *state = ctx->output_plugin_private;
+	HeapTuple	tuple;
+	Datum		position;
+	bool		isnull;
+	MemoryContext old;
+
+	if (change->action != REORDER_BUFFER_CHANGE_INSERT || change->data.tp.newtuple == NULL ||
+		RelationGetRelid(relation) != decoder_events_relid(state))
+		return;
+	tuple = &change->data.tp.newtuple->tuple;
+	position = heap_getattr(tuple, state->position_attnum, RelationGetDescr(relation), &isnull);
+	if (isnull)
+		return;					/* the column is NOT NULL: cannot happen */
+	old = MemoryContextSwitchTo(ctx->context);
+	appendStringInfo(&state->positions, "%s" INT64_FORMAT, state->count > 0 ? "," : "",
+					 DatumGetInt64(position));
+	MemoryContextSwitchTo(old);
+	state->count++;
+}
+
+/* The transaction's full id: its xid, in the epoch of the newest id that is not after it. */
+static FullTransactionId
+decoder_full_xid(TransactionId xid)
+{
+	FullTransactionId next = ReadNextFullTransactionId();
+	uint32		epoch = EpochFromFullTransactionId(next);
+
+	if (xid > XidFromFullTransactionId(next))
+		epoch--;
+	return FullTransactionIdFromEpochAndXid(epoch, xid);
+}
+
+static void
+decoder_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr commit_lsn)
+{
+	DecoderState *state = ctx->output_plugin_private;
+
+	if (state->count == 0)
+		return;
+	OutputPluginPrepareWrite(ctx, true);
+	appendStringInfo(ctx->out, UINT64_FORMAT " " INT64_FORMAT " {%s}",
+					 U64FromFullTransactionId(decoder_full_xid(txn->xid)),
+					 (int64) txn->xact_time.commit_time, state->positions.data);
+	OutputPluginWrite(ctx, true);
+}
+
+void
+_PG_output_plugin_init(OutputPluginCallbacks *cb)
+{
+	cb->startup_cb = decoder_startup;
+	cb->begin_cb = decoder_begin;
+	cb->change_cb = decoder_change;
+	cb->commit_cb = decoder_commit;
+}

@@ -1,0 +1,391 @@
+/*-------------------------------------------------------------------------
+ *
+ * sequencer.c
+ *	  The sequencer: a worker service that numbers the store's committed
+ *	  transactions in commit order, from logical decoding, into
+ *	  es_commit_log, which es_read_log pages.
+ *
+ * With wal_level = logical (and ultracore_es.commit_log on), the store
+ * keeps a logical replication slot, ultracore_es_<database oid>, read
+ * through the extension's own output plugin (decoder.c): one line per
+ * transaction that appended, at its commit.  Each pass peeks at what the
+ * slot has, adds a row per transaction to es_commit_log (seq = the last
+ * one plus one: one writer, so the numbers have no gap), commits, and only
+ * then moves the slot past it.  A crash in between decodes the same
+ * transactions again; each is logged once (its xid is unique).  A
+ * transaction decoded while its backend has not yet left the proc array
+ * (its commit is in the WAL, not yet visible) is waited for, so that a
+ * reader that sees its row also sees its events.
+ *
+ * The events committed before the slot existed (a store that had events
+ * before wal_level became logical, a slot dropped or lost, a promoted
+ * standby, whose slots did not follow it) are numbered once, as its tail,
+ * when the slot is made: every event not in the log yet, in commit-horizon
+ * order, a row per transaction key, in one statement that also records
+ * its snapshot; the transactions that snapshot saw are then skipped when
+ * the slot decodes them again.  Nothing is skipped or numbered twice: the
+ * tail is what the snapshot saw, the slot what committed after its
+ * consistent point, which was before the snapshot.
+ *
+ * The cost: the slot keeps the WAL it has not passed (a stopped sequencer
+ * makes it grow; max_slot_wal_keep_size bounds it, after which the slot is
+ * invalidated and made again, with a tail).  Each pass decodes from the
+ * slot's restart point, which a long transaction holds back.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/transam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "replication/slot.h"
+#include "storage/lmgr.h"
+#include "storage/procarray.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/pg_lsn.h"
+#include "utils/xid8.h"
+
+#include "core/guc.h"
+#include "core/step.h"
+#include "delivery/sequencer.h"
+#include "delivery/worker.h"
+
+/* Transactions taken from the slot per pass, at most. */
+#define SEQUENCER_BATCH		10000
+
+static EsPlan slot_exists_plan = {
+	"SELECT s.wal_status IS DISTINCT FROM 'lost'"
+	"  FROM pg_catalog.pg_replication_slots s WHERE s.slot_name OPERATOR(pg_catalog.=) $1",
+	1, {TEXTOID}
+};
+
+static EsPlan state_plan = {
+	"SELECT s.tail_snapshot IS NOT NULL FROM @extschema@.es_commit_log_state s",
+	0, {InvalidOid}
+};
+
+/* Before a slot is made: its tail is not numbered yet. */
+static EsPlan state_reset_plan = {
+	"UPDATE @extschema@.es_commit_log_state SET slot_name = $1, tail_snapshot = NULL, slot_created_at = NULL",
+	1, {TEXTOID}
+};
+
+static EsPlan slot_drop_plan = {
+	"SELECT pg_catalog.pg_drop_replication_slot(s.slot_name) FROM pg_catalog.pg_replication_slots s"
+	" WHERE s.slot_name OPERATOR(pg_catalog.=) $1",
+	1, {TEXTOID}
+};
+
+static EsPlan slot_create_plan = {
+	"SELECT pg_catalog.pg_create_logical_replication_slot($1, 'ultracore_es')",
+	1, {TEXTOID}
+};
+
+/*
+ * The tail: every event not in the log, a row per transaction key, and the
+ * snapshot it was read with, in one statement (one snapshot).
+ */
+static EsPlan tail_plan = {
+	"WITH last AS (SELECT COALESCE(pg_catalog.max(l.seq), 0) AS seq FROM @extschema@.es_commit_log l),"
+	" logged AS (SELECT pg_catalog.unnest(l.positions) AS position FROM @extschema@.es_commit_log l),"
+	" tail AS (SELECT e.tx_id, pg_catalog.array_agg(e.position ORDER BY e.position) AS positions,"
+	"                 pg_catalog.max(e.recorded_at) AS committed_at"
+	"            FROM @extschema@.es_events e"
+	"           WHERE e.position NOT IN (SELECT position FROM logged)"
+	"           GROUP BY e.tx_id),"
+	" numbered AS (INSERT INTO @extschema@.es_commit_log (seq, xid, positions, commit_lsn, committed_at)"
+	"              SELECT last.seq OPERATOR(pg_catalog.+) pg_catalog.row_number() OVER (ORDER BY t.tx_id),"
+	"                     NULL, t.positions, NULL, t.committed_at"
+	"                FROM tail t, last"
+	"              RETURNING pg_catalog.cardinality(positions) AS events)"
+	" UPDATE @extschema@.es_commit_log_state"
+	"    SET tail_snapshot = pg_catalog.pg_current_snapshot(), slot_created_at = pg_catalog.now(),"
+	"        tail_events = (SELECT COALESCE(pg_catalog.sum(events), 0) FROM numbered),"
+	"        tail_seq = (SELECT last.seq FROM last) OPERATOR(pg_catalog.+) (SELECT pg_catalog.count(*) FROM numbered)",
+	0, {InvalidOid}
+};
+
+static EsPlan last_seq_plan = {
+	"SELECT COALESCE(pg_catalog.max(l.seq), 0) FROM @extschema@.es_commit_log l",
+	0, {InvalidOid}
+};
+
+static EsPlan peek_plan = {
+	"SELECT c.lsn, c.data FROM pg_catalog.pg_logical_slot_peek_changes($1, NULL, $2) c",
+	2, {TEXTOID, INT4OID}
+};
+
+/*
+ * A transaction decoded: numbered, unless the tail has it or this slot's
+ * numbers do (decoded again after a crash).  Only this slot's: the rows
+ * before the tail may come from another cluster (a restored dump, whose
+ * transaction ids started again) or from before a promotion.
+ */
+static EsPlan log_plan = {
+	"INSERT INTO @extschema@.es_commit_log (seq, xid, positions, commit_lsn, committed_at)"
+	" SELECT $1, $2, $3, $4, $5 FROM @extschema@.es_commit_log_state s"
+	"  WHERE NOT pg_catalog.pg_visible_in_snapshot($2, s.tail_snapshot)"
+	"    AND NOT EXISTS (SELECT FROM @extschema@.es_commit_log l"
+	"                     WHERE l.xid OPERATOR(pg_catalog.=) $2 AND l.seq OPERATOR(pg_catalog.>) s.tail_seq)",
+	5, {INT8OID, XID8OID, INT8ARRAYOID, PG_LSNOID, TIMESTAMPTZOID}
+};
+
+static EsPlan advance_plan = {
+	"SELECT pg_catalog.pg_replication_slot_advance($1, $2)",
+	2, {TEXTOID, PG_LSNOID}
+};
+
+/* Whether the slot and its tail are in place (this process made sure). */
+static bool slot_ready = false;
+
+/* What a pass took from the slot. */
+typedef struct SequencerPass
+{
+	XLogRecPtr	confirm;		/* move the slot past this; InvalidXLogRecPtr: nothing */
+	bool		more;			/* the slot had a full batch */
+} SequencerPass;
+
+/* The store's slot: one per database, since slots are the cluster's. */
+static char *
+sequencer_slot_name(void)
+{
+	return psprintf("ultracore_es_%u", MyDatabaseId);
+}
+
+static int
+sequencer_wanted(bool kafka_database)
+{
+	return es_commit_log && XLogLogicalInfoActive() ? 1 : 0;
+}
+
+static bool
+sequencer_bool(EsPlan *plan, Datum *args)
+{
+	bool		isnull;
+
+	if (SPI_execute_plan(es_plan(plan), args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the state of the commit log");
+	if (SPI_processed == 0)
+		return false;
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) && !isnull;
+}
+
+/*
+ * First step of a process: is the slot there, with its tail numbered?  If
+ * not, the tail is marked undone and the slot made (dropped first if it
+ * exists without its tail: a crash between the two); its consistent point
+ * waits for the transactions running now, appending or not.
+ */
+static void
+sequencer_slot_step(EsStore *s, void *arg)
+{
+	bool	   *made = (bool *) arg;
+	Datum		name = CStringGetTextDatum(sequencer_slot_name());
+
+	*made = false;
+	if (sequencer_bool(&slot_exists_plan, &name) && sequencer_bool(&state_plan, NULL))
+		return;
+	if (SPI_execute_plan(es_plan(&state_reset_plan), &name, NULL, false, 0) != SPI_OK_UPDATE ||
+		SPI_execute_plan(es_plan(&slot_drop_plan), &name, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not prepare the commit log's slot");
+	*made = true;
+}
+
+/* The slot itself, in a transaction that has written nothing (which slot creation demands). */
+static void
+sequencer_create_step(EsStore *s, void *arg)
+{
+	Datum		name = CStringGetTextDatum(sequencer_slot_name());
+
+	if (SPI_execute_plan(es_plan(&slot_create_plan), &name, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not create the commit log's slot");
+	ereport(LOG,
+			(errmsg("ultracore_es sequencer: created logical replication slot \"%s\"", TextDatumGetCString(name))));
+}
+
+static void
+sequencer_tail_step(EsStore *s, void *arg)
+{
+	if (SPI_execute_plan(es_plan(&tail_plan), NULL, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not number the commit log's tail");
+}
+
+/* Parse the plugin's line: xid8, commit time, positions. */
+static void
+sequencer_parse(const char *line, FullTransactionId *xid, TimestampTz *committed_at, const char **positions)
+{
+	char	   *end;
+	uint64		x = strtou64(line, &end, 10);
+
+	if (end == line || *end != ' ')
+		elog(ERROR, "unexpected line from the ultracore_es output plugin: \"%s\"", line);
+	*xid = FullTransactionIdFromU64(x);
+	line = end + 1;
+	*committed_at = (TimestampTz) strtoi64(line, &end, 10);
+	if (end == line || *end != ' ' || end[1] != '{')
+		elog(ERROR, "unexpected line from the ultracore_es output plugin: \"%s\"", line);
+	*positions = end + 1;
+}
+
+/* A pass: number what the slot decoded since the last one. */
+static void
+sequencer_decode_step(EsStore *s, void *arg)
+{
+	SequencerPass *pass = (SequencerPass *) arg;
+	Datum		peek_args[2];
+	SPITupleTable *changes;
+	uint64		nchanges;
+	uint64		i;
+	int64		seq;
+	bool		isnull;
+
+	pass->confirm = InvalidXLogRecPtr;
+	pass->more = false;
+	if (SPI_execute_plan(es_plan(&last_seq_plan), NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the commit log");
+	seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+	peek_args[0] = CStringGetTextDatum(sequencer_slot_name());
+	peek_args[1] = Int32GetDatum(SEQUENCER_BATCH);
+	if (SPI_execute_plan(es_plan(&peek_plan), peek_args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the commit log's slot");
+	changes = SPI_tuptable;
+	nchanges = SPI_processed;
+	for (i = 0; i < nchanges; i++)
+	{
+		XLogRecPtr	lsn = DatumGetLSN(SPI_getbinval(changes->vals[i], changes->tupdesc, 1, &isnull));
+		char	   *line = TextDatumGetCString(SPI_getbinval(changes->vals[i], changes->tupdesc, 2, &isnull));
+		FullTransactionId xid;
+		TimestampTz committed_at;
+		const char *positions;
+		Datum		args[5];
+
+		CHECK_FOR_INTERRUPTS();
+		sequencer_parse(line, &xid, &committed_at, &positions);
+		/* Its commit is decoded; its backend may not have made it visible yet. */
+		if (TransactionIdIsInProgress(XidFromFullTransactionId(xid)))
+			XactLockTableWait(XidFromFullTransactionId(xid), NULL, NULL, XLTW_None);
+		args[0] = Int64GetDatum(seq + 1);
+		args[1] = FullTransactionIdGetDatum(xid);
+		args[2] = OidInputFunctionCall(F_ARRAY_IN, (char *) positions, INT8OID, -1);
+		args[3] = LSNGetDatum(lsn);
+		args[4] = TimestampTzGetDatum(committed_at);
+		if (SPI_execute_plan(es_plan(&log_plan), args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not add to the commit log");
+		seq += SPI_processed;
+		pass->confirm = lsn;
+	}
+	pass->more = nchanges >= SEQUENCER_BATCH;
+	SPI_freetuptable(changes);
+}
+
+/* After the numbers committed: the slot moves past them. */
+static void
+sequencer_confirm_step(EsStore *s, void *arg)
+{
+	SequencerPass *pass = (SequencerPass *) arg;
+	Datum		args[2];
+
+	args[0] = CStringGetTextDatum(sequencer_slot_name());
+	args[1] = LSNGetDatum(pass->confirm);
+	if (SPI_execute_plan(es_plan(&advance_plan), args, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not move the commit log's slot");
+}
+
+/* A step in a transaction of its own; an error is logged. */
+static bool
+sequencer_run(EsStep step, void *arg)
+{
+	return es_step_in_transaction(step, arg, true, NULL, NULL, NULL);
+}
+
+static long
+sequencer_pass(bool *reads_appends)
+{
+	SequencerPass pass = {InvalidXLogRecPtr, false};
+
+	*reads_appends = true;
+	/* A standby's slots do not exist: the promoted server makes its own, with a tail. */
+	if (RecoveryInProgress())
+		return es_worker_poll_interval;
+	if (!slot_ready)
+	{
+		bool		made = false;
+
+		if (!sequencer_run(sequencer_slot_step, &made) ||
+			(made && (!sequencer_run(sequencer_create_step, NULL) || !sequencer_run(sequencer_tail_step, NULL))))
+			return es_worker_poll_interval;
+		slot_ready = true;
+	}
+	if (!sequencer_run(sequencer_decode_step, &pass))
+	{
+		slot_ready = false;		/* the slot may be gone: look again */
+		return es_worker_poll_interval;
+	}
+	if (!XLogRecPtrIsInvalid(pass.confirm) && !sequencer_run(sequencer_confirm_step, &pass))
+		return es_worker_poll_interval;
+	return pass.more ? 0 : es_worker_poll_interval;
+}
+
+/*
+ * PostgreSQL 15.20 and later decode only through the output plugins that
+ * output_plugin_libraries names, superusers included, who may add to it
+ * in their session: the sequencer adds the extension's own, for itself
+ * alone (a REPLICATION user who wants to decode through it needs the
+ * DBA's setting).
+ */
+static void
+sequencer_start(void)
+{
+	const char *trusted = GetConfigOption("output_plugin_libraries", true, false);
+
+	if (trusted != NULL)
+		SetConfigOption("output_plugin_libraries",
+						trusted[0] != '\0' ? psprintf("%s, ultracore_es", trusted) : "ultracore_es",
+						PGC_SUSET, PGC_S_SESSION);
+}
+
+static void
+sequencer_stop(void)
+{
+	slot_ready = false;
+}
+
+static const EsWorkerService sequencer_service = {
+	.name = "sequencer",
+	.wanted = sequencer_wanted,
+	.start = sequencer_start,
+	.pass = sequencer_pass,
+	.stop = sequencer_stop,
+};
+
+/*
+ * es_sequencer_drop_slot: after DROP EXTENSION, the database's slot goes
+ * too, or it would keep the WAL for ever.  The database's workers were
+ * held before the drop (launcher.c): the slot is released by now, or soon
+ * (waited for).  If the transaction then aborts, the sequencer makes the
+ * slot again, with a tail.
+ */
+void
+es_sequencer_drop_slot(void)
+{
+	char	   *name = sequencer_slot_name();
+
+	if (SearchNamedReplicationSlot(name, true) != NULL)
+		ReplicationSlotDrop(name, false);
+}
+
+/* es_sequencer_init: from _PG_init. */
+void
+es_sequencer_init(void)
+{
+	es_worker_add_service(&sequencer_service);
+}

@@ -1,0 +1,225 @@
+# The commit log, with wal_level = logical: the events appended before it
+# existed are numbered once as its tail; a transaction held open 15 s in
+# another database delays neither es_read_log nor a handler; one held open
+# after appending delays es_read_log for nobody (es_read_all waits for it);
+# six writers with random 0-2 s transactions and 20% rollbacks, through a
+# kill -9 of the sequencer, of the postmaster and a slot dropped by hand:
+# every committed event in the log once, none rolled back, in commit order.
+# DROP EXTENSION drops the slot.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+use FindBin;
+use lib "$FindBin::RealBin/..";
+use EsNode;
+use IPC::Run;
+
+my $node = EsNode->new('commit_log', q{
+wal_level = logical
+ultracore_es.commit_log = off
+ultracore_es.worker_poll_interval = 100
+max_prepared_transactions = 4
+});
+$node->start;
+
+sub wait_for
+{
+	my ($query, $what) = @_;
+	ok($node->poll_query_until('postgres', $query), $what);
+}
+
+# Every committed event in the log exactly once, nothing else, and the
+# decoded transactions numbered in the order they committed.
+sub check_log
+{
+	my ($what) = @_;
+	wait_for(q{SELECT (SELECT count(*) FROM es_events)
+	                  = (SELECT count(*) FROM es_commit_log, unnest(positions))},
+		"$what: the log caught up");
+	is( $node->safe_psql(
+			'postgres', q{
+		SELECT (SELECT count(*) FROM es_read_log(max_count => 1000000)) || ' '
+		       || (SELECT count(DISTINCT position) FROM es_read_log(max_count => 1000000)) || ' '
+		       || (SELECT count(*) FROM es_events)}),
+		join(' ', ($node->safe_psql('postgres', 'SELECT count(*) FROM es_events')) x 3),
+		"$what: es_read_log returns every event once");
+	is( $node->safe_psql(
+			'postgres', q{
+		SELECT count(*) FROM (SELECT commit_lsn, lag(commit_lsn) OVER (ORDER BY seq) AS prev
+		                        FROM es_commit_log WHERE xid IS NOT NULL) s
+		 WHERE commit_lsn <= prev}),
+		'0', "$what: numbered in commit order");
+	is($node->safe_psql('postgres', q{SELECT max(seq) = count(*) FROM es_commit_log}),
+		't', "$what: numbers without a gap");
+	return;
+}
+
+$node->safe_psql(
+	'postgres', q{
+	CREATE EXTENSION ultracore_es;
+	CREATE DATABASE other;
+	CREATE TABLE got (event_id text, at timestamptz);
+	CREATE FUNCTION got(event es_events) RETURNS void LANGUAGE sql AS $$
+	    INSERT INTO got VALUES (event.event_id, clock_timestamp())
+	$$;
+	SELECT es_register_handler('got', 'got(es_events)');
+	SELECT es_append('Customer', 'BEFORE-' || g, 'CUSTOMER_CREATED', '{}', 0) FROM generate_series(1, 40) g;
+});
+$node->safe_psql('other', 'CREATE TABLE t (x int)');
+
+# The log switched on: the slot is made and the 40 events become its tail.
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_read_log()}), '0', 'no log while it is off');
+$node->safe_psql('postgres', q{ALTER SYSTEM SET ultracore_es.commit_log = on; SELECT pg_reload_conf()});
+wait_for(q{SELECT count(*) = 40 FROM es_read_log()}, 'the events before the slot are numbered as its tail');
+is( $node->safe_psql(
+		'postgres', q{SELECT count(*) FROM pg_replication_slots WHERE plugin = 'ultracore_es' AND slot_type = 'logical'}),
+	'1', 'the store keeps a logical slot of its own plugin');
+like($node->safe_psql('postgres', q{SELECT status || ': ' || detail FROM es_health() WHERE component = 'commit log'}),
+	qr/^ok: logical decoding: slot ultracore_es_\d+, up to seq/, 'es_health says the log comes from logical decoding');
+
+# A transaction in another database that wrote a row stays open 15 s; events
+# appended meanwhile reach es_read_log and the handler within 2 s of commit.
+my $other = $node->background_psql('other');
+$other->query_safe('BEGIN; INSERT INTO t VALUES (1)');
+my $t0 = time;
+my ($log_worst, $handler_worst) = (0, 0);
+for my $i (1 .. 10)
+{
+	my $committed = time;
+	$node->safe_psql('postgres', qq{SELECT es_append('Customer', 'DURING-$i', 'CUSTOMER_CREATED', '{}', 0)});
+	my ($in_log, $handled);
+	while (!defined $in_log || !defined $handled)
+	{
+		last if time - $committed > 10;
+		$in_log //= time if $node->safe_psql('postgres',
+			qq{SELECT count(*) FROM es_read_log(max_count => 100000) WHERE aggregate_id = 'DURING-$i'}) eq '1';
+		$handled //= time if $node->safe_psql('postgres',
+			qq{SELECT count(*) FROM got g JOIN es_events e USING (event_id) WHERE e.aggregate_id = 'DURING-$i'}) eq '1';
+		usleep(20_000);
+	}
+	$log_worst = ($in_log // 1e9) - $committed if ($in_log // 1e9) - $committed > $log_worst;
+	$handler_worst = ($handled // 1e9) - $committed if ($handled // 1e9) - $committed > $handler_worst;
+	usleep(1_200_000);
+}
+is( $node->safe_psql(
+		'postgres', q{SELECT count(*) FROM pg_stat_activity WHERE datname = 'other' AND backend_xid IS NOT NULL
+		                AND xact_start < now() - interval '14 s'}),
+	'1', 'the other database\'s transaction held an xid open for 15 s meanwhile');
+cmp_ok($log_worst, '<', 2, sprintf('es_read_log had each event within 2 s of its commit (worst %.3f s)', $log_worst));
+cmp_ok($handler_worst, '<', 2,
+	sprintf('the handler had each event within 2 s of its commit (worst %.3f s)', $handler_worst));
+$other->query_safe('COMMIT');
+$other->quit;
+
+# A transaction that appended and stays open: es_read_log goes on past it,
+# es_read_all waits for it, and it takes its place in the log when it commits.
+my $slow = $node->background_psql('postgres');
+$slow->query_safe(q{BEGIN; SELECT es_append('Customer', 'SLOW', 'CUSTOMER_CREATED', '{}', 0)});
+$node->safe_psql('postgres', q{SELECT es_append('Customer', 'FAST', 'CUSTOMER_CREATED', '{}', 0)});
+wait_for(q{SELECT count(*) = 1 FROM es_read_log(max_count => 100000) WHERE aggregate_id = 'FAST'},
+	'a later commit is in the log while an earlier appender is open');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_read_all(max_count => 100000) WHERE aggregate_id = 'FAST'}),
+	'0', 'es_read_all waits below the open appender');
+$slow->query_safe('COMMIT');
+$slow->quit;
+wait_for(q{SELECT count(*) = 1 FROM es_read_log(max_count => 100000) WHERE aggregate_id = 'SLOW'},
+	'the open appender is logged at its commit');
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT (SELECT seq FROM es_read_log(max_count => 100000) WHERE aggregate_id = 'FAST')
+	     < (SELECT seq FROM es_read_log(max_count => 100000) WHERE aggregate_id = 'SLOW')}),
+	't', 'in commit order: the later commit first');
+check_log('after the open transactions');
+
+# Six writers, random transactions of 0-2 s, a fifth of them rolled back.
+my $script = $node->basedir . '/writers.sql';
+open my $fh, '>', $script or die $!;
+print $fh q{\set r random(1, 5)
+\set d random(0, 2000)
+\set id random(1, 1000000000)
+BEGIN;
+SELECT es_append('Customer', 'W' || :client_id || '-' || :id, 'CUSTOMER_CREATED', jsonb_build_object('r', :r), 0);
+\sleep :d ms
+\if :r = 1
+ROLLBACK;
+\else
+COMMIT;
+\endif
+};
+close $fh;
+
+sub writers
+{
+	my ($seconds) = @_;
+	my ($out, $err) = ('', '');
+	return IPC::Run::start(
+		[ 'pgbench', '-n', '-c', '6', '-j', '2', '-T', $seconds, '-f', $script,
+		  '-h', $node->host, '-p', $node->port, 'postgres' ],
+		'>', \$out, '2>', \$err);
+}
+
+my $load = writers(8);
+$load->finish;
+check_log('six writers with rollbacks');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_events WHERE data->>'r' = '1'}),
+	'0', 'no rolled-back append exists');
+
+# kill -9 of the sequencer mid-stream.
+$load = writers(8);
+sleep 3;
+my $log_offset = -s $node->logfile;
+my $pid = $node->safe_psql('postgres', q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'ultracore_es sequencer'});
+ok($pid =~ /^\d+$/, 'the sequencer runs');
+kill 'KILL', $pid;
+$node->wait_for_log(qr/all server processes terminated; reinitializing/, $log_offset);
+eval { $load->finish };
+wait_for('SELECT true', 'server back after the sequencer was killed');
+$load = writers(4);
+$load->finish;
+check_log('after kill -9 of the sequencer');
+
+# kill -9 of the postmaster mid-stream.
+$load = writers(8);
+sleep 3;
+# A new postmaster refuses to start while an orphaned child is still
+# attached to the shared memory: they notice the death and exit on their own.
+my $postmaster = (split /\n/, slurp_file($node->data_dir . '/postmaster.pid'))[0];
+my @processes = ($postmaster, split(' ', `ps -o pid= --ppid $postmaster`));
+$node->kill9;
+eval { $load->finish };
+for (1 .. 60)
+{
+	last unless grep { kill 0, $_ } @processes;
+	sleep 1;
+}
+$node->start;
+$load = writers(4);
+$load->finish;
+check_log('after kill -9 of the postmaster');
+
+# The slot dropped by hand: the sequencer makes it again and numbers what it
+# missed as a new tail; nothing skipped, nothing twice.
+my $slot = $node->safe_psql('postgres', q{SELECT slot_name FROM pg_replication_slots WHERE plugin = 'ultracore_es'});
+$node->safe_psql('postgres', q{ALTER SYSTEM SET ultracore_es.commit_log = off; SELECT pg_reload_conf()});
+wait_for(q{SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'ultracore_es sequencer')},
+	'the sequencer stopped');
+$node->safe_psql('postgres', qq{SELECT pg_drop_replication_slot('$slot')});
+$node->safe_psql('postgres',
+	q{SELECT es_append('Customer', 'UNSLOTTED-' || g, 'CUSTOMER_CREATED', '{}', 0) FROM generate_series(1, 25) g});
+$node->safe_psql('postgres', q{ALTER SYSTEM SET ultracore_es.commit_log = on; SELECT pg_reload_conf()});
+wait_for(qq{SELECT count(*) = 1 FROM pg_replication_slots WHERE slot_name = '$slot'}, 'the slot is made again');
+$load = writers(4);
+$load->finish;
+check_log('after the slot was dropped');
+is($node->safe_psql('postgres', q{SELECT tail_events FROM es_commit_log_state}),
+	'25', 'the events appended without a slot are its new tail');
+
+# DROP EXTENSION drops the slot, which would otherwise keep the WAL for ever.
+$node->safe_psql('postgres', 'DROP EXTENSION ultracore_es CASCADE');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots}), '0', 'DROP EXTENSION drops the slot');
+
+$node->stop;
+done_testing();
