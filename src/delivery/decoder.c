@@ -29,7 +29,6 @@
 
 #include "access/htup_details.h"
 #include "access/transam.h"
-#include "catalog/namespace.h"
 #include "replication/logical.h"
 #include "replication/output_plugin.h"
 #include "utils/lsyscache.h"

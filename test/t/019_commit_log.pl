@@ -5,7 +5,8 @@
 # six writers with random 0-2 s transactions and 20% rollbacks, through a
 # kill -9 of the sequencer, of the postmaster and a slot dropped by hand:
 # every committed event in the log once, none rolled back, in commit order.
-# DROP EXTENSION drops the slot.
+# DROP EXTENSION drops the slot.  A standby promoted mid-load makes its own
+# slot and numbers what its replicated log lacks once.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -17,7 +18,7 @@ use lib "$FindBin::RealBin/..";
 use EsNode;
 use IPC::Run;
 
-my $node = EsNode->new('commit_log', q{
+our $node = EsNode->new('commit_log', q{
 wal_level = logical
 ultracore_es.commit_log = off
 ultracore_es.worker_poll_interval = 100
@@ -27,15 +28,16 @@ $node->start;
 
 sub wait_for
 {
-	my ($query, $what) = @_;
-	ok($node->poll_query_until('postgres', $query), $what);
+	my ($query, $what, $on) = @_;
+	ok(($on // $node)->poll_query_until('postgres', $query), $what);
 }
 
 # Every committed event in the log exactly once, nothing else, and the
 # decoded transactions numbered in the order they committed.
 sub check_log
 {
-	my ($what) = @_;
+	my ($what, $on) = @_;
+	local $node = $on // $node;
 	wait_for(q{SELECT (SELECT count(*) FROM es_events)
 	                  = (SELECT count(*) FROM es_commit_log, unnest(positions))},
 		"$what: the log caught up");
@@ -216,6 +218,48 @@ $load->finish;
 check_log('after the slot was dropped');
 is($node->safe_psql('postgres', q{SELECT tail_events FROM es_commit_log_state}),
 	'25', 'the events appended without a slot are its new tail');
+
+# A failover: a standby streams the store, its log with it; promoted, it has
+# no slot (PostgreSQL 15's logical slots do not follow a promotion), so its
+# sequencer makes one and numbers what the replicated log lacks (here what
+# the primary appended with its sequencer stopped), once, after the
+# replicated numbers.
+my $primary = EsNode->new('log_primary', q{
+ultracore_es.worker_poll_interval = 100
+}, init => { allows_streaming => 'logical' });
+$primary->start;
+$primary->safe_psql('postgres', q{CREATE EXTENSION ultracore_es});
+$primary->safe_psql('postgres',
+	q{SELECT es_append('Customer', 'P-' || g, 'CUSTOMER_CREATED', '{}', 0) FROM generate_series(1, 30) g});
+check_log('on the primary', $primary);
+$primary->backup('b1');
+my $standby = PostgreSQL::Test::Cluster->new('log_standby');
+$standby->init_from_backup($primary, 'b1', has_streaming => 1);
+$standby->start;
+# The primary's sequencer stops: what the load appends reaches the standby
+# unnumbered, for the promoted server's tail.
+$primary->safe_psql('postgres', q{ALTER SYSTEM SET ultracore_es.commit_log = off; SELECT pg_reload_conf()});
+wait_for(q{SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'ultracore_es sequencer')},
+	'the primary\'s sequencer stopped', $primary);
+$load = IPC::Run::start(
+	[ 'pgbench', '-n', '-c', '4', '-j', '2', '-T', '6', '-f', $script, '-h', $primary->host, '-p', $primary->port,
+	  'postgres' ]);
+sleep 4;
+$primary->kill9;
+eval { $load->finish };
+$standby->promote;
+wait_for('SELECT NOT pg_is_in_recovery()', 'the standby is promoted', $standby);
+my $replicated = $standby->safe_psql('postgres', q{SELECT max(seq) FROM es_commit_log});
+cmp_ok($replicated, '>', 1, 'the standby has the primary\'s log, replicated');
+wait_for(q{SELECT EXISTS (SELECT FROM pg_replication_slots WHERE plugin = 'ultracore_es')
+	                AND tail_snapshot IS NOT NULL FROM es_commit_log_state},
+	'the promoted server made its slot and tail', $standby);
+cmp_ok($standby->safe_psql('postgres', q{SELECT tail_events FROM es_commit_log_state}),
+	'>', 0, 'the events the primary had not numbered are in the promoted server\'s tail');
+$standby->safe_psql('postgres',
+	q{SELECT es_append('Customer', 'PROMOTED-' || g, 'CUSTOMER_CREATED', '{}', 0) FROM generate_series(1, 10) g});
+check_log('after the promotion', $standby);
+$standby->stop;
 
 # DROP EXTENSION drops the slot, which would otherwise keep the WAL for ever.
 $node->safe_psql('postgres', 'DROP EXTENSION ultracore_es CASCADE');
