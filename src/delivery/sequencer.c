@@ -8,11 +8,12 @@
  * With wal_level = logical (and ultracore_es.commit_log on), the store
  * keeps a logical replication slot, ultracore_es_<database oid>, read
  * through the extension's own output plugin (decoder.c): one line per
- * transaction that appended, at its commit.  Each pass peeks at what the
- * slot has, adds a row per transaction to es_commit_log (seq = the last
- * one plus one: one writer, so the numbers have no gap), commits, and only
- * then moves the slot past it.  A crash in between decodes the same
- * transactions again; each is logged once (its xid is unique).  A
+ * transaction that appended, at its commit.  The process holds the slot
+ * and one decoding of it for its life; each pass decodes the WAL flushed
+ * since the last, adds a row per transaction to es_commit_log (seq = the
+ * last one plus one: one writer, so the numbers have no gap), commits,
+ * and only then confirms the slot past it.  A crash in between decodes the
+ * same transactions again; each is logged once (by its xid).  A
  * transaction decoded while its backend has not yet left the proc array
  * (its commit is in the WAL, not yet visible) is waited for, so that a
  * reader that sees its row also sees its events.
@@ -29,8 +30,8 @@
  *
  * The cost: the slot keeps the WAL it has not passed (a stopped sequencer
  * makes it grow; max_slot_wal_keep_size bounds it, after which the slot is
- * invalidated and made again, with a tail).  Each pass decodes from the
- * slot's restart point, which a long transaction holds back.
+ * invalidated and made again, with a tail), and logical decoding sees only
+ * flushed WAL (with synchronous_commit off, up to wal_writer_delay late).
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -41,15 +42,21 @@
 #include "access/transam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "access/xlogutils.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "replication/decode.h"
+#include "replication/logical.h"
 #include "replication/slot.h"
+#include "storage/ipc.h"
 #include "storage/lmgr.h"
 #include "storage/procarray.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/xid8.h"
 
@@ -118,11 +125,6 @@ static EsPlan last_seq_plan = {
 	0, {InvalidOid}
 };
 
-static EsPlan peek_plan = {
-	"SELECT c.lsn, c.data FROM pg_catalog.pg_logical_slot_peek_changes($1, NULL, $2) c",
-	2, {TEXTOID, INT4OID}
-};
-
 /*
  * A transaction decoded: numbered, unless the tail has it or this slot's
  * numbers do (decoded again after a crash).  Only this slot's: the rows
@@ -138,20 +140,26 @@ static EsPlan log_plan = {
 	5, {INT8OID, XID8OID, INT8ARRAYOID, PG_LSNOID, TIMESTAMPTZOID}
 };
 
-static EsPlan advance_plan = {
-	"SELECT pg_catalog.pg_replication_slot_advance($1, $2)",
-	2, {TEXTOID, PG_LSNOID}
-};
-
 /* Whether the slot and its tail are in place (this process made sure). */
 static bool slot_ready = false;
 
-/* What a pass took from the slot. */
-typedef struct SequencerPass
+/*
+ * The decoding of the slot, held from the first pass to the process's end:
+ * each pass reads on from where the last one stopped, where a peek at the
+ * slot decoded again from its restart point every time (which a long
+ * transaction holds back, so each pass read more WAL than the last).
+ */
+static LogicalDecodingContext *decoding = NULL;
+
+/* The transactions decoded and not numbered yet (the plugin's lines), in lines_cxt. */
+typedef struct Decoded
 {
-	XLogRecPtr	confirm;		/* move the slot past this; InvalidXLogRecPtr: nothing */
-	bool		more;			/* the slot had a full batch */
-} SequencerPass;
+	XLogRecPtr	lsn;			/* the end of its commit record */
+	char	   *line;
+} Decoded;
+
+static MemoryContext lines_cxt = NULL;
+static List *decoded = NIL;
 
 /* The store's slot: one per database, since slots are the cluster's. */
 static char *
@@ -235,69 +243,113 @@ sequencer_parse(const char *line, FullTransactionId *xid, TimestampTz *committed
 	*positions = end + 1;
 }
 
-/* A pass: number what the slot decoded since the last one. */
+/* The output plugin's writes: each line kept, with where its commit ends. */
 static void
-sequencer_decode_step(EsStore *s, void *arg)
+sequencer_prepare_write(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool last_write)
 {
-	SequencerPass *pass = (SequencerPass *) arg;
-	Datum		peek_args[2];
-	SPITupleTable *changes;
-	uint64		nchanges;
-	uint64		i;
+	resetStringInfo(ctx->out);
+}
+
+static void
+sequencer_write(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool last_write)
+{
+	MemoryContext old = MemoryContextSwitchTo(lines_cxt);
+	Decoded    *d = palloc(sizeof(Decoded));
+
+	d->lsn = lsn;
+	d->line = pstrdup(ctx->out->data);
+	decoded = lappend(decoded, d);
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * Decode the WAL flushed since the last pass, up to SEQUENCER_BATCH
+ * transactions; true when it stopped for the batch's size.  Outside any
+ * transaction, as a walsender does: the reorder buffer runs each decoded
+ * transaction's replay in one of its own.  An error ends the process, and
+ * its slot with it; the next one decodes from the slot's confirmed point.
+ */
+static bool
+sequencer_decode(void)
+{
+	XLogRecPtr	end_of_wal = GetFlushRecPtr(NULL);
+	MemoryContext old;
+	bool		replayed = false;
+
+	if (decoding == NULL)
+	{
+		if (lines_cxt == NULL)
+			lines_cxt = AllocSetContextCreate(TopMemoryContext, "ultracore_es sequencer lines", ALLOCSET_DEFAULT_SIZES);
+		ReplicationSlotAcquire(sequencer_slot_name(), true);
+		old = MemoryContextSwitchTo(TopMemoryContext);
+		decoding = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
+										 XL_ROUTINE(.page_read = read_local_xlog_page,
+													.segment_open = wal_segment_open,
+													.segment_close = wal_segment_close),
+										 sequencer_prepare_write, sequencer_write, NULL);
+		MemoryContextSwitchTo(old);
+		XLogBeginRead(decoding->reader, MyReplicationSlot->data.restart_lsn);
+	}
+	/*
+	 * In the decoding's memory: the reader allocates its decode buffer at
+	 * its first read, in the current context, and keeps it (the pass's
+	 * context is emptied after each pass).
+	 */
+	old = MemoryContextSwitchTo(decoding->context);
+	while (decoding->reader->EndRecPtr < end_of_wal && list_length(decoded) < SEQUENCER_BATCH)
+	{
+		char	   *errm = NULL;
+		XLogRecord *record = XLogReadRecord(decoding->reader, &errm);
+
+		if (errm != NULL)
+			elog(ERROR, "could not read the WAL for the commit log: %s", errm);
+		if (record != NULL)
+		{
+			LogicalDecodingProcessRecord(decoding, decoding->reader);
+			replayed = true;
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	MemoryContextSwitchTo(old);
+	/* What the replays cached under their historic snapshots is not for the steps. */
+	if (replayed)
+		InvalidateSystemCaches();
+	return list_length(decoded) >= SEQUENCER_BATCH;
+}
+
+/* Number the transactions decoded: one row each in es_commit_log. */
+static void
+sequencer_number_step(EsStore *s, void *arg)
+{
+	ListCell   *lc;
 	int64		seq;
 	bool		isnull;
 
-	pass->confirm = InvalidXLogRecPtr;
-	pass->more = false;
 	if (SPI_execute_plan(es_plan(&last_seq_plan), NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read the commit log");
 	seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-
-	peek_args[0] = CStringGetTextDatum(sequencer_slot_name());
-	peek_args[1] = Int32GetDatum(SEQUENCER_BATCH);
-	if (SPI_execute_plan(es_plan(&peek_plan), peek_args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read the commit log's slot");
-	changes = SPI_tuptable;
-	nchanges = SPI_processed;
-	for (i = 0; i < nchanges; i++)
+	foreach(lc, decoded)
 	{
-		XLogRecPtr	lsn = DatumGetLSN(SPI_getbinval(changes->vals[i], changes->tupdesc, 1, &isnull));
-		char	   *line = TextDatumGetCString(SPI_getbinval(changes->vals[i], changes->tupdesc, 2, &isnull));
+		Decoded    *d = lfirst(lc);
 		FullTransactionId xid;
 		TimestampTz committed_at;
 		const char *positions;
 		Datum		args[5];
 
 		CHECK_FOR_INTERRUPTS();
-		sequencer_parse(line, &xid, &committed_at, &positions);
+		sequencer_parse(d->line, &xid, &committed_at, &positions);
 		/* Its commit is decoded; its backend may not have made it visible yet. */
 		if (TransactionIdIsInProgress(XidFromFullTransactionId(xid)))
 			XactLockTableWait(XidFromFullTransactionId(xid), NULL, NULL, XLTW_None);
 		args[0] = Int64GetDatum(seq + 1);
 		args[1] = FullTransactionIdGetDatum(xid);
 		args[2] = OidInputFunctionCall(F_ARRAY_IN, (char *) positions, INT8OID, -1);
-		args[3] = LSNGetDatum(lsn);
+		args[3] = LSNGetDatum(d->lsn);
 		args[4] = TimestampTzGetDatum(committed_at);
 		if (SPI_execute_plan(es_plan(&log_plan), args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not add to the commit log");
 		seq += SPI_processed;
-		pass->confirm = lsn;
 	}
-	pass->more = nchanges >= SEQUENCER_BATCH;
-	SPI_freetuptable(changes);
-}
-
-/* After the numbers committed: the slot moves past them. */
-static void
-sequencer_confirm_step(EsStore *s, void *arg)
-{
-	SequencerPass *pass = (SequencerPass *) arg;
-	Datum		args[2];
-
-	args[0] = CStringGetTextDatum(sequencer_slot_name());
-	args[1] = LSNGetDatum(pass->confirm);
-	if (SPI_execute_plan(es_plan(&advance_plan), args, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not move the commit log's slot");
 }
 
 /* A step in a transaction of its own; an error is logged. */
@@ -310,7 +362,7 @@ sequencer_run(EsStep step, void *arg)
 static long
 sequencer_pass(bool *reads_appends)
 {
-	SequencerPass pass = {InvalidXLogRecPtr, false};
+	bool		more;
 
 	*reads_appends = true;
 	/* A standby's slots do not exist: the promoted server makes its own, with a tail. */
@@ -325,14 +377,20 @@ sequencer_pass(bool *reads_appends)
 			return es_worker_poll_interval;
 		slot_ready = true;
 	}
-	if (!sequencer_run(sequencer_decode_step, &pass))
+	/* Numbered first, then confirmed: a crash in between decodes them again, and they are skipped. */
+	more = sequencer_decode();
+	if (decoded != NIL)
 	{
-		slot_ready = false;		/* the slot may be gone: look again */
-		return es_worker_poll_interval;
+		XLogRecPtr	last = ((Decoded *) llast(decoded))->lsn;
+
+		if (!sequencer_run(sequencer_number_step, NULL))
+			return es_worker_poll_interval;		/* kept, numbered at the next pass */
+		LogicalConfirmReceivedLocation(last);
+		ReplicationSlotMarkDirty();
+		decoded = NIL;
+		MemoryContextReset(lines_cxt);
 	}
-	if (!XLogRecPtrIsInvalid(pass.confirm) && !sequencer_run(sequencer_confirm_step, &pass))
-		return es_worker_poll_interval;
-	return pass.more ? 0 : es_worker_poll_interval;
+	return more ? 0 : es_worker_poll_interval;
 }
 
 /*
@@ -353,9 +411,18 @@ sequencer_start(void)
 						PGC_SUSET, PGC_S_SESSION);
 }
 
+/* The slot released (at exit, PostgreSQL releases it anyway), for the next process or pass. */
 static void
 sequencer_stop(void)
 {
+	if (decoding != NULL && !proc_exit_inprogress)
+		FreeDecodingContext(decoding);
+	decoding = NULL;
+	if (MyReplicationSlot != NULL)
+		ReplicationSlotRelease();
+	decoded = NIL;
+	if (lines_cxt != NULL)
+		MemoryContextReset(lines_cxt);
 	slot_ready = false;
 }
 
