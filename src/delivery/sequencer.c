@@ -98,7 +98,9 @@ static EsPlan slot_create_plan = {
 
 /*
  * The tail: every event not in the log, a row per transaction key, and the
- * snapshot it was read with, in one statement (one snapshot).
+ * snapshot it was read with, in one statement (one snapshot).  An anti
+ * join: NOT IN over a log larger than work_mem is not hashed, and compared
+ * each event with every logged position.
  */
 static EsPlan tail_plan = {
 	"WITH last AS (SELECT COALESCE(pg_catalog.max(l.seq), 0) AS seq FROM @extschema@.es_commit_log l),"
@@ -106,7 +108,7 @@ static EsPlan tail_plan = {
 	" tail AS (SELECT e.tx_id, pg_catalog.array_agg(e.position ORDER BY e.position) AS positions,"
 	"                 pg_catalog.max(e.recorded_at) AS committed_at"
 	"            FROM @extschema@.es_events e"
-	"           WHERE e.position NOT IN (SELECT position FROM logged)"
+	"           WHERE NOT EXISTS (SELECT FROM logged g WHERE g.position OPERATOR(pg_catalog.=) e.position)"
 	"           GROUP BY e.tx_id),"
 	" numbered AS (INSERT INTO @extschema@.es_commit_log (seq, xid, positions, commit_lsn, committed_at)"
 	"              SELECT last.seq OPERATOR(pg_catalog.+) pg_catalog.row_number() OVER (ORDER BY t.tx_id),"
