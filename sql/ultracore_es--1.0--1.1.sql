@@ -308,21 +308,6 @@ AS 'MODULE_PATHNAME', 'es_read_log' LANGUAGE C STABLE PARALLEL RESTRICTED ROWS 1
 COMMENT ON FUNCTION @extschema@.es_read_log(bigint, bigint, integer) IS
     'ultracore_es: up to max_count events after (after_seq, after_position), in commit order: the transactions of es_commit_log by seq, each one''s events in position order; the last row''s (seq, position) is the next checkpoint';
 REVOKE ALL ON FUNCTION @extschema@.es_read_log(bigint, bigint, integer) FROM PUBLIC;
-DO $$
-DECLARE
-    g record;
-BEGIN
-    -- Whoever reads es_read_all under 1.0 reads the log too.
-    FOR g IN SELECT a.grantee, a.is_grantable
-               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
-              WHERE p.oid = '@extschema@.es_read_all(xid8, bigint, text, text[], integer)'::pg_catalog.regprocedure
-                AND a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor
-    LOOP
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.es_read_log(bigint, bigint, integer) TO %s%s',
-                                  CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
-                                  CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
-    END LOOP;
-END $$;
 
 -- What an operator (or a probe) asks first: is delivery healthy?  One row
 -- per component, 'ok', 'warning' or 'critical'; the warning levels are
@@ -532,8 +517,11 @@ BEGIN
               WHERE p.oid = '@extschema@.es_read_all(xid8, bigint, text, text[], integer)'::pg_catalog.regprocedure
                 AND a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor
     LOOP
-        FOREACH f IN ARRAY ARRAY['bigint', 'text'] LOOP
-            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.es_read_all(%s, bigint, text, text[], integer) TO %s%s', f,
+        -- The other signatures, and the commit log: whoever reads es_read_all under 1.0 reads them too.
+        FOREACH f IN ARRAY ARRAY['es_read_all(bigint, bigint, text, text[], integer)',
+                                 'es_read_all(text, bigint, text, text[], integer)',
+                                 'es_read_log(bigint, bigint, integer)'] LOOP
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.%s TO %s%s', f,
                                       CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
                                       CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
         END LOOP;
