@@ -37,11 +37,11 @@
 
 #include "core/store.h"
 
-
+/* Kept for the decoding's life: the sequencer holds one for its whole process. */
 typedef struct DecoderState
 {
-	Oid			events_relid;	/* InvalidOid: not looked up yet in this decoding */
-	bool		looked_up;
+	Oid			events_relid;	/* InvalidOid: the extension is not installed */
+	bool		looked_up;		/* events_relid and position_attnum are set */
 	AttrNumber	position_attnum;
 	StringInfoData positions;	/* of the transaction being decoded */
 	int64		count;
