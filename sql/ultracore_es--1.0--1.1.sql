@@ -262,8 +262,6 @@ CREATE TABLE @extschema@.es_commit_log (
     commit_lsn      pg_lsn,
     committed_at    timestamptz NOT NULL
 );
--- The sequencer's check that a transaction decoded again is numbered already (by this slot: seq past its tail).
-CREATE INDEX es_commit_log_xid_idx ON @extschema@.es_commit_log (xid, seq);
 COMMENT ON TABLE @extschema@.es_commit_log IS
     'ultracore_es: each committed transaction that appended, numbered in commit order (es_read_log pages it); xid NULL: numbered in a tail, when the slot was made';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_commit_log', '');

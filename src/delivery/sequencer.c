@@ -11,9 +11,10 @@
  * transaction that appended, at its commit.  The process holds the slot
  * and one decoding of it for its life; each pass decodes the WAL flushed
  * since the last, adds a row per transaction to es_commit_log (seq = the
- * last one plus one: one writer, so the numbers have no gap), commits,
- * and only then confirms the slot past it.  A crash in between decodes the
- * same transactions again; each is logged once (by its xid).  A
+ * last one plus one: one writer, so the numbers have no gap) in one
+ * statement, commits, and only then confirms the slot past it.  A crash in
+ * between decodes the same transactions again; each is logged once (a
+ * commit not after the last one numbered is skipped).  A
  * transaction decoded while its backend has not yet left the proc array
  * (its commit is in the WAL, not yet visible) is waited for, so that a
  * reader that sees its row also sees its events.
@@ -52,8 +53,8 @@
 #include "storage/ipc.h"
 #include "storage/lmgr.h"
 #include "storage/procarray.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
@@ -128,18 +129,36 @@ static EsPlan last_seq_plan = {
 };
 
 /*
- * A transaction decoded: numbered, unless the tail has it or this slot's
- * numbers do (decoded again after a crash).  Only this slot's: the rows
- * before the tail may come from another cluster (a restored dump, whose
- * transaction ids started again) or from before a promotion.
+ * The transactions of a pass, numbered in one statement, from arrays in
+ * decoding order: each one's xid, the end of its commit record, its commit
+ * time, and its slice of the flat array of positions ($5, from $4 on, $6
+ * of them).  The numbers go in decoding order after $7, the last one: no
+ * gap.  Skipped: a transaction the tail's snapshot saw (the tail has it),
+ * and one whose commit is not after the last this slot numbered: decoded
+ * again after a crash between numbering and confirming, since the slot
+ * decodes commits in the order of their records.  Only this slot's rows
+ * count (past the tail): the rows before it may come from another cluster
+ * (a restored dump) or from before a promotion, whose WAL positions are
+ * not this one's.  Where this slot's numbers end is read once, before the
+ * statement inserts (MATERIALIZED: inlined, it was read again for each
+ * row, past every row the statement had inserted so far).
  */
 static EsPlan log_plan = {
-	"INSERT INTO @extschema@.es_commit_log (seq, xid, positions, commit_lsn, committed_at)"
-	" SELECT $1, $2, $3, $4, $5 FROM @extschema@.es_commit_log_state s"
-	"  WHERE NOT pg_catalog.pg_visible_in_snapshot($2, s.tail_snapshot)"
-	"    AND NOT EXISTS (SELECT FROM @extschema@.es_commit_log l"
-	"                     WHERE l.xid OPERATOR(pg_catalog.=) $2 AND l.seq OPERATOR(pg_catalog.>) s.tail_seq)",
-	5, {INT8OID, XID8OID, INT8ARRAYOID, PG_LSNOID, TIMESTAMPTZOID}
+	"WITH s AS MATERIALIZED ("
+	"  SELECT st.tail_snapshot,"
+	"         COALESCE((SELECT l.commit_lsn FROM @extschema@.es_commit_log l"
+	"                    WHERE l.seq OPERATOR(pg_catalog.>) st.tail_seq ORDER BY l.seq DESC LIMIT 1),"
+	"                  '0/0'::pg_catalog.pg_lsn) AS numbered_to"
+	"    FROM @extschema@.es_commit_log_state st)"
+	" INSERT INTO @extschema@.es_commit_log (seq, xid, positions, commit_lsn, committed_at)"
+	" SELECT $7 OPERATOR(pg_catalog.+) pg_catalog.row_number() OVER (ORDER BY d.ord), d.xid,"
+	"        $5[d.first : d.first OPERATOR(pg_catalog.+) d.n OPERATOR(pg_catalog.-) 1], d.lsn, d.committed_at"
+	"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
+	"                   pg_catalog.unnest($4), pg_catalog.unnest($6))"
+	"        WITH ORDINALITY AS d(xid, lsn, committed_at, first, n, ord), s"
+	"  WHERE d.lsn OPERATOR(pg_catalog.>) s.numbered_to"
+	"    AND NOT pg_catalog.pg_visible_in_snapshot(d.xid, s.tail_snapshot)",
+	7, {XID8ARRAYOID, PG_LSNARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT8OID}
 };
 
 /* Whether the slot and its tail are in place (this process made sure). */
@@ -228,21 +247,45 @@ sequencer_tail_step(EsStore *s, void *arg)
 		elog(ERROR, "could not number the commit log's tail");
 }
 
-/* Parse the plugin's line: xid8, commit time, positions. */
-static void
-sequencer_parse(const char *line, FullTransactionId *xid, TimestampTz *committed_at, const char **positions)
+/*
+ * Parse the plugin's line: xid8, commit time, then the positions, added to
+ * *positions (of room *size, *npositions used); returns how many.
+ */
+static int32
+sequencer_parse(const char *line, FullTransactionId *xid, TimestampTz *committed_at,
+				Datum **positions, int *npositions, int *size)
 {
+	const char *p = line;
 	char	   *end;
-	uint64		x = strtou64(line, &end, 10);
+	int32		n = 0;
 
-	if (end == line || *end != ' ')
-		elog(ERROR, "unexpected line from the ultracore_es output plugin: \"%s\"", line);
-	*xid = FullTransactionIdFromU64(x);
-	line = end + 1;
-	*committed_at = (TimestampTz) strtoi64(line, &end, 10);
-	if (end == line || *end != ' ' || end[1] != '{')
-		elog(ERROR, "unexpected line from the ultracore_es output plugin: \"%s\"", line);
-	*positions = end + 1;
+	*xid = FullTransactionIdFromU64(strtou64(p, &end, 10));
+	if (end == p || *end != ' ')
+		goto bad;
+	p = end + 1;
+	*committed_at = (TimestampTz) strtoi64(p, &end, 10);
+	if (end == p || *end != ' ' || end[1] != '{')
+		goto bad;
+	p = end + 2;
+	for (;;)
+	{
+		int64		position = strtoi64(p, &end, 10);
+
+		if (end == p || (*end != ',' && *end != '}'))
+			goto bad;
+		if (*npositions == *size)
+		{
+			*size *= 2;
+			*positions = repalloc(*positions, sizeof(Datum) * *size);
+		}
+		(*positions)[(*npositions)++] = Int64GetDatum(position);
+		n++;
+		if (*end == '}')
+			return n;
+		p = end + 1;
+	}
+bad:
+	elog(ERROR, "unexpected line from the ultracore_es output plugin: \"%s\"", line);
 }
 
 /* The output plugin's writes: each line kept, with where its commit ends. */
@@ -262,6 +305,29 @@ sequencer_write(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, 
 	d->line = pstrdup(ctx->out->data);
 	decoded = lappend(decoded, d);
 	MemoryContextSwitchTo(old);
+}
+
+/*
+ * The decoding builds cache entries (relations, their catalog rows) under
+ * historic snapshots, as of the WAL it reads.  They are the current ones
+ * unless the catalog changed after that point: then the entries the steps
+ * use may be stale until the decoding passes the change and replays its
+ * invalidations.  The caches are emptied after a pass (as
+ * pg_logical_slot_get_changes does after each call) while such a change
+ * may be ahead of the decoding: one committed before this process started,
+ * or one whose relation cache invalidation (every change to a relation's
+ * definition sends one) arrived since, up to the WAL written when it did.
+ * Emptying them at every pass instead rebuilt the relations and replanned
+ * the statements of the next, half the sequencer's time.
+ */
+static XLogRecPtr caches_suspect_until = InvalidXLogRecPtr;
+static bool caches_emptying = false;
+
+static void
+sequencer_relation_changed(Datum arg, Oid relid)
+{
+	if (!caches_emptying)
+		caches_suspect_until = GetXLogInsertRecPtr();
 }
 
 /*
@@ -291,6 +357,7 @@ sequencer_decode(void)
 										 sequencer_prepare_write, sequencer_write, NULL);
 		MemoryContextSwitchTo(old);
 		XLogBeginRead(decoding->reader, MyReplicationSlot->data.restart_lsn);
+		caches_suspect_until = GetXLogInsertRecPtr();
 	}
 	/*
 	 * In the decoding's memory: the reader allocates its decode buffer at
@@ -313,45 +380,66 @@ sequencer_decode(void)
 		CHECK_FOR_INTERRUPTS();
 	}
 	MemoryContextSwitchTo(old);
-	/* What the replays cached under their historic snapshots is not for the steps. */
-	if (replayed)
+	if (replayed && !XLogRecPtrIsInvalid(caches_suspect_until))
+	{
+		if (decoding->reader->EndRecPtr > caches_suspect_until)
+			caches_suspect_until = InvalidXLogRecPtr;
+		caches_emptying = true;
 		InvalidateSystemCaches();
+		caches_emptying = false;
+	}
 	return list_length(decoded) >= SEQUENCER_BATCH;
 }
 
-/* Number the transactions decoded: one row each in es_commit_log. */
+/*
+ * Number the transactions decoded: one row each in es_commit_log, in one
+ * statement (a statement per transaction cost more than the decoding).
+ */
 static void
 sequencer_number_step(EsStore *s, void *arg)
 {
+	int			ntx = list_length(decoded);
+	Datum	   *xids = palloc(sizeof(Datum) * ntx);
+	Datum	   *lsns = palloc(sizeof(Datum) * ntx);
+	Datum	   *times = palloc(sizeof(Datum) * ntx);
+	Datum	   *firsts = palloc(sizeof(Datum) * ntx);
+	Datum	   *counts = palloc(sizeof(Datum) * ntx);
+	int			size = Max(ntx, 64);
+	Datum	   *positions = palloc(sizeof(Datum) * size);
+	int			npositions = 0;
+	Datum		args[7];
 	ListCell   *lc;
-	int64		seq;
+	int			i = 0;
 	bool		isnull;
 
 	if (SPI_execute_plan(es_plan(&last_seq_plan), NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not read the commit log");
-	seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	args[6] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	foreach(lc, decoded)
 	{
 		Decoded    *d = lfirst(lc);
 		FullTransactionId xid;
 		TimestampTz committed_at;
-		const char *positions;
-		Datum		args[5];
 
 		CHECK_FOR_INTERRUPTS();
-		sequencer_parse(d->line, &xid, &committed_at, &positions);
+		firsts[i] = Int32GetDatum(npositions + 1);
+		counts[i] = Int32GetDatum(sequencer_parse(d->line, &xid, &committed_at, &positions, &npositions, &size));
 		/* Its commit is decoded; its backend may not have made it visible yet. */
 		if (TransactionIdIsInProgress(XidFromFullTransactionId(xid)))
 			XactLockTableWait(XidFromFullTransactionId(xid), NULL, NULL, XLTW_None);
-		args[0] = Int64GetDatum(seq + 1);
-		args[1] = FullTransactionIdGetDatum(xid);
-		args[2] = OidInputFunctionCall(F_ARRAY_IN, (char *) positions, INT8OID, -1);
-		args[3] = LSNGetDatum(d->lsn);
-		args[4] = TimestampTzGetDatum(committed_at);
-		if (SPI_execute_plan(es_plan(&log_plan), args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not add to the commit log");
-		seq += SPI_processed;
+		xids[i] = FullTransactionIdGetDatum(xid);
+		lsns[i] = LSNGetDatum(d->lsn);
+		times[i] = TimestampTzGetDatum(committed_at);
+		i++;
 	}
+	args[0] = PointerGetDatum(construct_array(xids, ntx, XID8OID, sizeof(FullTransactionId), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_array(lsns, ntx, PG_LSNOID, sizeof(XLogRecPtr), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[2] = PointerGetDatum(construct_array(times, ntx, TIMESTAMPTZOID, sizeof(TimestampTz), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[3] = PointerGetDatum(construct_array(firsts, ntx, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+	args[4] = PointerGetDatum(construct_array(positions, npositions, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[5] = PointerGetDatum(construct_array(counts, ntx, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+	if (SPI_execute_plan(es_plan(&log_plan), args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not add to the commit log");
 }
 
 /* A step in a transaction of its own; an error is logged. */
@@ -400,12 +488,18 @@ sequencer_pass(bool *reads_appends)
  * output_plugin_libraries names, superusers included, who may add to it
  * in their session: the sequencer adds the extension's own, for itself
  * alone (a REPLICATION user who wants to decode through it needs the
- * DBA's setting).
+ * DBA's setting).  It also starts watching the relations' definitions
+ * (once per process: a callback cannot be taken back).
  */
 static void
 sequencer_start(void)
 {
 	const char *trusted = GetConfigOption("output_plugin_libraries", true, false);
+	static bool watching = false;
+
+	if (!watching)
+		CacheRegisterRelcacheCallback(sequencer_relation_changed, (Datum) 0);
+	watching = true;
 
 	if (trusted != NULL)
 		SetConfigOption("output_plugin_libraries",
