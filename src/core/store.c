@@ -180,6 +180,7 @@ store_resolve(Oid nspid)
 	next.events_id_idx = store_relation("es_events_event_id_key", nspid);
 	next.events_version_idx = store_relation("es_events_version_key", nspid);
 	next.events_commit_idx = store_relation("es_events_commit_order", nspid);
+	next.events_position_idx = store_relation("es_events_position_key", nspid);
 	next.position_seq = store_relation("es_events_position_seq", nspid);
 	next.aggregates_relid = store_relation("es_aggregates", nspid);
 	next.event_types_relid = store_relation("es_event_types", nspid);
@@ -192,6 +193,8 @@ store_resolve(Oid nspid)
 	/* 1.1's, absent from a 1.0 catalog until the update */
 	next.personal_data_relid = get_relname_relid("es_personal_data", nspid);
 	next.subject_keys_relid = get_relname_relid("es_subject_keys", nspid);
+	next.commit_log_relid = get_relname_relid("es_commit_log", nspid);
+	next.commit_log_idx = get_relname_relid("es_commit_log_pkey", nspid);
 	next.events_rowtype = get_rel_type_id(next.events_relid);
 	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(next.events_relid));
 	if (!HeapTupleIsValid(tup))
@@ -227,6 +230,7 @@ store_resolve(Oid nspid)
 		next.events_id_idx != store.events_id_idx ||
 		next.events_version_idx != store.events_version_idx ||
 		next.events_commit_idx != store.events_commit_idx ||
+		next.events_position_idx != store.events_position_idx ||
 		next.position_seq != store.position_seq ||
 		next.aggregates_relid != store.aggregates_relid ||
 		next.event_types_relid != store.event_types_relid ||
@@ -239,6 +243,8 @@ store_resolve(Oid nspid)
 		next.hashed != store.hashed ||
 		next.personal_data_relid != store.personal_data_relid ||
 		next.subject_keys_relid != store.subject_keys_relid ||
+		next.commit_log_relid != store.commit_log_relid ||
+		next.commit_log_idx != store.commit_log_idx ||
 		next.owner != store.owner)
 	{
 		next.nspname = MemoryContextStrdup(TopMemoryContext, nspname);

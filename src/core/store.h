@@ -33,6 +33,7 @@ typedef struct EsStore
 	Oid			events_id_idx;	/* primary key (event_id) */
 	Oid			events_version_idx; /* unique (aggregate_id, version) */
 	Oid			events_commit_idx;	/* (tx_id, position): commit order */
+	Oid			events_position_idx;	/* unique (position) */
 	Oid			position_seq;	/* es_events_position_seq */
 	Oid			aggregates_relid;
 	Oid			event_types_relid;
@@ -46,6 +47,8 @@ typedef struct EsStore
 	bool		hashed;			/* es_events has its hash column (1.1) */
 	Oid			personal_data_relid;	/* es_personal_data (1.1; else invalid) */
 	Oid			subject_keys_relid; /* es_subject_keys (1.1; else invalid) */
+	Oid			commit_log_relid;	/* es_commit_log (1.1; else invalid) */
+	Oid			commit_log_idx; /* its primary key (seq) (1.1; else invalid) */
 	uint32		generation;		/* bumped on every re-resolution */
 	/* of the installed catalog, as es_store_current last read it */
 	char		version[NAMEDATALEN];	/* pg_extension.extversion */

@@ -540,24 +540,18 @@ read_all(FunctionCallInfo fcinfo, FullTransactionId after_tx)
  * unlike es_read_all's commit horizon; with wal_level below logical the
  * log does not grow.  A row of the log is added only once its events are
  * visible, so the statement's snapshot, which sees the row, sees them.
+ *
+ * Index scans, not a query, as es_read_commit_order: the log by seq from
+ * the checkpoint's row, and each of its positions looked up in es_events'
+ * unique position index, the rows going from the index to read_step.
  */
-static EsPlan log_plan = {
-	"SELECT e.*, l.seq FROM @extschema@.es_commit_log l"
-	" CROSS JOIN LATERAL pg_catalog.unnest(l.positions) AS p(position)"
-	" JOIN @extschema@.es_events e ON e.position OPERATOR(pg_catalog.=) p.position"
-	" WHERE l.seq OPERATOR(pg_catalog.>=) $1"
-	"   AND (l.seq OPERATOR(pg_catalog.>) $1 OR p.position OPERATOR(pg_catalog.>) $2)"
-	" ORDER BY l.seq, p.position LIMIT $3",
-	3, {INT8OID, INT8OID, INT8OID}
-};
-
-/* A row of es_read_log: the event's seq first, then the event as read_step left it. */
 typedef struct LogRow
 {
 	ReturnSetInfo *rsinfo;
 	Datum		seq;
 } LogRow;
 
+/* A row of es_read_log: the event's seq first, then the event as read_step left it. */
 static void
 read_put_log_row(Datum *values, bool *nulls, void *arg)
 {
@@ -572,60 +566,125 @@ read_put_log_row(Datum *values, bool *nulls, void *arg)
 	tuplestore_putvalues(row->rsinfo->setResult, row->rsinfo->setDesc, out_values, out_nulls);
 }
 
+static int
+read_position_cmp(const void *a, const void *b)
+{
+	int64		x = DatumGetInt64(*(const Datum *) a);
+	int64		y = DatumGetInt64(*(const Datum *) b);
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * The positions of a log row, in order: as the plugin wrote them (the
+ * order the transaction inserted them, which its nextval calls made
+ * increasing) or as the tail aggregated them; sorted here if not.
+ */
+static Datum *
+read_log_positions(Datum d, int64 seq, int *n)
+{
+	Datum	   *positions;
+	bool	   *nulls;
+	int			i;
+
+	deconstruct_array(DatumGetArrayTypeP(d), INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &positions, &nulls, n);
+	for (i = 0; i < *n; i++)
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("row %lld of es_commit_log has a null position", (long long) seq)));
+	pfree(nulls);
+	for (i = 1; i < *n && DatumGetInt64(positions[i - 1]) < DatumGetInt64(positions[i]); i++)
+		;
+	if (i < *n)
+		qsort(positions, *n, sizeof(Datum), read_position_cmp);
+	return positions;
+}
+
+static void
+read_log(int64 after_seq, int64 after_position, int64 max_count, LogRow *row)
+{
+	EsStore    *s = es_store_resolved();
+	Relation	log = table_open(s->commit_log_relid, AccessShareLock);
+	Relation	log_idx = index_open(s->commit_log_idx, AccessShareLock);
+	Relation	events = table_open(s->events_relid, AccessShareLock);
+	Relation	position_idx = index_open(s->events_position_idx, AccessShareLock);
+	TupleTableSlot *log_slot = table_slot_create(log, NULL);
+	TupleTableSlot *slot = table_slot_create(events, NULL);
+	ScanKeyData key;
+	IndexScanDesc log_scan;
+	IndexScanDesc scan;
+	int64		n = 0;
+	Datum		values[EV_NATTS];
+	bool		isnull[EV_NATTS];
+
+	ScanKeyInit(&key, 1, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(after_seq));
+	log_scan = index_beginscan(log, log_idx, GetActiveSnapshot(), 1, 0);
+	index_rescan(log_scan, &key, 1, NULL, 0);
+	scan = index_beginscan(events, position_idx, GetActiveSnapshot(), 1, 0);
+	while (n < max_count && index_getnext_slot(log_scan, ForwardScanDirection, log_slot))
+	{
+		bool		null;
+		int64		seq = DatumGetInt64(slot_getattr(log_slot, 1, &null));
+		Datum	   *positions;
+		int			npositions;
+		int			i;
+
+		positions = read_log_positions(slot_getattr(log_slot, 3, &null), seq, &npositions);
+		row->seq = Int64GetDatum(seq);
+		for (i = 0; i < npositions && n < max_count; i++)
+		{
+			CHECK_FOR_INTERRUPTS();
+			if (seq == after_seq && DatumGetInt64(positions[i]) <= after_position)
+				continue;
+			ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, positions[i]);
+			index_rescan(scan, &key, 1, NULL, 0);
+			if (!index_getnext_slot(scan, ForwardScanDirection, slot))
+				ereport(ERROR,
+						(errcode(ERRCODE_DATA_CORRUPTED),
+						 errmsg("the event at position %lld of row %lld of es_commit_log is missing",
+								(long long) DatumGetInt64(positions[i]), (long long) seq)));
+			slot_event_values(slot, values, isnull);
+			(void) read_step(values, isnull, true, NULL, read_put_log_row, NULL, NULL, row);
+			n++;
+		}
+		pfree(positions);
+	}
+	index_endscan(scan);
+	index_endscan(log_scan);
+	ExecDropSingleTupleTableSlot(slot);
+	ExecDropSingleTupleTableSlot(log_slot);
+	index_close(position_idx, NoLock);
+	table_close(events, NoLock);
+	index_close(log_idx, NoLock);
+	table_close(log, NoLock);
+}
+
 PG_FUNCTION_INFO_V1(es_read_log);
 Datum
 es_read_log(PG_FUNCTION_ARGS)
 {
 	EsCall		call;
-	Datum		args[3];
+	int64		after_seq = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
+	int64		after_position = PG_ARGISNULL(1) ? 0 : PG_GETARG_INT64(1);
+	int64		max_count = PG_ARGISNULL(2) ? 1000 : PG_GETARG_INT32(2);
 	LogRow		row;
-	Portal		portal;
-	bool		done = false;
 
 	/* As es_read_all's: NULL is the start, and 1,000 events. */
 	read_result_init(fcinfo);
-	args[0] = Int64GetDatum(PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0));
-	args[1] = Int64GetDatum(PG_ARGISNULL(1) ? 0 : PG_GETARG_INT64(1));
-	args[2] = Int64GetDatum(PG_ARGISNULL(2) ? 1000 : PG_GETARG_INT32(2));
-	if (DatumGetInt64(args[0]) < 0 || DatumGetInt64(args[1]) < 0)
+	if (after_seq < 0 || after_position < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("after_seq and after_position must not be negative"),
 				 errdetail("A checkpoint of the commit log is the last row's (seq, position); (0, 0) reads from the start.")));
-	if (DatumGetInt64(args[2]) < 1)
+	if (max_count < 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("max_count must be at least 1")));
 	row.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-
 	es_call_begin(fcinfo, &call);
-	portal = SPI_cursor_open(NULL, es_plan(&log_plan), args, NULL, true);
-	while (!done)
-	{
-		SPITupleTable *tt;
-		uint64		n;
-		uint64		i;
-
-		SPI_cursor_fetch(portal, true, READ_SLICE);
-		tt = SPI_tuptable;		/* read_step may run queries: keep our own copy */
-		n = SPI_processed;
-		done = n == 0;
-		for (i = 0; i < n; i++)
-		{
-			Datum		values[EV_NATTS + 1];
-			bool		isnull[EV_NATTS + 1];
-			int			natts = tt->tupdesc->natts - 1;		/* es_events' columns, then seq */
-
-			CHECK_FOR_INTERRUPTS();
-			if (natts != EV_NATTS)
-				elog(ERROR, "es_events rows have %d columns, expected %d", natts, EV_NATTS);
-			heap_deform_tuple(tt->vals[i], tt->tupdesc, values, isnull);
-			row.seq = values[natts];
-			(void) read_step(values, isnull, true, NULL, read_put_log_row, NULL, NULL, &row);
-		}
-		SPI_freetuptable(tt);
-	}
-	SPI_cursor_close(portal);
+	read_log(after_seq, after_position, max_count, &row);
 	es_call_end(&call);
 	return (Datum) 0;
 }
