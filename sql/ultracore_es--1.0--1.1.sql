@@ -422,7 +422,12 @@ SELECT 'commit log',
             WHEN sl.slot_name IS NULL THEN 'slot ' || c.slot || ' is missing: making it, then numbering the tail'
             WHEN sl.wal_status = 'lost' THEN 'slot ' || c.slot || ' was invalidated: making it again, then numbering the tail'
             ELSE 'logical decoding: slot ' || c.slot || ', up to seq ' || l.seq || ', the slot keeps '
-                 || pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), sl.restart_lsn)) || ' of WAL' END,
+                 || pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), sl.restart_lsn)) || ' of WAL'
+                 || CASE WHEN st.tail_events > 0 AND st.slot_created_at > clock_timestamp() - interval '1 day'
+                         THEN '; the slot was made at ' || date_trunc('second', st.slot_created_at)
+                              || ', numbering ' || st.tail_events || ' events committed without it as its tail'
+                         ELSE '' END
+                 || '; es_read_log reads it, handlers, projections and the mirror read below the commit horizon' END,
        coalesce(l.committed_at, st.slot_created_at)
   FROM (SELECT CASE WHEN NOT coalesce(current_setting('ultracore_es.commit_log', true)::boolean, false) THEN 'off'
                     WHEN current_setting('wal_level') = 'logical' THEN 'logical' ELSE 'horizon' END AS mode,

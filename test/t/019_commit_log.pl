@@ -90,7 +90,8 @@ is( $node->safe_psql(
 		'postgres', q{SELECT count(*) FROM pg_replication_slots WHERE plugin = 'ultracore_es' AND slot_type = 'logical'}),
 	'1', 'the store keeps a logical slot of its own plugin');
 like($node->safe_psql('postgres', q{SELECT status || ': ' || detail FROM es_health() WHERE component = 'commit log'}),
-	qr/^ok: logical decoding: slot ultracore_es_\d+, up to seq/, 'es_health says the log comes from logical decoding');
+	qr/^ok: logical decoding: slot ultracore_es_\d+, up to seq \d+, the slot keeps .* of WAL; the slot was made at .*, numbering 40 events committed without it as its tail; es_read_log reads it/,
+	'es_health says the log comes from logical decoding, and the tail it numbered');
 
 # A transaction in another database that wrote a row stays open 15 s; events
 # appended meanwhile reach es_read_log, the handler, the async projection and
@@ -249,6 +250,9 @@ $load->finish;
 check_log('after the slot was dropped');
 is($node->safe_psql('postgres', q{SELECT tail_events FROM es_commit_log_state}),
 	'25', 'the events appended without a slot are its new tail');
+like($node->safe_psql('postgres', q{SELECT status || ': ' || detail FROM es_health() WHERE component = 'commit log'}),
+	qr/^ok: .*; the slot was made at .*, numbering 25 events committed without it as its tail/,
+	'es_health says the slot was made again, and what it numbered as its tail');
 
 # A failover: a standby streams the store, its log with it; promoted, it has
 # no slot (PostgreSQL 15's logical slots do not follow a promotion), so its
