@@ -115,3 +115,6 @@ SELECT count(*) FROM es_read_log(NULL, NULL, NULL);
 SELECT es_test.error_of($$SELECT * FROM es_read_log(-1)$$);
 SELECT es_test.error_of($$SELECT * FROM es_read_log(0, -5)$$);
 SELECT es_test.error_of($$SELECT * FROM es_read_log(0, 0, 0)$$);
+-- Where a reader of es_read_all goes on in the log: past its last row (none
+-- here), or from the start without a checkpoint.
+SELECT es_read_log_start(es_commit_horizon()) AS log_start, es_read_log_start(NULL) AS without_checkpoint;

@@ -258,12 +258,16 @@ COMMENT ON FUNCTION @extschema@.es_horizon_holders() IS
 CREATE TABLE @extschema@.es_commit_log (
     seq             bigint PRIMARY KEY,
     xid             xid8,
+    max_key         xid8 NOT NULL,
     positions       bigint[] NOT NULL,
     commit_lsn      pg_lsn,
     committed_at    timestamptz NOT NULL
 );
+-- Where a reader of es_read_all continues in the log (es_read_log_start):
+-- the first row with an event of a larger commit-order key.
+CREATE INDEX es_commit_log_max_key_idx ON @extschema@.es_commit_log (max_key);
 COMMENT ON TABLE @extschema@.es_commit_log IS
-    'ultracore_es: each committed transaction that appended, numbered in commit order (es_read_log pages it); xid NULL: numbered in a tail, when the slot was made';
+    'ultracore_es: each committed transaction that appended, numbered in commit order (es_read_log pages it), with the largest commit-order key (tx_id) of its events; xid NULL: numbered in a tail, when the slot was made';
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_commit_log', '');
 
 -- The sequencer's state: its slot and the tail numbered when it was made
@@ -306,6 +310,13 @@ AS 'MODULE_PATHNAME', 'es_read_log' LANGUAGE C STABLE PARALLEL RESTRICTED ROWS 1
 COMMENT ON FUNCTION @extschema@.es_read_log(bigint, bigint, integer) IS
     'ultracore_es: up to max_count events after (after_seq, after_position), in commit order: the transactions of es_commit_log by seq, each one''s events in position order; the last row''s (seq, position) is the next checkpoint';
 REVOKE ALL ON FUNCTION @extschema@.es_read_log(bigint, bigint, integer) FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.es_read_log_start(after_tx xid8)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_read_log_start' LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.es_read_log_start(xid8) IS
+    'ultracore_es: where a reader of es_read_all at the checkpoint (after_tx, after_position) goes on with es_read_log: es_read_log(es_read_log_start(after_tx), 0, ...), skipping the rows at or below that checkpoint';
+REVOKE ALL ON FUNCTION @extschema@.es_read_log_start(xid8) FROM PUBLIC;
 
 -- What an operator (or a probe) asks first: is delivery healthy?  One row
 -- per component, 'ok', 'warning' or 'critical'; the warning levels are
@@ -523,7 +534,8 @@ BEGIN
         -- The other signatures, and the commit log: whoever reads es_read_all under 1.0 reads them too.
         FOREACH f IN ARRAY ARRAY['es_read_all(bigint, bigint, text, text[], integer)',
                                  'es_read_all(text, bigint, text, text[], integer)',
-                                 'es_read_log(bigint, bigint, integer)'] LOOP
+                                 'es_read_log(bigint, bigint, integer)',
+                                 'es_read_log_start(xid8)'] LOOP
             EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.%s TO %s%s', f,
                                       CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
                                       CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
@@ -612,6 +624,7 @@ AS $$
         ('reader', 'function', 'es_read_all(text, bigint, text, text[], integer)'),
         ('reader', 'function', 'es_commit_horizon()'),
         ('reader', 'function', 'es_read_log(bigint, bigint, integer)'),
+        ('reader', 'function', 'es_read_log_start(xid8)'),
         ('reader', 'function', 'es_aggregate_version(text)'),
         ('reader', 'function', 'es_load_aggregate(text, bigint, timestamptz, timestamptz)'),
         ('reader', 'function', 'es_causation_chain(text)'),

@@ -14,12 +14,11 @@
  * One line per transaction that inserted rows into es_events (nothing for
  * the others, nor for any other table):
  *
- *		<xid8> <commit time, microseconds since 2000-01-01 UTC> {<position>,...}
+ *		<xid8> <commit time, microseconds since 2000-01-01 UTC> <key> {<position>,...}
  *
- * the transaction's full id, when it committed, and the positions of its
- * events in the order it inserted them (their version order within each
- * aggregate).  The positions end in an array literal, so that SQL takes
- * them with a cast.
+ * the transaction's full id, when it committed, the largest commit-order
+ * key (es_events.tx_id) of its events, and their positions in the order it
+ * inserted them (their version order within each aggregate).
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -34,6 +33,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/xid8.h"
 
 #include "core/store.h"
 
@@ -41,10 +41,12 @@
 typedef struct DecoderState
 {
 	Oid			events_relid;	/* InvalidOid: the extension is not installed */
-	bool		looked_up;		/* events_relid and position_attnum are set */
+	bool		looked_up;		/* events_relid and the attnums are set */
 	AttrNumber	position_attnum;
+	AttrNumber	key_attnum;		/* tx_id */
 	StringInfoData positions;	/* of the transaction being decoded */
 	int64		count;
+	FullTransactionId max_key;	/* of its events */
 } DecoderState;
 
 extern PGDLLEXPORT void _PG_output_plugin_init(OutputPluginCallbacks *cb);
@@ -87,8 +89,11 @@ decoder_events_relid(DecoderState *state)
 		if (OidIsValid(nspid))
 			state->events_relid = get_relname_relid("es_events", nspid);
 		if (OidIsValid(state->events_relid))
+		{
 			state->position_attnum = get_attnum(state->events_relid, "position");
-		if (state->position_attnum == InvalidAttrNumber)
+			state->key_attnum = get_attnum(state->events_relid, "tx_id");
+		}
+		if (state->position_attnum == InvalidAttrNumber || state->key_attnum == InvalidAttrNumber)
 			state->events_relid = InvalidOid;
 	}
 	return state->events_relid;
@@ -101,6 +106,7 @@ decoder_begin(LogicalDecodingContext *ctx, ReorderBufferTXN *txn)
 
 	resetStringInfo(&state->positions);
 	state->count = 0;
+	state->max_key = InvalidFullTransactionId;
 }
 
 static void
@@ -110,7 +116,9 @@ decoder_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rela
 	DecoderState *state = ctx->output_plugin_private;
 	HeapTuple	tuple;
 	Datum		position;
+	Datum		key;
 	bool		isnull;
+	bool		key_isnull;
 	MemoryContext old;
 
 	if (change->action != REORDER_BUFFER_CHANGE_INSERT || change->data.tp.newtuple == NULL ||
@@ -118,8 +126,11 @@ decoder_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rela
 		return;
 	tuple = &change->data.tp.newtuple->tuple;
 	position = heap_getattr(tuple, state->position_attnum, RelationGetDescr(relation), &isnull);
-	if (isnull)
-		return;					/* the column is NOT NULL: cannot happen */
+	key = heap_getattr(tuple, state->key_attnum, RelationGetDescr(relation), &key_isnull);
+	if (isnull || key_isnull)
+		return;					/* the columns are NOT NULL: cannot happen */
+	if (FullTransactionIdFollows(DatumGetFullTransactionId(key), state->max_key))
+		state->max_key = DatumGetFullTransactionId(key);
 	old = MemoryContextSwitchTo(ctx->context);
 	appendStringInfo(&state->positions, "%s" INT64_FORMAT, state->count > 0 ? "," : "",
 					 DatumGetInt64(position));
@@ -147,9 +158,10 @@ decoder_commit(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr co
 	if (state->count == 0)
 		return;
 	OutputPluginPrepareWrite(ctx, true);
-	appendStringInfo(ctx->out, UINT64_FORMAT " " INT64_FORMAT " {%s}",
+	appendStringInfo(ctx->out, UINT64_FORMAT " " INT64_FORMAT " " UINT64_FORMAT " {%s}",
 					 U64FromFullTransactionId(decoder_full_xid(txn->xid)),
-					 (int64) txn->xact_time.commit_time, state->positions.data);
+					 (int64) txn->xact_time.commit_time, U64FromFullTransactionId(state->max_key),
+					 state->positions.data);
 	OutputPluginWrite(ctx, true);
 }
 

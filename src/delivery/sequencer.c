@@ -111,9 +111,9 @@ static EsPlan tail_plan = {
 	"            FROM @extschema@.es_events e"
 	"           WHERE NOT EXISTS (SELECT FROM logged g WHERE g.position OPERATOR(pg_catalog.=) e.position)"
 	"           GROUP BY e.tx_id),"
-	" numbered AS (INSERT INTO @extschema@.es_commit_log (seq, xid, positions, commit_lsn, committed_at)"
+	" numbered AS (INSERT INTO @extschema@.es_commit_log (seq, xid, max_key, positions, commit_lsn, committed_at)"
 	"              SELECT last.seq OPERATOR(pg_catalog.+) pg_catalog.row_number() OVER (ORDER BY t.tx_id),"
-	"                     NULL, t.positions, NULL, t.committed_at"
+	"                     NULL, t.tx_id, t.positions, NULL, t.committed_at"
 	"                FROM tail t, last"
 	"              RETURNING pg_catalog.cardinality(positions) AS events)"
 	" UPDATE @extschema@.es_commit_log_state"
@@ -131,8 +131,8 @@ static EsPlan last_seq_plan = {
 /*
  * The transactions of a pass, numbered in one statement, from arrays in
  * decoding order: each one's xid, the end of its commit record, its commit
- * time, and its slice of the flat array of positions ($5, from $4 on, $6
- * of them).  The numbers go in decoding order after $7, the last one: no
+ * time, its slice of the flat array of positions ($5, from $4 on, $6 of
+ * them), and its events' largest key ($8).  The numbers go in decoding order after $7, the last one: no
  * gap.  Skipped: a transaction the tail's snapshot saw (the tail has it),
  * and one whose commit is not after the last this slot numbered: decoded
  * again after a crash between numbering and confirming, since the slot
@@ -150,15 +150,16 @@ static EsPlan log_plan = {
 	"                    WHERE l.seq OPERATOR(pg_catalog.>) st.tail_seq ORDER BY l.seq DESC LIMIT 1),"
 	"                  '0/0'::pg_catalog.pg_lsn) AS numbered_to"
 	"    FROM @extschema@.es_commit_log_state st)"
-	" INSERT INTO @extschema@.es_commit_log (seq, xid, positions, commit_lsn, committed_at)"
-	" SELECT $7 OPERATOR(pg_catalog.+) pg_catalog.row_number() OVER (ORDER BY d.ord), d.xid,"
+	" INSERT INTO @extschema@.es_commit_log (seq, xid, max_key, positions, commit_lsn, committed_at)"
+	" SELECT $7 OPERATOR(pg_catalog.+) pg_catalog.row_number() OVER (ORDER BY d.ord), d.xid, d.max_key,"
 	"        $5[d.first : d.first OPERATOR(pg_catalog.+) d.n OPERATOR(pg_catalog.-) 1], d.lsn, d.committed_at"
 	"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
-	"                   pg_catalog.unnest($4), pg_catalog.unnest($6))"
-	"        WITH ORDINALITY AS d(xid, lsn, committed_at, first, n, ord), s"
+	"                   pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($8))"
+	"        WITH ORDINALITY AS d(xid, lsn, committed_at, first, n, max_key, ord), s"
 	"  WHERE d.lsn OPERATOR(pg_catalog.>) s.numbered_to"
 	"    AND NOT pg_catalog.pg_visible_in_snapshot(d.xid, s.tail_snapshot)",
-	7, {XID8ARRAYOID, PG_LSNARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT8OID}
+	8, {XID8ARRAYOID, PG_LSNARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT8OID,
+	XID8ARRAYOID}
 };
 
 /* Whether the slot and its tail are in place (this process made sure). */
@@ -248,11 +249,12 @@ sequencer_tail_step(EsStore *s, void *arg)
 }
 
 /*
- * Parse the plugin's line: xid8, commit time, then the positions, added to
- * *positions (of room *size, *npositions used); returns how many.
+ * Parse the plugin's line: xid8, commit time, largest key, then the
+ * positions, added to *positions (of room *size, *npositions used);
+ * returns how many.
  */
 static int32
-sequencer_parse(const char *line, FullTransactionId *xid, TimestampTz *committed_at,
+sequencer_parse(const char *line, FullTransactionId *xid, TimestampTz *committed_at, FullTransactionId *max_key,
 				Datum **positions, int *npositions, int *size)
 {
 	const char *p = line;
@@ -264,6 +266,10 @@ sequencer_parse(const char *line, FullTransactionId *xid, TimestampTz *committed
 		goto bad;
 	p = end + 1;
 	*committed_at = (TimestampTz) strtoi64(p, &end, 10);
+	if (end == p || *end != ' ')
+		goto bad;
+	p = end + 1;
+	*max_key = FullTransactionIdFromU64(strtou64(p, &end, 10));
 	if (end == p || *end != ' ' || end[1] != '{')
 		goto bad;
 	p = end + 2;
@@ -404,10 +410,11 @@ sequencer_number_step(EsStore *s, void *arg)
 	Datum	   *times = palloc(sizeof(Datum) * ntx);
 	Datum	   *firsts = palloc(sizeof(Datum) * ntx);
 	Datum	   *counts = palloc(sizeof(Datum) * ntx);
+	Datum	   *keys = palloc(sizeof(Datum) * ntx);
 	int			size = Max(ntx, 64);
 	Datum	   *positions = palloc(sizeof(Datum) * size);
 	int			npositions = 0;
-	Datum		args[7];
+	Datum		args[8];
 	ListCell   *lc;
 	int			i = 0;
 	bool		isnull;
@@ -420,16 +427,19 @@ sequencer_number_step(EsStore *s, void *arg)
 		Decoded    *d = lfirst(lc);
 		FullTransactionId xid;
 		TimestampTz committed_at;
+		FullTransactionId max_key;
 
 		CHECK_FOR_INTERRUPTS();
 		firsts[i] = Int32GetDatum(npositions + 1);
-		counts[i] = Int32GetDatum(sequencer_parse(d->line, &xid, &committed_at, &positions, &npositions, &size));
+		counts[i] = Int32GetDatum(sequencer_parse(d->line, &xid, &committed_at, &max_key,
+												  &positions, &npositions, &size));
 		/* Its commit is decoded; its backend may not have made it visible yet. */
 		if (TransactionIdIsInProgress(XidFromFullTransactionId(xid)))
 			XactLockTableWait(XidFromFullTransactionId(xid), NULL, NULL, XLTW_None);
 		xids[i] = FullTransactionIdGetDatum(xid);
 		lsns[i] = LSNGetDatum(d->lsn);
 		times[i] = TimestampTzGetDatum(committed_at);
+		keys[i] = FullTransactionIdGetDatum(max_key);
 		i++;
 	}
 	args[0] = PointerGetDatum(construct_array(xids, ntx, XID8OID, sizeof(FullTransactionId), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
@@ -438,6 +448,7 @@ sequencer_number_step(EsStore *s, void *arg)
 	args[3] = PointerGetDatum(construct_array(firsts, ntx, INT4OID, sizeof(int32), true, TYPALIGN_INT));
 	args[4] = PointerGetDatum(construct_array(positions, npositions, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	args[5] = PointerGetDatum(construct_array(counts, ntx, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+	args[7] = PointerGetDatum(construct_array(keys, ntx, XID8OID, sizeof(FullTransactionId), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	if (SPI_execute_plan(es_plan(&log_plan), args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not add to the commit log");
 }

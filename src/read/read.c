@@ -602,6 +602,22 @@ read_log_positions(Datum d, int64 seq, int *n)
 	return positions;
 }
 
+/* The columns of es_commit_log that read_log reads, by number (the 1.1 script's order). */
+#define LOG_ATT_SEQ			1
+#define LOG_ATT_POSITIONS	4
+
+/* Whether column attnum of desc is there with type typid. */
+static bool
+read_log_column_is(TupleDesc desc, AttrNumber attnum, Oid typid)
+{
+	Form_pg_attribute att;
+
+	if (attnum > desc->natts)
+		return false;
+	att = TupleDescAttr(desc, attnum - 1);
+	return !att->attisdropped && att->atttypid == typid;
+}
+
 static void
 read_log(int64 after_seq, int64 after_position, int64 max_count, LogRow *row)
 {
@@ -619,6 +635,14 @@ read_log(int64 after_seq, int64 after_position, int64 max_count, LogRow *row)
 	Datum		values[EV_NATTS];
 	bool		isnull[EV_NATTS];
 
+	if (!read_log_column_is(RelationGetDescr(log), LOG_ATT_SEQ, INT8OID) ||
+		!read_log_column_is(RelationGetDescr(log), LOG_ATT_POSITIONS, INT8ARRAYOID))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("es_commit_log does not have the columns the extension reads"),
+				 errdetail("Column %d must be seq (bigint) and column %d positions (bigint[]).",
+						   LOG_ATT_SEQ, LOG_ATT_POSITIONS),
+				 errhint("The table was altered outside the extension's scripts; restore its definition.")));
 	ScanKeyInit(&key, 1, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(after_seq));
 	log_scan = index_beginscan(log, log_idx, GetActiveSnapshot(), 1, 0);
 	index_rescan(log_scan, &key, 1, NULL, 0);
@@ -626,12 +650,12 @@ read_log(int64 after_seq, int64 after_position, int64 max_count, LogRow *row)
 	while (n < max_count && index_getnext_slot(log_scan, ForwardScanDirection, log_slot))
 	{
 		bool		null;
-		int64		seq = DatumGetInt64(slot_getattr(log_slot, 1, &null));
+		int64		seq = DatumGetInt64(slot_getattr(log_slot, LOG_ATT_SEQ, &null));
 		Datum	   *positions;
 		int			npositions;
 		int			i;
 
-		positions = read_log_positions(slot_getattr(log_slot, 3, &null), seq, &npositions);
+		positions = read_log_positions(slot_getattr(log_slot, LOG_ATT_POSITIONS, &null), seq, &npositions);
 		row->seq = Int64GetDatum(seq);
 		for (i = 0; i < npositions && n < max_count; i++)
 		{
@@ -687,6 +711,48 @@ es_read_log(PG_FUNCTION_ARGS)
 	read_log(after_seq, after_position, max_count, &row);
 	es_call_end(&call);
 	return (Datum) 0;
+}
+
+/*
+ * es_read_log_start(after_tx) returns bigint
+ *
+ * Where a reader that paged es_read_all up to the checkpoint (after_tx,
+ * after_position) goes on in the commit log: es_read_log from the result
+ * and position 0, skipping the rows at or below that checkpoint (the
+ * position only matters to the skip).  Every
+ * event after the checkpoint has a key (tx_id) of at least after_tx, so it
+ * is in a row whose largest key is too, or in one numbered later; the
+ * rows from the first such one on may also hold events the reader had
+ * (a transaction with a smaller key that committed later), which the skip
+ * leaves out.  Past the last row when none has such a key.
+ */
+static EsPlan log_start_plan = {
+	"SELECT COALESCE((SELECT pg_catalog.min(l.seq) FROM @extschema@.es_commit_log l"
+	"                  WHERE l.max_key OPERATOR(pg_catalog.>=) $1),"
+	"                 (SELECT COALESCE(pg_catalog.max(l.seq), 0) OPERATOR(pg_catalog.+) 1"
+	"                    FROM @extschema@.es_commit_log l))",
+	1, {XID8OID}
+};
+
+PG_FUNCTION_INFO_V1(es_read_log_start);
+Datum
+es_read_log_start(PG_FUNCTION_ARGS)
+{
+	EsCall		call;
+	Datum		after_tx;
+	bool		isnull;
+	int64		seq;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_INT64(0);		/* no checkpoint: the whole log */
+	after_tx = PG_GETARG_DATUM(0);
+	es_call_begin(fcinfo, &call);
+	if (SPI_execute_plan(es_plan(&log_start_plan), &after_tx, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not read the commit log");
+	seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	es_call_end(&call);
+	PG_RETURN_INT64(seq);
 }
 
 /*

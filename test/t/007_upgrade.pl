@@ -181,13 +181,14 @@ is( $node->safe_psql(
 	SELECT string_agg(p::text, ', ' ORDER BY p::text) FROM unnest(ARRAY[
 	    'es_read_all(xid8, bigint, text, text[], integer)', 'es_read_all(bigint, bigint, text, text[], integer)',
 	    'es_read_all(text, bigint, text, text[], integer)', 'es_read_log(bigint, bigint, integer)',
+	    'es_read_log_start(xid8)',
 	    'es_register_handler(text, regprocedure, text[], integer, interval, boolean, interval, integer)',
 	    'es_get_events(text, bigint, bigint, timestamptz, timestamptz)', 'es_reveal(text)', 'es_reveal(jsonb)']::regprocedure[]) p
 	 WHERE has_function_privilege('App-Reader', p, 'EXECUTE')}),
 	'es_get_events(text,bigint,bigint,timestamp with time zone,timestamp with time zone), '
 	  . 'es_read_all(bigint,bigint,text,text[],integer), es_read_all(text,bigint,text,text[],integer), '
 	  . 'es_read_all(xid8,bigint,text,text[],integer), es_read_log(bigint,bigint,integer), '
-	  . 'es_register_handler(text,regprocedure,text[],integer,interval,boolean,interval,integer), '
+	  . 'es_read_log_start(xid8), es_register_handler(text,regprocedure,text[],integer,interval,boolean,interval,integer), '
 	  . 'es_reveal(jsonb), es_reveal(text)',
 	'grants carried over to the new signatures and to es_read_log, and es_reveal to the readers of the read-model views, '
 	  . 'for a role whose name needs quoting');

@@ -3,7 +3,8 @@
 # another database delays neither es_read_log nor a handler, an async
 # projection or the Kafka mirror; one held open after appending delays
 # es_read_log for nobody (es_read_all waits for it);
-# six writers with random 0-2 s transactions and 20% rollbacks, through a
+# six writers with random 0-2 s transactions and 20% rollbacks (and a reader
+# that moves from es_read_all to es_read_log with its checkpoint), through a
 # kill -9 of the sequencer, of the postmaster and a slot dropped by hand:
 # every committed event in the log once, none rolled back, in commit order.
 # DROP EXTENSION drops the slot.  A standby promoted mid-load makes its own
@@ -195,9 +196,50 @@ sub writers
 		'>', \$out, '2>', \$err);
 }
 
+# Under that load, a reader of es_read_all moves to es_read_log with its
+# checkpoint (es_read_log_start), skipping the rows at or below it: every
+# event once between the two.
 my $load = writers(8);
+my ($tx, $pos, $twice) = ('0', 0, 0);
+my %read;
+my $t_read = time;
+while (time - $t_read < 4)
+{
+	foreach my $row (split /\n/,
+		$node->safe_psql('postgres', qq{SELECT event_id, tx_id, position FROM es_read_all('$tx'::xid8, $pos, max_count => 40)}))
+	{
+		my ($id, $t, $p) = split /\|/, $row;
+		$twice++ if $read{$id}++;
+		($tx, $pos) = ($t, $p);
+	}
+	usleep(100_000);
+}
+my ($seq, $log_pos) = ($node->safe_psql('postgres', qq{SELECT es_read_log_start('$tx')}), 0);
+my $page_log = sub {
+	my $n = 0;
+	foreach my $row (split /\n/,
+		$node->safe_psql('postgres', qq{SELECT seq, position, event_id, (tx_id, position) <= ('$tx'::xid8, $pos)
+		                                   FROM es_read_log($seq, $log_pos, 40)}))
+	{
+		my ($s, $p, $id, $skip) = split /\|/, $row;
+		($seq, $log_pos) = ($s, $p);
+		$n++;
+		next if $skip eq 't';
+		$twice++ if $read{$id}++;
+	}
+	return $n;
+};
+while ($load->pumpable)
+{
+	$page_log->();
+	usleep(100_000);
+	$load->pump_nb;
+}
 $load->finish;
 check_log('six writers with rollbacks');
+while ($page_log->() > 0) { }
+is(scalar(keys %read) . " $twice", $node->safe_psql('postgres', 'SELECT count(*) FROM es_events') . ' 0',
+	'a reader that moved from es_read_all to es_read_log mid-load read every event once');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM es_events WHERE data->>'r' = '1'}),
 	'0', 'no rolled-back append exists');
 
