@@ -123,42 +123,38 @@ static EsPlan tail_plan = {
 	0, {InvalidOid}
 };
 
-static EsPlan last_seq_plan = {
-	"SELECT COALESCE(pg_catalog.max(l.seq), 0) FROM @extschema@.es_commit_log l",
-	0, {InvalidOid}
-};
-
 /*
  * The transactions of a pass, numbered in one statement, from arrays in
  * decoding order: each one's xid, the end of its commit record, its commit
  * time, its slice of the flat array of positions ($5, from $4 on, $6 of
- * them), and its events' largest key ($8).  The numbers go in decoding order after $7, the last one: no
- * gap.  Skipped: a transaction the tail's snapshot saw (the tail has it),
+ * them), and its events' largest key ($7).  The numbers go on from the
+ * log's last one, in decoding order: no gap.  Skipped: a transaction the tail's snapshot saw (the tail has it),
  * and one whose commit is not after the last this slot numbered: decoded
  * again after a crash between numbering and confirming, since the slot
  * decodes commits in the order of their records.  Only this slot's rows
  * count (past the tail): the rows before it may come from another cluster
  * (a restored dump) or from before a promotion, whose WAL positions are
- * not this one's.  Where this slot's numbers end is read once, before the
- * statement inserts (MATERIALIZED: inlined, it was read again for each
+ * not this one's.  The last number, and where this slot's numbers end,
+ * are read once, before the statement inserts (MATERIALIZED: inlined, it was read again for each
  * row, past every row the statement had inserted so far).
  */
 static EsPlan log_plan = {
 	"WITH s AS MATERIALIZED ("
 	"  SELECT st.tail_snapshot,"
+	"         (SELECT COALESCE(pg_catalog.max(l.seq), 0) FROM @extschema@.es_commit_log l) AS last_seq,"
 	"         COALESCE((SELECT l.commit_lsn FROM @extschema@.es_commit_log l"
 	"                    WHERE l.seq OPERATOR(pg_catalog.>) st.tail_seq ORDER BY l.seq DESC LIMIT 1),"
 	"                  '0/0'::pg_catalog.pg_lsn) AS numbered_to"
 	"    FROM @extschema@.es_commit_log_state st)"
 	" INSERT INTO @extschema@.es_commit_log (seq, xid, max_key, positions, commit_lsn, committed_at)"
-	" SELECT $7 OPERATOR(pg_catalog.+) pg_catalog.row_number() OVER (ORDER BY d.ord), d.xid, d.max_key,"
+	" SELECT s.last_seq OPERATOR(pg_catalog.+) pg_catalog.row_number() OVER (ORDER BY d.ord), d.xid, d.max_key,"
 	"        $5[d.first : d.first OPERATOR(pg_catalog.+) d.n OPERATOR(pg_catalog.-) 1], d.lsn, d.committed_at"
 	"   FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3),"
-	"                   pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($8))"
+	"                   pg_catalog.unnest($4), pg_catalog.unnest($6), pg_catalog.unnest($7))"
 	"        WITH ORDINALITY AS d(xid, lsn, committed_at, first, n, max_key, ord), s"
 	"  WHERE d.lsn OPERATOR(pg_catalog.>) s.numbered_to"
 	"    AND NOT pg_catalog.pg_visible_in_snapshot(d.xid, s.tail_snapshot)",
-	8, {XID8ARRAYOID, PG_LSNARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT4ARRAYOID, INT8OID,
+	7, {XID8ARRAYOID, PG_LSNARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT4ARRAYOID,
 	XID8ARRAYOID}
 };
 
@@ -414,14 +410,10 @@ sequencer_number_step(EsStore *s, void *arg)
 	int			size = Max(ntx, 64);
 	Datum	   *positions = palloc(sizeof(Datum) * size);
 	int			npositions = 0;
-	Datum		args[8];
+	Datum		args[7];
 	ListCell   *lc;
 	int			i = 0;
-	bool		isnull;
 
-	if (SPI_execute_plan(es_plan(&last_seq_plan), NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read the commit log");
-	args[6] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
 	foreach(lc, decoded)
 	{
 		Decoded    *d = lfirst(lc);
@@ -448,7 +440,7 @@ sequencer_number_step(EsStore *s, void *arg)
 	args[3] = PointerGetDatum(construct_array(firsts, ntx, INT4OID, sizeof(int32), true, TYPALIGN_INT));
 	args[4] = PointerGetDatum(construct_array(positions, npositions, INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	args[5] = PointerGetDatum(construct_array(counts, ntx, INT4OID, sizeof(int32), true, TYPALIGN_INT));
-	args[7] = PointerGetDatum(construct_array(keys, ntx, XID8OID, sizeof(FullTransactionId), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[6] = PointerGetDatum(construct_array(keys, ntx, XID8OID, sizeof(FullTransactionId), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	if (SPI_execute_plan(es_plan(&log_plan), args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not add to the commit log");
 }

@@ -719,9 +719,9 @@ es_read_log(PG_FUNCTION_ARGS)
  * Where a reader that paged es_read_all up to the checkpoint (after_tx,
  * after_position) goes on in the commit log: es_read_log from the result
  * and position 0, skipping the rows at or below that checkpoint (the
- * position only matters to the skip).  Every
- * event after the checkpoint has a key (tx_id) of at least after_tx, so it
- * is in a row whose largest key is too, or in one numbered later; the
+ * position only matters to the skip).  Every event after the checkpoint
+ * has a key (tx_id) of at least after_tx, so it is in a row whose largest
+ * key is too, or in one numbered later; the
  * rows from the first such one on may also hold events the reader had
  * (a transaction with a smaller key that committed later), which the skip
  * leaves out.  Past the last row when none has such a key.
