@@ -52,6 +52,7 @@
 #include "replication/slot.h"
 #include "storage/ipc.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
 #include "storage/procarray.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -333,6 +334,29 @@ sequencer_relation_changed(Datum arg, Oid relid)
 }
 
 /*
+ * PROC_IN_LOGICAL_DECODING, which CreateDecodingContext sets for the
+ * process, makes the snapshots of other backends pass over it entirely
+ * (GetSnapshotData skips such processes: the slot holds their xmin back
+ * instead), its transaction id included.  A reader of es_commit_log that
+ * took a snapshot while a step of the sequencer was inserting rows took
+ * that transaction for ended; not finding it committed, it marked the rows
+ * aborted for good (hint bits), and numbered transactions vanished from
+ * the log.  The flag is on only while the process decodes, outside any
+ * transaction; its steps run without it, as any backend's.
+ */
+static void
+sequencer_decoding_flag(bool on)
+{
+	LWLockAcquire(ProcArrayLock, LW_EXCLUSIVE);
+	if (on)
+		MyProc->statusFlags |= PROC_IN_LOGICAL_DECODING;
+	else
+		MyProc->statusFlags &= ~PROC_IN_LOGICAL_DECODING;
+	ProcGlobal->statusFlags[MyProc->pgxactoff] = MyProc->statusFlags;
+	LWLockRelease(ProcArrayLock);
+}
+
+/*
  * Decode the WAL flushed since the last pass, up to SEQUENCER_BATCH
  * transactions; true when it stopped for the batch's size.  Outside any
  * transaction, as a walsender does: the reorder buffer runs each decoded
@@ -361,6 +385,8 @@ sequencer_decode(void)
 		XLogBeginRead(decoding->reader, MyReplicationSlot->data.restart_lsn);
 		caches_suspect_until = GetXLogInsertRecPtr();
 	}
+	else
+		sequencer_decoding_flag(true);
 	/*
 	 * In the decoding's memory: the reader allocates its decode buffer at
 	 * its first read, in the current context, and keeps it (the pass's
@@ -382,6 +408,7 @@ sequencer_decode(void)
 		CHECK_FOR_INTERRUPTS();
 	}
 	MemoryContextSwitchTo(old);
+	sequencer_decoding_flag(false);
 	if (replayed && !XLogRecPtrIsInvalid(caches_suspect_until))
 	{
 		if (decoding->reader->EndRecPtr > caches_suspect_until)
