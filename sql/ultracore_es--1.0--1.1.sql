@@ -34,6 +34,22 @@ COMMENT ON COLUMN @extschema@.es_projections.timeout IS 'async: a call running l
 ALTER TABLE @extschema@.es_consumers ADD COLUMN generation integer NOT NULL DEFAULT 0;
 COMMENT ON COLUMN @extschema@.es_consumers.generation IS 'the current split of the consumer into segments (es_consumer_segments)';
 
+-- Where a unit of delivery (a consumer, a segment, the Kafka mirror) is in
+-- the commit log (commit_point.c): log_seq NULL, it reads below the commit
+-- horizon.  (checkpoint_tx, checkpoint_position) stays a horizon checkpoint
+-- in both modes: every event at or below it was handled.  log_skip: events
+-- above it handled already (read in the log before falling back), sorted
+-- positions, kept until the checkpoint's key passes log_skip_until.
+ALTER TABLE @extschema@.es_consumers
+    ADD COLUMN log_seq bigint,
+    ADD COLUMN log_position bigint,
+    ADD COLUMN log_skip bigint[],
+    ADD COLUMN log_skip_until xid8;
+COMMENT ON COLUMN @extschema@.es_consumers.log_seq IS 'reading the commit log: the seq of the last row read (NULL: reading below the commit horizon)';
+COMMENT ON COLUMN @extschema@.es_consumers.log_position IS 'reading the commit log: the position of the last event read in row log_seq';
+COMMENT ON COLUMN @extschema@.es_consumers.log_skip IS 'positions above the checkpoint handled already (from the commit log, before falling back to the horizon)';
+COMMENT ON COLUMN @extschema@.es_consumers.log_skip_until IS 'the largest key (tx_id) of the log_skip events: dropped once the checkpoint passes it';
+
 -- The segments of split consumers, each with its own checkpoint and retry
 -- state; rows of an older generation are fences: the events of their
 -- segment up to their checkpoint were handled.
@@ -50,6 +66,10 @@ CREATE TABLE @extschema@.es_consumer_segments (
     retry_attempts      integer NOT NULL DEFAULT 0,
     retry_first_failed_at timestamptz,
     retry_at            timestamptz,
+    log_seq             bigint,
+    log_position        bigint,
+    log_skip            bigint[],
+    log_skip_until      xid8,
     PRIMARY KEY (consumer, generation, segment)
 );
 COMMENT ON TABLE @extschema@.es_consumer_segments IS
@@ -71,9 +91,11 @@ SELECT c.name AS consumer, coalesce(t.segments, 1) AS segments,
        greatest(c.last_processed_at, t.last_processed_at) AS last_processed_at,
        coalesce(t.retry_event_id, c.retry_event_id) AS retry_event_id,
        coalesce(t.retry_attempts, c.retry_attempts) AS retry_attempts,
-       coalesce(t.retry_at, c.retry_at) AS retry_at
+       coalesce(t.retry_at, c.retry_at) AS retry_at,
+       CASE WHEN t.segments IS NULL THEN c.log_seq ELSE s.log_seq END AS log_seq,
+       CASE WHEN t.segments IS NULL THEN c.log_position ELSE s.log_position END AS log_position
   FROM @extschema@.es_consumers c
-  LEFT JOIN LATERAL (SELECT g.checkpoint_tx, g.checkpoint_position
+  LEFT JOIN LATERAL (SELECT g.checkpoint_tx, g.checkpoint_position, g.log_seq, g.log_position
                        FROM @extschema@.es_consumer_segments g
                       WHERE g.consumer OPERATOR(pg_catalog.=) c.name
                         AND g.generation OPERATOR(pg_catalog.=) c.generation
@@ -88,29 +110,7 @@ SELECT c.name AS consumer, coalesce(t.segments, 1) AS segments,
                         AND g.generation OPERATOR(pg_catalog.=) c.generation
                      HAVING count(*) > 0) t ON true;
 COMMENT ON VIEW @extschema@.es_consumer_checkpoints IS
-    'ultracore_es: each consumer''s checkpoint (of a split consumer: its lowest segment''s), events processed and pending retry';
-
--- The statistics views read the checkpoints of split consumers too.
-CREATE OR REPLACE VIEW @extschema@.es_stats AS
-SELECT c.name AS consumer, c.kind, c.paused, s.appended_per_second_last_minute,
-       s.appended_per_second_since_start, k.events_processed,
-       n.latency_p50_ms, n.latency_p99_ms, n.recent_latency_p50_ms, n.recent_latency_p99_ms,
-       (SELECT count(*) FROM (SELECT FROM @extschema@.es_events e
-                               WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW(k.checkpoint_tx, k.checkpoint_position)
-                               LIMIT 1000000) l) AS lag_events,
-       coalesce(extract(epoch FROM now() OPERATOR(pg_catalog.-)
-                (SELECT e.recorded_at FROM @extschema@.es_events e
-                  WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW(k.checkpoint_tx, k.checkpoint_position)
-                  ORDER BY e.tx_id, e.position LIMIT 1)), 0)::numeric(12, 3) AS lag_seconds,
-       (SELECT count(*) FROM @extschema@.es_dead_letters d
-         WHERE d.consumer OPERATOR(pg_catalog.=) c.name AND d.status OPERATOR(pg_catalog.<>) 'resolved') AS dead_letters,
-       k.checkpoint_tx, k.checkpoint_position, k.last_processed_at, c.last_error, c.last_error_at
-  FROM @extschema@.es_consumers c
-  JOIN @extschema@.es_consumer_checkpoints k ON k.consumer OPERATOR(pg_catalog.=) c.name
-  CROSS JOIN @extschema@.es_store_stats s
-  LEFT JOIN @extschema@.es_consumer_counters() n ON n.consumer OPERATOR(pg_catalog.=) c.name
- -- The Kafka ingest reads topics, not the store: es_kafka_status shows it.
- WHERE c.name OPERATOR(pg_catalog.<>) 'kafka_ingest';
+    'ultracore_es: each consumer''s checkpoint (of a split consumer: its lowest segment''s), events processed and pending retry, and where it is in the commit log (NULL: it reads below the commit horizon)';
 
 CREATE OR REPLACE VIEW @extschema@.es_handler_status AS
 SELECT h.name AS handler, h.function, h.event_types, h.max_retries, h.backoff, h.run_as,
@@ -279,10 +279,50 @@ CREATE TABLE @extschema@.es_commit_log_state (
     tail_snapshot   pg_snapshot,
     tail_seq        bigint,
     tail_events     bigint,
-    slot_created_at timestamptz
+    slot_created_at timestamptz,
+    complete_below  xid8,
+    complete_seq    bigint
 );
+COMMENT ON COLUMN @extschema@.es_commit_log_state.complete_below IS
+    'every committed event with a smaller key (tx_id) is in the log, in a row up to complete_seq';
 INSERT INTO @extschema@.es_commit_log_state DEFAULT VALUES;
 REVOKE ALL ON TABLE @extschema@.es_commit_log, @extschema@.es_commit_log_state FROM PUBLIC;
+
+-- The statistics views read the checkpoints of split consumers too, and
+-- where consumers are in the commit log.
+CREATE OR REPLACE VIEW @extschema@.es_stats AS
+SELECT c.name AS consumer, c.kind, c.paused, s.appended_per_second_last_minute,
+       s.appended_per_second_since_start, k.events_processed,
+       n.latency_p50_ms, n.latency_p99_ms, n.recent_latency_p50_ms, n.recent_latency_p99_ms,
+       -- Below the horizon: the events after the checkpoint; in the commit
+       -- log: those numbered after where the consumer is in it.
+       CASE WHEN k.log_seq IS NULL
+            THEN (SELECT count(*) FROM (SELECT FROM @extschema@.es_events e
+                                         WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW(k.checkpoint_tx, k.checkpoint_position)
+                                         LIMIT 1000000) l)
+            ELSE (SELECT count(*) FROM (SELECT FROM @extschema@.es_commit_log l, unnest(l.positions) p
+                                         WHERE l.seq OPERATOR(pg_catalog.>=) k.log_seq
+                                           AND (l.seq OPERATOR(pg_catalog.>) k.log_seq OR p OPERATOR(pg_catalog.>) k.log_position)
+                                         LIMIT 1000000) l) END AS lag_events,
+       coalesce(extract(epoch FROM now() OPERATOR(pg_catalog.-)
+                CASE WHEN k.log_seq IS NULL
+                     THEN (SELECT e.recorded_at FROM @extschema@.es_events e
+                            WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW(k.checkpoint_tx, k.checkpoint_position)
+                            ORDER BY e.tx_id, e.position LIMIT 1)
+                     ELSE (SELECT l.committed_at FROM @extschema@.es_commit_log l
+                            WHERE l.seq OPERATOR(pg_catalog.>=) k.log_seq
+                              AND (l.seq OPERATOR(pg_catalog.>) k.log_seq
+                                   OR EXISTS (SELECT FROM unnest(l.positions) p WHERE p OPERATOR(pg_catalog.>) k.log_position))
+                            ORDER BY l.seq LIMIT 1) END), 0)::numeric(12, 3) AS lag_seconds,
+       (SELECT count(*) FROM @extschema@.es_dead_letters d
+         WHERE d.consumer OPERATOR(pg_catalog.=) c.name AND d.status OPERATOR(pg_catalog.<>) 'resolved') AS dead_letters,
+       k.checkpoint_tx, k.checkpoint_position, k.last_processed_at, c.last_error, c.last_error_at
+  FROM @extschema@.es_consumers c
+  JOIN @extschema@.es_consumer_checkpoints k ON k.consumer OPERATOR(pg_catalog.=) c.name
+  CROSS JOIN @extschema@.es_store_stats s
+  LEFT JOIN @extschema@.es_consumer_counters() n ON n.consumer OPERATOR(pg_catalog.=) c.name
+ -- The Kafka ingest reads topics, not the store: es_kafka_status shows it.
+ WHERE c.name OPERATOR(pg_catalog.<>) 'kafka_ingest';
 
 CREATE FUNCTION @extschema@.es_read_log(
     after_seq       bigint DEFAULT 0,
@@ -432,13 +472,14 @@ SELECT 'commit log',
             WHEN c.standby THEN 'standby: the primary''s, replicated; a promotion numbers its tail once'
             WHEN sl.slot_name IS NULL THEN 'slot ' || c.slot || ' is missing: making it, then numbering the tail'
             WHEN sl.wal_status = 'lost' THEN 'slot ' || c.slot || ' was invalidated: making it again, then numbering the tail'
-            ELSE 'logical decoding: slot ' || c.slot || ', up to seq ' || l.seq || ', the slot keeps '
+            ELSE 'logical decoding: slot ' || c.slot || ', up to seq ' || coalesce(l.seq, 0) || ', the slot keeps '
                  || pg_size_pretty(pg_wal_lsn_diff(pg_current_wal_lsn(), sl.restart_lsn)) || ' of WAL'
                  || CASE WHEN st.tail_events > 0 AND st.slot_created_at > clock_timestamp() - interval '1 day'
                          THEN '; the slot was made at ' || date_trunc('second', st.slot_created_at)
                               || ', numbering ' || st.tail_events || ' events committed without it as its tail'
                          ELSE '' END
-                 || '; es_read_log reads it, handlers, projections and the mirror read below the commit horizon' END,
+                 || '; ' || u.in_log || ' of ' || u.units || ' delivery units read it'
+                 || CASE WHEN u.in_log < u.units THEN ' (the others switch at their next batch)' ELSE '' END END,
        coalesce(l.committed_at, st.slot_created_at)
   FROM (SELECT CASE WHEN NOT coalesce(current_setting('ultracore_es.commit_log', true)::boolean, false) THEN 'off'
                     WHEN current_setting('wal_level') = 'logical' THEN 'logical' ELSE 'horizon' END AS mode,
@@ -447,6 +488,15 @@ SELECT 'commit log',
   CROSS JOIN @extschema@.es_commit_log_state st
   LEFT JOIN pg_replication_slots sl ON sl.slot_name = c.slot
   LEFT JOIN LATERAL (SELECT g.seq, g.committed_at FROM @extschema@.es_commit_log g ORDER BY g.seq DESC LIMIT 1) l ON true
+  -- The units of delivery: unsplit consumers and the mirror, and the segments of the others.
+  CROSS JOIN (SELECT count(*) FILTER (WHERE x.log_seq IS NOT NULL) AS in_log, count(*) AS units
+                FROM (SELECT o.log_seq FROM @extschema@.es_consumers o
+                       WHERE o.name <> 'kafka_ingest'
+                         AND NOT EXISTS (SELECT FROM @extschema@.es_consumer_segments g
+                                          WHERE g.consumer = o.name AND g.generation = o.generation)
+                      UNION ALL
+                      SELECT g.log_seq FROM @extschema@.es_consumer_segments g
+                        JOIN @extschema@.es_consumers o ON o.name = g.consumer AND o.generation = g.generation) x) u
 UNION ALL
 SELECT 'kafka mirror',
        CASE WHEN NOT EXISTS (SELECT FROM workers WHERE kind = 'kafka mirror' AND pid IS NOT NULL) THEN 'critical'

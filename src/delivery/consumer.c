@@ -6,7 +6,8 @@
  *	  order, each event applied once.
  *
  * A consumer reads the events after its checkpoint, below the commit horizon
- * (as es_read_all does), applies them, and commits its new checkpoint in the
+ * (as es_read_all does) or, while it is live, in the commit log (as
+ * es_read_log does, commit_point.c), applies them, and commits its new checkpoint in the
  * same transaction as the effects, together with one idempotency record per
  * event (es_handled).  A crash at any point loses nothing and repeats
  * nothing: either the batch committed, effects and checkpoint together, or
@@ -118,7 +119,8 @@ typedef struct FastFailure
 
 static EsPlan load_plan = {
 	"SELECT c.checkpoint_tx, c.checkpoint_position, c.paused, c.retry_event_id, c.retry_attempts,"
-	"       c.retry_first_failed_at, c.retry_at," LOAD_FUNCTION
+	"       c.retry_first_failed_at, c.retry_at," LOAD_FUNCTION ","
+	"       c.log_seq, c.log_position, c.log_skip, c.log_skip_until"
 	LOAD_FROM
 	" WHERE c.name OPERATOR(pg_catalog.=) $1"
 	"   FOR NO KEY UPDATE OF c SKIP LOCKED",
@@ -132,7 +134,8 @@ static EsPlan load_plan = {
  */
 static EsPlan load_segment_plan = {
 	"SELECT s.checkpoint_tx, s.checkpoint_position, c.paused, s.retry_event_id, s.retry_attempts,"
-	"       s.retry_first_failed_at, s.retry_at," LOAD_FUNCTION
+	"       s.retry_first_failed_at, s.retry_at," LOAD_FUNCTION ","
+	"       s.log_seq, s.log_position, s.log_skip, s.log_skip_until"
 	LOAD_FROM
 	"  JOIN @extschema@.es_consumer_segments s"
 	"    ON s.consumer OPERATOR(pg_catalog.=) c.name AND s.generation OPERATOR(pg_catalog.=) c.generation"
@@ -172,9 +175,11 @@ static EsPlan save_plan = {
 	"       last_processed_at = CASE WHEN $4 OPERATOR(pg_catalog.>) 0 THEN pg_catalog.now() ELSE last_processed_at END,"
 	"       retry_event_id = $5, retry_attempts = $6, retry_first_failed_at = $7, retry_at = $8,"
 	"       last_error = COALESCE($9, last_error),"
-	"       last_error_at = CASE WHEN $9 IS NULL THEN last_error_at ELSE pg_catalog.now() END"
+	"       last_error_at = CASE WHEN $9 IS NULL THEN last_error_at ELSE pg_catalog.now() END,"
+	"       log_seq = $12, log_position = $13, log_skip = $14, log_skip_until = $15"
 	" WHERE name OPERATOR(pg_catalog.=) $1",
-	9, {TEXTOID, XID8OID, INT8OID, INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID}
+	15, {TEXTOID, XID8OID, INT8OID, INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID,
+	INT4OID, INT4OID, INT8OID, INT8OID, INT8ARRAYOID, XID8OID}
 };
 
 /* A segment's progress on its row; the last error on the consumer's. */
@@ -184,13 +189,14 @@ static EsPlan save_segment_plan = {
 	"     SET checkpoint_tx = $2, checkpoint_position = $3,"
 	"         events_processed = events_processed OPERATOR(pg_catalog.+) $4,"
 	"         last_processed_at = CASE WHEN $4 OPERATOR(pg_catalog.>) 0 THEN pg_catalog.now() ELSE last_processed_at END,"
-	"         retry_event_id = $5, retry_attempts = $6, retry_first_failed_at = $7, retry_at = $8"
+	"         retry_event_id = $5, retry_attempts = $6, retry_first_failed_at = $7, retry_at = $8,"
+	"         log_seq = $12, log_position = $13, log_skip = $14, log_skip_until = $15"
 	"   WHERE consumer OPERATOR(pg_catalog.=) $1 AND generation OPERATOR(pg_catalog.=) $10"
 	"     AND segment OPERATOR(pg_catalog.=) $11 RETURNING 1)"
 	" UPDATE @extschema@.es_consumers SET last_error = $9, last_error_at = pg_catalog.now()"
 	"  WHERE name OPERATOR(pg_catalog.=) $1 AND $9 IS NOT NULL AND EXISTS (SELECT FROM s)",
-	11, {TEXTOID, XID8OID, INT8OID, INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID,
-	INT4OID, INT4OID}
+	15, {TEXTOID, XID8OID, INT8OID, INT8OID, TEXTOID, INT4OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID,
+	INT4OID, INT4OID, INT8OID, INT8OID, INT8ARRAYOID, XID8OID}
 };
 
 /* es_consumer_collect: es_read_rows callback: keep one event of the batch. */
@@ -212,6 +218,7 @@ es_consumer_collect(Datum *values, bool *nulls, void *arg)
 	ev->event_type = TextDatumGetCString(values[EV_EVENT_TYPE]);
 	ev->tx = DatumGetFullTransactionId(values[EV_TX_ID]);
 	ev->position = DatumGetInt64(values[EV_POSITION]);
+	ev->seq = c->read.seq;
 	ev->recorded_at = DatumGetTimestampTz(values[EV_RECORDED_AT]);
 }
 
@@ -238,8 +245,7 @@ consumer_load(Consumer *c)
 		return false;
 	row = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	c->ck_tx = DatumGetFullTransactionId(SPI_getbinval(row, desc, 1, &isnull));
-	c->ck_pos = DatumGetInt64(SPI_getbinval(row, desc, 2, &isnull));
+	es_commit_point_from_row(&c->point, row, desc, 1, 16);
 	c->paused = DatumGetBool(SPI_getbinval(row, desc, 3, &isnull));
 	d = SPI_getbinval(row, desc, 4, &isnull);
 	c->retry_event_id = isnull ? NULL : TextDatumGetCString(d);
@@ -625,15 +631,15 @@ consumer_apply_batch(Consumer *c, bool careful, const FastFailure *failed)
  * Commit the consumer's progress: the ledger records of the events applied,
  * the new checkpoint, the retry state.  The checkpoint passes the first done
  * events; when the whole batch was done and it was not full, it moves on to
- * the horizon, past the events the consumer's filter skipped.
+ * the horizon (in the log: to where the read stopped), past the events the
+ * consumer's filter skipped.
  */
 static void
-consumer_save(Consumer *c, int done, bool whole_batch_read, FullTransactionId horizon)
+consumer_save(Consumer *c, int done, bool whole_batch_read, FullTransactionId horizon, const EsLogState *st)
 {
-	Datum		args[11];
-	char		nulls[11];
-	FullTransactionId ck_tx = c->ck_tx;
-	int64		ck_pos = c->ck_pos;
+	EsCommitPoint *p = &c->point;
+	Datum		args[15];
+	char		nulls[15];
 
 	if (c->handled > 0 && c->model == NULL)
 	{
@@ -646,22 +652,39 @@ consumer_save(Consumer *c, int done, bool whole_batch_read, FullTransactionId ho
 		if (SPI_execute_plan(es_plan(&ledger_add_plan), largs, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not write the ledger of consumer \"%s\"", c->name);
 	}
-	if (done > 0)
+	whole_batch_read = whole_batch_read && done == c->nevents && c->retry_event_id == NULL;
+	if (p->in_log)
 	{
-		ck_tx = c->events[done - 1].tx;
-		ck_pos = c->events[done - 1].position;
+		if (done > 0)
+		{
+			p->log_seq = c->events[done - 1].seq;
+			p->log_position = c->events[done - 1].position;
+		}
+		if (whole_batch_read)
+		{
+			p->log_seq = c->read.end_seq;
+			p->log_position = c->read.end_position;
+		}
 	}
-	if (done == c->nevents && whole_batch_read && c->retry_event_id == NULL &&
-		FullTransactionIdPrecedes(ck_tx, horizon))
+	else
 	{
-		ck_tx = horizon;
-		ck_pos = 0;
+		if (done > 0)
+		{
+			p->tx = c->events[done - 1].tx;
+			p->position = c->events[done - 1].position;
+		}
+		if (whole_batch_read && FullTransactionIdPrecedes(p->tx, horizon))
+		{
+			p->tx = horizon;
+			p->position = 0;
+		}
 	}
+	es_commit_point_advance(p, st);
 
 	memset(nulls, ' ', sizeof(nulls));
 	args[0] = CStringGetTextDatum(c->name);
-	args[1] = FullTransactionIdGetDatum(ck_tx);
-	args[2] = Int64GetDatum(ck_pos);
+	args[1] = FullTransactionIdGetDatum(p->tx);
+	args[2] = Int64GetDatum(p->position);
 	args[3] = Int64GetDatum(c->handled);
 	args[4] = c->retry_event_id ? CStringGetTextDatum(c->retry_event_id) : (Datum) 0;
 	nulls[4] = c->retry_event_id ? ' ' : 'n';
@@ -674,6 +697,7 @@ consumer_save(Consumer *c, int done, bool whole_batch_read, FullTransactionId ho
 	nulls[8] = c->last_error ? ' ' : 'n';
 	args[9] = Int32GetDatum(c->generation);
 	args[10] = Int32GetDatum(c->segment);
+	es_commit_point_log_args(p, args + 11, nulls + 11);
 	if (SPI_execute_plan(es_plan(c->segments > 1 ? &save_segment_plan : &save_plan), args, nulls, false, 0)
 		!= SPI_OK_UPDATE)
 		elog(ERROR, "could not save the checkpoint of consumer \"%s\"", c->name);
@@ -748,8 +772,8 @@ consumer_pass(const char *name, int segments, int segment, bool careful, const F
 	Consumer	c;
 	EsStore    *s = es_store_current();
 	ConstraintsSetStmt *immediate = makeNode(ConstraintsSetStmt);
-	FullTransactionId horizon;
-	EsCommitRead read;
+	FullTransactionId horizon = InvalidFullTransactionId;
+	EsLogState	st;
 	int			done = 0;
 	int			nread = 0;
 	bool		retry_due;
@@ -788,22 +812,31 @@ consumer_pass(const char *name, int segments, int segment, bool careful, const F
 	es_dead_letter_retry(&c);
 	c.retried_letters = c.handled;
 
-	/* The events below the horizon, with a snapshot that sees them all. */
-	horizon = es_commit_horizon_push();
+	/*
+	 * The log or the horizon, as the log's state says (not while a retry
+	 * is pending: the retried event stays the next one).  Below the
+	 * horizon, with a snapshot that sees every event below it; in the log,
+	 * any snapshot that sees a row sees its events.
+	 */
+	es_commit_log_state(&st, c.point.in_log);
+	if (c.retry_event_id == NULL)
+		es_commit_point_follow(&c.point, &st, c.name, c.segment, c.segments);
+	if (c.point.in_log)
+		PushActiveSnapshot(GetTransactionSnapshot());
+	else
+		horizon = es_commit_horizon_push();
 	if (retry_due)
 	{
-		memset(&read, 0, sizeof(read));
-		read.after_tx = c.ck_tx;
-		read.after_position = c.ck_pos;
-		read.horizon = horizon;
-		read.event_types = c.event_types ? DatumGetArrayTypeP(c.event_types) : NULL;
-		read.max_count = es_worker_batch_size;
+		es_commit_point_read(&c.point, &c.read);
+		c.read.horizon = horizon;
+		c.read.event_types = c.event_types ? DatumGetArrayTypeP(c.event_types) : NULL;
+		c.read.max_count = es_worker_batch_size;
 		if (c.segments > 1)
 		{
-			read.keep = consumer_in_segment;
-			read.keep_arg = &c;
+			c.read.keep = consumer_in_segment;
+			c.read.keep_arg = &c;
 		}
-		es_read_commit_order(&read, c.reveal, es_consumer_collect, &c);
+		es_read_commit_order(&c.read, c.reveal, es_consumer_collect, &c);
 	}
 	PopActiveSnapshot();
 	if (retry_due)
@@ -811,7 +844,7 @@ consumer_pass(const char *name, int segments, int segment, bool careful, const F
 		nread = c.nevents;
 		done = consumer_apply_batch(&c, careful, failed);
 	}
-	consumer_save(&c, done, retry_due && nread < es_worker_batch_size, horizon);
+	consumer_save(&c, done, retry_due && nread < es_worker_batch_size, horizon, &st);
 	if (c.retry_event_id != NULL)
 		*next_due = Min(*next_due, c.retry_at);
 	consumer_keep_latencies(&c);

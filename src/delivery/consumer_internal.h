@@ -21,6 +21,7 @@
 
 #include "delivery/consumer.h"
 #include "delivery/read_model.h"
+#include "read/commit_point.h"
 
 typedef struct BatchEvent
 {
@@ -30,6 +31,7 @@ typedef struct BatchEvent
 	char	   *event_type;
 	FullTransactionId tx;
 	int64		position;
+	int64		seq;			/* its row in the commit log, when read there */
 	TimestampTz recorded_at;
 } BatchEvent;
 
@@ -41,8 +43,7 @@ typedef struct EsFence
 {
 	int			segments;
 	int			segment;
-	FullTransactionId tx;
-	int64		position;
+	EsCommitPoint point;		/* below the horizon (a split takes the units out of the log) */
 } EsFence;
 
 /*
@@ -55,8 +56,8 @@ typedef struct Consumer
 	int			segments;		/* 1: not split */
 	int			segment;		/* 0 .. segments - 1 */
 	int			generation;
-	FullTransactionId ck_tx;
-	int64		ck_pos;
+	EsCommitPoint point;		/* the checkpoint */
+	EsCommitRead read;			/* the batch's read */
 	bool		paused;
 	char	   *retry_event_id; /* NULL: no retry pending */
 	int32		retry_attempts;

@@ -335,8 +335,21 @@ es_projection_must_exist(const char *name, Projection *p)
  *-------------------------------------------------------------------------
  */
 
+/*
+ * Besides the checkpoint: whether the consumer read the event in the commit
+ * log (the rows up to where it is, from the first that may hold the event),
+ * or before it fell back to the horizon (its skip set).
+ */
 static EsPlan progress_plan = {
-	"SELECT p.mode, c.checkpoint_tx, c.checkpoint_position, ev.tx_id, ev.xmin"
+	"SELECT p.mode, c.checkpoint_tx, c.checkpoint_position, ev.tx_id, ev.xmin,"
+	"       $2 OPERATOR(pg_catalog.=) ANY (c.log_skip)"
+	"       OR (c.log_seq IS NOT NULL AND ev.tx_id IS NOT NULL AND EXISTS ("
+	"           SELECT FROM @extschema@.es_commit_log l"
+	"            WHERE l.seq OPERATOR(pg_catalog.>=) (SELECT pg_catalog.min(m.seq) FROM @extschema@.es_commit_log m"
+	"                                                  WHERE m.max_key OPERATOR(pg_catalog.>=) ev.tx_id)"
+	"              AND l.seq OPERATOR(pg_catalog.<=) c.log_seq"
+	"              AND $2 OPERATOR(pg_catalog.=) ANY (l.positions)"
+	"              AND (l.seq OPERATOR(pg_catalog.<) c.log_seq OR $2 OPERATOR(pg_catalog.<=) c.log_position)))"
 	"  FROM @extschema@.es_projections p"
 	"  LEFT JOIN @extschema@.es_consumers c ON c.name OPERATOR(pg_catalog.=) p.name"
 	"  LEFT JOIN LATERAL (SELECT e.tx_id, e.xmin FROM @extschema@.es_events e"
@@ -392,8 +405,10 @@ projection_passed(const char *name, int64 position)
 		FullTransactionId ck_tx = DatumGetFullTransactionId(SPI_getbinval(row, desc, 2, &isnull));
 		int64		ck_position = DatumGetInt64(SPI_getbinval(row, desc, 3, &isnull));
 
+		bool		read_above = DatumGetBool(SPI_getbinval(row, desc, 6, &isnull)) && !isnull;
+
 		passed = FullTransactionIdPrecedes(tx, ck_tx) ||
-			(FullTransactionIdEquals(tx, ck_tx) && position <= ck_position);
+			(FullTransactionIdEquals(tx, ck_tx) && position <= ck_position) || read_above;
 	}
 	SPI_freetuptable(SPI_tuptable);
 	return passed;

@@ -211,7 +211,8 @@ static EsPlan start_consumer_plan = {
 	" VALUES ($1, 'projection', '0', 0)"
 	" ON CONFLICT (name) DO UPDATE"
 	"    SET checkpoint_tx = '0', checkpoint_position = 0, retry_event_id = NULL, retry_attempts = 0,"
-	"        retry_first_failed_at = NULL, retry_at = NULL, last_error = NULL, last_error_at = NULL",
+	"        retry_first_failed_at = NULL, retry_at = NULL, last_error = NULL, last_error_at = NULL,"
+	"        log_seq = NULL, log_position = NULL, log_skip = NULL, log_skip_until = NULL",
 	1, {TEXTOID}
 };
 
@@ -490,7 +491,8 @@ es_unregister_projection(PG_FUNCTION_ARGS)
 static EsPlan rebuilt_consumer_plan = {
 	"UPDATE @extschema@.es_consumers"
 	"   SET checkpoint_tx = $2, checkpoint_position = $3, retry_event_id = NULL, retry_attempts = 0,"
-	"       retry_first_failed_at = NULL, retry_at = NULL"
+	"       retry_first_failed_at = NULL, retry_at = NULL,"
+	"       log_seq = NULL, log_position = NULL, log_skip = NULL, log_skip_until = NULL"
 	" WHERE name OPERATOR(pg_catalog.=) $1",
 	3, {TEXTOID, XID8OID, INT8OID}
 };

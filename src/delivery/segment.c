@@ -86,7 +86,8 @@ es_segment_of(PG_FUNCTION_ARGS)
 }
 
 static EsPlan fences_plan = {
-	"SELECT segments, segment, checkpoint_tx, checkpoint_position FROM @extschema@.es_consumer_segments"
+	"SELECT segments, segment, checkpoint_tx, checkpoint_position,"
+	"       log_seq, log_position, log_skip, log_skip_until FROM @extschema@.es_consumer_segments"
 	" WHERE consumer OPERATOR(pg_catalog.=) $1 AND generation OPERATOR(pg_catalog.<) $2",
 	2, {TEXTOID, INT4OID}
 };
@@ -112,8 +113,7 @@ es_segment_load_fences(Consumer *c)
 
 		c->fences[i].segments = DatumGetInt32(SPI_getbinval(row, desc, 1, &isnull));
 		c->fences[i].segment = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
-		c->fences[i].tx = DatumGetFullTransactionId(SPI_getbinval(row, desc, 3, &isnull));
-		c->fences[i].position = DatumGetInt64(SPI_getbinval(row, desc, 4, &isnull));
+		es_commit_point_from_row(&c->fences[i].point, row, desc, 3, 5);
 	}
 	SPI_freetuptable(SPI_tuptable);
 }
@@ -129,8 +129,9 @@ es_segment_fenced(const Consumer *c, const BatchEvent *ev)
 		const EsFence *f = &c->fences[i];
 
 		if (es_segment_of_id(ev->aggregate_id, f->segments) == f->segment &&
-			(FullTransactionIdPrecedes(ev->tx, f->tx) ||
-			 (FullTransactionIdEquals(ev->tx, f->tx) && ev->position <= f->position)))
+			(FullTransactionIdPrecedes(ev->tx, f->point.tx) ||
+			 (FullTransactionIdEquals(ev->tx, f->point.tx) && ev->position <= f->point.position) ||
+			 es_read_skips(f->point.skip, f->point.nskip, ev->position)))
 			return true;
 	}
 	return false;
@@ -148,28 +149,110 @@ static EsPlan low_water_plan = {
 };
 
 /*
+ * The current generation's units that read the commit log: the consumer's
+ * row (segment -1) when unsplit, else its segments'.
+ */
+static EsPlan units_in_log_plan = {
+	"SELECT -1, c.checkpoint_tx, c.checkpoint_position, c.log_seq, c.log_position, c.log_skip, c.log_skip_until"
+	"  FROM @extschema@.es_consumers c"
+	" WHERE c.name OPERATOR(pg_catalog.=) $1 AND c.log_seq IS NOT NULL"
+	"   AND NOT EXISTS (SELECT FROM @extschema@.es_consumer_segments s"
+	"                    WHERE s.consumer OPERATOR(pg_catalog.=) c.name"
+	"                      AND s.generation OPERATOR(pg_catalog.=) c.generation)"
+	" UNION ALL "
+	"SELECT s.segment, s.checkpoint_tx, s.checkpoint_position, s.log_seq, s.log_position, s.log_skip, s.log_skip_until"
+	"  FROM @extschema@.es_consumer_segments s"
+	"  JOIN @extschema@.es_consumers c ON c.name OPERATOR(pg_catalog.=) s.consumer"
+	"   AND c.generation OPERATOR(pg_catalog.=) s.generation"
+	" WHERE s.consumer OPERATOR(pg_catalog.=) $1 AND s.log_seq IS NOT NULL",
+	1, {TEXTOID}
+};
+
+#define SET_POINT \
+	" SET checkpoint_tx = $3, checkpoint_position = $4, log_seq = $5, log_position = $6," \
+	"     log_skip = $7, log_skip_until = $8"
+
+static EsPlan unit_out_of_log_plan = {
+	"WITH unsplit AS ("
+	"  UPDATE @extschema@.es_consumers" SET_POINT
+	"   WHERE name OPERATOR(pg_catalog.=) $1 AND $2 OPERATOR(pg_catalog.<) 0)"
+	" UPDATE @extschema@.es_consumer_segments s" SET_POINT
+	"  FROM @extschema@.es_consumers c"
+	" WHERE c.name OPERATOR(pg_catalog.=) $1 AND s.consumer OPERATOR(pg_catalog.=) c.name"
+	"   AND s.generation OPERATOR(pg_catalog.=) c.generation AND s.segment OPERATOR(pg_catalog.=) $2",
+	8, {TEXTOID, INT4OID, XID8OID, INT8OID, INT8OID, INT8OID, INT8ARRAYOID, XID8OID}
+};
+
+/*
+ * The units of the current generation that read the log fall back to the
+ * horizon first (commit_point.c): their checkpoints, with the events they
+ * read above them as skip sets, are what the fences and the new start
+ * need, exactly.
+ */
+static void
+segment_units_out_of_log(const char *name)
+{
+	Datum		arg = CStringGetTextDatum(name);
+	SPITupleTable *units;
+	uint64		nunits;
+	EsLogState	st;
+	uint64		i;
+
+	if (SPI_execute_plan(es_plan(&units_in_log_plan), &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the checkpoints of consumer \"%s\"", name);
+	units = SPI_tuptable;
+	nunits = SPI_processed;
+	if (nunits == 0)
+		return;
+	es_commit_log_state(&st, true);
+	for (i = 0; i < nunits; i++)
+	{
+		EsCommitPoint p;
+		Datum		args[8];
+		char		nulls[8];
+		bool		isnull;
+
+		es_commit_point_from_row(&p, units->vals[i], units->tupdesc, 2, 4);
+		es_commit_point_leave_log(&p, &st);
+		memset(nulls, ' ', sizeof(nulls));
+		args[0] = arg;
+		args[1] = SPI_getbinval(units->vals[i], units->tupdesc, 1, &isnull);
+		args[2] = FullTransactionIdGetDatum(p.tx);
+		args[3] = Int64GetDatum(p.position);
+		es_commit_point_log_args(&p, args + 4, nulls + 4);
+		if (SPI_execute_plan(es_plan(&unit_out_of_log_plan), args, nulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not save the checkpoints of consumer \"%s\"", name);
+	}
+}
+
+/*
  * The current generation's units become fences (their events count moves
  * to the consumer's row); fences that cannot matter any more (at or below
- * where the new generation starts) go.
+ * where the new generation starts, with no event handled above it) go.
  */
+/* A fence at or below checkpoint ck (whose key is ck_tx) that handled nothing above it. */
+#define PASSED(ck, ck_tx) \
+	" AND ROW(checkpoint_tx, checkpoint_position) OPERATOR(pg_catalog.<=) " ck \
+	" AND (log_skip_until IS NULL OR log_skip_until OPERATOR(pg_catalog.<) " ck_tx ")"
+
 static EsPlan retire_plan = {
 	"WITH old AS ("
 	"  SELECT COALESCE(pg_catalog.sum(events_processed), 0)::pg_catalog.int8 AS events FROM @extschema@.es_consumer_segments"
 	"   WHERE consumer OPERATOR(pg_catalog.=) $1 AND generation OPERATOR(pg_catalog.=) $4),"
 	" gone AS ("
 	"  DELETE FROM @extschema@.es_consumer_segments"
-	"   WHERE consumer OPERATOR(pg_catalog.=) $1"
-	"     AND ROW(checkpoint_tx, checkpoint_position) OPERATOR(pg_catalog.<=) ROW($2, $3)),"
+	"   WHERE consumer OPERATOR(pg_catalog.=) $1" PASSED("ROW($2, $3)", "$2") "),"
 	" fenced AS ("
 	"  UPDATE @extschema@.es_consumer_segments SET events_processed = 0, retry_event_id = NULL,"
 	"         retry_attempts = 0, retry_first_failed_at = NULL, retry_at = NULL"
 	"   WHERE consumer OPERATOR(pg_catalog.=) $1 AND generation OPERATOR(pg_catalog.=) $4"
-	"     AND ROW(checkpoint_tx, checkpoint_position) OPERATOR(pg_catalog.>) ROW($2, $3))"
+	"     AND NOT (true" PASSED("ROW($2, $3)", "$2") "))"
 	" UPDATE @extschema@.es_consumers"
 	"    SET generation = $4 OPERATOR(pg_catalog.+) 1,"
 	"        events_processed = events_processed OPERATOR(pg_catalog.+) (SELECT events FROM old),"
 	"        checkpoint_tx = $2, checkpoint_position = $3, retry_event_id = NULL, retry_attempts = 0,"
-	"        retry_first_failed_at = NULL, retry_at = NULL"
+	"        retry_first_failed_at = NULL, retry_at = NULL,"
+	"        log_seq = NULL, log_position = NULL, log_skip = NULL, log_skip_until = NULL"
 	"  WHERE name OPERATOR(pg_catalog.=) $1",
 	4, {TEXTOID, XID8OID, INT8OID, INT4OID}
 };
@@ -198,6 +281,7 @@ es_segment_split(const char *name, int from, int to)
 
 	if (from == to)
 		return;
+	segment_units_out_of_log(name);
 	args[0] = CStringGetTextDatum(name);
 	if (SPI_execute_plan(es_plan(&low_water_plan), args, NULL, false, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
@@ -230,7 +314,8 @@ static EsPlan collect_plan = {
 	" WHERE f.consumer OPERATOR(pg_catalog.=) c.name AND k.consumer OPERATOR(pg_catalog.=) c.name"
 	"   AND f.generation OPERATOR(pg_catalog.<) c.generation"
 	"   AND ROW(f.checkpoint_tx, f.checkpoint_position)"
-	"       OPERATOR(pg_catalog.<=) ROW(k.checkpoint_tx, k.checkpoint_position)",
+	"       OPERATOR(pg_catalog.<=) ROW(k.checkpoint_tx, k.checkpoint_position)"
+	"   AND (f.log_skip_until IS NULL OR f.log_skip_until OPERATOR(pg_catalog.<) k.checkpoint_tx)",
 	0, {InvalidOid}
 };
 

@@ -29,6 +29,15 @@
  * tail is what the snapshot saw, the slot what committed after its
  * consistent point, which was before the snapshot.
  *
+ * Completeness.  Units of delivery that read the log keep a horizon
+ * checkpoint too (commit_point.c), which follows what the sequencer
+ * publishes in es_commit_log_state: complete_below H and complete_seq S,
+ * "every committed event keyed below H is in a row up to S".  A pass
+ * takes H (the commit horizon: every event keyed below it was committed,
+ * or never will be), then the WAL insert position L; every such commit is
+ * before L.  Once a later pass has decoded past L and numbered what it
+ * decoded, it publishes H with the last number, in the same transaction.
+ *
  * The cost: the slot keeps the WAL it has not passed (a stopped sequencer
  * makes it grow; max_slot_wal_keep_size bounds it, after which the slot is
  * invalidated and made again, with a tail), and logical decoding sees only
@@ -63,6 +72,7 @@
 #include "utils/xid8.h"
 
 #include "core/guc.h"
+#include "core/horizon.h"
 #include "core/step.h"
 #include "delivery/sequencer.h"
 #include "delivery/worker.h"
@@ -158,6 +168,28 @@ static EsPlan log_plan = {
 	7, {XID8ARRAYOID, PG_LSNARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, INT8ARRAYOID, INT4ARRAYOID,
 	XID8ARRAYOID}
 };
+
+/*
+ * What the sequencer publishes in es_commit_log_state (see the file
+ * header): complete_below $1, complete_seq the log's last number.
+ */
+static EsPlan complete_plan = {
+	"UPDATE @extschema@.es_commit_log_state"
+	"   SET complete_below = $1,"
+	"       complete_seq = (SELECT COALESCE(pg_catalog.max(l.seq), 0) FROM @extschema@.es_commit_log l)",
+	1, {XID8OID}
+};
+
+/*
+ * The commit horizon taken by a pass, and the WAL insert position after
+ * it, until the decoding passes that position (pending); and whether a
+ * pass with nothing decoded should still publish (rows were numbered
+ * since the last publication, or none was possible yet).
+ */
+static bool pending = false;
+static FullTransactionId pending_below;
+static XLogRecPtr pending_lsn;
+static bool publish_wanted = true;
 
 /* Whether the slot and its tail are in place (this process made sure). */
 static bool slot_ready = false;
@@ -421,6 +453,39 @@ sequencer_decode(void)
 }
 
 /*
+ * Publish the pending horizon once the decoding has passed its WAL
+ * position (what it decoded is numbered by now, in this transaction), and
+ * take the next one; numbered: this transaction numbered rows.
+ */
+static void
+sequencer_publish(bool numbered)
+{
+	bool		published = false;
+
+	if (pending && decoding->reader->EndRecPtr >= pending_lsn)
+	{
+		Datum		below = FullTransactionIdGetDatum(pending_below);
+
+		if (SPI_execute_plan(es_plan(&complete_plan), &below, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not update the state of the commit log");
+		published = true;
+		/* The units in the log move their horizon checkpoints up. */
+		es_worker_wake_at_commit();
+	}
+	pending_below = es_commit_horizon_now();
+	pending_lsn = GetXLogInsertRecPtr();
+	pending = true;
+	publish_wanted = numbered || !published;
+}
+
+/* A pass that decoded nothing: publish in a transaction of its own. */
+static void
+sequencer_publish_step(EsStore *s, void *arg)
+{
+	sequencer_publish(false);
+}
+
+/*
  * Number the transactions decoded: one row each in es_commit_log, in one
  * statement (a statement per transaction cost more than the decoding).
  */
@@ -470,6 +535,9 @@ sequencer_number_step(EsStore *s, void *arg)
 	args[6] = PointerGetDatum(construct_array(keys, ntx, XID8OID, sizeof(FullTransactionId), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	if (SPI_execute_plan(es_plan(&log_plan), args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not add to the commit log");
+	sequencer_publish(true);
+	/* The units that read the log have more. */
+	es_worker_wake_at_commit();
 }
 
 /* A step in a transaction of its own; an error is logged. */
@@ -510,6 +578,8 @@ sequencer_pass(bool *reads_appends)
 		decoded = NIL;
 		MemoryContextReset(lines_cxt);
 	}
+	else if (publish_wanted && !sequencer_run(sequencer_publish_step, NULL))
+		return es_worker_poll_interval;
 	return more ? 0 : es_worker_poll_interval;
 }
 
@@ -550,6 +620,8 @@ sequencer_stop(void)
 	if (lines_cxt != NULL)
 		MemoryContextReset(lines_cxt);
 	slot_ready = false;
+	pending = false;
+	publish_wanted = true;
 }
 
 static const EsWorkerService sequencer_service = {

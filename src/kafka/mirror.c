@@ -61,6 +61,7 @@
 #include "delivery/stats.h"
 #include "delivery/worker.h"
 #include "privacy/personal_data.h"
+#include "read/commit_point.h"
 #include "read/read.h"
 
 /*
@@ -116,6 +117,7 @@ typedef struct InFlight
 {
 	FullTransactionId tx;
 	int64		position;
+	int64		seq;			/* its row in the commit log, when read there */
 	TimestampTz committed_at;	/* of the event, for the latency */
 	TimestampTz acked_at;
 	MessageState state;
@@ -164,10 +166,15 @@ static Refused *refused = NULL;
 static int	nrefused = 0;
 static int	refused_size = 0;
 
-/* How far the mirror has read: everything up to here is in flight or acknowledged. */
-static FullTransactionId produced_tx;
-static int64 produced_position;
+/*
+ * How far the mirror has read (everything up to there is in flight or
+ * acknowledged), and its checkpoint as saved (commit_point.c): the same
+ * point once nothing is in flight.  Their skip sets live in point_cxt.
+ */
+static EsCommitPoint produced;
+static EsCommitPoint saved;
 static bool produced_known = false;
+static MemoryContext point_cxt = NULL;
 
 /*
  * Whether Kafka refuses a message for good: sending it again cannot
@@ -579,6 +586,7 @@ typedef struct MirrorRead
 	int			wanted;
 	int			read;
 	Route	   *last;			/* the route of the last event read */
+	const EsCommitRead *commit_read;
 } MirrorRead;
 
 /*
@@ -650,6 +658,7 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 	m = &inflight[ninflight];
 	m->tx = DatumGetFullTransactionId(values[EV_TX_ID]);
 	m->position = DatumGetInt64(values[EV_POSITION]);
+	m->seq = r->commit_read->seq;
 	m->committed_at = es_stats_commit_time(m->tx, DatumGetTimestampTz(values[EV_RECORDED_AT]));
 	m->acked_at = 0;
 	m->state = MSG_PENDING;
@@ -690,8 +699,16 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 	}
 	ninflight++;
 	r->read++;
-	produced_tx = m->tx;
-	produced_position = m->position;
+	if (produced.in_log)
+	{
+		produced.log_seq = m->seq;
+		produced.log_position = m->position;
+	}
+	else
+	{
+		produced.tx = m->tx;
+		produced.position = m->position;
+	}
 	MemoryContextSwitchTo(caller_cxt);
 	MemoryContextReset(message_cxt);
 }
@@ -703,7 +720,8 @@ static EsPlan mirror_start_plan = {
 };
 
 static EsPlan mirror_load_plan = {
-	"SELECT checkpoint_tx, checkpoint_position FROM @extschema@.es_consumers"
+	"SELECT checkpoint_tx, checkpoint_position, log_seq, log_position, log_skip, log_skip_until"
+	"  FROM @extschema@.es_consumers"
 	" WHERE name OPERATOR(pg_catalog.=) $1",
 	1, {TEXTOID}
 };
@@ -712,10 +730,52 @@ static EsPlan mirror_save_plan = {
 	"UPDATE @extschema@.es_consumers"
 	"   SET checkpoint_tx = $2, checkpoint_position = $3,"
 	"       events_processed = events_processed OPERATOR(pg_catalog.+) $4,"
-	"       last_processed_at = pg_catalog.now()"
+	"       last_processed_at = CASE WHEN $4 OPERATOR(pg_catalog.>) 0 THEN pg_catalog.now() ELSE last_processed_at END,"
+	"       log_seq = $5, log_position = $6, log_skip = $7, log_skip_until = $8"
 	" WHERE name OPERATOR(pg_catalog.=) $1",
-	4, {TEXTOID, XID8OID, INT8OID, INT8OID}
+	8, {TEXTOID, XID8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8ARRAYOID, XID8OID}
 };
+
+/* Save the checkpoint, past done more messages. */
+static void
+mirror_save(int64 done)
+{
+	Datum		args[8];
+	char		nulls[8];
+
+	memset(nulls, ' ', sizeof(nulls));
+	args[0] = CStringGetTextDatum(MIRROR_CONSUMER);
+	args[1] = FullTransactionIdGetDatum(saved.tx);
+	args[2] = Int64GetDatum(saved.position);
+	args[3] = Int64GetDatum(done);
+	es_commit_point_log_args(&saved, args + 4, nulls + 4);
+	if (SPI_execute_plan(es_plan(&mirror_save_plan), args, nulls, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not save the checkpoint of the Kafka mirror");
+}
+
+/*
+ * The saved point just loaded, switched modes or moved up, with nothing in
+ * flight: the mirror reads on from it.  Its skip set (made in the step's
+ * memory, or the one kept already) is copied into a new point_cxt before
+ * the old one goes.
+ */
+static void
+mirror_point_keep(void)
+{
+	MemoryContext old_cxt = point_cxt;
+
+	point_cxt = AllocSetContextCreate(TopMemoryContext, "ultracore_es mirror point", ALLOCSET_SMALL_SIZES);
+	if (saved.nskip > 0)
+	{
+		int64	   *skip = MemoryContextAlloc(point_cxt, sizeof(int64) * saved.nskip);
+
+		memcpy(skip, saved.skip, sizeof(int64) * saved.nskip);
+		saved.skip = skip;
+	}
+	if (old_cxt != NULL)
+		MemoryContextDelete(old_cxt);
+	produced = saved;
+}
 
 /* Messages refused for good, parked as the checkpoint passes them. */
 static EsPlan mirror_park_plan = {
@@ -799,27 +859,44 @@ mirror_checkpoint_step(EsStore *s, void *arg)
 
 	if (!produced_known)
 	{
-		bool		isnull;
-
 		if (SPI_execute_plan(es_plan(&mirror_start_plan), &name, NULL, false, 0) != SPI_OK_INSERT ||
 			SPI_execute_plan(es_plan(&mirror_load_plan), &name, NULL, false, 1) != SPI_OK_SELECT ||
 			SPI_processed != 1)
 			elog(ERROR, "could not read the checkpoint of the Kafka mirror");
-		produced_tx = DatumGetFullTransactionId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-		produced_position = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+		es_commit_point_from_row(&saved, SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, 3);
+		mirror_point_keep();
 		produced_known = true;
 	}
 	if (done > 0)
 	{
-		Datum		args[4];
+		const InFlight *last = &inflight[done - 1];
+		EsLogState	st;
 
-		args[0] = name;
-		args[1] = FullTransactionIdGetDatum(inflight[done - 1].tx);
-		args[2] = Int64GetDatum(inflight[done - 1].position);
-		args[3] = Int64GetDatum(done);
+		if (saved.in_log)
+		{
+			saved.log_seq = last->seq;
+			saved.log_position = last->position;
+		}
+		else
+		{
+			saved.tx = last->tx;
+			saved.position = last->position;
+		}
+		/* Below the horizon only the skip set may go, which needs no state of the log. */
+		memset(&st, 0, sizeof(st));
+		if (saved.in_log)
+			es_commit_log_state(&st, true);
+		es_commit_point_advance(&saved, &st);
 		mirror_record_parked(done);
-		if (SPI_execute_plan(es_plan(&mirror_save_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not save the checkpoint of the Kafka mirror");
+		mirror_save(done);
+		/* What it passed is passed for the reading too: the checkpoint and skip set only rise. */
+		if (produced.in_log)
+		{
+			produced.tx = saved.tx;
+			produced.position = saved.position;
+		}
+		produced.skip = saved.skip;
+		produced.nskip = saved.nskip;
 	}
 	checkpointed = done;
 }
@@ -853,17 +930,42 @@ mirror_forget(int done)
 static void
 mirror_produce_step(EsStore *s, void *arg)
 {
-	MirrorRead	r = {es_kafka_batch_size - ninflight, 0, NULL};
+	MirrorRead	r = {es_kafka_batch_size - ninflight, 0, NULL, NULL};
 	EsCommitRead read;
+	EsLogState	st;
 
 	if (message_cxt == NULL)
 		message_cxt = AllocSetContextCreate(TopMemoryContext, "ultracore_es mirror message",
 											ALLOCSET_DEFAULT_SIZES);
+	/*
+	 * The log or the horizon, as the log's state says.  The mirror switches
+	 * with nothing in flight (its messages carry one mode's places), and
+	 * then, idle in the log, follows the sequencer's completeness.
+	 */
+	es_commit_log_state(&st, saved.in_log);
+	if (ninflight == 0)
+	{
+		EsCommitPoint before = saved;
+
+		es_commit_point_follow(&saved, &st, MIRROR_CONSUMER, 0, 1);
+		es_commit_point_advance(&saved, &st);
+		if (saved.in_log != before.in_log || !FullTransactionIdEquals(saved.tx, before.tx) ||
+			saved.nskip != before.nskip)
+		{
+			mirror_save(0);
+			mirror_point_keep();
+		}
+	}
+	else if (saved.in_log != st.live)
+		return;
 	routes_load();
 	memset(&read, 0, sizeof(read));
-	read.after_tx = produced_tx;
-	read.after_position = produced_position;
-	read.horizon = es_commit_horizon_push();
+	es_commit_point_read(&produced, &read);
+	r.commit_read = &read;
+	if (produced.in_log)
+		PushActiveSnapshot(GetTransactionSnapshot());
+	else
+		read.horizon = es_commit_horizon_push();
 	read.max_count = r.wanted;
 	es_read_commit_order(&read, false, mirror_event, &r);
 	/* Every commit the read saw is before this point of the WAL. */

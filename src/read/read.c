@@ -49,6 +49,7 @@
 #include "core/horizon.h"
 #include "core/validate.h"
 #include "privacy/personal_data.h"
+#include "read/commit_point.h"
 #include "read/upcast.h"
 
 #define READ_SLICE 1000
@@ -211,12 +212,72 @@ text_is(Datum d, const char *str)
 	return VARSIZE_ANY_EXHDR(t) == len && memcmp(VARDATA_ANY(t), str, len) == 0;
 }
 
+/* The event types r keeps, as strings (*ntypes of them); NULL: any. */
+static char **
+read_types(const EsCommitRead *r, int *ntypes)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nelems;
+	char	  **types;
+	int			i;
+
+	*ntypes = 0;
+	if (r->event_types == NULL)
+		return NULL;
+	deconstruct_array(r->event_types, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &nelems);
+	types = palloc(sizeof(char *) * Max(nelems, 1));
+	for (i = 0; i < nelems; i++)
+		if (!nulls[i])
+			types[(*ntypes)++] = TextDatumGetCString(elems[i]);
+	return types;
+}
+
+static int
+read_int64_cmp(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* es_read_skips: whether position is in skip, nskip sorted positions (a commit point's). */
+bool
+es_read_skips(const int64 *skip, int nskip, int64 position)
+{
+	return nskip > 0 && bsearch(&position, skip, nskip, sizeof(int64), read_int64_cmp) != NULL;
+}
+
+/* Whether r hands on the event of values: not passed over, and its filters keep it. */
+static bool
+read_keeps(const EsCommitRead *r, char **types, int ntypes, Datum *values)
+{
+	int			i;
+
+	if (es_read_skips(r->skip, r->nskip, DatumGetInt64(values[EV_POSITION])))
+		return false;
+	if (r->aggregate_type != NULL && !text_is(values[EV_AGGREGATE_TYPE], r->aggregate_type))
+		return false;
+	if (types != NULL)
+	{
+		for (i = 0; i < ntypes && !text_is(values[EV_EVENT_TYPE], types[i]); i++)
+			;
+		if (i == ntypes)
+			return false;
+	}
+	return r->keep == NULL || r->keep(values[EV_AGGREGATE_ID], r->keep_arg);
+}
+
+static void read_log_order(EsCommitRead *r, bool reveal, char **types, int ntypes, EsRowCallback fn, void *arg);
+
 /*
- * es_read_commit_order: the events of r in commit order, (tx_id, position),
- * after its checkpoint and below its horizon, with the active snapshot
- * (the one es_commit_horizon_push took, which sees every event below the
- * horizon), handed to fn through read_step: es_read_all, the consumers
- * and the mirror.
+ * es_read_commit_order: the events of r in commit order, handed to fn
+ * through read_step: es_read_all, es_read_log, the consumers and the
+ * mirror.  Below the horizon, the events in (tx_id, position) order after
+ * its checkpoint and below its horizon, with the active snapshot (the one
+ * es_commit_horizon_push took, which sees every event below the horizon);
+ * in the log, as read_log_order reads it.
  *
  * A scan of the (tx_id, position) index, not a query (DESIGN.md, decision
  * 1; README, "Guarantees"): rows go from the index to fn without an SPI
@@ -225,34 +286,31 @@ text_is(Datum d, const char *str)
  * after them.
  */
 void
-es_read_commit_order(const EsCommitRead *r, bool reveal, EsRowCallback fn, void *arg)
+es_read_commit_order(EsCommitRead *r, bool reveal, EsRowCallback fn, void *arg)
 {
-	EsStore    *s = es_store_resolved();
-	Relation	rel = table_open(s->events_relid, AccessShareLock);
-	Relation	idx = index_open(s->events_commit_idx, AccessShareLock);
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	EsStore    *s;
+	Relation	rel;
+	Relation	idx;
+	TupleTableSlot *slot;
 	ScanKeyData keys[2];
 	ScanKeyData after[2];
 	IndexScanDesc scan;
-	char	  **types = NULL;
-	int			ntypes = 0;
+	char	  **types;
+	int			ntypes;
 	int64		n = 0;
 	Datum		values[EV_NATTS];
 	bool		isnull[EV_NATTS];
 
-	if (r->event_types != NULL)
+	types = read_types(r, &ntypes);
+	if (r->in_log)
 	{
-		Datum	   *elems;
-		bool	   *nulls;
-		int			nelems;
-		int			i;
-
-		deconstruct_array(r->event_types, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &nelems);
-		types = palloc(sizeof(char *) * Max(nelems, 1));
-		for (i = 0; i < nelems; i++)
-			if (!nulls[i])
-				types[ntypes++] = TextDatumGetCString(elems[i]);
+		read_log_order(r, reveal, types, ntypes, fn, arg);
+		return;
 	}
+	s = es_store_resolved();
+	rel = table_open(s->events_relid, AccessShareLock);
+	idx = index_open(s->events_commit_idx, AccessShareLock);
+	slot = table_slot_create(rel, NULL);
 	/* (tx_id, position) > the checkpoint: a row comparison, which btree starts at exactly. */
 	ScanKeyEntryInitialize(&after[0], SK_ROW_MEMBER, 1, BTGreaterStrategyNumber, XID8OID, InvalidOid,
 						   F_XID8CMP, FullTransactionIdGetDatum(r->after_tx));
@@ -265,20 +323,9 @@ es_read_commit_order(const EsCommitRead *r, bool reveal, EsRowCallback fn, void 
 	index_rescan(scan, keys, 2, NULL, 0);
 	while (n < r->max_count && index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
-		int			i;
-
 		CHECK_FOR_INTERRUPTS();
 		slot_event_values(slot, values, isnull);
-		if (r->aggregate_type != NULL && !text_is(values[EV_AGGREGATE_TYPE], r->aggregate_type))
-			continue;
-		if (types != NULL)
-		{
-			for (i = 0; i < ntypes && !text_is(values[EV_EVENT_TYPE], types[i]); i++)
-				;
-			if (i == ntypes)
-				continue;
-		}
-		if (r->keep != NULL && !r->keep(values[EV_AGGREGATE_ID], r->keep_arg))
+		if (!read_keeps(r, types, ntypes, values))
 			continue;
 		n++;
 		(void) read_step(values, isnull, reveal, NULL, fn, slot, r->slot_fn, arg);
@@ -538,20 +585,16 @@ read_all(FunctionCallInfo fcinfo, FullTransactionId after_tx)
  * es_commit_log (sequencer.c): by seq, each transaction's events in
  * position order.  A transaction left open holds no later one back here,
  * unlike es_read_all's commit horizon; with wal_level below logical the
- * log does not grow.  A row of the log is added only once its events are
- * visible, so the statement's snapshot, which sees the row, sees them.
- *
- * Index scans, not a query, as es_read_commit_order: the log by seq from
- * the checkpoint's row, and each of its positions looked up in es_events'
- * unique position index, the rows going from the index to read_step.
+ * log does not grow.
  */
+
+/* A row of es_read_log: the event's seq first, then the event as read_step left it. */
 typedef struct LogRow
 {
 	ReturnSetInfo *rsinfo;
-	Datum		seq;
+	EsCommitRead *read;
 } LogRow;
 
-/* A row of es_read_log: the event's seq first, then the event as read_step left it. */
 static void
 read_put_log_row(Datum *values, bool *nulls, void *arg)
 {
@@ -559,20 +602,11 @@ read_put_log_row(Datum *values, bool *nulls, void *arg)
 	Datum		out_values[EV_NATTS + 1];
 	bool		out_nulls[EV_NATTS + 1];
 
-	out_values[0] = row->seq;
+	out_values[0] = Int64GetDatum(row->read->seq);
 	out_nulls[0] = false;
 	memcpy(out_values + 1, values, sizeof(Datum) * EV_NATTS);
 	memcpy(out_nulls + 1, nulls, sizeof(bool) * EV_NATTS);
 	tuplestore_putvalues(row->rsinfo->setResult, row->rsinfo->setDesc, out_values, out_nulls);
-}
-
-static int
-read_position_cmp(const void *a, const void *b)
-{
-	int64		x = DatumGetInt64(*(const Datum *) a);
-	int64		y = DatumGetInt64(*(const Datum *) b);
-
-	return x < y ? -1 : x > y;
 }
 
 /*
@@ -580,29 +614,36 @@ read_position_cmp(const void *a, const void *b)
  * order the transaction inserted them, which its nextval calls made
  * increasing) or as the tail aggregated them; sorted here if not.
  */
-static Datum *
+static int64 *
 read_log_positions(Datum d, int64 seq, int *n)
 {
-	Datum	   *positions;
+	Datum	   *elems;
 	bool	   *nulls;
+	int64	   *positions;
+	bool		sorted = true;
 	int			i;
 
 	deconstruct_array(DatumGetArrayTypeP(d), INT8OID, sizeof(int64), FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
-					  &positions, &nulls, n);
+					  &elems, &nulls, n);
+	positions = palloc(sizeof(int64) * Max(*n, 1));
 	for (i = 0; i < *n; i++)
+	{
 		if (nulls[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("row %lld of es_commit_log has a null position", (long long) seq)));
+		positions[i] = DatumGetInt64(elems[i]);
+		if (i > 0 && positions[i - 1] >= positions[i])
+			sorted = false;
+	}
+	pfree(elems);
 	pfree(nulls);
-	for (i = 1; i < *n && DatumGetInt64(positions[i - 1]) < DatumGetInt64(positions[i]); i++)
-		;
-	if (i < *n)
-		qsort(positions, *n, sizeof(Datum), read_position_cmp);
+	if (!sorted)
+		qsort(positions, *n, sizeof(int64), read_int64_cmp);
 	return positions;
 }
 
-/* The columns of es_commit_log that read_log reads, by number (the 1.1 script's order). */
+/* The columns of es_commit_log that read_log_order reads, by number (the 1.1 script's order). */
 #define LOG_ATT_SEQ			1
 #define LOG_ATT_POSITIONS	4
 
@@ -618,8 +659,20 @@ read_log_column_is(TupleDesc desc, AttrNumber attnum, Oid typid)
 	return !att->attisdropped && att->atttypid == typid;
 }
 
+/*
+ * The events of r in the log, after (after_seq, after_seq_position), each
+ * handed to fn with r->seq set to its row's; r->end_seq and end_position
+ * say how far it read (every event up to there handed on or passed over),
+ * r->log_ended whether it read the last row there was.  A row of the log
+ * is added only once its events are visible, so the active snapshot, which
+ * sees the row, sees them.
+ *
+ * Index scans, not a query, as below the horizon: the log by seq from the
+ * checkpoint's row, and each of its positions looked up in es_events'
+ * unique position index, the rows going from the index to read_step.
+ */
 static void
-read_log(int64 after_seq, int64 after_position, int64 max_count, LogRow *row)
+read_log_order(EsCommitRead *r, bool reveal, char **types, int ntypes, EsRowCallback fn, void *arg)
 {
 	EsStore    *s = es_store_resolved();
 	Relation	log = table_open(s->commit_log_relid, AccessShareLock);
@@ -643,35 +696,55 @@ read_log(int64 after_seq, int64 after_position, int64 max_count, LogRow *row)
 				 errdetail("Column %d must be seq (bigint) and column %d positions (bigint[]).",
 						   LOG_ATT_SEQ, LOG_ATT_POSITIONS),
 				 errhint("The table was altered outside the extension's scripts; restore its definition.")));
-	ScanKeyInit(&key, 1, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(after_seq));
+	r->log_ended = false;
+	r->end_seq = r->after_seq;
+	r->end_position = r->after_seq_position;
+	ScanKeyInit(&key, 1, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(r->after_seq));
 	log_scan = index_beginscan(log, log_idx, GetActiveSnapshot(), 1, 0);
 	index_rescan(log_scan, &key, 1, NULL, 0);
 	scan = index_beginscan(events, position_idx, GetActiveSnapshot(), 1, 0);
-	while (n < max_count && index_getnext_slot(log_scan, ForwardScanDirection, log_slot))
+	while (n < r->max_count)
 	{
 		bool		null;
-		int64		seq = DatumGetInt64(slot_getattr(log_slot, LOG_ATT_SEQ, &null));
-		Datum	   *positions;
+		int64		seq;
+		int64	   *positions;
 		int			npositions;
 		int			i;
 
-		positions = read_log_positions(slot_getattr(log_slot, LOG_ATT_POSITIONS, &null), seq, &npositions);
-		row->seq = Int64GetDatum(seq);
-		for (i = 0; i < npositions && n < max_count; i++)
+		if (!index_getnext_slot(log_scan, ForwardScanDirection, log_slot))
 		{
+			r->log_ended = true;
+			break;
+		}
+		seq = DatumGetInt64(slot_getattr(log_slot, LOG_ATT_SEQ, &null));
+		positions = read_log_positions(slot_getattr(log_slot, LOG_ATT_POSITIONS, &null), seq, &npositions);
+		r->seq = seq;
+		for (i = 0; i < npositions && n < r->max_count; i++)
+		{
+			FullTransactionId tx;
+
 			CHECK_FOR_INTERRUPTS();
-			if (seq == after_seq && DatumGetInt64(positions[i]) <= after_position)
+			if (seq == r->after_seq && positions[i] <= r->after_seq_position)
 				continue;
-			ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, positions[i]);
+			ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(positions[i]));
 			index_rescan(scan, &key, 1, NULL, 0);
 			if (!index_getnext_slot(scan, ForwardScanDirection, slot))
 				ereport(ERROR,
 						(errcode(ERRCODE_DATA_CORRUPTED),
 						 errmsg("the event at position %lld of row %lld of es_commit_log is missing",
-								(long long) DatumGetInt64(positions[i]), (long long) seq)));
+								(long long) positions[i], (long long) seq)));
 			slot_event_values(slot, values, isnull);
-			(void) read_step(values, isnull, true, NULL, read_put_log_row, NULL, NULL, row);
+			r->end_seq = seq;
+			r->end_position = positions[i];
+			/* At or below the checkpoint: the reader had it before it read the log. */
+			tx = DatumGetFullTransactionId(values[EV_TX_ID]);
+			if (FullTransactionIdPrecedes(tx, r->after_tx) ||
+				(FullTransactionIdEquals(tx, r->after_tx) && positions[i] <= r->after_position))
+				continue;
+			if (!read_keeps(r, types, ntypes, values))
+				continue;
 			n++;
+			(void) read_step(values, isnull, reveal, NULL, fn, slot, r->slot_fn, arg);
 		}
 		pfree(positions);
 	}
@@ -693,6 +766,7 @@ es_read_log(PG_FUNCTION_ARGS)
 	int64		after_seq = PG_ARGISNULL(0) ? 0 : PG_GETARG_INT64(0);
 	int64		after_position = PG_ARGISNULL(1) ? 0 : PG_GETARG_INT64(1);
 	int64		max_count = PG_ARGISNULL(2) ? 1000 : PG_GETARG_INT32(2);
+	EsCommitRead r;
 	LogRow		row;
 
 	/* As es_read_all's: NULL is the start, and 1,000 events. */
@@ -706,9 +780,15 @@ es_read_log(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("max_count must be at least 1")));
+	memset(&r, 0, sizeof(r));
+	r.in_log = true;
+	r.after_seq = after_seq;
+	r.after_seq_position = after_position;
+	r.max_count = max_count;
 	row.rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	row.read = &r;
 	es_call_begin(fcinfo, &call);
-	read_log(after_seq, after_position, max_count, &row);
+	es_read_commit_order(&r, true, read_put_log_row, &row);
 	es_call_end(&call);
 	return (Datum) 0;
 }
@@ -726,31 +806,17 @@ es_read_log(PG_FUNCTION_ARGS)
  * (a transaction with a smaller key that committed later), which the skip
  * leaves out.  Past the last row when none has such a key.
  */
-static EsPlan log_start_plan = {
-	"SELECT COALESCE((SELECT pg_catalog.min(l.seq) FROM @extschema@.es_commit_log l"
-	"                  WHERE l.max_key OPERATOR(pg_catalog.>=) $1),"
-	"                 (SELECT COALESCE(pg_catalog.max(l.seq), 0) OPERATOR(pg_catalog.+) 1"
-	"                    FROM @extschema@.es_commit_log l))",
-	1, {XID8OID}
-};
-
 PG_FUNCTION_INFO_V1(es_read_log_start);
 Datum
 es_read_log_start(PG_FUNCTION_ARGS)
 {
 	EsCall		call;
-	Datum		after_tx;
-	bool		isnull;
 	int64		seq;
 
 	if (PG_ARGISNULL(0))
 		PG_RETURN_INT64(0);		/* no checkpoint: the whole log */
-	after_tx = PG_GETARG_DATUM(0);
 	es_call_begin(fcinfo, &call);
-	if (SPI_execute_plan(es_plan(&log_start_plan), &after_tx, NULL, true, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not read the commit log");
-	seq = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	seq = es_commit_log_start(PG_GETARG_FULLTRANSACTIONID(0));
 	es_call_end(&call);
 	PG_RETURN_INT64(seq);
 }
