@@ -38,6 +38,7 @@
 #include "core/step.h"
 #include "core/store.h"
 #include "delivery/worker.h"
+#include "read/commit_point.h"
 
 /* Longest a unit keeps its worker in one pass, before the next one's turn. */
 #define CONSUMER_SHARE_MS	1000
@@ -93,6 +94,7 @@ typedef struct UnitList
 	MemoryContext cxt;
 	Unit	   *units;
 	int			nunits;
+	bool		log_live;		/* the units read the commit log */
 } UnitList;
 
 static void
@@ -101,7 +103,10 @@ delivery_list_units(EsStore *s, void *arg)
 	UnitList   *list = (UnitList *) arg;
 	int			n = 0;
 	uint64		i;
+	EsLogState	st;
 
+	es_commit_log_state(&st, false);
+	list->log_live = st.live;
 	if (SPI_execute_plan(es_plan(&units_plan), NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not list the consumers");
 	for (i = 0; i < SPI_processed; i++)
@@ -224,7 +229,7 @@ delivery_collect_step(EsStore *s, void *arg)
 static long
 delivery_pass(bool *reads_appends)
 {
-	UnitList	list = {CurrentMemoryContext, NULL, 0};
+	UnitList	list = {CurrentMemoryContext, NULL, 0, false};
 	TimestampTz next_due = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), es_worker_poll_interval);
 	int			member = es_worker_member();
 	int			first;
@@ -232,7 +237,12 @@ delivery_pass(bool *reads_appends)
 
 	if (!es_step_in_transaction(delivery_list_units, &list, true, NULL, NULL, NULL))
 		return es_worker_poll_interval;
-	*reads_appends = (list.nunits > 0);
+	/*
+	 * While the commit log is live the units read it, and the sequencer
+	 * wakes the workers when it numbers: the commit of an append would only
+	 * wake them to find nothing new in the log yet.
+	 */
+	*reads_appends = (list.nunits > 0 && !list.log_live);
 	first = list.nunits > 0 ? (int) ((passes++ + (uint32) (member - 1) * list.nunits / Max(es_delivery_workers, 1))
 									 % list.nunits) : 0;
 	for (i = 0; i < list.nunits; i++)
