@@ -182,14 +182,25 @@ static EsPlan complete_plan = {
 
 /*
  * The commit horizon taken by a pass, and the WAL insert position after
- * it, until the decoding passes that position (pending); and whether a
- * pass with nothing decoded should still publish (rows were numbered
- * since the last publication, or none was possible yet).
+ * it, until the decoding passes that position (pending); the last one
+ * published; and whether a pass with nothing decoded should still publish.
  */
 static bool pending = false;
 static FullTransactionId pending_below;
 static XLogRecPtr pending_lsn;
+static TimestampTz pending_at;
 static bool publish_wanted = true;
+static bool publish_soon = false;	/* wanted, and held back by PUBLISH_MS only */
+static bool numbered_since_taken = false;
+static FullTransactionId published_below = {0};
+
+/*
+ * Under load the sequencer passes at every commit: it publishes at most
+ * once per PUBLISH_MS (the horizon and the update cost about as much as
+ * numbering a transaction), and sleeps no longer than that while a
+ * publication is wanted.
+ */
+#define PUBLISH_MS	10
 
 /* Whether the slot and its tail are in place (this process made sure). */
 static bool slot_ready = false;
@@ -460,22 +471,38 @@ sequencer_decode(void)
 static void
 sequencer_publish(bool numbered)
 {
-	bool		published = false;
+	TimestampTz now = GetCurrentTimestamp();
 
-	if (pending && decoding->reader->EndRecPtr >= pending_lsn)
+	if (numbered)
+		numbered_since_taken = true;
+	publish_wanted = true;
+	publish_soon = pending && !TimestampDifferenceExceeds(pending_at, now, PUBLISH_MS);
+	if (publish_soon)
+		return;
+	if (pending)
 	{
 		Datum		below = FullTransactionIdGetDatum(pending_below);
 
+		if (decoding->reader->EndRecPtr < pending_lsn)
+			return;				/* kept: the decoding gets there with the next WAL */
 		if (SPI_execute_plan(es_plan(&complete_plan), &below, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update the state of the commit log");
-		published = true;
 		/* The units in the log move their horizon checkpoints up. */
 		es_worker_wake_at_commit();
+		published_below = pending_below;
 	}
 	pending_below = es_commit_horizon_now();
 	pending_lsn = GetXLogInsertRecPtr();
+	pending_at = now;
 	pending = true;
-	publish_wanted = numbered || !published;
+
+	/*
+	 * Another one to publish: rows were numbered since the last was taken,
+	 * or the horizon moved on (an appender ended).  Idle, it stays one
+	 * above the largest key stored (horizon.c): the publishing stops.
+	 */
+	publish_wanted = numbered_since_taken || FullTransactionIdFollows(pending_below, published_below);
+	numbered_since_taken = false;
 }
 
 /* A pass that decoded nothing: publish in a transaction of its own. */
@@ -580,7 +607,9 @@ sequencer_pass(bool *reads_appends)
 	}
 	else if (publish_wanted && !sequencer_run(sequencer_publish_step, NULL))
 		return es_worker_poll_interval;
-	return more ? 0 : es_worker_poll_interval;
+	if (more)
+		return 0;
+	return publish_wanted && publish_soon ? Min(PUBLISH_MS, es_worker_poll_interval) : es_worker_poll_interval;
 }
 
 /*
@@ -622,6 +651,8 @@ sequencer_stop(void)
 	slot_ready = false;
 	pending = false;
 	publish_wanted = true;
+	publish_soon = false;
+	numbered_since_taken = false;
 }
 
 static const EsWorkerService sequencer_service = {
