@@ -242,7 +242,8 @@ delivery_pass(bool *reads_appends)
 	 * wakes the workers when it numbers: the commit of an append would only
 	 * wake them to find nothing new in the log yet.
 	 */
-	*reads_appends = (list.nunits > 0 && !list.log_live);
+	*reads_appends = (list.nunits > 0);
+	es_worker_reads_log(list.log_live);
 	first = list.nunits > 0 ? (int) ((passes++ + (uint32) (member - 1) * list.nunits / Max(es_delivery_workers, 1))
 									 % list.nunits) : 0;
 	for (i = 0; i < list.nunits; i++)

@@ -190,7 +190,6 @@ static FullTransactionId pending_below;
 static XLogRecPtr pending_lsn;
 static TimestampTz pending_at;
 static bool publish_wanted = true;
-static bool publish_soon = false;	/* wanted, and held back by PUBLISH_MS only */
 static bool numbered_since_taken = false;
 static FullTransactionId published_below = {0};
 
@@ -463,6 +462,13 @@ sequencer_decode(void)
 	return list_length(decoded) >= SEQUENCER_BATCH;
 }
 
+/* Whether PUBLISH_MS has passed since the pending horizon was taken. */
+static bool
+sequencer_publish_due(TimestampTz now)
+{
+	return !pending || TimestampDifferenceExceeds(pending_at, now, PUBLISH_MS);
+}
+
 /*
  * Publish the pending horizon once the decoding has passed its WAL
  * position (what it decoded is numbered by now, in this transaction), and
@@ -476,8 +482,7 @@ sequencer_publish(bool numbered)
 	if (numbered)
 		numbered_since_taken = true;
 	publish_wanted = true;
-	publish_soon = pending && !TimestampDifferenceExceeds(pending_at, now, PUBLISH_MS);
-	if (publish_soon)
+	if (!sequencer_publish_due(now))
 		return;
 	if (pending)
 	{
@@ -488,7 +493,7 @@ sequencer_publish(bool numbered)
 		if (SPI_execute_plan(es_plan(&complete_plan), &below, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update the state of the commit log");
 		/* The units in the log move their horizon checkpoints up. */
-		es_worker_wake_at_commit();
+		es_worker_wake_readers_at_commit();
 		published_below = pending_below;
 	}
 	pending_below = es_commit_horizon_now();
@@ -564,7 +569,7 @@ sequencer_number_step(EsStore *s, void *arg)
 		elog(ERROR, "could not add to the commit log");
 	sequencer_publish(true);
 	/* The units that read the log have more. */
-	es_worker_wake_at_commit();
+	es_worker_wake_readers_at_commit();
 }
 
 /* A step in a transaction of its own; an error is logged. */
@@ -605,11 +610,14 @@ sequencer_pass(bool *reads_appends)
 		decoded = NIL;
 		MemoryContextReset(lines_cxt);
 	}
-	else if (publish_wanted && !sequencer_run(sequencer_publish_step, NULL))
+	else if (publish_wanted && sequencer_publish_due(GetCurrentTimestamp()) &&
+			 !sequencer_run(sequencer_publish_step, NULL))
 		return es_worker_poll_interval;
 	if (more)
 		return 0;
-	return publish_wanted && publish_soon ? Min(PUBLISH_MS, es_worker_poll_interval) : es_worker_poll_interval;
+	if (publish_wanted && !sequencer_publish_due(GetCurrentTimestamp()))
+		return Min(PUBLISH_MS, es_worker_poll_interval);
+	return es_worker_poll_interval;
 }
 
 /*
@@ -651,7 +659,6 @@ sequencer_stop(void)
 	slot_ready = false;
 	pending = false;
 	publish_wanted = true;
-	publish_soon = false;
 	numbered_since_taken = false;
 }
 

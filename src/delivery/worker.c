@@ -73,8 +73,16 @@ WorkerShared *es_worker_shared = NULL;
 /* This process's slot, when it is a worker. */
 static WorkerSlot *my_slot = NULL;
 
-/* The current transaction has work for the workers (es_worker_wake_at_commit). */
+/*
+ * The current transaction has work for the workers: all of them
+ * (es_worker_wake_at_commit), or those that read new events
+ * (es_worker_wake_readers_at_commit).
+ */
 static bool wake_at_commit = false;
+static bool wake_readers_at_commit = false;
+
+/* This pass's units read the commit log (es_worker_reads_log). */
+static bool pass_reads_log = false;
 
 /* es_worker_add_service: from _PG_init, before es_worker_init. */
 void
@@ -131,13 +139,15 @@ es_worker_kafka_database(const char *database)
 }
 
 /*
- * Set the latches of the current database's workers; for appends alone
- * (for_appends), only those whose service reads them: a worker with
- * nothing to deliver is not woken by every commit, which would cost the
- * writers a share of the CPU.  Without the lock: see worker_internal.h.
+ * Set the latches of the current database's workers: all of them
+ * (READS_NOTHING), those that read appends (READS_APPENDS: a commit that
+ * appended), or those that read new events either way (READS_LOG: the
+ * sequencer numbered).  A worker with nothing to deliver is not woken by
+ * every commit, which would cost the writers a share of the CPU.  Without
+ * the lock: see worker_internal.h.
  */
 static void
-worker_wake(bool for_appends)
+worker_wake(uint32 readers)
 {
 	int			i;
 
@@ -150,7 +160,9 @@ worker_wake(bool for_appends)
 
 		if (slot->database != MyDatabaseId || slot->pid == 0)
 			continue;
-		if (for_appends && pg_atomic_read_u32(&slot->reads_appends) == 0)
+		if (readers == READS_APPENDS && pg_atomic_read_u32(&slot->reads_appends) != READS_APPENDS)
+			continue;
+		if (readers == READS_LOG && pg_atomic_read_u32(&slot->reads_appends) == READS_NOTHING)
 			continue;
 		latch = slot->latch;
 		pg_read_barrier();
@@ -166,21 +178,43 @@ es_worker_wake_at_commit(void)
 	wake_at_commit = true;
 }
 
+/*
+ * es_worker_wake_readers_at_commit: the current transaction makes new
+ * events readable in the commit log (the sequencer's).
+ */
+void
+es_worker_wake_readers_at_commit(void)
+{
+	wake_readers_at_commit = true;
+}
+
+/*
+ * es_worker_reads_log: in a pass, whether the pass's units read the commit
+ * log, and so are woken by the sequencer rather than by every append.
+ */
+void
+es_worker_reads_log(bool reads_log)
+{
+	pass_reads_log = reads_log;
+}
+
 static void
 worker_xact_callback(XactEvent event, void *arg)
 {
 	if (event == XACT_EVENT_COMMIT && wake_at_commit)
-		worker_wake(false);
+		worker_wake(READS_NOTHING);
+	else if (event == XACT_EVENT_COMMIT && wake_readers_at_commit)
+		worker_wake(READS_LOG);
 	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT ||
 		event == XACT_EVENT_PREPARE || event == XACT_EVENT_PARALLEL_ABORT)
-		wake_at_commit = false;
+		wake_at_commit = wake_readers_at_commit = false;
 }
 
 /* A transaction that appended committed: wake the workers that read appends. */
 static void
 worker_appends_committed(uint64 events)
 {
-	worker_wake(true);
+	worker_wake(READS_APPENDS);
 }
 
 static const EsAppendListener worker_listener = {
@@ -467,6 +501,7 @@ es_worker_main(Datum arg)
 		long		timeout = es_worker_poll_interval;
 		bool		reads_appends = false;
 		bool		ran = false;
+		uint32		reads;
 		Installed	installed = {false, ""};
 		bool		present = false;
 		int			fd;
@@ -514,6 +549,7 @@ es_worker_main(Datum arg)
 			{
 				warned_outdated = false;
 				pgstat_report_activity(STATE_RUNNING, psprintf("ultracore_es: %s", service->name));
+				pass_reads_log = false;
 				timeout = Max(service->pass(&reads_appends), 0);
 				ran = true;
 				/* Table statistics, for autovacuum of what the passes wrote (at most once a second). */
@@ -523,7 +559,8 @@ es_worker_main(Datum arg)
 		/* Disabled or waiting: what the service holds outside is not left unpolled. */
 		if (!ran && service->stop != NULL)
 			service->stop();
-		pg_atomic_write_u32(&my_slot->reads_appends, reads_appends ? 1 : 0);
+		reads = !reads_appends ? READS_NOTHING : pass_reads_log ? READS_LOG : READS_APPENDS;
+		pg_atomic_write_u32(&my_slot->reads_appends, reads);
 		pg_atomic_fetch_add_u64(&my_slot->passes, 1);
 		pgstat_report_activity(STATE_IDLE, NULL);
 		fd = service->wait_fd != NULL ? service->wait_fd() : -1;

@@ -40,8 +40,9 @@ typedef struct EsWorkerService
 	 * One pass, in the process's per-pass memory context, outside any
 	 * transaction, in a database where the extension is installed and the
 	 * workers are enabled.  Returns how long the process may sleep before
-	 * the next pass, in milliseconds, and sets *reads_appends when commits
-	 * that append should wake it.
+	 * the next pass, in milliseconds, and sets *reads_appends when new
+	 * events should wake it: commits that append, or the sequencer's
+	 * numbering when it calls es_worker_reads_log(true) in the pass.
 	 */
 	long		(*pass) (bool *reads_appends);
 
@@ -69,6 +70,8 @@ extern void es_worker_busy(const char *what);
 
 /* worker.c: in any backend */
 extern void es_worker_wake_at_commit(void);
+extern void es_worker_wake_readers_at_commit(void);
+extern void es_worker_reads_log(bool reads_log);
 extern const char *es_kafka_database_name(void);
 extern bool es_worker_kafka_database(const char *database);
 

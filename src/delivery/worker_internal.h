@@ -47,6 +47,14 @@ typedef struct DatabaseEntry
 } DatabaseEntry;
 
 /* A process of a service in a database, started by the launcher. */
+/*
+ * What new events wake a worker: none, any commit that appended, or (its
+ * units reading the commit log) the sequencer's numbering alone.
+ */
+#define READS_NOTHING	0
+#define READS_APPENDS	1
+#define READS_LOG		2
+
 typedef struct WorkerSlot
 {
 	bool		in_use;			/* assigned by the launcher */
@@ -55,7 +63,7 @@ typedef struct WorkerSlot
 	Oid			database;
 	int			pid;			/* written by the process; 0 until it runs */
 	Latch	   *latch;
-	pg_atomic_uint32 reads_appends;
+	pg_atomic_uint32 reads_appends;	/* READS_NOTHING, READS_APPENDS or READS_LOG */
 	pg_atomic_uint64 passes;	/* loops done, run or not: proof it looked */
 	TimestampTz registered_at;	/* when the launcher asked the postmaster to start it */
 	TimestampTz started_at;		/* when the process began to run */
