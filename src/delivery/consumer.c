@@ -653,31 +653,17 @@ consumer_save(Consumer *c, int done, bool whole_batch_read, FullTransactionId ho
 			elog(ERROR, "could not write the ledger of consumer \"%s\"", c->name);
 	}
 	whole_batch_read = whole_batch_read && done == c->nevents && c->retry_event_id == NULL;
-	if (p->in_log)
+	if (done > 0)
+		es_commit_point_passed(p, c->events[done - 1].tx, c->events[done - 1].position, c->events[done - 1].seq);
+	if (whole_batch_read && p->in_log)
 	{
-		if (done > 0)
-		{
-			p->log_seq = c->events[done - 1].seq;
-			p->log_position = c->events[done - 1].position;
-		}
-		if (whole_batch_read)
-		{
-			p->log_seq = c->read.end_seq;
-			p->log_position = c->read.end_position;
-		}
+		p->log_seq = c->read.end_seq;
+		p->log_position = c->read.end_position;
 	}
-	else
+	else if (whole_batch_read && FullTransactionIdPrecedes(p->tx, horizon))
 	{
-		if (done > 0)
-		{
-			p->tx = c->events[done - 1].tx;
-			p->position = c->events[done - 1].position;
-		}
-		if (whole_batch_read && FullTransactionIdPrecedes(p->tx, horizon))
-		{
-			p->tx = horizon;
-			p->position = 0;
-		}
+		p->tx = horizon;
+		p->position = 0;
 	}
 	es_commit_point_advance(p, st);
 

@@ -699,16 +699,7 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 	}
 	ninflight++;
 	r->read++;
-	if (produced.in_log)
-	{
-		produced.log_seq = m->seq;
-		produced.log_position = m->position;
-	}
-	else
-	{
-		produced.tx = m->tx;
-		produced.position = m->position;
-	}
+	es_commit_point_passed(&produced, m->tx, m->position, m->seq);
 	MemoryContextSwitchTo(caller_cxt);
 	MemoryContextReset(message_cxt);
 }
@@ -872,16 +863,7 @@ mirror_checkpoint_step(EsStore *s, void *arg)
 		const InFlight *last = &inflight[done - 1];
 		EsLogState	st;
 
-		if (saved.in_log)
-		{
-			saved.log_seq = last->seq;
-			saved.log_position = last->position;
-		}
-		else
-		{
-			saved.tx = last->tx;
-			saved.position = last->position;
-		}
+		es_commit_point_passed(&saved, last->tx, last->position, last->seq);
 		/* Below the horizon only the skip set may go, which needs no state of the log. */
 		memset(&st, 0, sizeof(st));
 		if (saved.in_log)

@@ -361,6 +361,25 @@ es_commit_point_follow(EsCommitPoint *p, const EsLogState *st, const char *name,
 	}
 }
 
+/*
+ * es_commit_point_passed: the unit has handled every event up to the one
+ * at (tx, position), in row seq of the log when it read it there.
+ */
+void
+es_commit_point_passed(EsCommitPoint *p, FullTransactionId tx, int64 position, int64 seq)
+{
+	if (p->in_log)
+	{
+		p->log_seq = seq;
+		p->log_position = position;
+	}
+	else
+	{
+		p->tx = tx;
+		p->position = position;
+	}
+}
+
 /* es_commit_point_read: r reads on from p, in p's mode. */
 void
 es_commit_point_read(const EsCommitPoint *p, EsCommitRead *r)

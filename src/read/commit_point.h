@@ -57,6 +57,7 @@ extern void es_commit_point_log_args(const EsCommitPoint *p, Datum *args, char *
 extern void es_commit_point_follow(EsCommitPoint *p, const EsLogState *st, const char *name, int segment,
 								   int segments);
 extern void es_commit_point_leave_log(EsCommitPoint *p, const EsLogState *st);
+extern void es_commit_point_passed(EsCommitPoint *p, FullTransactionId tx, int64 position, int64 seq);
 extern void es_commit_point_read(const EsCommitPoint *p, EsCommitRead *r);
 extern void es_commit_point_advance(EsCommitPoint *p, const EsLogState *st);
 
