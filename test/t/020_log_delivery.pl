@@ -5,7 +5,8 @@
 # again under six writers (random 0-1 s transactions, a fifth rolled back)
 # moves every unit to the horizon and back, and each one still gets every
 # committed event once (the mirror has no ledger: Kafka shows a repeat);
-# the slot dropped by hand, they fall back, then read the new slot's log.
+# the split handler split again under load; the slot dropped by hand, they
+# fall back, then read the new slot's log.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -186,6 +187,17 @@ wait_for("SELECT ($units_in_log) = 6", 'the log on again: every unit reads it ag
 $load->finish;
 check_units('the log off and on under load');
 
+# The split handler split again, from three segments to two, under load
+# while its units read the log: they leave the log first (their skip sets
+# go to the fences), the new ones start below the horizon and go into the
+# log at their first batch; every event once.
+$load = writers(8);
+sleep 2;
+$node->safe_psql('postgres', q{SELECT es_register_handler('got_split', 'got_split(es_events)', parallelism => 2)});
+$load->finish;
+wait_for("SELECT ($units_in_log) = 5", 'the two new segments read the log too');
+check_units('the split handler split again under load');
+
 # The slot dropped by hand under load: the sequencer's state goes back to
 # "no tail", the units fall back to the horizon and say so, then read the
 # log of the new slot, whose tail numbers what the old one missed.
@@ -207,7 +219,7 @@ ok($dropped, 'the slot was dropped by hand');
 wait_for(q{SELECT tail_snapshot IS NOT NULL AND slot_created_at > now() - interval '1 minute' FROM es_commit_log_state},
 	'the sequencer made the slot again, with a tail');
 $load->finish;
-wait_for("SELECT ($units_in_log) = 6", 'every unit reads the new slot\'s log');
+wait_for("SELECT ($units_in_log) = 5", 'every unit reads the new slot\'s log');
 check_units('the slot dropped by hand under load');
 like(slurp_file($node->logfile, $log_offset),
 	qr/falls back to reading below the commit horizon\n.*DETAIL:  The commit log's slot is being made again/,
