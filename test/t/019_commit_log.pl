@@ -19,6 +19,7 @@ use FindBin;
 use lib "$FindBin::RealBin/..";
 use EsNode;
 use EsKafka;
+use EsWriters;
 use IPC::Run;
 
 # The mirror's broker, for the window with another database's transaction open.
@@ -170,31 +171,8 @@ is( $node->safe_psql(
 check_log('after the open transactions');
 
 # Six writers, random transactions of 0-2 s, a fifth of them rolled back.
-my $script = $node->basedir . '/writers.sql';
-open my $fh, '>', $script or die $!;
-print $fh q{\set r random(1, 5)
-\set d random(0, 2000)
-\set id random(1, 1000000000)
-BEGIN;
-SELECT es_append('Customer', 'W' || :client_id || '-' || :id, 'CUSTOMER_CREATED', jsonb_build_object('r', :r), 0);
-\sleep :d ms
-\if :r = 1
-ROLLBACK;
-\else
-COMMIT;
-\endif
-};
-close $fh;
-
-sub writers
-{
-	my ($seconds) = @_;
-	my ($out, $err) = ('', '');
-	return IPC::Run::start(
-		[ 'pgbench', '-n', '-c', '6', '-j', '2', '-T', $seconds, '-f', $script,
-		  '-h', $node->host, '-p', $node->port, 'postgres' ],
-		'>', \$out, '2>', \$err);
-}
+my $writers = EsWriters->new($node, 2000);
+sub writers { return $writers->start($_[0]); }
 
 # Under that load, a reader of es_read_all moves to es_read_log with its
 # checkpoint (es_read_log_start), skipping the rows at or below it: every
@@ -318,9 +296,7 @@ $standby->start;
 $primary->safe_psql('postgres', q{ALTER SYSTEM SET ultracore_es.commit_log = off; SELECT pg_reload_conf()});
 wait_for(q{SELECT NOT EXISTS (SELECT FROM pg_stat_activity WHERE backend_type = 'ultracore_es sequencer')},
 	'the primary\'s sequencer stopped', $primary);
-$load = IPC::Run::start(
-	[ 'pgbench', '-n', '-c', '4', '-j', '2', '-T', '6', '-f', $script, '-h', $primary->host, '-p', $primary->port,
-	  'postgres' ]);
+$load = $writers->start(6, $primary, 4);
 sleep 4;
 $primary->kill9;
 eval { $load->finish };

@@ -17,6 +17,7 @@ use FindBin;
 use lib "$FindBin::RealBin/..";
 use EsNode;
 use EsKafka;
+use EsWriters;
 use IPC::Run;
 
 my $kafka = EsKafka->new('es.Customer:2');
@@ -121,30 +122,8 @@ foreach my $unit (sort keys %has)
 }
 
 # Six writers, random transactions of 0-1 s, a fifth of them rolled back.
-my $script = $node->basedir . '/writers.sql';
-open my $fh, '>', $script or die $!;
-print $fh q{\set r random(1, 5)
-\set d random(0, 1000)
-\set id random(1, 1000000000)
-BEGIN;
-SELECT es_append('Customer', 'W' || :client_id || '-' || :id, 'CUSTOMER_CREATED', jsonb_build_object('r', :r), 0);
-\sleep :d ms
-\if :r = 1
-ROLLBACK;
-\else
-COMMIT;
-\endif
-};
-close $fh;
-
-sub writers
-{
-	my ($seconds) = @_;
-	return IPC::Run::start(
-		[ 'pgbench', '-n', '-c', '6', '-j', '2', '-T', $seconds, '-f', $script,
-		  '-h', $node->host, '-p', $node->port, 'postgres' ],
-		'>', \my $out, '2>', \my $err);
-}
+my $writers = EsWriters->new($node, 1000);
+sub writers { return $writers->start($_[0]); }
 
 # Every committed event exactly once at every unit, in Kafka too, and no
 # rolled-back one.
