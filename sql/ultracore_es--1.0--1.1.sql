@@ -706,6 +706,7 @@ AS $$
         ('operator', 'function', 'es_rebuild_snapshots(text, text)'),
         ('operator', 'function', 'es_digest()'),
         ('operator', 'function', 'es_verify(text, jsonb)'),
+        ('operator', 'function', 'es_export(bigint, bigint, text)'),
         ('operator', 'table', 'es_stats'),
         ('operator', 'table', 'es_store_stats'),
         ('operator', 'table', 'es_handler_status'),
@@ -713,7 +714,8 @@ AS $$
         ('operator', 'table', 'es_consumer_checkpoints'),
         ('operator', 'table', 'es_dead_letter_queue'),
         ('operator', 'table', 'es_kafka_status'),
-        ('operator', 'table', 'es_snapshot_list')) AS p(access, kind, object)
+        ('operator', 'table', 'es_snapshot_list'),
+        ('operator', 'table', 'es_exports')) AS p(access, kind, object)
      WHERE p.access = $1
         OR ($1 = 'writer' AND p.access = 'reader')
 $$;
@@ -964,3 +966,33 @@ ALTER TABLE @extschema@.es_rm_transactions SET (fillfactor = 60);
 ALTER TABLE @extschema@.es_rm_payments SET (fillfactor = 60);
 ALTER TABLE @extschema@.es_rm_loans SET (fillfactor = 60);
 
+
+------------------------------------------------------------------------------
+-- Export (src/read/export.c): a settled range of positions written to files
+-- on the server, the events as stored and a manifest, and recorded here: the
+-- copy kept outside the database.
+------------------------------------------------------------------------------
+
+CREATE TABLE @extschema@.es_exports (
+    file            text PRIMARY KEY,
+    from_position   bigint NOT NULL,
+    to_position     bigint NOT NULL CHECK (to_position > from_position),
+    events          bigint NOT NULL,
+    bytes           bigint NOT NULL,
+    sha256          text NOT NULL,
+    manifest        jsonb NOT NULL,
+    exported_at     timestamptz NOT NULL,
+    exported_by     text NOT NULL
+);
+CREATE INDEX es_exports_range ON @extschema@.es_exports (from_position, to_position);
+COMMENT ON TABLE @extschema@.es_exports IS
+    'ultracore_es: every export of events to files (es_export): the range [from_position, to_position), the events file with its size and SHA-256, and the manifest written beside it';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_exports', '');
+REVOKE ALL ON TABLE @extschema@.es_exports FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.es_export(from_position bigint, to_position bigint, directory text)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'es_export' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_export(bigint, bigint, text) IS
+    'ultracore_es: write the events at positions from_position <= position < to_position, once every transaction that took a position there has ended, to a CSV file in directory on the server, with a manifest (counts, size, SHA-256); returns the manifest; needs pg_write_server_files';
+REVOKE ALL ON FUNCTION @extschema@.es_export(bigint, bigint, text) FROM PUBLIC;

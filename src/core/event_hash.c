@@ -33,6 +33,8 @@
 
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "storage/fd.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 #include "utils/xid8.h"
@@ -46,20 +48,63 @@ const uint8 es_hash_zero[ES_HASH_LEN];
 static EVP_MD_CTX *hash_ctx;
 static EVP_MD *sha256_md;		/* fetched once: an implicit fetch per hash costs more than the hash */
 
+/* The kept context, initialized for a new SHA-256. */
+static EVP_MD_CTX *
+sha256_begin(void)
+{
+	if (hash_ctx == NULL && (hash_ctx = EVP_MD_CTX_new()) == NULL)
+		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+	if (sha256_md == NULL && (sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL)
+		elog(ERROR, "OpenSSL has no SHA-256");
+	if (EVP_DigestInit_ex(hash_ctx, sha256_md, NULL) != 1)
+		elog(ERROR, "could not compute a SHA-256 hash");
+	return hash_ctx;
+}
+
 /* es_sha256: SHA-256 of a followed by b (blen may be 0). */
 void
 es_sha256(const void *a, size_t alen, const void *b, size_t blen, uint8 *out)
 {
 	unsigned int len;
 
-	if (hash_ctx == NULL && (hash_ctx = EVP_MD_CTX_new()) == NULL)
-		ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-	if (sha256_md == NULL && (sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL)) == NULL)
-		elog(ERROR, "OpenSSL has no SHA-256");
-	if (EVP_DigestInit_ex(hash_ctx, sha256_md, NULL) != 1 ||
-		EVP_DigestUpdate(hash_ctx, a, alen) != 1 ||
+	if (EVP_DigestUpdate(sha256_begin(), a, alen) != 1 ||
 		(blen > 0 && EVP_DigestUpdate(hash_ctx, b, blen) != 1) ||
 		EVP_DigestFinal_ex(hash_ctx, out, &len) != 1 || len != ES_HASH_LEN)
+		elog(ERROR, "could not compute a SHA-256 hash");
+}
+
+/*
+ * es_sha256_file: SHA-256 of the file at path, read in blocks; its size
+ * goes into *bytes.
+ */
+void
+es_sha256_file(const char *path, uint8 *out, int64 *bytes)
+{
+	EVP_MD_CTX *ctx = sha256_begin();
+	FILE	   *f = AllocateFile(path, PG_BINARY_R);
+	char	   *block = palloc(BLCKSZ * 8);
+	size_t		n;
+	unsigned int len;
+
+	if (f == NULL)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not open file \"%s\" for reading: %m", path)));
+	*bytes = 0;
+	while ((n = fread(block, 1, BLCKSZ * 8, f)) > 0)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (EVP_DigestUpdate(ctx, block, n) != 1)
+			elog(ERROR, "could not compute a SHA-256 hash");
+		*bytes += n;
+	}
+	if (ferror(f))
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("could not read file \"%s\": %m", path)));
+	FreeFile(f);
+	pfree(block);
+	if (EVP_DigestFinal_ex(ctx, out, &len) != 1 || len != ES_HASH_LEN)
 		elog(ERROR, "could not compute a SHA-256 hash");
 }
 

@@ -18,6 +18,7 @@
 extern const uint8 es_hash_zero[ES_HASH_LEN];
 
 extern void es_sha256(const void *a, size_t alen, const void *b, size_t blen, uint8 *out);
+extern void es_sha256_file(const char *path, uint8 *out, int64 *bytes);
 extern void es_event_hash(const Datum *values, const bool *isnull, const uint8 *prev, uint8 *out);
 extern void es_chain_hash(const uint8 *chain, const uint8 *link, uint8 *out);
 extern bool es_hash_of_datum(Datum d, bool isnull, uint8 *out);

@@ -59,6 +59,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "storage/s_lock.h"
 #include "utils/memutils.h"
@@ -330,6 +331,69 @@ es_commit_horizon_now(void)
 
 	PopActiveSnapshot();
 	return horizon;
+}
+
+/*
+ * es_commit_horizon_wait: wait until every transaction that had appended to
+ * the store when called has ended, committed or not: after it, a new
+ * snapshot sees every event whose position had been taken by then (an
+ * appender registers before it takes positions, see the file header).
+ *
+ * Waits on the transactions' locks, as CREATE INDEX CONCURRENTLY waits for
+ * older transactions, so that the wait shows in pg_locks and is cancelled
+ * by lock_timeout.  Without a registry that sees the writers, waits for
+ * every transaction that had an id.  The current transaction must not have
+ * appended: it would wait for itself.  Needs SPI and an active snapshot.
+ */
+void
+es_commit_horizon_wait(void)
+{
+	uint64		bound = U64FromFullTransactionId(ReadNextFullTransactionId());
+	Snapshot	snap;
+	uint64		n;
+	int			i;
+
+	if (registered || (horizon_shared == NULL && FullTransactionIdIsValid(GetTopFullTransactionIdIfAny())))
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("this transaction has written, and would wait for itself"),
+				 errdetail("The call waits for every transaction that was appending when it began."),
+				 errhint("Call it in a transaction of its own.")));
+	if (horizon_shared == NULL || RecoveryInProgress())
+	{
+		pg_memory_barrier();
+		snap = GetLatestSnapshot();
+		for (n = 0; n < snap->xcnt; n++)
+			XactLockTableWait(snap->xip[n], NULL, NULL, XLTW_None);
+		return;
+	}
+	pg_memory_barrier();
+	for (i = 0; i < horizon_shared->nslots; i++)
+	{
+		HorizonSlot *slot = &horizon_shared->slots[i];
+		uint64		key = horizon_wait_key(&slot->key);
+
+		pg_read_barrier();
+		if (key != KEY_NONE && key < bound && slot->database == MyDatabaseId)
+			XactLockTableWait(XidFromFullTransactionId(FullTransactionIdFromU64(key)), NULL, NULL,
+							  XLTW_None);
+	}
+	/* A transaction prepares before it leaves the registry. */
+	if (max_prepared_xacts > 0)
+	{
+		if (SPI_execute_plan(es_plan(&prepared_plan), NULL, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the prepared transactions");
+		for (n = 0; n < SPI_processed; n++)
+		{
+			bool		isnull;
+			TransactionId xid = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[n],
+																	SPI_tuptable->tupdesc, 1, &isnull));
+
+			if (U64FromFullTransactionId(widen_xid(xid)) < bound)
+				XactLockTableWait(xid, NULL, NULL, XLTW_None);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
 }
 
 /*

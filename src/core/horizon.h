@@ -19,5 +19,6 @@ extern FullTransactionId es_horizon_key(void);
 extern FullTransactionId es_commit_horizon_of(Snapshot snapshot);
 extern FullTransactionId es_commit_horizon_push(void);
 extern FullTransactionId es_commit_horizon_now(void);
+extern void es_commit_horizon_wait(void);
 
 #endif							/* ES_HORIZON_H */
