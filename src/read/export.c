@@ -23,7 +23,8 @@
  *									events file's size and SHA-256
  * Each is written under a ".partial" name, synced and renamed: a file with
  * its final name is complete, and the manifest is renamed last.  An export
- * never overwrites one.
+ * never overwrites one.  Exports queue on es_exports' lock: two of one range
+ * into one directory would write the same ".partial" files.
  *
  * Copyright (c) 2026, ultracore_es developers
  *
@@ -47,6 +48,11 @@
 #include "core/event_hash.h"
 #include "core/horizon.h"
 #include "core/store.h"
+
+/* One export at a time: two of the same range would write the same files. */
+static EsPlan lock_plan = {
+	"LOCK TABLE @extschema@.es_exports IN SHARE ROW EXCLUSIVE MODE", 0, {0}
+};
 
 static EsPlan last_position_plan = {
 	"SELECT s.last_value, s.is_called, q.seqcache"
@@ -226,6 +232,8 @@ es_export(PG_FUNCTION_ARGS)
 				 errdetail("Only roles with the privileges of the \"pg_write_server_files\" role may write files on the server.")));
 
 	es_call_begin(fcinfo, &call);
+	if (SPI_execute_plan(es_plan(&lock_plan), NULL, NULL, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not lock es_exports");
 	last = export_last_position();
 	if (to - 1 > last)
 		ereport(ERROR,
