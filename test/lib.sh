@@ -11,6 +11,10 @@ export PATH="$ES_PGBIN:$PATH"
 es_sudo() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 es_as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
 es_log() { printf '== %s\n' "$*"; }
+# The benchmarks' figures: the median of the numbers on standard input (one a
+# line), and their least and greatest as "lo-hi" (printf format of each, %.3f).
+es_median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+es_minmax() { sort -g | awk -v f="${1:-%.3f}" 'NR == 1 {lo = $1} {hi = $1} END {printf f "-" f, lo, hi}'; }
 
 # Install the Debian packages the build, the tests and the demo need (only
 # when one is missing: apt-get update takes a while).
