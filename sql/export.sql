@@ -43,6 +43,20 @@ SELECT nextval('es_events_position_seq') + 1 AS gap_to \gset
 SELECT m ->> 'events' AS events, m -> 'first_position' AS first_position
   FROM es_export(:gap_to - 1, :gap_to, :'dir') AS m;
 
+-- A prepared transaction that appended has left the horizon registry, yet
+-- may still commit an event into the range: the export waits for it (here
+-- until lock_timeout), then has its event.
+BEGIN;
+SELECT position BETWEEN :to_position AND :to_position + 1 AS in_next_range
+  FROM es_append('Account', 'EXPORT-PREPARED', 'ACCOUNT_OPENED', '{"currency": "GBP"}', 0);
+PREPARE TRANSACTION 'es_export_prepared';
+SET lock_timeout = '200ms';
+SELECT es_export(:to_position, :to_position + 2, :'dir');
+RESET lock_timeout;
+COMMIT PREPARED 'es_export_prepared';
+SELECT m ->> 'events' AS events
+  FROM es_export(:to_position, :to_position + 2, :'dir') AS m;
+
 -- Refusals (the directory's path, in DETAIL, is the test server's).
 \set VERBOSITY terse
 SELECT es_export(:from_position, :to_position, :'dir');

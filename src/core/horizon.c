@@ -213,6 +213,31 @@ static EsPlan prepared_plan = {
 };
 
 /*
+ * The ids of the transactions prepared in this database, *n of them, in the
+ * current memory context.  Needs SPI.
+ */
+static TransactionId *
+horizon_prepared(int *n)
+{
+	TransactionId *xids;
+	uint64		i;
+
+	if (SPI_execute_plan(es_plan(&prepared_plan), NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the prepared transactions");
+	xids = palloc(sizeof(TransactionId) * Max(SPI_processed, 1));
+	for (i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		xids[i] = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+													  &isnull));
+	}
+	*n = (int) SPI_processed;
+	SPI_freetuptable(SPI_tuptable);
+	return xids;
+}
+
+/*
  * A raw horizon in the store's key space: with its offset, and kept at most
  * one above the highest key stored, so that a horizon handed out before a
  * restore into another cluster is never above the keys appended after it
@@ -301,19 +326,12 @@ es_commit_horizon_push(void)
 	/* After the registry: a transaction prepares before it leaves it. */
 	if (max_prepared_xacts > 0)
 	{
-		uint64		n;
+		int			n;
+		TransactionId *prepared = horizon_prepared(&n);
 
-		if (SPI_execute_plan(es_plan(&prepared_plan), NULL, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read the prepared transactions");
-		for (n = 0; n < SPI_processed; n++)
-		{
-			bool		isnull;
-			TransactionId xid = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[n],
-																	SPI_tuptable->tupdesc, 1, &isnull));
-
-			min = Min(min, U64FromFullTransactionId(widen_xid(xid)));
-		}
-		SPI_freetuptable(SPI_tuptable);
+		for (i = 0; i < n; i++)
+			min = Min(min, U64FromFullTransactionId(widen_xid(prepared[i])));
+		pfree(prepared);
 	}
 	PushActiveSnapshot(GetTransactionSnapshot());
 	return horizon_in_store(FullTransactionIdFromU64(min));
@@ -350,7 +368,7 @@ es_commit_horizon_wait(void)
 {
 	uint64		bound = U64FromFullTransactionId(ReadNextFullTransactionId());
 	Snapshot	snap;
-	uint64		n;
+	uint32		n;
 	int			i;
 
 	if (registered || (horizon_shared == NULL && FullTransactionIdIsValid(GetTopFullTransactionIdIfAny())))
@@ -381,18 +399,13 @@ es_commit_horizon_wait(void)
 	/* A transaction prepares before it leaves the registry. */
 	if (max_prepared_xacts > 0)
 	{
-		if (SPI_execute_plan(es_plan(&prepared_plan), NULL, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read the prepared transactions");
-		for (n = 0; n < SPI_processed; n++)
-		{
-			bool		isnull;
-			TransactionId xid = DatumGetTransactionId(SPI_getbinval(SPI_tuptable->vals[n],
-																	SPI_tuptable->tupdesc, 1, &isnull));
+		int			nprepared;
+		TransactionId *prepared = horizon_prepared(&nprepared);
 
-			if (U64FromFullTransactionId(widen_xid(xid)) < bound)
-				XactLockTableWait(xid, NULL, NULL, XLTW_None);
-		}
-		SPI_freetuptable(SPI_tuptable);
+		for (i = 0; i < nprepared; i++)
+			if (U64FromFullTransactionId(widen_xid(prepared[i])) < bound)
+				XactLockTableWait(prepared[i], NULL, NULL, XLTW_None);
+		pfree(prepared);
 	}
 }
 
