@@ -379,7 +379,6 @@ es_commit_horizon_wait(void)
 				 errhint("Call it in a transaction of its own.")));
 	if (horizon_shared == NULL || RecoveryInProgress())
 	{
-		pg_memory_barrier();
 		snap = GetLatestSnapshot();
 		for (n = 0; n < snap->xcnt; n++)
 			XactLockTableWait(snap->xip[n], NULL, NULL, XLTW_None);
