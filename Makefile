@@ -24,7 +24,7 @@ SHLIB_LINK = $(shell pkg-config --libs rdkafka libcrypto)
 REGRESS = install read_models rebuild projections event_types append append_batch idempotency \
 	read_stream read_all causation append_only bad_input privileges rebase load reducers upcasting \
 	snapshots snapshot_property handlers dead_letters builtin_handlers stats kafka_settings health access \
-	ledger personal_data export as_of fuzz
+	ledger personal_data export partitions as_of fuzz
 REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=$(CURDIR)/tmp_check
 
 # Isolation specs: test/specs/*.spec with expected output in test/expected/.

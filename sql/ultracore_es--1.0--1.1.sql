@@ -288,6 +288,16 @@ COMMENT ON COLUMN @extschema@.es_commit_log_state.complete_below IS
 INSERT INTO @extschema@.es_commit_log_state DEFAULT VALUES;
 REVOKE ALL ON TABLE @extschema@.es_commit_log, @extschema@.es_commit_log_state FROM PUBLIC;
 
+-- How far a reader at a commit-order checkpoint is behind, from the
+-- partitions' commit-order indexes (read.c).
+CREATE FUNCTION @extschema@.es_lag(after_tx_id xid8, after_position bigint, max_count bigint DEFAULT 1000000,
+    OUT events bigint, OUT first_recorded_at timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'es_lag' LANGUAGE C STABLE PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.es_lag(xid8, bigint, bigint) IS
+    'ultracore_es: the committed events after a commit-order checkpoint (counted up to max_count), and when the first of them was recorded';
+REVOKE ALL ON FUNCTION @extschema@.es_lag(xid8, bigint, bigint) FROM PUBLIC;
+
 -- The statistics views read the checkpoints of split consumers too, and
 -- where consumers are in the commit log.
 CREATE OR REPLACE VIEW @extschema@.es_stats AS
@@ -297,18 +307,14 @@ SELECT c.name AS consumer, c.kind, c.paused, s.appended_per_second_last_minute,
        -- Below the horizon: the events after the checkpoint; in the commit
        -- log: those numbered after where the consumer is in it.
        CASE WHEN k.log_seq IS NULL
-            THEN (SELECT count(*) FROM (SELECT FROM @extschema@.es_events e
-                                         WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW(k.checkpoint_tx, k.checkpoint_position)
-                                         LIMIT 1000000) l)
+            THEN (SELECT g.events FROM @extschema@.es_lag(k.checkpoint_tx, k.checkpoint_position, 1000000) g)
             ELSE (SELECT count(*) FROM (SELECT FROM @extschema@.es_commit_log l, unnest(l.positions) p
                                          WHERE l.seq OPERATOR(pg_catalog.>=) k.log_seq
                                            AND (l.seq OPERATOR(pg_catalog.>) k.log_seq OR p OPERATOR(pg_catalog.>) k.log_position)
                                          LIMIT 1000000) l) END AS lag_events,
        coalesce(extract(epoch FROM now() OPERATOR(pg_catalog.-)
                 CASE WHEN k.log_seq IS NULL
-                     THEN (SELECT e.recorded_at FROM @extschema@.es_events e
-                            WHERE ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW(k.checkpoint_tx, k.checkpoint_position)
-                            ORDER BY e.tx_id, e.position LIMIT 1)
+                     THEN (SELECT g.first_recorded_at FROM @extschema@.es_lag(k.checkpoint_tx, k.checkpoint_position, 1) g)
                      ELSE (SELECT l.committed_at FROM @extschema@.es_commit_log l
                             WHERE l.seq OPERATOR(pg_catalog.>=) k.log_seq
                               AND (l.seq OPERATOR(pg_catalog.>) k.log_seq
@@ -371,7 +377,10 @@ CREATE FUNCTION @extschema@.es_health(
     OUT detail text,
     OUT since timestamptz)
 RETURNS SETOF record
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- A probe runs it every few seconds: its plan, costed over every partition
+-- of es_events, would pass jit_above_cost, and compiling it took longer
+-- than running it.
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET jit = off AS $$
 WITH workers AS (
     SELECT w.* FROM @extschema@.es_worker_state() w
 ), t AS (
@@ -679,6 +688,7 @@ AS $$
         ('reader', 'function', 'es_load_aggregate(text, bigint, timestamptz, timestamptz)'),
         ('reader', 'function', 'es_causation_chain(text)'),
         ('reader', 'function', 'es_correlated_events(text)'),
+        ('reader', 'function', 'es_event_position(text)'),
         ('reader', 'function', 'es_get_snapshot(text, bigint, boolean)'),
         ('reader', 'function', 'es_list_snapshots(text, text)'),
         ('reader', 'function', 'es_wait_for_projection(text, bigint, interval)'),
@@ -693,6 +703,7 @@ AS $$
         ('writer', 'function', 'es_append(text, text, text, jsonb, bigint, jsonb, text, text, text, timestamptz)'),
         ('writer', 'function', 'es_append_batch(text, text, jsonb, bigint, jsonb, text, text)'),
         ('operator', 'function', 'es_health()'),
+        ('operator', 'function', 'es_lag(xid8, bigint, bigint)'),
         ('operator', 'function', 'es_worker_state()'),
         ('operator', 'function', 'es_horizon_holders()'),
         ('operator', 'function', 'es_store_counters()'),
@@ -713,6 +724,12 @@ AS $$
         ('operator', 'table', 'es_projection_status'),
         ('operator', 'table', 'es_consumer_checkpoints'),
         ('operator', 'table', 'es_dead_letter_queue'),
+        ('operator', 'function', 'es_event_position(text)'),
+        ('operator', 'function', 'es_make_partitions(bigint)'),
+        ('operator', 'function', 'es_archive(bigint)'),
+        ('operator', 'function', 'es_drop_history(bigint)'),
+        ('operator', 'table', 'es_dropped_history'),
+        ('operator', 'table', 'es_partitions'),
         ('operator', 'table', 'es_kafka_status'),
         ('operator', 'table', 'es_snapshot_list'),
         ('operator', 'table', 'es_exports')) AS p(access, kind, object)
@@ -777,7 +794,7 @@ GRANT USAGE ON SCHEMA @extschema@ TO pg_monitor;
 GRANT SELECT ON @extschema@.es_stats, @extschema@.es_store_stats, @extschema@.es_handler_status,
     @extschema@.es_projection_status, @extschema@.es_consumer_checkpoints, @extschema@.es_kafka_status TO pg_monitor;
 GRANT EXECUTE ON FUNCTION @extschema@.es_health(), @extschema@.es_worker_state(), @extschema@.es_horizon_holders(),
-    @extschema@.es_store_counters(), @extschema@.es_consumer_counters() TO pg_monitor;
+    @extschema@.es_store_counters(), @extschema@.es_consumer_counters(), @extschema@.es_lag(xid8, bigint, bigint) TO pg_monitor;
 
 ------------------------------------------------------------------------------
 -- Tamper evidence (src/core/event_hash.c, src/read/ledger.c): every event
@@ -996,3 +1013,313 @@ AS 'MODULE_PATHNAME', 'es_export' LANGUAGE C VOLATILE PARALLEL UNSAFE;
 COMMENT ON FUNCTION @extschema@.es_export(bigint, bigint, text) IS
     'ultracore_es: write the events at positions from_position <= position < to_position, once every transaction that took a position there has ended, to a CSV file in directory on the server, with a manifest (counts, size, SHA-256); returns the manifest; needs pg_write_server_files';
 REVOKE ALL ON FUNCTION @extschema@.es_export(bigint, bigint, text) FROM PUBLIC;
+
+------------------------------------------------------------------------------
+-- Partitioned history (src/core/partitions.c): es_events is partitioned by
+-- position.  The worker makes the partitions ahead of the appends
+-- (ultracore_es.partition_events events each); es_archive moves old ones to
+-- an archive tablespace; a range that was exported and is covered by
+-- snapshots can be dropped.
+--
+-- The 1.0 table is not rewritten: it is renamed es_events_1_0 and attached
+-- as the partition FROM (MINVALUE) TO (MAXVALUE) of a new es_events, with
+-- no scan (that bound says only "position IS NOT NULL", which the column
+-- already says).
+-- The worker then bounds it below the next partition: a CHECK validated
+-- under SHARE UPDATE EXCLUSIVE, which appends pass, then a detach and an
+-- attach that scan nothing, under a short lock.  An empty 1.0 table (a new
+-- install) is dropped instead.
+--
+-- es_events_overflow, the DEFAULT partition, takes the appends past the
+-- partitions made ahead: an append never fails, nor waits on DDL.  It is
+-- the extension's, as es_events is; every other partition is the store's
+-- data, which pg_dump dumps whole (definition, bounds and rows).
+--
+-- Each partition has the 1.0 table's indexes, its own: es_events has none
+-- (a partitioned index would make ATTACH create its partitions' indexes,
+-- and a restore would then find those it dumped already there).  A
+-- partitioned table's unique indexes must hold its partition key anyway:
+-- event ids are unique across partitions through the key table
+-- es_event_ids (written by every append since this update; the 1.0 table
+-- keeps its own primary key, which the append probes as well), positions
+-- by their ranges (and one sequence), and (aggregate_id, version) is
+-- unique in each partition, across them by the aggregate's lock (the
+-- append's rule since 1.0).
+------------------------------------------------------------------------------
+
+DO $$
+DECLARE
+    dependents text;
+BEGIN
+    -- A view of the user's over es_events would keep reading the 1.0 table
+    -- alone: the update refuses rather than leave it reading part of history.
+    SELECT pg_catalog.string_agg(DISTINCT v.oid::pg_catalog.regclass::text, ', ') INTO dependents
+      FROM pg_catalog.pg_depend d
+      JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND r.oid = d.objid
+      JOIN pg_catalog.pg_class v ON v.oid = r.ev_class
+     WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+       AND d.refobjid = '@extschema@.es_events'::pg_catalog.regclass
+       AND v.oid <> '@extschema@.es_events'::pg_catalog.regclass
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend x
+                        WHERE x.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND x.objid = v.oid
+                          AND x.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND x.deptype = 'e');
+    IF dependents IS NOT NULL THEN
+        RAISE EXCEPTION 'views depend on es_events: %', dependents
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  DETAIL = 'The update makes es_events a partitioned table; these views would keep reading the 1.0 table alone.',
+                  HINT = 'Drop them, run ALTER EXTENSION ultracore_es UPDATE, then create them again.';
+    END IF;
+END $$;
+
+-- The 1.0 table and its indexes make room for the new table's names.
+ALTER TABLE @extschema@.es_events RENAME TO es_events_1_0;
+ALTER TABLE @extschema@.es_events_1_0 RENAME CONSTRAINT es_events_event_id_key TO es_events_1_0_event_id_key;
+ALTER TABLE @extschema@.es_events_1_0 RENAME CONSTRAINT es_events_version_key TO es_events_1_0_version_key;
+ALTER INDEX @extschema@.es_events_commit_order RENAME TO es_events_1_0_commit_order;
+ALTER INDEX @extschema@.es_events_position_key RENAME TO es_events_1_0_position_key;
+ALTER INDEX @extschema@.es_events_correlation RENAME TO es_events_1_0_correlation;
+COMMENT ON TABLE @extschema@.es_events_1_0 IS
+    'ultracore_es: partition of es_events: the events stored before the update to 1.1, and until the worker bounded it';
+
+CREATE TABLE @extschema@.es_events (LIKE @extschema@.es_events_1_0 INCLUDING DEFAULTS INCLUDING COMMENTS)
+    PARTITION BY RANGE (position);
+ALTER SEQUENCE @extschema@.es_events_position_seq OWNED BY @extschema@.es_events.position;
+ALTER TABLE @extschema@.es_events ATTACH PARTITION @extschema@.es_events_1_0
+    FOR VALUES FROM (MINVALUE) TO (MAXVALUE);
+COMMENT ON TABLE @extschema@.es_events IS
+    'ultracore_es: the append-only event store, partitioned by position (es_partitions); write with es_append/es_append_batch';
+CREATE TRIGGER es_events_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON @extschema@.es_events
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.es_refuse_modification();
+ALTER TABLE @extschema@.es_events ENABLE ALWAYS TRIGGER es_events_append_only;
+
+CREATE TABLE @extschema@.es_events_overflow (LIKE @extschema@.es_events INCLUDING DEFAULTS);
+CREATE UNIQUE INDEX es_events_overflow_version_key ON @extschema@.es_events_overflow (aggregate_id, version);
+CREATE INDEX es_events_overflow_commit_order ON @extschema@.es_events_overflow (tx_id, position);
+CREATE UNIQUE INDEX es_events_overflow_position_key ON @extschema@.es_events_overflow (position);
+CREATE INDEX es_events_overflow_correlation ON @extschema@.es_events_overflow (correlation_id, position)
+    WHERE correlation_id IS NOT NULL;
+CREATE TRIGGER es_events_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON @extschema@.es_events_overflow
+    FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.es_refuse_modification();
+ALTER TABLE @extschema@.es_events_overflow ENABLE ALWAYS TRIGGER es_events_append_only;
+-- A row SQL routes there (a restore, an owner's INSERT) tells the readers
+-- to look in it (src/core/partitions.c); the appends' C path says so itself.
+CREATE FUNCTION @extschema@.es_overflow_filling() RETURNS trigger
+    AS 'MODULE_PATHNAME', 'es_overflow_filling_trigger' LANGUAGE C;
+COMMENT ON FUNCTION @extschema@.es_overflow_filling() IS
+    'ultracore_es: trigger telling the readers that es_events_overflow holds rows';
+REVOKE ALL ON FUNCTION @extschema@.es_overflow_filling() FROM PUBLIC;
+CREATE TRIGGER es_events_overflow_filling BEFORE INSERT ON @extschema@.es_events_overflow
+    FOR EACH ROW EXECUTE FUNCTION @extschema@.es_overflow_filling();
+ALTER TABLE @extschema@.es_events_overflow ENABLE ALWAYS TRIGGER es_events_overflow_filling;
+COMMENT ON TABLE @extschema@.es_events_overflow IS
+    'ultracore_es: partition of es_events (DEFAULT): events appended past the partitions made ahead';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_events_overflow', '');
+ALTER TABLE @extschema@.es_events ATTACH PARTITION @extschema@.es_events_overflow DEFAULT;
+
+-- Where an aggregate's last event is: a position in its partition, set
+-- once finding it took probes of older partitions (an aggregate idle for a
+-- long time), then kept in its partition by every append (aggregate.c).
+-- Added without a default: no rewrite.
+ALTER TABLE @extschema@.es_aggregates ADD COLUMN last_position bigint;
+COMMENT ON COLUMN @extschema@.es_aggregates.last_position IS
+    'a position in the partition of es_events that holds the aggregate''s last event (NULL: not recorded; the append searches the partitions newest first)';
+
+CREATE TABLE @extschema@.es_event_ids (
+    event_id    text COLLATE "C" PRIMARY KEY,
+    position    bigint NOT NULL
+);
+COMMENT ON TABLE @extschema@.es_event_ids IS
+    'ultracore_es: the event ids of every partition of es_events but the 1.0 table (which keeps its primary key), with their positions';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_event_ids', '');
+REVOKE ALL ON TABLE @extschema@.es_events, @extschema@.es_events_1_0, @extschema@.es_events_overflow,
+    @extschema@.es_event_ids FROM PUBLIC;
+
+-- The grants on the 1.0 table go to the new one.
+DO $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT a.grantee, a.privilege_type, a.is_grantable
+               FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+              WHERE c.oid = '@extschema@.es_events_1_0'::pg_catalog.regclass AND a.grantee <> a.grantor
+    LOOP
+        EXECUTE pg_catalog.format('GRANT %s ON TABLE @extschema@.es_events TO %s%s', g.privilege_type,
+                                  CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
+                                  CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+    END LOOP;
+END $$;
+
+-- The extension's views and functions over the 1.0 table's row type are made
+-- again over the new table's: the same definitions, comments and grants;
+-- the catalogs that name a function (regprocedure) follow it.  A user's
+-- function over it (a handler) keeps its type, the 1.0 table's: the
+-- extension calls it with rows of that type (consumer_catalog.c).
+DO $$
+DECLARE
+    old_type oid := '@extschema@.es_events_1_0'::pg_catalog.regtype;
+    ext oid := (SELECT e.oid FROM pg_catalog.pg_extension e WHERE e.extname = 'ultracore_es');
+    v record;
+    f record;
+    c record;
+    g record;
+    new_oid oid;
+BEGIN
+    FOR v IN SELECT DISTINCT r.ev_class AS oid
+               FROM pg_catalog.pg_depend d
+               JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND r.oid = d.objid
+              WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                AND d.refobjid = '@extschema@.es_events_1_0'::pg_catalog.regclass
+                AND r.ev_class <> '@extschema@.es_events_1_0'::pg_catalog.regclass
+    LOOP
+        EXECUTE pg_catalog.format('CREATE OR REPLACE VIEW %s AS %s', v.oid::pg_catalog.regclass,
+                                  pg_catalog.regexp_replace(pg_catalog.pg_get_viewdef(v.oid),
+                                                            '\mes_events_1_0\M', 'es_events', 'g'));
+    END LOOP;
+    FOR f IN SELECT p.oid, p.oid::pg_catalog.regprocedure::text AS signature, p.proacl,
+                    pg_catalog.obj_description(p.oid, 'pg_proc') AS comment,
+                    pg_catalog.pg_get_functiondef(p.oid) AS def
+               FROM pg_catalog.pg_proc p
+               JOIN pg_catalog.pg_depend x ON x.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND x.objid = p.oid
+                AND x.refclassid = 'pg_catalog.pg_extension'::pg_catalog.regclass AND x.refobjid = ext AND x.deptype = 'e'
+              WHERE p.prorettype = old_type OR old_type = ANY (p.proargtypes)
+    LOOP
+        EXECUTE 'DROP FUNCTION ' || f.signature;
+        EXECUTE pg_catalog.regexp_replace(f.def, '\mes_events_1_0\M', 'es_events', 'g');
+        SELECT p.oid INTO new_oid FROM pg_catalog.pg_proc p
+         WHERE p.oid = pg_catalog.regexp_replace(f.signature,
+                                                 '\mes_events_1_0\M', 'es_events', 'g')::pg_catalog.regprocedure;
+        IF f.comment IS NOT NULL THEN
+            EXECUTE pg_catalog.format('COMMENT ON FUNCTION %s IS %L', new_oid::pg_catalog.regprocedure, f.comment);
+        END IF;
+        EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', new_oid::pg_catalog.regprocedure);
+        FOR g IN SELECT a.grantee, a.is_grantable FROM pg_catalog.aclexplode(
+                     coalesce(f.proacl, pg_catalog.acldefault('f', (SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = new_oid)))) a
+                  WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor
+        LOOP
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO %s%s', new_oid::pg_catalog.regprocedure,
+                                      CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
+                                      CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
+        FOR c IN SELECT a.attrelid::pg_catalog.regclass AS rel, a.attname
+                   FROM pg_catalog.pg_attribute a
+                   JOIN pg_catalog.pg_class t ON t.oid = a.attrelid AND t.relkind = 'r'
+                    AND t.relnamespace = '@extschema@'::pg_catalog.regnamespace
+                  WHERE a.atttypid = 'pg_catalog.regprocedure'::pg_catalog.regtype AND NOT a.attisdropped
+        LOOP
+            EXECUTE pg_catalog.format('UPDATE %s SET %I = %s WHERE %I = %s', c.rel, c.attname, new_oid,
+                                      c.attname, f.oid);
+        END LOOP;
+    END LOOP;
+END $$;
+
+-- The 1.0 table leaves the extension (and its configuration: its rows are
+-- dumped with their partition); it is dropped when empty and nothing of the
+-- user's is typed on its rows.
+ALTER EXTENSION ultracore_es DROP TABLE @extschema@.es_events_1_0;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM @extschema@.es_events_1_0)
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                        WHERE d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass
+                          AND d.refobjid = '@extschema@.es_events_1_0'::pg_catalog.regtype
+                          AND d.deptype = 'n') THEN
+        DROP TABLE @extschema@.es_events_1_0;
+    END IF;
+END $$;
+
+CREATE FUNCTION @extschema@.es_event_position(event_id text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_event_position' LANGUAGE C STABLE STRICT PARALLEL RESTRICTED;
+COMMENT ON FUNCTION @extschema@.es_event_position(text) IS
+    'ultracore_es: the position of an event, by its id (NULL: none); join on event ids through it';
+REVOKE ALL ON FUNCTION @extschema@.es_event_position(text) FROM PUBLIC;
+
+-- A dead letter's event, found through its key.
+CREATE OR REPLACE VIEW @extschema@.es_dead_letter_queue AS
+SELECT d.id, d.consumer AS handler, d.status, d.parked_behind, d.attempts, d.error,
+       d.first_failed_at, d.last_failed_at, e.event_id, e.event_type, e.aggregate_type,
+       e.aggregate_id, e.version, e.position, e.data
+  FROM @extschema@.es_dead_letters d
+  JOIN @extschema@.es_events e ON e.position OPERATOR(pg_catalog.=) @extschema@.es_event_position(d.event_id)
+ WHERE d.status OPERATOR(pg_catalog.<>) 'resolved';
+-- Whoever reads the dead letters or the events under 1.0 may look up positions.
+DO $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT DISTINCT a.grantee
+               FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a
+              WHERE c.oid = '@extschema@.es_dead_letter_queue'::pg_catalog.regclass
+                AND a.privilege_type = 'SELECT' AND a.grantee <> a.grantor
+             UNION
+             SELECT a.grantee
+               FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+              WHERE p.oid = '@extschema@.es_get_events(text, bigint, bigint, timestamptz, timestamptz)'::pg_catalog.regprocedure
+                AND a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor
+    LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION @extschema@.es_event_position(text) TO %s',
+                                  CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END);
+    END LOOP;
+END $$;
+
+CREATE FUNCTION @extschema@.es_make_partitions(events bigint DEFAULT NULL)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'es_make_partitions' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_make_partitions(bigint) IS
+    'ultracore_es: make now the partitions of es_events for the next events positions (NULL: ultracore_es.partitions_ahead partitions), as the worker does; returns how many it made';
+REVOKE ALL ON FUNCTION @extschema@.es_make_partitions(bigint) FROM PUBLIC;
+
+-- The partitions of es_events, in position order, the DEFAULT last.
+CREATE VIEW @extschema@.es_partitions AS
+SELECT p.partition, p.from_position, p.to_position, p.is_default,
+       coalesce(t.spcname, 'pg_default') AS tablespace,
+       greatest(c.reltuples, 0)::bigint AS estimated_events,
+       pg_catalog.pg_total_relation_size(c.oid) AS bytes
+  FROM (SELECT i.inhrelid::pg_catalog.regclass AS partition, i.inhrelid,
+               b.bound = 'DEFAULT' AS is_default,
+               (pg_catalog.regexp_match(b.bound, 'FROM \(''?(-?\d+)'))[1]::bigint AS from_position,
+               (pg_catalog.regexp_match(b.bound, 'TO \(''?(-?\d+)'))[1]::bigint AS to_position
+          FROM pg_catalog.pg_inherits i
+          JOIN pg_catalog.pg_class pc ON pc.oid = i.inhrelid,
+               LATERAL (SELECT pg_catalog.pg_get_expr(pc.relpartbound, pc.oid) AS bound) b
+         WHERE i.inhparent = '@extschema@.es_events'::pg_catalog.regclass) p
+  JOIN pg_catalog.pg_class c ON c.oid = p.inhrelid
+  LEFT JOIN pg_catalog.pg_tablespace t ON t.oid = c.reltablespace
+ ORDER BY p.is_default, p.from_position NULLS FIRST;
+COMMENT ON VIEW @extschema@.es_partitions IS
+    'ultracore_es: the partitions of es_events: positions from_position <= position < to_position (NULL: unbounded), the DEFAULT one, tablespace, estimated events, size';
+REVOKE ALL ON TABLE @extschema@.es_partitions FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.es_archive(before_position bigint)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_archive' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_archive(bigint) IS
+    'ultracore_es: move every partition of es_events wholly below before_position into ultracore_es.archive_tablespace (reads still return their events); refused for events a consumer has not passed; returns the number of events moved';
+REVOKE ALL ON FUNCTION @extschema@.es_archive(bigint) FROM PUBLIC;
+
+-- Partitions dropped by es_drop_history, once archived, exported and
+-- covered by snapshots: what the database no longer holds, and where it is.
+CREATE TABLE @extschema@.es_dropped_history (
+    partition       text NOT NULL,
+    from_position   bigint,
+    to_position     bigint NOT NULL,
+    first_position  bigint,
+    last_position   bigint,
+    events          bigint NOT NULL,
+    export_file     text,
+    dropped_at      timestamptz NOT NULL,
+    dropped_by      text NOT NULL
+);
+COMMENT ON TABLE @extschema@.es_dropped_history IS
+    'ultracore_es: partitions of es_events dropped by es_drop_history: their range (from_position NULL: unbounded), events, the export that holds them, when and by whom';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.es_dropped_history', '');
+REVOKE ALL ON TABLE @extschema@.es_dropped_history FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.es_drop_history(before_position bigint)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'es_drop_history' LANGUAGE C VOLATILE PARALLEL UNSAFE;
+COMMENT ON FUNCTION @extschema@.es_drop_history(bigint) IS
+    'ultracore_es: drop every archived partition of es_events wholly below before_position, each only once exported (es_exports) and with a snapshot of every aggregate at or after its events there; returns the number of events dropped';
+REVOKE ALL ON FUNCTION @extschema@.es_drop_history(bigint) FROM PUBLIC;

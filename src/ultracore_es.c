@@ -85,6 +85,7 @@
 
 #include "core/guc.h"
 #include "core/horizon.h"
+#include "core/partitions.h"
 #include "core/shmem.h"
 #include "delivery/consumer.h"
 #include "delivery/projection.h"
@@ -109,6 +110,7 @@ _PG_init(void)
 	/* core */
 	es_guc_init();
 	es_horizon_init();
+	es_partitions_init();
 	/* privacy */
 	es_keys_init();
 	es_personal_data_init();

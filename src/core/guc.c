@@ -27,6 +27,9 @@
 #include "core/validate.h"
 
 int			es_max_event_bytes = 1024 * 1024;
+int			es_partition_events = 10000000;
+int			es_partitions_ahead = 2;
+char	   *es_archive_tablespace = NULL;
 char	   *es_worker_database = NULL;
 int			es_delivery_workers = 2;
 int			es_delivery_nice = 10;
@@ -134,6 +137,36 @@ es_guc_init(void)
 							PGC_SUSET,
 							GUC_UNIT_BYTE,
 							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("ultracore_es.partition_events",
+							"Positions in each partition of es_events the worker makes from now on.",
+							"Partitions made before keep their bounds.",
+							&es_partition_events,
+							10000000,
+							1000,
+							INT_MAX,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("ultracore_es.partitions_ahead",
+							"Partitions of es_events the worker keeps made beyond the one appends go to.",
+							"Appends past them go to es_events_overflow, the DEFAULT partition.",
+							&es_partitions_ahead,
+							2,
+							1,
+							1000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("ultracore_es.archive_tablespace",
+							   "Tablespace es_archive moves the old partitions of es_events into.",
+							   "Empty: es_archive is refused.",
+							   &es_archive_tablespace,
+							   "",
+							   PGC_SUSET,
+							   0,
+							   NULL, NULL, NULL);
 
 	/*
 	 * The W3C trace context of the session's appends, which instrumented

@@ -12,6 +12,9 @@
 
 /* The store */
 extern int	es_max_event_bytes;
+extern int	es_partition_events;
+extern int	es_partitions_ahead;
+extern char *es_archive_tablespace;
 
 /* The background workers */
 extern char *es_worker_database;

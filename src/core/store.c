@@ -177,10 +177,6 @@ store_resolve(Oid nspid)
 	memset(&next, 0, sizeof(next));
 	next.nspid = nspid;
 	next.events_relid = store_relation("es_events", nspid);
-	next.events_id_idx = store_relation("es_events_event_id_key", nspid);
-	next.events_version_idx = store_relation("es_events_version_key", nspid);
-	next.events_commit_idx = store_relation("es_events_commit_order", nspid);
-	next.events_position_idx = store_relation("es_events_position_key", nspid);
 	next.position_seq = store_relation("es_events_position_seq", nspid);
 	next.aggregates_relid = store_relation("es_aggregates", nspid);
 	next.event_types_relid = store_relation("es_event_types", nspid);
@@ -195,6 +191,10 @@ store_resolve(Oid nspid)
 	next.subject_keys_relid = get_relname_relid("es_subject_keys", nspid);
 	next.commit_log_relid = get_relname_relid("es_commit_log", nspid);
 	next.commit_log_idx = get_relname_relid("es_commit_log_pkey", nspid);
+	next.event_ids_relid = get_relname_relid("es_event_ids", nspid);
+	next.event_ids_idx = get_relname_relid("es_event_ids_pkey", nspid);
+	if (OidIsValid(next.event_ids_relid))
+		next.events_1_0_rowtype = get_rel_type_id(get_relname_relid("es_events_1_0", nspid));
 	next.events_rowtype = get_rel_type_id(next.events_relid);
 	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(next.events_relid));
 	if (!HeapTupleIsValid(tup))
@@ -227,10 +227,9 @@ store_resolve(Oid nspid)
 	if (next.nspid != store.nspid ||
 		store.nspname == NULL || strcmp(nspname, store.nspname) != 0 ||
 		next.events_relid != store.events_relid ||
-		next.events_id_idx != store.events_id_idx ||
-		next.events_version_idx != store.events_version_idx ||
-		next.events_commit_idx != store.events_commit_idx ||
-		next.events_position_idx != store.events_position_idx ||
+		next.event_ids_relid != store.event_ids_relid ||
+		next.event_ids_idx != store.event_ids_idx ||
+		next.events_1_0_rowtype != store.events_1_0_rowtype ||
 		next.position_seq != store.position_seq ||
 		next.aggregates_relid != store.aggregates_relid ||
 		next.event_types_relid != store.event_types_relid ||
@@ -256,6 +255,39 @@ store_resolve(Oid nspid)
 		store_changed(InvalidOid);
 	}
 	store_valid = true;
+}
+
+static EsPlan last_position_plan = {
+	"SELECT s.last_value, s.is_called, q.seqcache"
+	" FROM @extschema@.es_events_position_seq s, pg_catalog.pg_sequence q"
+	" WHERE q.seqrelid OPERATOR(pg_catalog.=) '@extschema@.es_events_position_seq'::pg_catalog.regclass",
+	0, {InvalidOid}
+};
+
+/*
+ * es_last_position: the last position taken, or 0.  With settled, refused
+ * when the sequence caches positions: a backend could still use a smaller
+ * position it holds, and no range would ever be settled.  Needs SPI.
+ */
+int64
+es_last_position(bool settled)
+{
+	bool		isnull;
+	int64		last;
+
+	if (SPI_execute_plan(es_plan(&last_position_plan), NULL, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not read es_events_position_seq");
+	last = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+		last--;
+	if (settled && DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("es_events_position_seq caches positions in the backends"),
+				 errdetail("A backend may still append at a position below one taken since: no range is settled."),
+				 errhint("Restore its definition: ALTER SEQUENCE es_events_position_seq CACHE 1.")));
+	return Max(last, 0);
 }
 
 /*

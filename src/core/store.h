@@ -29,11 +29,9 @@ typedef struct EsStore
 	Oid			nspid;			/* schema holding the extension's objects */
 	char	   *nspname;		/* its name, quoted for SQL text */
 	Oid			owner;			/* role that owns the tables */
-	Oid			events_relid;
-	Oid			events_id_idx;	/* primary key (event_id) */
-	Oid			events_version_idx; /* unique (aggregate_id, version) */
-	Oid			events_commit_idx;	/* (tx_id, position): commit order */
-	Oid			events_position_idx;	/* unique (position) */
+	Oid			events_relid;	/* partitioned (1.1): its partitions in partitions.c */
+	Oid			event_ids_relid;	/* es_event_ids, the key table (1.1; else invalid) */
+	Oid			event_ids_idx;	/* its primary key (event_id) (1.1; else invalid) */
 	Oid			position_seq;	/* es_events_position_seq */
 	Oid			aggregates_relid;
 	Oid			event_types_relid;
@@ -44,6 +42,7 @@ typedef struct EsStore
 	Oid			snapshots_relid;
 	Oid			projections_relid;
 	Oid			events_rowtype; /* composite type of es_events */
+	Oid			events_1_0_rowtype; /* of the 1.0 table, a partition since the update; else invalid */
 	bool		hashed;			/* es_events has its hash column (1.1) */
 	Oid			personal_data_relid;	/* es_personal_data (1.1; else invalid) */
 	Oid			subject_keys_relid; /* es_subject_keys (1.1; else invalid) */
@@ -142,6 +141,7 @@ extern void es_user_function_init(EsUserFunction *f, Oid fn, MemoryContext cxt);
 extern Datum es_call_user_function(EsUserFunction *f, Datum arg1, Datum arg2, bool *isnull);
 
 extern uint64 es_xid_offset(bool for_write);
+extern int64 es_last_position(bool settled);
 extern bool es_max_key(bool read_only, FullTransactionId *max);
 
 #endif							/* ES_STORE_H */

@@ -23,6 +23,8 @@
 #include "utils/inval.h"
 #include "utils/rel.h"
 
+#include "core/partitions.h"
+
 PG_FUNCTION_INFO_V1(es_refuse_modification);
 Datum
 es_refuse_modification(PG_FUNCTION_ARGS)
@@ -49,6 +51,25 @@ es_refuse_modification(PG_FUNCTION_ARGS)
 			 errdetail("The event store is append-only: stored events are never changed or removed, by any role."),
 			 errhint("Record a correction as a new event, for example TRANSACTION_REVERSED.")));
 	return PointerGetDatum(NULL);
+}
+
+/*
+ * es_overflow_filling: BEFORE INSERT FOR EACH ROW on es_events_overflow.
+ * A row an SQL statement routes there (a restore's COPY, an owner's INSERT
+ * into es_events) makes the DEFAULT partition one that readers must look
+ * in (partitions.c); the appends' C path says so itself.
+ */
+PG_FUNCTION_INFO_V1(es_overflow_filling_trigger);
+Datum
+es_overflow_filling_trigger(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
+		elog(ERROR, "es_overflow_filling must be called as a row trigger on INSERT");
+	es_overflow_filling();
+	return PointerGetDatum(trigdata->tg_trigtuple);
 }
 
 /*

@@ -18,6 +18,8 @@
 #include "utils/array.h"
 #include "utils/timestamp.h"
 
+#include "core/store.h"
+
 /* consumer.c */
 extern int	es_consumer_run(const char *name, int segments, int segment, TimestampTz *next_due);
 extern bool es_consumer_delivering(Datum event);
@@ -29,7 +31,7 @@ extern void es_segment_collect(void);
 /* consumer_catalog.c */
 extern char *es_arg_consumer_name(FunctionCallInfo fcinfo, int argno, const char *what);
 extern void es_check_consumer_name_free(const char *name, const char *kind);
-extern void es_check_consumer_function(Oid fn, Oid events_rowtype, Oid caller, const char *what);
+extern void es_check_consumer_function(Oid fn, const EsStore *s, Oid caller, const char *what);
 extern void es_check_event_type_filter(ArrayType *types);
 extern void es_check_retry_policy(int32 max_retries, Interval *backoff);
 extern void es_check_timeout(Interval *timeout);

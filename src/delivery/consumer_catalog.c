@@ -78,11 +78,13 @@ es_check_consumer_name_free(const char *name, const char *kind)
 
 /*
  * es_check_consumer_function: a handler or projection function takes one
- * es_events row; the registering role must be allowed to execute it (it
- * runs as that role).  what: "handler" or "projection".
+ * es_events row (or a row of the 1.0 table, a partition of es_events since
+ * the update to 1.1: the same columns, which a function made under 1.0 is
+ * typed on); the registering role must be allowed to execute it (it runs
+ * as that role).  what: "handler" or "projection".
  */
 void
-es_check_consumer_function(Oid fn, Oid events_rowtype, Oid caller, const char *what)
+es_check_consumer_function(Oid fn, const EsStore *s, Oid caller, const char *what)
 {
 	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
 	Form_pg_proc proc;
@@ -94,7 +96,8 @@ es_check_consumer_function(Oid fn, Oid events_rowtype, Oid caller, const char *w
 				 errmsg("function with OID %u does not exist", fn)));
 	proc = (Form_pg_proc) GETSTRUCT(tup);
 	ok = proc->prokind == PROKIND_FUNCTION && !proc->proretset && proc->pronargs == 1 &&
-		proc->proargtypes.values[0] == events_rowtype;
+		(proc->proargtypes.values[0] == s->events_rowtype ||
+		 (OidIsValid(s->events_1_0_rowtype) && proc->proargtypes.values[0] == s->events_1_0_rowtype));
 	ReleaseSysCache(tup);
 	if (!ok)
 		ereport(ERROR,

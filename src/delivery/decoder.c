@@ -11,8 +11,8 @@
  * left open, appending or not, holds no other back, and a rolled-back one
  * never shows.
  *
- * One line per transaction that inserted rows into es_events (nothing for
- * the others, nor for any other table):
+ * One line per transaction that inserted rows into es_events (into its
+ * partitions: nothing for the others, nor for any other table):
  *
  *		<xid8> <commit time, microseconds since 2000-01-01 UTC> <key> {<position>,...}
  *
@@ -28,8 +28,10 @@
 
 #include "access/htup_details.h"
 #include "access/transam.h"
+#include "catalog/partition.h"
 #include "replication/logical.h"
 #include "replication/output_plugin.h"
+#include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
@@ -37,13 +39,21 @@
 
 #include "core/store.h"
 
+/* A table inserted into, and whether it is a partition of es_events. */
+typedef struct DecodedTable
+{
+	Oid			relid;			/* hash key */
+	bool		events;			/* a partition of es_events (or es_events, in 1.0) */
+	AttrNumber	position_attnum;
+	AttrNumber	key_attnum;		/* tx_id */
+} DecodedTable;
+
 /* Kept for the decoding's life: the sequencer holds one for its whole process. */
 typedef struct DecoderState
 {
 	Oid			events_relid;	/* InvalidOid: the extension is not installed */
-	bool		looked_up;		/* events_relid and the attnums are set */
-	AttrNumber	position_attnum;
-	AttrNumber	key_attnum;		/* tx_id */
+	bool		looked_up;		/* events_relid is set */
+	HTAB	   *tables;			/* DecodedTable by relid */
 	StringInfoData positions;	/* of the transaction being decoded */
 	int64		count;
 	FullTransactionId max_key;	/* of its events */
@@ -68,6 +78,15 @@ decoder_startup(LogicalDecodingContext *ctx, OutputPluginOptions *options, bool 
 	}
 	initStringInfo(&state->positions);
 	MemoryContextSwitchTo(old);
+	{
+		HASHCTL		hctl;
+
+		hctl.keysize = sizeof(Oid);
+		hctl.entrysize = sizeof(DecodedTable);
+		hctl.hcxt = ctx->context;
+		state->tables = hash_create("ultracore_es decoded tables", 64, &hctl,
+									HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
 	ctx->output_plugin_private = state;
 	options->output_type = OUTPUT_PLUGIN_TEXTUAL_OUTPUT;
 	options->receive_rewrites = false;
@@ -88,15 +107,39 @@ decoder_events_relid(DecoderState *state)
 		state->looked_up = true;
 		if (OidIsValid(nspid))
 			state->events_relid = get_relname_relid("es_events", nspid);
-		if (OidIsValid(state->events_relid))
-		{
-			state->position_attnum = get_attnum(state->events_relid, "position");
-			state->key_attnum = get_attnum(state->events_relid, "tx_id");
-		}
-		if (state->position_attnum == InvalidAttrNumber || state->key_attnum == InvalidAttrNumber)
-			state->events_relid = InvalidOid;
 	}
 	return state->events_relid;
+}
+
+/*
+ * What the decoder knows of the table relation: whether it holds events
+ * (es_events, or one of its partitions), and where their columns are,
+ * looked up (as of the change) the first time it is inserted into.  A
+ * table stays what it was found to be: the worker attaches a partition in
+ * the transaction that creates it, before any row goes in.
+ */
+static DecodedTable *
+decoder_table(DecoderState *state, Relation relation)
+{
+	Oid			relid = RelationGetRelid(relation);
+	Oid			events = decoder_events_relid(state);
+	DecodedTable *t;
+	bool		found;
+
+	t = hash_search(state->tables, &relid, HASH_ENTER, &found);
+	if (!found)
+	{
+		t->events = OidIsValid(events) &&
+			(relid == events ||
+			 (relation->rd_rel->relispartition && get_partition_parent(relid, false) == events));
+		if (t->events)
+		{
+			t->position_attnum = get_attnum(relid, "position");
+			t->key_attnum = get_attnum(relid, "tx_id");
+			t->events = (t->position_attnum != InvalidAttrNumber && t->key_attnum != InvalidAttrNumber);
+		}
+	}
+	return t;
 }
 
 static void
@@ -114,6 +157,7 @@ decoder_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rela
 			   ReorderBufferChange *change)
 {
 	DecoderState *state = ctx->output_plugin_private;
+	DecodedTable *table;
 	HeapTuple	tuple;
 	Datum		position;
 	Datum		key;
@@ -121,12 +165,14 @@ decoder_change(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, Relation rela
 	bool		key_isnull;
 	MemoryContext old;
 
-	if (change->action != REORDER_BUFFER_CHANGE_INSERT || change->data.tp.newtuple == NULL ||
-		RelationGetRelid(relation) != decoder_events_relid(state))
+	if (change->action != REORDER_BUFFER_CHANGE_INSERT || change->data.tp.newtuple == NULL)
+		return;
+	table = decoder_table(state, relation);
+	if (!table->events)
 		return;
 	tuple = &change->data.tp.newtuple->tuple;
-	position = heap_getattr(tuple, state->position_attnum, RelationGetDescr(relation), &isnull);
-	key = heap_getattr(tuple, state->key_attnum, RelationGetDescr(relation), &key_isnull);
+	position = heap_getattr(tuple, table->position_attnum, RelationGetDescr(relation), &isnull);
+	key = heap_getattr(tuple, table->key_attnum, RelationGetDescr(relation), &key_isnull);
 	if (isnull || key_isnull)
 		return;					/* the columns are NOT NULL: cannot happen */
 	if (FullTransactionIdFollows(DatumGetFullTransactionId(key), state->max_key))

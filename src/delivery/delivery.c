@@ -35,6 +35,7 @@
 #include "utils/memutils.h"
 
 #include "core/guc.h"
+#include "core/partition_maker.h"
 #include "core/step.h"
 #include "core/store.h"
 #include "delivery/worker.h"
@@ -219,6 +220,15 @@ delivery_collect_step(EsStore *s, void *arg)
 	es_segment_collect();
 }
 
+/* The partitions of es_events ahead of the appends (partition_maker.c). */
+static void
+delivery_partitions_step(EsStore *s, void *arg)
+{
+	int			made;
+
+	(void) es_partitions_make(s, 0, false, &made);
+}
+
 /*
  * The service's pass: every unit this worker can claim, starting at a
  * place of its own (workers do not all try the same units first), then
@@ -261,6 +271,17 @@ delivery_pass(bool *reads_appends)
 	if (member == 1 && es_handled_retention > 0 &&
 		(prune_unfinished || TimestampDifferenceExceeds(last_prune, GetCurrentTimestamp(), PRUNE_INTERVAL_MS)))
 		delivery_prune();
+	if (member == 1)
+	{
+		int			code;
+		char	   *error;
+
+		/* A lock it could not get in time is tried again at the next pass. */
+		if (!es_step_in_transaction(delivery_partitions_step, NULL, false, NULL, &code, &error) &&
+			code != ERRCODE_LOCK_NOT_AVAILABLE)
+			ereport(LOG,
+					(errmsg("ultracore_es delivery: could not make the partitions of es_events: %s", error)));
+	}
 	if (member == 1 && TimestampDifferenceExceeds(last_collect, GetCurrentTimestamp(), COLLECT_INTERVAL_MS))
 	{
 		(void) es_step_in_transaction(delivery_collect_step, NULL, true, NULL, NULL, NULL);

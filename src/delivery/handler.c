@@ -149,7 +149,7 @@ handler_register(EsCall *call, const char *name, const HandlerSettings *h)
 	Datum		args[9];
 	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
-	es_check_consumer_function(h->function, call->store->events_rowtype, call->caller, "handler");
+	es_check_consumer_function(h->function, call->store, call->caller, "handler");
 	args[0] = CStringGetTextDatum(name);
 	args[1] = ObjectIdGetDatum(h->function);
 	args[2] = h->event_types;

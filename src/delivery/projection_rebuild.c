@@ -381,7 +381,7 @@ es_register_projection(PG_FUNCTION_ARGS)
 				 errmsg("function must not be null"),
 				 errhint("Name a function(event es_events), or one of the built-in projections es_customers, es_accounts, es_transactions, es_payments and es_loans.")));
 	if (!builtin)
-		es_check_consumer_function(function, call.store->events_rowtype, call.caller, "projection");
+		es_check_consumer_function(function, call.store, call.caller, "projection");
 	if (OidIsValid(reset_function))
 		check_reset_function(reset_function, call.caller);
 	if (event_types != NULL)

@@ -54,13 +54,6 @@ static EsPlan lock_plan = {
 	"LOCK TABLE @extschema@.es_exports IN SHARE ROW EXCLUSIVE MODE", 0, {0}
 };
 
-static EsPlan last_position_plan = {
-	"SELECT s.last_value, s.is_called, q.seqcache"
-	" FROM @extschema@.es_events_position_seq s, pg_catalog.pg_sequence q"
-	" WHERE q.seqrelid OPERATOR(pg_catalog.=) '@extschema@.es_events_position_seq'::pg_catalog.regclass",
-	0, {InvalidOid}
-};
-
 static EsPlan range_plan = {
 	"SELECT pg_catalog.count(*), pg_catalog.min(e.position), pg_catalog.max(e.position)"
 	" FROM @extschema@.es_events e"
@@ -84,31 +77,6 @@ static EsPlan record_plan = {
 	" RETURNING manifest",
 	10, {TEXTOID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, TEXTOID, TEXTOID, TEXTOID}
 };
-
-/*
- * The last position taken, or 0.  With a sequence cache, a backend could
- * still use a smaller position it holds: no range would ever be settled.
- */
-static int64
-export_last_position(void)
-{
-	bool		isnull;
-	int64		last;
-
-	if (SPI_execute_plan(es_plan(&last_position_plan), NULL, NULL, true, 1) != SPI_OK_SELECT ||
-		SPI_processed != 1)
-		elog(ERROR, "could not read es_events_position_seq");
-	last = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
-		last--;
-	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)) > 1)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("es_events_position_seq caches positions in the backends"),
-				 errdetail("A backend may still append at a position below one taken since: no range is settled."),
-				 errhint("Restore its definition: ALTER SEQUENCE es_events_position_seq CACHE 1.")));
-	return last;
-}
 
 /* path exists (it is not to be overwritten)? */
 static bool
@@ -234,7 +202,7 @@ es_export(PG_FUNCTION_ARGS)
 	es_call_begin(fcinfo, &call);
 	if (SPI_execute_plan(es_plan(&lock_plan), NULL, NULL, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not lock es_exports");
-	last = export_last_position();
+	last = es_last_position(true);
 	if (to - 1 > last)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -195,11 +195,18 @@ fold_result(Fold *f)
 	return JsonbValueToJsonb(res);
 }
 
+/*
+ * The head: the last event's version; for an aggregate whose every event
+ * was dropped (es_drop_history, which kept a snapshot at or after them),
+ * its latest snapshot's.
+ */
 static EsPlan head_plan = {
 	"SELECT a.aggregate_type,"
-	"       (SELECT e.version FROM @extschema@.es_events e"
-	"         WHERE e.aggregate_id OPERATOR(pg_catalog.=) a.aggregate_id"
-	"         ORDER BY e.version DESC LIMIT 1)"
+	"       coalesce((SELECT e.version FROM @extschema@.es_events e"
+	"                  WHERE e.aggregate_id OPERATOR(pg_catalog.=) a.aggregate_id"
+	"                  ORDER BY e.version DESC LIMIT 1),"
+	"                (SELECT pg_catalog.max(t.version) FROM @extschema@.es_snapshots t"
+	"                  WHERE t.aggregate_id OPERATOR(pg_catalog.=) a.aggregate_id))"
 	"  FROM @extschema@.es_aggregates a"
 	" WHERE a.aggregate_id OPERATOR(pg_catalog.=) $1",
 	1, {TEXTOID}, true

@@ -47,17 +47,13 @@
 
 #include "core/event.h"
 #include "core/horizon.h"
+#include "core/partitions.h"
 #include "core/validate.h"
 #include "privacy/personal_data.h"
 #include "read/commit_point.h"
 #include "read/upcast.h"
 
 #define READ_SLICE 1000
-
-static EsPlan event_plan = {
-	"SELECT e.* FROM @extschema@.es_events e WHERE e.event_id OPERATOR(pg_catalog.=) $1",
-	1, {TEXTOID}, true
-};
 
 static EsPlan correlated_plan = {
 	"SELECT e.* FROM @extschema@.es_events e"
@@ -150,31 +146,14 @@ slot_event_values(TupleTableSlot *slot, Datum *values, bool *isnull)
 }
 
 /*
- * es_read_stream: the events of one aggregate from from_version to
- * to_version, in version order, revealed, through read_step.
- *
- * A scan of the unique (aggregate_id, version) index, not a query: the
- * rows go from the index straight to fn, without the copy into an SPI
- * tuple table that took a third of a stream read, and in index order,
- * where a generic plan sorted a bitmap scan.  With read_only, with the
- * calling statement's snapshot, as SPI's read-only mode; without, with a
+ * The snapshot a direct read of es_events runs with, pushed: with
+ * read_only, the calling statement's, as SPI's read-only mode; without, a
  * new one that sees the current command's own appends (after a command
- * counter increment), as SPI's read-write mode.  fn may run queries.
+ * counter increment), as SPI's read-write mode.
  */
-void
-es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, bool read_only,
-			   const EsReadUntil *until, EsRowCallback fn, EsSlotCallback slot_fn, void *arg)
+static void
+read_push_snapshot(bool read_only)
 {
-	EsStore    *s = es_store_resolved();
-	Relation	rel = table_open(s->events_relid, AccessShareLock);
-	Relation	idx = index_open(s->events_version_idx, AccessShareLock);
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
-	ScanKeyData keys[3];
-	IndexScanDesc scan;
-	Datum		values[EV_NATTS];
-	bool		isnull[EV_NATTS];
-	bool		more = true;
-
 	if (read_only)
 		PushActiveSnapshot(GetActiveSnapshot());
 	else
@@ -183,22 +162,68 @@ es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, b
 		PushCopiedSnapshot(GetTransactionSnapshot());
 		UpdateActiveSnapshotCommandId();
 	}
+}
+
+/*
+ * The events from_version to to_version of aggregate_id are not in the
+ * database: versions are contiguous from 1, so a gap is history dropped
+ * with its partition (es_drop_history).  Said, rather than a partial
+ * history returned.
+ */
+static void
+read_history_dropped(const char *aggregate_id, int64 from_version, int64 to_version)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("events %lld to %lld of aggregate \"%s\" were dropped from the database",
+					(long long) from_version, (long long) to_version, aggregate_id),
+			 errdetail("Their partition was dropped after its export (es_dropped_history)."),
+			 errhint("Load the aggregate with es_load_aggregate, which starts from its snapshot, or read from version %lld.",
+					 (long long) to_version + 1)));
+}
+
+/*
+ * es_read_stream: the events of one aggregate from from_version to
+ * to_version, in version order, revealed, through read_step.
+ *
+ * Scans of the unique (aggregate_id, version) index of every partition,
+ * merged, not a query: the rows go from the indexes straight to fn,
+ * without the copy into an SPI tuple table that took a third of a stream
+ * read, and in index order, where a generic plan sorted a bitmap scan;
+ * with the snapshot of read_push_snapshot.  fn may run queries.
+ */
+void
+es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, bool read_only,
+			   const EsReadUntil *until, EsRowCallback fn, EsSlotCallback slot_fn, void *arg)
+{
+	EsStore    *s = es_store_resolved();
+	Relation	rel = table_open(s->events_relid, AccessShareLock);
+	TupleTableSlot *slot;
+	ScanKeyData keys[3];
+	EsMergedScan *scan;
+	Datum		values[EV_NATTS];
+	bool		isnull[EV_NATTS];
+	bool		more = true;
+	bool		first = true;
+
+	read_push_snapshot(read_only);
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(aggregate_id));
 	keys[0].sk_collation = C_COLLATION_OID;
 	ScanKeyInit(&keys[1], 2, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(from_version));
 	ScanKeyInit(&keys[2], 2, BTLessEqualStrategyNumber, F_INT8LE, Int64GetDatum(to_version));
-	scan = index_beginscan(rel, idx, GetActiveSnapshot(), 3, 0);
-	index_rescan(scan, keys, 3, NULL, 0);
-	while (more && index_getnext_slot(scan, ForwardScanDirection, slot))
+	scan = es_merged_scan_begin(s, rel, ES_INDEX_VERSION, GetActiveSnapshot(), keys, 3,
+								ForwardScanDirection);
+	while (more && (slot = es_merged_scan_next(scan)) != NULL)
 	{
 		CHECK_FOR_INTERRUPTS();
 		slot_event_values(slot, values, isnull);
+		if (first && DatumGetInt64(values[EV_VERSION]) > from_version && from_version >= 1)
+			read_history_dropped(aggregate_id, from_version, DatumGetInt64(values[EV_VERSION]) - 1);
+		first = false;
 		more = read_step(values, isnull, true, until, fn, slot, slot_fn, arg);
 	}
-	index_endscan(scan);
+	es_merged_scan_end(scan);
 	PopActiveSnapshot();
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(idx, NoLock);
 	table_close(rel, NoLock);
 }
 
@@ -279,9 +304,9 @@ static void read_log_order(EsCommitRead *r, bool reveal, char **types, int ntype
  * es_commit_horizon_push took, which sees every event below the horizon);
  * in the log, as read_log_order reads it.
  *
- * A scan of the (tx_id, position) index, not a query (DESIGN.md, decision
- * 1; README, "Guarantees"): rows go from the index to fn without an SPI
- * tuple table.  The scan starts right after the checkpoint (a row
+ * Scans of the (tx_id, position) index of every partition, merged, not a
+ * query (DESIGN.md, decision 1; README, "Guarantees"): rows go from the
+ * indexes to fn without an SPI tuple table.  The scan starts right after the checkpoint (a row
  * comparison key); the filters are applied here, the most rows counted
  * after them.
  */
@@ -290,11 +315,10 @@ es_read_commit_order(EsCommitRead *r, bool reveal, EsRowCallback fn, void *arg)
 {
 	EsStore    *s;
 	Relation	rel;
-	Relation	idx;
 	TupleTableSlot *slot;
 	ScanKeyData keys[2];
 	ScanKeyData after[2];
-	IndexScanDesc scan;
+	EsMergedScan *scan;
 	char	  **types;
 	int			ntypes;
 	int64		n = 0;
@@ -309,8 +333,6 @@ es_read_commit_order(EsCommitRead *r, bool reveal, EsRowCallback fn, void *arg)
 	}
 	s = es_store_resolved();
 	rel = table_open(s->events_relid, AccessShareLock);
-	idx = index_open(s->events_commit_idx, AccessShareLock);
-	slot = table_slot_create(rel, NULL);
 	/* (tx_id, position) > the checkpoint: a row comparison, which btree starts at exactly. */
 	ScanKeyEntryInitialize(&after[0], SK_ROW_MEMBER, 1, BTGreaterStrategyNumber, XID8OID, InvalidOid,
 						   F_XID8CMP, FullTransactionIdGetDatum(r->after_tx));
@@ -319,9 +341,9 @@ es_read_commit_order(EsCommitRead *r, bool reveal, EsRowCallback fn, void *arg)
 	ScanKeyEntryInitialize(&keys[0], SK_ROW_HEADER, 1, BTGreaterStrategyNumber, InvalidOid, InvalidOid,
 						   InvalidOid, PointerGetDatum(after));
 	ScanKeyInit(&keys[1], 1, BTLessStrategyNumber, F_XID8LT, FullTransactionIdGetDatum(r->horizon));
-	scan = index_beginscan(rel, idx, GetActiveSnapshot(), 2, 0);
-	index_rescan(scan, keys, 2, NULL, 0);
-	while (n < r->max_count && index_getnext_slot(scan, ForwardScanDirection, slot))
+	scan = es_merged_scan_begin(s, rel, ES_INDEX_COMMIT, GetActiveSnapshot(), keys, 2,
+								ForwardScanDirection);
+	while (n < r->max_count && (slot = es_merged_scan_next(scan)) != NULL)
 	{
 		CHECK_FOR_INTERRUPTS();
 		slot_event_values(slot, values, isnull);
@@ -330,19 +352,33 @@ es_read_commit_order(EsCommitRead *r, bool reveal, EsRowCallback fn, void *arg)
 		n++;
 		(void) read_step(values, isnull, reveal, NULL, fn, slot, r->slot_fn, arg);
 	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(idx, NoLock);
+	es_merged_scan_end(scan);
 	table_close(rel, NoLock);
 }
 
-/* es_read_event: the event event_id (if it exists) through es_read_rows. */
+/*
+ * es_read_event: the event event_id (if it exists) through read_step,
+ * found by its key (es_event_by_id: the key table, then the 1.0 table's
+ * primary key), with the snapshot of read_push_snapshot.
+ */
 void
 es_read_event(const char *event_id, bool read_only, bool reveal, EsRowCallback fn, void *arg)
 {
-	Datum		id = CStringGetTextDatum(event_id);
+	EsStore    *s = es_store_resolved();
+	Relation	rel = table_open(s->events_relid, AccessShareLock);
+	HeapTuple	row;
+	Datum		values[EV_NATTS];
+	bool		isnull[EV_NATTS];
 
-	es_read_rows(&event_plan, &id, NULL, read_only, reveal, NULL, fn, arg);
+	read_push_snapshot(read_only);
+	row = es_event_by_id(s, rel, event_id, GetActiveSnapshot());
+	PopActiveSnapshot();
+	if (row != NULL)
+	{
+		es_deform_event(row, RelationGetDescr(rel), values, isnull);
+		(void) read_step(values, isnull, reveal, NULL, fn, NULL, NULL, arg);
+	}
+	table_close(rel, NoLock);
 }
 
 /*
@@ -678,12 +714,11 @@ read_log_order(EsCommitRead *r, bool reveal, char **types, int ntypes, EsRowCall
 	Relation	log = table_open(s->commit_log_relid, AccessShareLock);
 	Relation	log_idx = index_open(s->commit_log_idx, AccessShareLock);
 	Relation	events = table_open(s->events_relid, AccessShareLock);
-	Relation	position_idx = index_open(s->events_position_idx, AccessShareLock);
 	TupleTableSlot *log_slot = table_slot_create(log, NULL);
-	TupleTableSlot *slot = table_slot_create(events, NULL);
+	TupleTableSlot *slot;
 	ScanKeyData key;
 	IndexScanDesc log_scan;
-	IndexScanDesc scan;
+	EsPositionLookup *lookup;
 	int64		n = 0;
 	Datum		values[EV_NATTS];
 	bool		isnull[EV_NATTS];
@@ -702,7 +737,7 @@ read_log_order(EsCommitRead *r, bool reveal, char **types, int ntypes, EsRowCall
 	ScanKeyInit(&key, 1, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(r->after_seq));
 	log_scan = index_beginscan(log, log_idx, GetActiveSnapshot(), 1, 0);
 	index_rescan(log_scan, &key, 1, NULL, 0);
-	scan = index_beginscan(events, position_idx, GetActiveSnapshot(), 1, 0);
+	lookup = es_position_lookup_begin(s, events, GetActiveSnapshot());
 	while (n < r->max_count)
 	{
 		bool		null;
@@ -726,9 +761,8 @@ read_log_order(EsCommitRead *r, bool reveal, char **types, int ntypes, EsRowCall
 			CHECK_FOR_INTERRUPTS();
 			if (seq == r->after_seq && positions[i] <= r->after_seq_position)
 				continue;
-			ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(positions[i]));
-			index_rescan(scan, &key, 1, NULL, 0);
-			if (!index_getnext_slot(scan, ForwardScanDirection, slot))
+			slot = es_position_lookup(lookup, positions[i]);
+			if (slot == NULL)
 				ereport(ERROR,
 						(errcode(ERRCODE_DATA_CORRUPTED),
 						 errmsg("the event at position %lld of row %lld of es_commit_log is missing",
@@ -748,11 +782,9 @@ read_log_order(EsCommitRead *r, bool reveal, char **types, int ntypes, EsRowCall
 		}
 		pfree(positions);
 	}
-	index_endscan(scan);
+	es_position_lookup_end(lookup);
 	index_endscan(log_scan);
-	ExecDropSingleTupleTableSlot(slot);
 	ExecDropSingleTupleTableSlot(log_slot);
-	index_close(position_idx, NoLock);
 	table_close(events, NoLock);
 	index_close(log_idx, NoLock);
 	table_close(log, NoLock);
@@ -866,6 +898,96 @@ es_aggregate_version(PG_FUNCTION_ARGS)
 		version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	es_call_end(&call);
 	PG_RETURN_INT64(version);
+}
+
+/*
+ * es_event_position(event_id) returns bigint
+ *
+ * The position of an event (NULL: no such event), by its key: the key
+ * table, or the 1.0 table's primary key.  Joins on an event id go through
+ * it: es_events has no index on event_id across its partitions.
+ */
+PG_FUNCTION_INFO_V1(es_event_position);
+Datum
+es_event_position(PG_FUNCTION_ARGS)
+{
+	char	   *event_id = es_arg_id(fcinfo, 0, "event_id", true);
+	EsCall		call;
+	Relation	rel;
+	HeapTuple	row;
+	bool		isnull;
+	int64		position = 0;
+
+	es_call_begin(fcinfo, &call);
+	rel = table_open(call.store->events_relid, AccessShareLock);
+	row = es_event_by_id(call.store, rel, event_id, GetActiveSnapshot());
+	if (row != NULL)
+		position = DatumGetInt64(heap_getattr(row, EV_POSITION + 1, RelationGetDescr(rel), &isnull));
+	table_close(rel, NoLock);
+	es_call_end(&call);
+	if (row == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64(position);
+}
+
+/*
+ * es_lag(after_tx_id xid8, after_position bigint, max_count bigint,
+ *		  OUT events bigint, OUT first_recorded_at timestamptz)
+ *
+ * How far a reader at a commit-order checkpoint is behind: the committed
+ * events after it (counted up to max_count), and when the first of them
+ * was recorded (NULL: none).  es_stats' lag, read from the partitions'
+ * commit-order indexes: a query over every partition was planned at each
+ * call, at a cost that JIT compiled for a second.
+ */
+PG_FUNCTION_INFO_V1(es_lag);
+Datum
+es_lag(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	EsCall		call;
+	Relation	rel;
+	EsMergedScan *scan;
+	TupleTableSlot *slot;
+	ScanKeyData key;
+	ScanKeyData after[2];
+	int64		max_count;
+	int64		n = 0;
+	Datum		result[2] = {0, 0};
+	bool		nulls[2] = {false, true};
+	bool		isnull;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("after_tx_id, after_position and max_count must not be NULL")));
+	max_count = PG_GETARG_INT64(2);
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "es_lag must return a row");
+	es_call_begin(fcinfo, &call);
+	rel = table_open(call.store->events_relid, AccessShareLock);
+	ScanKeyEntryInitialize(&after[0], SK_ROW_MEMBER, 1, BTGreaterStrategyNumber, XID8OID, InvalidOid,
+						   F_XID8CMP, PG_GETARG_DATUM(0));
+	ScanKeyEntryInitialize(&after[1], SK_ROW_MEMBER | SK_ROW_END, 2, BTGreaterStrategyNumber, INT8OID, InvalidOid,
+						   F_BTINT8CMP, PG_GETARG_DATUM(1));
+	ScanKeyEntryInitialize(&key, SK_ROW_HEADER, 1, BTGreaterStrategyNumber, InvalidOid, InvalidOid,
+						   InvalidOid, PointerGetDatum(after));
+	scan = es_merged_scan_begin(call.store, rel, ES_INDEX_COMMIT, GetActiveSnapshot(), &key, 1,
+								ForwardScanDirection);
+	while (n < max_count && (slot = es_merged_scan_next(scan)) != NULL)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (n++ == 0)
+		{
+			result[1] = slot_getattr(slot, EV_RECORDED_AT + 1, &isnull);
+			nulls[1] = false;
+		}
+	}
+	es_merged_scan_end(scan);
+	table_close(rel, NoLock);
+	es_call_end(&call);
+	result[0] = Int64GetDatum(n);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), result, nulls)));
 }
 
 /*

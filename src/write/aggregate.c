@@ -59,20 +59,42 @@
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
 #include "utils/xid8.h"
 
-/* Column of es_aggregates read here, in the order of the install script. */
+#include "core/partitions.h"
+
+/* Columns of es_aggregates read here, in the order of the install scripts. */
 #define Anum_agg_aggregate_type		2
+#define Anum_agg_last_position		4	/* 1.1 */
 
 /* The aggregates' locks among the advisory locks: "ES"; the advisory functions use 1 and 2. */
 #define AGGREGATE_LOCK_SUBID		0x4553
 
+static EsPlan moved_plan = {
+	"UPDATE @extschema@.es_aggregates SET last_position = $2 WHERE aggregate_id OPERATOR(pg_catalog.=) $1",
+	2, {TEXTOID, INT8OID}
+};
+
 static EsPlan create_plan = {
 	"INSERT INTO @extschema@.es_aggregates (aggregate_id, aggregate_type, created_at)"
 	" VALUES ($1, $2, $3)"
+	" ON CONFLICT (aggregate_id) DO NOTHING",
+	3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}
+};
+
+/*
+ * 1.1: with last_position, the last position taken: the aggregate's events,
+ * taken after it, lie in its partition, or in a later one, where the
+ * append's search finds them (es_last_event) and es_aggregate_moved then
+ * records their partition.
+ */
+static EsPlan create_positioned_plan = {
+	"INSERT INTO @extschema@.es_aggregates (aggregate_id, aggregate_type, created_at, last_position)"
+	" SELECT $1, $2, $3, s.last_value FROM @extschema@.es_events_position_seq s"
 	" ON CONFLICT (aggregate_id) DO NOTHING",
 	3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}
 };
@@ -85,41 +107,81 @@ aggregate_key(ScanKey key, const char *aggregate_id)
 }
 
 /*
- * The last event of the aggregate (its type, current version, commit-order
- * key and hash), read with SnapshotSelf under the aggregate's lock; false
- * when it has none (version 0).
+ * Look up the row of aggregate_id with snap; false when not found.  The
+ * aggregate's type and last_position go into row.
  */
 static bool
-aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
+aggregate_find_row(Relation rel, Relation idx, Snapshot snap, const char *aggregate_id,
+				   EsAggregateRow *row)
 {
-	Relation	rel = table_open(s->events_relid, RowExclusiveLock);
-	Relation	idx = index_open(s->events_version_idx, AccessShareLock);
 	TupleTableSlot *slot = table_slot_create(rel, NULL);
 	ScanKeyData key;
 	IndexScanDesc scan;
 	bool		found;
 
 	aggregate_key(&key, aggregate_id);
-	scan = index_beginscan(rel, idx, SnapshotSelf, 1, 0);
+	scan = index_beginscan(rel, idx, snap, 1, 0);
 	index_rescan(scan, &key, 1, NULL, 0);
-	found = index_getnext_slot(scan, BackwardScanDirection, slot);
+	found = index_getnext_slot(scan, ForwardScanDirection, slot);
+	row->last_position = 0;
 	if (found)
 	{
 		slot_getallattrs(slot);
-		text_to_cstring_buffer(DatumGetTextPP(slot->tts_values[EV_AGGREGATE_TYPE]),
+		text_to_cstring_buffer(DatumGetTextPP(slot->tts_values[Anum_agg_aggregate_type - 1]),
 							   row->aggregate_type, sizeof(row->aggregate_type));
-		row->version = DatumGetInt64(slot->tts_values[EV_VERSION]);
-		row->last_tx = DatumGetFullTransactionId(slot->tts_values[EV_TX_ID]);
-		if (slot->tts_tupleDescriptor->natts <= EV_HASH ||
-			!es_hash_of_datum(slot->tts_values[EV_HASH], slot->tts_isnull[EV_HASH], row->last_hash))
+		if (slot->tts_tupleDescriptor->natts >= Anum_agg_last_position &&
+			!slot->tts_isnull[Anum_agg_last_position - 1])
+			row->last_position = DatumGetInt64(slot->tts_values[Anum_agg_last_position - 1]);
+	}
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	return found;
+}
+
+/*
+ * The last event of the aggregate (its type, current version, commit-order
+ * key and hash), read with SnapshotSelf under the aggregate's lock; false
+ * when it has none (version 0).  es_aggregates.last_position, read first,
+ * says which partition holds it, once the search for it took more than one
+ * probe (es_aggregate_moved keeps it): an aggregate idle for a long time
+ * costs one probe, not one per newer partition.
+ */
+static bool
+aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
+{
+	Relation	rel = table_open(s->events_relid, RowExclusiveLock);
+	Relation	aggregates = table_open(s->aggregates_relid, AccessShareLock);
+	Relation	idx = index_open(RelationGetPrimaryKeyIndex(aggregates), AccessShareLock);
+	HeapTuple	last;
+	bool		found;
+	int			searched;
+
+	/* Where its last event is, when the search once took more than one probe. */
+	(void) aggregate_find_row(aggregates, idx, SnapshotSelf, aggregate_id, row);
+	index_close(idx, NoLock);
+	table_close(aggregates, NoLock);
+	last = es_last_event(s, rel, aggregate_id, row->last_position, SnapshotSelf, &searched);
+	found = (last != NULL);
+	row->hint_wanted = (searched > 1);
+
+	if (found)
+	{
+		Datum		values[EV_NATTS];
+		bool		isnull[EV_NATTS];
+
+		heap_deform_tuple(last, RelationGetDescr(rel), values, isnull);
+		text_to_cstring_buffer(DatumGetTextPP(values[EV_AGGREGATE_TYPE]),
+							   row->aggregate_type, sizeof(row->aggregate_type));
+		row->version = DatumGetInt64(values[EV_VERSION]);
+		row->last_tx = DatumGetFullTransactionId(values[EV_TX_ID]);
+		if (RelationGetDescr(rel)->natts <= EV_HASH ||
+			!es_hash_of_datum(values[EV_HASH], isnull[EV_HASH], row->last_hash))
 			memcpy(row->last_hash, es_hash_zero, ES_HASH_LEN);
 
 		/* Newer than what this transaction may see: it must not go on. */
 		if (IsolationUsesXactSnapshot())
 		{
-			bool		shouldfree;
-			HeapTuple	tup = ExecFetchSlotHeapTuple(slot, false, &shouldfree);
-			TransactionId xmin = HeapTupleHeaderGetXmin(tup->t_data);
+			TransactionId xmin = HeapTupleHeaderGetXmin(last->t_data);
 
 			if (!TransactionIdIsCurrentTransactionId(xmin) &&
 				XidInMVCCSnapshot(xmin, GetTransactionSnapshot()))
@@ -137,38 +199,7 @@ aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 		row->last_tx = InvalidFullTransactionId;
 		memcpy(row->last_hash, es_hash_zero, ES_HASH_LEN);
 	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(idx, NoLock);
 	table_close(rel, NoLock);
-	return found;
-}
-
-/*
- * Look up the row of aggregate_id with snap; false when not found.  The
- * aggregate's type goes into row.
- */
-static bool
-aggregate_find_row(Relation rel, Relation idx, Snapshot snap, const char *aggregate_id,
-				   EsAggregateRow *row)
-{
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
-	ScanKeyData key;
-	IndexScanDesc scan;
-	bool		found;
-
-	aggregate_key(&key, aggregate_id);
-	scan = index_beginscan(rel, idx, snap, 1, 0);
-	index_rescan(scan, &key, 1, NULL, 0);
-	found = index_getnext_slot(scan, ForwardScanDirection, slot);
-	if (found)
-	{
-		slot_getsomeattrs(slot, Anum_agg_aggregate_type);
-		text_to_cstring_buffer(DatumGetTextPP(slot->tts_values[Anum_agg_aggregate_type - 1]),
-							   row->aggregate_type, sizeof(row->aggregate_type));
-	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
 	return found;
 }
 
@@ -231,7 +262,35 @@ es_aggregate_create(const char *aggregate_id, const char *aggregate_type, Timest
 	args[0] = CStringGetTextDatum(aggregate_id);
 	args[1] = CStringGetTextDatum(aggregate_type);
 	args[2] = TimestampTzGetDatum(now);
-	if (SPI_execute_plan(es_plan(&create_plan), args, NULL, false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_plan(es_plan(OidIsValid(es_store_resolved()->event_ids_relid) ? &create_positioned_plan
+								 : &create_plan), args, NULL, false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "could not create aggregate \"%s\"", aggregate_id);
 	return SPI_processed == 1;
+}
+
+/*
+ * es_aggregate_moved: after events of the aggregate locked into row (by
+ * es_aggregate_lock) were stored, the last at last_position: keep
+ * es_aggregates.last_position in its partition, once set, and set it when
+ * finding the last event took probes of older partitions.  An update of
+ * the row about once per aggregate and partition.
+ */
+void
+es_aggregate_moved(EsStore *s, const char *aggregate_id, const EsAggregateRow *row, int64 last_position)
+{
+	Relation	rel;
+	bool		apart;
+	Datum		args[2];
+
+	if (row->last_position == 0 && !row->hint_wanted)
+		return;
+	rel = table_open(s->events_relid, AccessShareLock);
+	apart = row->last_position == 0 || es_partitions_apart(s, rel, row->last_position, last_position);
+	table_close(rel, NoLock);
+	if (!apart || get_attnum(s->aggregates_relid, "last_position") != Anum_agg_last_position)
+		return;
+	args[0] = CStringGetTextDatum(aggregate_id);
+	args[1] = Int64GetDatum(last_position);
+	if (SPI_execute_plan(es_plan(&moved_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update aggregate \"%s\"", aggregate_id);
 }

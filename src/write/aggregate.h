@@ -23,10 +23,14 @@ typedef struct EsAggregateRow
 	int64		version;		/* current version, 0 before the first event */
 	FullTransactionId last_tx;	/* commit-order key (tx_id) of the last event */
 	uint8		last_hash[ES_HASH_LEN]; /* its hash (es_hash_zero: none, or stored by 1.0) */
+	int64		last_position;	/* es_aggregates.last_position (0: none) */
+	bool		hint_wanted;	/* finding the last event took probes of older partitions */
 } EsAggregateRow;
 
 extern bool es_aggregate_lock(EsStore *s, const char *aggregate_id, EsAggregateRow *row);
 extern bool es_aggregate_create(const char *aggregate_id, const char *aggregate_type,
 								TimestampTz now);
+extern void es_aggregate_moved(EsStore *s, const char *aggregate_id, const EsAggregateRow *row,
+							   int64 last_position);
 
 #endif							/* ES_AGGREGATE_H */

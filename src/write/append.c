@@ -71,6 +71,7 @@
 #include "common/pg_prng.h"
 #include "executor/executor.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "tcop/utility.h"
 #include "nodes/execnodes.h"
 #include "utils/array.h"
@@ -86,6 +87,7 @@
 #include "core/event_hash.h"
 #include "core/guc.h"
 #include "core/horizon.h"
+#include "core/partitions.h"
 #include "core/validate.h"
 #include "privacy/personal_data.h"
 #include "write/aggregate.h"
@@ -340,41 +342,28 @@ append_event_difference(EsStore *store, HeapTuple row, TupleDesc desc, EsAppendR
 
 /*
  * The stored events with the caller's event ids, in the order of req (NULL
- * where none), and how many were found.  Probes of the primary key, read
- * with SnapshotSelf under the aggregate's lock, as its last event is
- * (aggregate.c): an identical append that committed while this one waited
- * for the lock is seen.  Not a query: a plan for "event_id = ANY ($1)" made
- * while the table was small scans it whole, and keeps doing so as it grows.
+ * where none), and how many were found.  Probes of the key table (and of
+ * the 1.0 table's primary key), read with SnapshotSelf under the
+ * aggregate's lock, as its last event is (aggregate.c): an identical append
+ * that committed while this one waited for the lock is seen.  Not a query:
+ * a plan for "event_id = ANY ($1)" made while the table was small scans it
+ * whole, and keeps doing so as it grows.
  */
 static HeapTuple *
 append_probe_event_ids(EsAppendRequest *req, EsStore *store, Relation rel, int *nfound)
 {
-	Relation	idx = index_open(store->events_id_idx, AccessShareLock);
-	TupleTableSlot *slot = table_slot_create(rel, NULL);
-	IndexScanDesc scan = index_beginscan(rel, idx, SnapshotSelf, 1, 0);
 	HeapTuple  *rows = palloc0(sizeof(HeapTuple) * req->nevents);
 	int			i;
 
 	*nfound = 0;
 	for (i = 0; i < req->nevents; i++)
 	{
-		ScanKeyData key;
-
 		if (!req->events[i].event_id_given)
 			continue;
-		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ,
-					CStringGetTextDatum(req->events[i].event_id));
-		key.sk_collation = C_COLLATION_OID;
-		index_rescan(scan, &key, 1, NULL, 0);
-		if (index_getnext_slot(scan, ForwardScanDirection, slot))
-		{
-			rows[i] = ExecCopySlotHeapTuple(slot);
+		rows[i] = es_event_by_id(store, rel, req->events[i].event_id, SnapshotSelf);
+		if (rows[i] != NULL)
 			(*nfound)++;
-		}
 	}
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(slot);
-	index_close(idx, NoLock);
 	return rows;
 }
 
@@ -539,6 +528,19 @@ append_check_row(EsAppendRequest *req, const EsAggregateRow *row)
 }
 
 /*
+ * Whether a unique index of es_events' partitions is named: the 1.0 table's
+ * and each partition's carry their table's name before the suffix.
+ */
+static bool
+constraint_is(const char *name, const char *suffix)
+{
+	size_t		len = strlen(name);
+	size_t		slen = strlen(suffix);
+
+	return strncmp(name, "es_events", 9) == 0 && len > slen && strcmp(name + len - slen, suffix) == 0;
+}
+
+/*
  * Report a unique violation raised while inserting events in the terms of
  * the event store, or let any other error through.  Called in PG_CATCH.
  */
@@ -551,7 +553,8 @@ append_translate_unique_violation(EsAppendRequest *req, MemoryContext cxt)
 	edata = CopyErrorData();
 	if (edata->sqlerrcode != ERRCODE_UNIQUE_VIOLATION || edata->constraint_name == NULL)
 		return;
-	if (strcmp(edata->constraint_name, "es_events_event_id_key") == 0)
+	if (strcmp(edata->constraint_name, "es_event_ids_pkey") == 0 ||
+		constraint_is(edata->constraint_name, "_event_id_key"))
 	{
 		FlushErrorState();
 		ereport(ERROR,
@@ -560,7 +563,7 @@ append_translate_unique_violation(EsAppendRequest *req, MemoryContext cxt)
 				 errdetail("%s", edata->detail ? edata->detail : edata->message),
 				 errhint("Retry the append: a retry with the same content returns the stored event.")));
 	}
-	if (strcmp(edata->constraint_name, "es_events_version_key") == 0)
+	if (constraint_is(edata->constraint_name, "_version_key"))
 	{
 		FlushErrorState();
 		ereport(ERROR,
@@ -571,45 +574,176 @@ append_translate_unique_violation(EsAppendRequest *req, MemoryContext cxt)
 	}
 }
 
+/* A partition of es_events opened for inserts, with its indexes. */
+typedef struct InserterPartition
+{
+	Oid			relid;
+	ResultRelInfo *rri;
+} InserterPartition;
+
 struct EsEventInserter
 {
-	Relation	rel;
+	EsStore    *store;
+	Relation	rel;			/* es_events */
 	EState	   *estate;
-	ResultRelInfo *rri;
-	TupleTableSlot **slots;
+	TupleTableSlot **slots;		/* rows of es_events' descriptor */
 	int			nslots;
+	InserterPartition *parts;	/* the partitions inserted into so far */
+	int			nparts;
+	bool		default_locked; /* the DEFAULT partition is locked: no ATTACH under way */
+	ResultRelInfo *ids;			/* es_event_ids (1.1), else NULL */
+	TupleTableSlot **id_slots;
 };
 
+/* A table opened for inserts into it and its indexes, as the executor does. */
+static ResultRelInfo *
+inserter_open_table(EsEventInserter *ins, Oid relid)
+{
+	ResultRelInfo *rri = makeNode(ResultRelInfo);
+
+	InitResultRelInfo(rri, relid == RelationGetRelid(ins->rel) ? ins->rel
+					  : table_open(relid, RowExclusiveLock), 1, NULL, 0);
+	ExecOpenIndices(rri, false);
+	return rri;
+}
+
 /*
- * es_event_inserter_open: open es_events and its indexes for inserts until
- * es_event_inserter_close; its slots live in the executor state's memory.
- * An error in between needs no close: the transaction's abort releases all
- * of it.
+ * es_event_inserter_open: open es_events for inserts until
+ * es_event_inserter_close (its partitions and their indexes as the inserts
+ * reach them, and the key table); its slots live in the executor state's
+ * memory.  An error in between needs no close: the transaction's abort
+ * releases all of it.
  */
 EsEventInserter *
 es_event_inserter_open(EsStore *store)
 {
 	EsEventInserter *ins = palloc0(sizeof(EsEventInserter));
 
+	ins->store = store;
 	ins->rel = table_open(store->events_relid, RowExclusiveLock);
 	if (RelationGetDescr(ins->rel)->natts != (store->hashed ? EV_NATTS : EV_HASH))
 		elog(ERROR, "es_events has %d columns, expected %d",
 			 RelationGetDescr(ins->rel)->natts, store->hashed ? EV_NATTS : EV_HASH);
 	ins->estate = CreateExecutorState();
-	ins->rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(ins->rri, ins->rel, 1, NULL, 0);
-	ExecOpenIndices(ins->rri, false);
+	if (OidIsValid(store->event_ids_relid))
+		ins->ids = inserter_open_table(ins, store->event_ids_relid);
 	return ins;
 }
 
 void
 es_event_inserter_close(EsEventInserter *ins)
 {
-	ExecCloseIndices(ins->rri);
+	int			i;
+
+	for (i = 0; i < ins->nparts; i++)
+	{
+		ExecCloseIndices(ins->parts[i].rri);
+		if (ins->parts[i].rri->ri_RelationDesc != ins->rel)
+			table_close(ins->parts[i].rri->ri_RelationDesc, NoLock);
+	}
+	if (ins->ids)
+	{
+		ExecCloseIndices(ins->ids);
+		table_close(ins->ids->ri_RelationDesc, NoLock);
+	}
 	ExecResetTupleTable(ins->estate->es_tupleTable, false);
 	FreeExecutorState(ins->estate);
 	table_close(ins->rel, NoLock);
 	pfree(ins);
+}
+
+/*
+ * The partition an event at position goes to, opened for inserts.  Routed
+ * here, as the executor's tuple routing would: by the ranges, else to the
+ * DEFAULT partition.  That one is locked first: an ATTACH of a range (the
+ * worker's, which takes it ACCESS EXCLUSIVE) may be under way, and the lock
+ * waits for it and brings its invalidation, after which the position is
+ * routed again; once the lock is held no range can be attached over it.
+ */
+static ResultRelInfo *
+inserter_partition(EsEventInserter *ins, int64 position)
+{
+	const EsPartition *part;
+	int			i;
+
+	for (;;)
+	{
+		part = es_partition_of(es_partitions(ins->store, ins->rel), position);
+		if (part == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_CHECK_VIOLATION),
+					 errmsg("no partition of es_events holds position %lld", (long long) position),
+					 errhint("Attach es_events_overflow as the DEFAULT partition of es_events again.")));
+		if (!part->is_default || ins->default_locked)
+			break;
+		LockRelationOid(part->relid, RowExclusiveLock);
+		ins->default_locked = true;
+		/* Readers that took their snapshot from now on look there too. */
+		es_overflow_filling();
+	}
+	for (i = 0; i < ins->nparts; i++)
+		if (ins->parts[i].relid == part->relid)
+			return ins->parts[i].rri;
+	ins->parts = ins->parts ? repalloc(ins->parts, sizeof(InserterPartition) * (ins->nparts + 1))
+		: palloc(sizeof(InserterPartition));
+	ins->parts[ins->nparts].relid = part->relid;
+	ins->parts[ins->nparts].rri = inserter_open_table(ins, part->relid);
+	return ins->parts[ins->nparts++].rri;
+}
+
+/*
+ * Insert slots[0..n) into their partitions, each run of one partition in
+ * one multi-insert, and their index entries; then their ids into the key
+ * table.
+ */
+static void
+inserter_insert(EsEventInserter *ins, TupleTableSlot **slots, int n, const int64 *positions,
+				CommandId cid)
+{
+	EState	   *estate = ins->estate;
+	int			first;
+	int			i;
+
+	for (first = 0; first < n;)
+	{
+		ResultRelInfo *rri = inserter_partition(ins, positions[first]);
+		int			run = 1;
+
+		while (first + run < n && inserter_partition(ins, positions[first + run]) == rri)
+			run++;
+		if (run == 1)
+			table_tuple_insert(rri->ri_RelationDesc, slots[first], cid, 0, NULL);
+		else
+			table_multi_insert(rri->ri_RelationDesc, slots + first, run, cid, 0, NULL);
+		for (i = first; i < first + run; i++)
+		{
+			(void) ExecInsertIndexTuples(rri, slots[i], estate, false, false, NULL, NIL);
+			ResetPerTupleExprContext(estate);
+		}
+		first += run;
+	}
+	if (ins->ids == NULL)
+		return;
+	for (i = 0; i < n; i++)
+	{
+		TupleTableSlot *id = ins->id_slots[i];
+		bool		isnull;
+
+		ExecClearTuple(id);
+		id->tts_values[0] = slot_getattr(slots[i], EV_EVENT_ID + 1, &isnull);
+		id->tts_values[1] = Int64GetDatum(positions[i]);
+		id->tts_isnull[0] = id->tts_isnull[1] = false;
+		ExecStoreVirtualTuple(id);
+	}
+	if (n == 1)
+		table_tuple_insert(ins->ids->ri_RelationDesc, ins->id_slots[0], cid, 0, NULL);
+	else
+		table_multi_insert(ins->ids->ri_RelationDesc, ins->id_slots, n, cid, 0, NULL);
+	for (i = 0; i < n; i++)
+	{
+		(void) ExecInsertIndexTuples(ins->ids, ins->id_slots[i], estate, false, false, NULL, NIL);
+		ResetPerTupleExprContext(estate);
+	}
 }
 
 /*
@@ -650,8 +784,16 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 
 		ins->slots = ins->slots ? repalloc(ins->slots, sizeof(TupleTableSlot *) * nslots)
 			: palloc(sizeof(TupleTableSlot *) * nslots);
+		if (ins->ids)
+			ins->id_slots = ins->id_slots ? repalloc(ins->id_slots, sizeof(TupleTableSlot *) * nslots)
+				: palloc(sizeof(TupleTableSlot *) * nslots);
 		for (; ins->nslots < nslots; ins->nslots++)
+		{
 			ins->slots[ins->nslots] = table_slot_create(rel, &estate->es_tupleTable);
+			if (ins->ids)
+				ins->id_slots[ins->nslots] = table_slot_create(ins->ids->ri_RelationDesc,
+															   &estate->es_tupleTable);
+		}
 		MemoryContextSwitchTo(old);
 	}
 
@@ -699,17 +841,10 @@ append_insert_events(EsAppendRequest *req, EsStore *store, int64 base, FullTrans
 				}
 				ExecStoreVirtualTuple(slot);
 			}
-			if (n == 1)
-				table_tuple_insert(rel, slots[0], cid, 0, NULL);
-			else
-				table_multi_insert(rel, slots, n, cid, 0, NULL);
-			for (i = 0; i < n; i++)
-			{
-				(void) ExecInsertIndexTuples(ins->rri, slots[i], estate, false, false, NULL, NIL);
-				ResetPerTupleExprContext(estate);
-				if (stored != NULL)
+			inserter_insert(ins, slots, n, req->positions + first, cid);
+			if (stored != NULL)
+				for (i = 0; i < n; i++)
 					stored[first + i] = ExecCopySlotHeapTuple(slots[i]);
-			}
 		}
 	}
 	PG_CATCH();
@@ -761,6 +896,7 @@ es_append_execute(EsAppendRequest *req, EsStore *store)
 				append_insert_events(req, store, row.version,
 									 FullTransactionIdFollows(row.last_tx, own) ? row.last_tx : own,
 									 row.last_hash);
+				es_aggregate_moved(store, req->aggregate_id, &row, req->positions[req->nevents - 1]);
 				return;
 			}
 			if (!req->any && req->expected != ES_EXPECT_NEW)

@@ -286,6 +286,40 @@ if ($updated ne $fresh)
 	diag("only in a fresh install: $_") foreach grep { !$updated{$_} } sort keys %fresh;
 }
 
+# es_events is partitioned: the 1.0 table is its first partition, not
+# rewritten (its file is the same), then bounded by the worker below the
+# partitions it makes.
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT c.relkind, (SELECT count(*) FROM es_events_1_0) = (SELECT count(*) FROM es_events),
+	       (SELECT count(*) FROM pg_depend d WHERE d.objid = 'es_events_1_0'::regclass AND d.deptype = 'e')
+	  FROM pg_class c WHERE c.oid = 'es_events'::regclass}),
+	'p|t|0', 'es_events is partitioned; the 1.0 table holds the events stored before, and is the store\'s data, not the extension\'s');
+wait_for(q{SELECT to_position IS NOT NULL FROM es_partitions WHERE partition = 'es_events_1_0'::regclass},
+	'the worker bounded the 1.0 table');
+# Its bound is ultracore_es.partitions_ahead partitions past the last
+# position: the appends reach it later.  Here, at once.
+$node->safe_psql('postgres',
+	q{SELECT setval('es_events_position_seq', to_position - 1) FROM es_partitions WHERE partition = 'es_events_1_0'::regclass});
+wait_for(q{SELECT count(*) >= 2 FROM es_partitions WHERE NOT is_default AND partition <> 'es_events_1_0'::regclass},
+	'the worker made partitions ahead, from that bound');
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT c.convalidated, p.from_position IS NULL, (SELECT min(from_position) FROM es_partitions
+	                                                 WHERE NOT is_default AND from_position IS NOT NULL) = p.to_position
+	  FROM es_partitions p JOIN pg_constraint c ON c.conrelid = p.partition AND c.conname = 'es_events_1_0_bound'
+	 WHERE p.partition = 'es_events_1_0'::regclass}),
+	't|t|t', 'the 1.0 table holds the positions below the first partition made, by a validated CHECK');
+
+# The 1.0 table's event ids stay unique: its primary key is probed too.
+my $stored_1_0 = $node->safe_psql('postgres', q{SELECT count(*) FROM es_events_1_0});
+$node->psql(
+	'postgres', q{
+	SELECT es_append('Account', 'ID-REUSE', 'ACCOUNT_OPENED', '{}', 0,
+	                 event_id => (SELECT event_id FROM es_events_1_0 WHERE aggregate_id = 'OLD-3' AND version = 1))},
+	stderr => \my $reuse);
+like($reuse, qr/event id "[^"]+" is already used by another event/, 'an event id stored by release 1.0 is not taken again');
+
 # Delivery goes on from the checkpoints: new events reach the handler, the
 # projection and Kafka once; new messages are ingested from the stored
 # offsets, the old ones not again.
@@ -309,6 +343,18 @@ is($kafka->messages('es.Account', 2), 149, 'the mirror went on from its checkpoi
 is($node->safe_psql('postgres', q{SELECT string_agg(event_id, ',' ORDER BY event_id) FROM es_events WHERE aggregate_id LIKE 'IN-%'}),
 	'in-1-1,in-1-2,in-1-3,in-1-4,in-2-1,in-2-2,in-2-3,in-2-4', 'the ingest went on from its offsets');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM es_kafka_dead_letters}), '0', 'no message dead-lettered');
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT count(*) FILTER (WHERE tableoid = 'es_events_1_0'::regclass), count(*) FILTER (WHERE tableoid <> 'es_events_1_0'::regclass)
+	  FROM es_events}),
+	"$stored_1_0|" . (149 - $stored_1_0), 'the events appended after the update are in the partitions made');
+$node->safe_psql('postgres', q{SELECT es_append('Account', 'OLD-3', 'ACCOUNT_BALANCE_UPDATED', '{"amount": 1}', 12)});
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT count(*), count(DISTINCT e.tableoid), bool_and(g.version = g.n)
+	  FROM (SELECT g.event_id, g.version, row_number() OVER () AS n FROM es_get_events('OLD-3') g) g
+	  JOIN es_events e ON e.event_id = g.event_id}),
+	'13|2|t', 'an aggregate of 1.0 goes on in a new partition, read across both in version order');
 
 $node->stop;
 $kafka->stop;

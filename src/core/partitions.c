@@ -1,0 +1,868 @@
+/*-------------------------------------------------------------------------
+ *
+ * partitions.c
+ *	  The partitions of es_events as the C paths see them: each with its
+ *	  position range and the indexes they scan, cached per backend; and
+ *	  index scans of every partition merged into one order.
+ *
+ * es_events is partitioned by position (1.1): ranges made ahead by the
+ * worker, the DEFAULT es_events_overflow for appends past them, and, in a
+ * store updated from 1.0, the 1.0 table es_events_1_0 (with its own
+ * primary key on event_id).  A 1.0 catalog's es_events is a plain table:
+ * it is then the one "partition", so that the same code serves both.
+ *
+ * The unique indexes that PostgreSQL cannot give a partitioned table (one
+ * without the partition key) are per partition here: (aggregate_id,
+ * version) in each, unique across them by the aggregate's lock.  A read
+ * of an aggregate or in commit order scans that index of every partition
+ * and merges the rows (es_merged_scan_*): an aggregate's events can lie in
+ * any of them, and the DEFAULT partition holds positions between ranges.
+ *
+ * The cache is rebuilt after a relcache invalidation of es_events (which
+ * every ATTACH, DETACH and DROP of a partition sends) or of a partition,
+ * read from the queue at each call (es_partitions).  Callers open
+ * es_events first, with the lock they need, and take their snapshot
+ * before they ask for the partitions.
+ *
+ * Copyright (c) 2026, ultracore_es developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "core/partitions.h"
+
+#include "access/htup_details.h"
+#include "access/relscan.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_index.h"
+#include "lib/binaryheap.h"
+#include "miscadmin.h"
+#include "port/atomics.h"
+#include "nodes/parsenodes.h"
+#include "partitioning/partdesc.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/relcache.h"
+#include "utils/syscache.h"
+#include "utils/xid8.h"
+
+#include "core/event.h"
+#include "core/shmem.h"
+
+/*
+ * Whether es_events_overflow, the DEFAULT partition, is known empty, per
+ * database, in shared memory.  Known empty, the readers leave it alone: an
+ * ATTACH takes it ACCESS EXCLUSIVE, and every read of an aggregate and in
+ * commit order would otherwise hold it and keep the partition maker out
+ * (or, were it to queue, wait behind it).  Cleared (maybe rows) by every
+ * insert into it before the row goes in: the C inserter, and a trigger for
+ * SQL (a restore's COPY, an owner's INSERT); set by the partition maker
+ * only while it holds the table SHARE (no insert under way) and finds no
+ * block in it.  A reader reads it after taking its snapshot: a row there
+ * that the snapshot sees was inserted, so the flag cleared, before.
+ * Without preloading, or with more databases than slots: not known.
+ */
+#define OVERFLOW_SLOTS 64
+
+typedef struct OverflowSlot
+{
+	pg_atomic_uint32 dbid;		/* 0: free */
+	pg_atomic_uint32 empty;		/* 1: known empty */
+} OverflowSlot;
+
+static OverflowSlot *overflow_slots = NULL;
+
+static EsPartitions cache;
+static Oid	cache_events_relid = InvalidOid;
+static bool cache_valid = false;
+static MemoryContext cache_cxt = NULL;
+
+/*
+ * Invalidations seen: one that arrives while the cache is being built (its
+ * partitions are opened, and a lock taken processes the invalidations
+ * queued) makes the build start again.
+ */
+static uint64 invalidations = 0;
+
+static Size
+overflow_shmem_size(void)
+{
+	return sizeof(OverflowSlot) * OVERFLOW_SLOTS;
+}
+
+static void
+overflow_shmem_init(void *segment)
+{
+	OverflowSlot *slots = (OverflowSlot *) segment;
+	int			i;
+
+	for (i = 0; i < OVERFLOW_SLOTS; i++)
+	{
+		pg_atomic_init_u32(&slots[i].dbid, 0);
+		pg_atomic_init_u32(&slots[i].empty, 0);
+	}
+}
+
+/* es_partitions_init: from _PG_init. */
+void
+es_partitions_init(void)
+{
+	es_shmem_add("ultracore_es overflow", overflow_shmem_size, 0, (void **) &overflow_slots,
+				 overflow_shmem_init);
+}
+
+/* This database's slot, taken the first time (NULL: none). */
+static OverflowSlot *
+overflow_slot(void)
+{
+	int			i;
+
+	if (overflow_slots == NULL || !OidIsValid(MyDatabaseId))
+		return NULL;
+	for (i = 0; i < OVERFLOW_SLOTS; i++)
+	{
+		uint32		expected = 0;
+
+		if (pg_atomic_read_u32(&overflow_slots[i].dbid) == MyDatabaseId)
+			return &overflow_slots[i];
+		if (pg_atomic_compare_exchange_u32(&overflow_slots[i].dbid, &expected, MyDatabaseId) ||
+			expected == MyDatabaseId)
+			return &overflow_slots[i];
+	}
+	return NULL;
+}
+
+/* es_overflow_known_empty: es_events_overflow holds no row (see above). */
+bool
+es_overflow_known_empty(void)
+{
+	OverflowSlot *slot = overflow_slot();
+
+	if (slot == NULL)
+		return false;
+	pg_read_barrier();
+	return pg_atomic_read_u32(&slot->empty) != 0;
+}
+
+/* es_overflow_filling: a row is about to go into es_events_overflow. */
+void
+es_overflow_filling(void)
+{
+	OverflowSlot *slot = overflow_slot();
+
+	if (slot == NULL)
+		return;
+	pg_atomic_write_u32(&slot->empty, 0);
+	pg_memory_barrier();
+}
+
+/* es_overflow_emptied: es_events_overflow, held SHARE, has no block. */
+void
+es_overflow_emptied(void)
+{
+	OverflowSlot *slot = overflow_slot();
+
+	if (slot != NULL)
+		pg_atomic_write_u32(&slot->empty, 1);
+}
+
+/*
+ * The partitions a read must open: all, but the DEFAULT one when it is
+ * known empty.
+ */
+static bool
+partition_read(const EsPartition *part, bool overflow_empty)
+{
+	return !(part->is_default && overflow_empty);
+}
+
+/* es_store_on_change callback: es_events or one of its partitions changed. */
+static void
+partitions_store_changed(const EsStore *store, Oid relid)
+{
+	int			i;
+
+	if (relid == InvalidOid || relid == store->events_relid || relid == cache_events_relid)
+	{
+		cache_valid = false;
+		invalidations++;
+		return;
+	}
+	for (i = 0; i < cache.n; i++)
+		if (cache.parts[i].relid == relid)
+		{
+			cache_valid = false;
+			invalidations++;
+		}
+}
+
+/* Whether index column n (from 0) of ix is column name of relid. */
+static bool
+index_column_is(Form_pg_index ix, int n, Oid relid, const char *name)
+{
+	char	   *attname;
+
+	if (n >= ix->indnkeyatts || ix->indkey.values[n] == 0)
+		return false;
+	attname = get_attname(relid, ix->indkey.values[n], false);
+	return strcmp(attname, name) == 0;
+}
+
+/*
+ * Check that part's table (open) has es_events' columns at the same numbers
+ * (the C paths route and read rows in es_events' descriptor), and find the
+ * indexes they scan among its own.
+ */
+static void
+partition_check(EsPartition *part, Relation rel, Relation events)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	TupleDesc	events_desc = RelationGetDescr(events);
+	List	   *indexes;
+	ListCell   *lc;
+	int			i;
+
+	for (i = 0; i < events_desc->natts; i++)
+		if (desc->natts != events_desc->natts ||
+			TupleDescAttr(desc, i)->attisdropped ||
+			TupleDescAttr(desc, i)->atttypid != TupleDescAttr(events_desc, i)->atttypid)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("partition \"%s\" of es_events does not have its columns in the same places",
+							RelationGetRelationName(rel)),
+					 errhint("Attach only tables made by the worker, or as CREATE TABLE ... (LIKE es_events).")));
+	indexes = RelationGetIndexList(rel);
+
+	foreach(lc, indexes)
+	{
+		Oid			indexoid = lfirst_oid(lc);
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(indexoid));
+		Form_pg_index ix;
+
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "cache lookup failed for index %u", indexoid);
+		ix = (Form_pg_index) GETSTRUCT(tup);
+		/* Partial indexes (correlation ids) serve no scan here. */
+		if (ix->indisvalid && heap_attisnull(tup, Anum_pg_index_indpred, NULL))
+		{
+			if (ix->indnkeyatts == 2 && ix->indisunique &&
+				index_column_is(ix, 0, part->relid, "aggregate_id") &&
+				index_column_is(ix, 1, part->relid, "version"))
+				part->version_idx = indexoid;
+			else if (ix->indnkeyatts == 2 &&
+					 index_column_is(ix, 0, part->relid, "tx_id") &&
+					 index_column_is(ix, 1, part->relid, "position"))
+				part->commit_idx = indexoid;
+			else if (ix->indnkeyatts == 1 && ix->indisunique &&
+					 index_column_is(ix, 0, part->relid, "position"))
+				part->position_idx = indexoid;
+			else if (ix->indnkeyatts == 1 && ix->indisunique &&
+					 index_column_is(ix, 0, part->relid, "event_id"))
+				part->event_id_idx = indexoid;
+		}
+		ReleaseSysCache(tup);
+	}
+	list_free(indexes);
+	if (!OidIsValid(part->version_idx) || !OidIsValid(part->commit_idx) ||
+		!OidIsValid(part->position_idx))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("partition \"%s\" of es_events lacks an index the event store reads",
+						get_rel_name(part->relid)),
+				 errdetail("Each partition needs a unique index on (aggregate_id, version), one on (tx_id, position) and a unique one on (position)."),
+				 errhint("Create the missing index on the partition.")));
+}
+
+/* A bound of a range partition: MINVALUE, MAXVALUE or a position. */
+static int64
+partition_bound(List *datums)
+{
+	PartitionRangeDatum *d = linitial_node(PartitionRangeDatum, datums);
+
+	if (d->kind == PARTITION_RANGE_DATUM_MINVALUE)
+		return PG_INT64_MIN;
+	if (d->kind == PARTITION_RANGE_DATUM_MAXVALUE)
+		return PG_INT64_MAX;
+	return DatumGetInt64(castNode(Const, d->value)->constvalue);
+}
+
+static int
+partition_order(const void *a, const void *b)
+{
+	const EsPartition *x = (const EsPartition *) a;
+	const EsPartition *y = (const EsPartition *) b;
+
+	if (x->is_default != y->is_default)
+		return x->is_default ? 1 : -1;
+	return (x->from_position > y->from_position) - (x->from_position < y->from_position);
+}
+
+/* Read one partition's bound from pg_class.relpartbound. */
+static void
+partition_read_bound(EsPartition *part)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(part->relid));
+	Datum		d;
+	bool		isnull;
+	PartitionBoundSpec *spec;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", part->relid);
+	d = SysCacheGetAttr(RELOID, tup, Anum_pg_class_relpartbound, &isnull);
+	if (isnull)
+		elog(ERROR, "partition %u of es_events has no bound", part->relid);
+	spec = castNode(PartitionBoundSpec, stringToNode(TextDatumGetCString(d)));
+	part->is_default = spec->is_default;
+	if (!spec->is_default)
+	{
+		part->from_position = partition_bound(spec->lowerdatums);
+		part->to_position = partition_bound(spec->upperdatums);
+	}
+	ReleaseSysCache(tup);
+}
+
+/* Read the partitions of es_events (open) into the cache. */
+static void
+partitions_build(Relation events)
+{
+	MemoryContext old;
+	int			i;
+
+	if (cache_cxt == NULL)
+		cache_cxt = AllocSetContextCreate(TopMemoryContext, "ultracore_es partitions",
+										  ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(cache_cxt);
+	cache.n = 0;
+	cache.parts = NULL;
+	old = MemoryContextSwitchTo(cache_cxt);
+	if (events->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
+	{
+		PartitionDesc desc = RelationGetPartitionDesc(events, true);
+
+		cache.parts = palloc0(sizeof(EsPartition) * Max(desc->nparts, 1));
+		for (i = 0; i < desc->nparts; i++)
+		{
+			EsPartition *part = &cache.parts[cache.n++];
+
+			if (!desc->is_leaf[i])
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("partition \"%s\" of es_events is partitioned itself",
+								get_rel_name(desc->oids[i])),
+						 errhint("Attach plain tables only: the worker makes es_events' partitions.")));
+			part->relid = desc->oids[i];
+			partition_read_bound(part);
+		}
+		qsort(cache.parts, cache.n, sizeof(EsPartition), partition_order);
+	}
+	else
+	{
+		cache.parts = palloc0(sizeof(EsPartition));
+		cache.parts[0].relid = RelationGetRelid(events);
+		cache.parts[0].from_position = PG_INT64_MIN;
+		cache.parts[0].to_position = PG_INT64_MAX;
+		cache.n = 1;
+	}
+	MemoryContextSwitchTo(old);
+	for (i = 0; i < cache.n; i++)
+	{
+		Relation	rel = (cache.parts[i].relid == RelationGetRelid(events)) ? events
+			: table_open(cache.parts[i].relid, AccessShareLock);
+
+		partition_check(&cache.parts[i], rel, events);
+		if (rel != events)
+			table_close(rel, NoLock);
+	}
+}
+
+
+/*
+ * es_partitions: the partitions of es_events, open (events) with the lock
+ * the caller needs.  Their tables are locked AccessShareLock here the first
+ * time, to read their indexes.
+ */
+const EsPartitions *
+es_partitions(EsStore *s, Relation events)
+{
+	static bool registered = false;
+
+	if (!registered)
+	{
+		es_store_on_change(partitions_store_changed);
+		registered = true;
+	}
+
+	/*
+	 * A lock on es_events held since earlier in the transaction brings no
+	 * invalidation: a partition attached since would stay unknown, and the
+	 * events a newer snapshot sees in it unread (a consumer's checkpoint
+	 * would pass them).  Its ATTACH sent its invalidation before any event
+	 * went into it, so before the commit of any event the caller's
+	 * snapshot (taken before this call) sees there: reading the queue now
+	 * is enough.
+	 */
+	AcceptInvalidationMessages();
+	while (!cache_valid || cache_events_relid != RelationGetRelid(events))
+	{
+		uint64		seen = invalidations;
+
+		partitions_build(events);
+		cache_events_relid = RelationGetRelid(events);
+		cache_valid = (invalidations == seen);
+	}
+	return &cache;
+}
+
+/*
+ * es_partition_of: the partition that holds position, by the ranges, else
+ * the DEFAULT one; NULL when none would.
+ */
+const EsPartition *
+es_partition_of(const EsPartitions *p, int64 position)
+{
+	int			lo = 0;
+	int			hi = p->n - 1;
+
+	if (p->n > 0 && p->parts[hi].is_default)
+		hi--;
+	while (lo <= hi)
+	{
+		int			mid = (lo + hi) / 2;
+		const EsPartition *part = &p->parts[mid];
+
+		if (position < part->from_position)
+			hi = mid - 1;
+		else if (position >= part->to_position)
+			lo = mid + 1;
+		else
+			return part;
+	}
+	return (p->n > 0 && p->parts[p->n - 1].is_default) ? &p->parts[p->n - 1] : NULL;
+}
+
+/*
+ * A scan of one index of every partition, its rows merged into the index's
+ * order: a heap of the partitions whose scan has a current row, by that
+ * row's key.  One partition: its scan alone.
+ */
+struct EsMergedScan
+{
+	int			n;
+	EsPartitionIndex which;
+	ScanDirection direction;
+	Relation   *rels;
+	Relation   *indexes;
+	IndexScanDesc *scans;
+	TupleTableSlot **slots;
+	binaryheap *heap;
+	Relation	events;			/* es_events, open by the caller */
+	int			current;		/* partition whose row was returned last; -1: none yet */
+	bool		ended;
+};
+
+/* The order of two partitions' current rows, largest first for binaryheap. */
+static int
+merged_compare(Datum a, Datum b, void *arg)
+{
+	EsMergedScan *m = (EsMergedScan *) arg;
+	TupleTableSlot *x = m->slots[DatumGetInt32(a)];
+	TupleTableSlot *y = m->slots[DatumGetInt32(b)];
+	bool		isnull;
+	int			c;
+
+	if (m->which == ES_INDEX_COMMIT)
+	{
+		FullTransactionId tx = DatumGetFullTransactionId(slot_getattr(x, EV_TX_ID + 1, &isnull));
+		FullTransactionId ty = DatumGetFullTransactionId(slot_getattr(y, EV_TX_ID + 1, &isnull));
+
+		c = FullTransactionIdPrecedes(tx, ty) ? -1 : FullTransactionIdPrecedes(ty, tx) ? 1 : 0;
+	}
+	else
+		c = 0;
+	if (c == 0)
+	{
+		/* Within an aggregate, versions follow positions. */
+		int			att = (m->which == ES_INDEX_VERSION) ? EV_VERSION + 1 : EV_POSITION + 1;
+		int64		vx = DatumGetInt64(slot_getattr(x, att, &isnull));
+		int64		vy = DatumGetInt64(slot_getattr(y, att, &isnull));
+
+		c = (vx > vy) - (vx < vy);
+	}
+	/* The heap's first is its largest: forward scans want the smallest row first. */
+	return ScanDirectionIsForward(m->direction) ? -c : c;
+}
+
+/*
+ * es_merged_scan_begin: scan index which of every partition of es_events
+ * (events, open) with snapshot and keys (on the index's columns), rows in
+ * its order, forward or backward.  The version index's keys must fix the
+ * aggregate: its rows are merged by version.
+ */
+EsMergedScan *
+es_merged_scan_begin(EsStore *s, Relation events, EsPartitionIndex which, Snapshot snapshot,
+					 ScanKey keys, int nkeys, ScanDirection direction)
+{
+	const EsPartitions *p = es_partitions(s, events);
+	EsMergedScan *m = palloc0(sizeof(EsMergedScan));
+	bool		overflow_empty = es_overflow_known_empty();
+	int			i;
+
+	m->n = 0;
+	m->which = which;
+	m->direction = direction;
+	m->events = events;
+	m->current = -1;
+	m->rels = palloc(sizeof(Relation) * Max(p->n, 1));
+	m->indexes = palloc(sizeof(Relation) * Max(p->n, 1));
+	m->scans = palloc(sizeof(IndexScanDesc) * Max(p->n, 1));
+	m->slots = palloc(sizeof(TupleTableSlot *) * Max(p->n, 1));
+	for (i = 0; i < p->n; i++)
+	{
+		const EsPartition *part = &p->parts[i];
+		Oid			indexoid = (which == ES_INDEX_VERSION) ? part->version_idx
+			: (which == ES_INDEX_COMMIT) ? part->commit_idx : part->position_idx;
+		int			j = m->n;
+
+		if (!partition_read(part, overflow_empty))
+			continue;
+		m->rels[j] = (part->relid == RelationGetRelid(events)) ? events
+			: table_open(part->relid, AccessShareLock);
+		m->indexes[j] = index_open(indexoid, AccessShareLock);
+		m->slots[j] = table_slot_create(m->rels[j], NULL);
+		m->scans[j] = index_beginscan(m->rels[j], m->indexes[j], snapshot, nkeys, 0);
+		index_rescan(m->scans[j], keys, nkeys, NULL, 0);
+		m->n++;
+	}
+	if (m->n > 1)
+		m->heap = binaryheap_allocate(m->n, merged_compare, m);
+	return m;
+}
+
+/* es_merged_scan_next: the next row, in a slot of its partition; NULL at the end. */
+TupleTableSlot *
+es_merged_scan_next(EsMergedScan *m)
+{
+	int			i;
+
+	if (m->ended)
+		return NULL;
+	if (m->heap == NULL)
+	{
+		if (m->n == 0 || !index_getnext_slot(m->scans[0], m->direction, m->slots[0]))
+			return NULL;
+		return m->slots[0];
+	}
+	if (m->current < 0)
+	{
+		for (i = 0; i < m->n; i++)
+			if (index_getnext_slot(m->scans[i], m->direction, m->slots[i]))
+				binaryheap_add_unordered(m->heap, Int32GetDatum(i));
+		binaryheap_build(m->heap);
+	}
+	else if (index_getnext_slot(m->scans[m->current], m->direction, m->slots[m->current]))
+		binaryheap_replace_first(m->heap, Int32GetDatum(m->current));
+	else
+		(void) binaryheap_remove_first(m->heap);
+	if (binaryheap_empty(m->heap))
+	{
+		m->ended = true;
+		return NULL;
+	}
+	m->current = DatumGetInt32(binaryheap_first(m->heap));
+	return m->slots[m->current];
+}
+
+void
+es_merged_scan_end(EsMergedScan *m)
+{
+	int			i;
+
+	for (i = 0; i < m->n; i++)
+	{
+		index_endscan(m->scans[i]);
+		ExecDropSingleTupleTableSlot(m->slots[i]);
+		index_close(m->indexes[i], NoLock);
+		if (m->rels[i] != m->events)
+			table_close(m->rels[i], NoLock);
+	}
+	if (m->heap)
+		binaryheap_free(m->heap);
+	pfree(m->rels);
+	pfree(m->indexes);
+	pfree(m->scans);
+	pfree(m->slots);
+	pfree(m);
+}
+
+/*
+ * A copy of the first row (in direction) found by a scan of index indexoid
+ * of rel with key, or NULL.
+ */
+static HeapTuple
+partition_probe(Relation rel, Oid indexoid, Snapshot snapshot, ScanKey key, ScanDirection direction)
+{
+	Relation	idx = index_open(indexoid, AccessShareLock);
+	TupleTableSlot *slot = table_slot_create(rel, NULL);
+	IndexScanDesc scan = index_beginscan(rel, idx, snapshot, 1, 0);
+	HeapTuple	row = NULL;
+
+	index_rescan(scan, key, 1, NULL, 0);
+	if (index_getnext_slot(scan, direction, slot))
+		row = ExecCopySlotHeapTuple(slot);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
+	index_close(idx, NoLock);
+	return row;
+}
+
+/*
+ * Lookups by position: a scan of the unique position index of each
+ * partition, begun the first time a position falls there and rescanned for
+ * the next, so that a reader of the commit log pays one probe per event.
+ */
+struct EsPositionLookup
+{
+	EsPartitions p;				/* a copy: fn of a reader may rebuild the cache */
+	bool		overflow_empty;
+	Relation	events;
+	Snapshot	snapshot;
+	Relation   *rels;			/* NULL: not begun */
+	Relation   *indexes;
+	IndexScanDesc *scans;
+	TupleTableSlot **slots;
+};
+
+EsPositionLookup *
+es_position_lookup_begin(EsStore *s, Relation events, Snapshot snapshot)
+{
+	EsPositionLookup *l = palloc0(sizeof(EsPositionLookup));
+	const EsPartitions *p = es_partitions(s, events);
+	int			n = Max(p->n, 1);
+
+	l->p.n = p->n;
+	l->p.parts = palloc(sizeof(EsPartition) * n);
+	memcpy(l->p.parts, p->parts, sizeof(EsPartition) * p->n);
+	l->overflow_empty = es_overflow_known_empty();
+	l->events = events;
+	l->snapshot = snapshot;
+	l->rels = palloc0(sizeof(Relation) * n);
+	l->indexes = palloc0(sizeof(Relation) * n);
+	l->scans = palloc0(sizeof(IndexScanDesc) * n);
+	l->slots = palloc0(sizeof(TupleTableSlot *) * n);
+	return l;
+}
+
+/* es_position_lookup: the event at position, in a slot of its partition; NULL: none. */
+TupleTableSlot *
+es_position_lookup(EsPositionLookup *l, int64 position)
+{
+	const EsPartition *part = es_partition_of(&l->p, position);
+	ScanKeyData key;
+	int			i;
+
+	if (part == NULL || !partition_read(part, l->overflow_empty))
+		return NULL;
+	i = part - l->p.parts;
+	if (l->rels[i] == NULL)
+	{
+		l->rels[i] = (part->relid == RelationGetRelid(l->events)) ? l->events
+			: table_open(part->relid, AccessShareLock);
+		l->indexes[i] = index_open(part->position_idx, AccessShareLock);
+		l->slots[i] = table_slot_create(l->rels[i], NULL);
+		l->scans[i] = index_beginscan(l->rels[i], l->indexes[i], l->snapshot, 1, 0);
+	}
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(position));
+	index_rescan(l->scans[i], &key, 1, NULL, 0);
+	if (!index_getnext_slot(l->scans[i], ForwardScanDirection, l->slots[i]))
+		return NULL;
+	return l->slots[i];
+}
+
+void
+es_position_lookup_end(EsPositionLookup *l)
+{
+	int			i;
+
+	for (i = 0; i < l->p.n; i++)
+	{
+		if (l->rels[i] == NULL)
+			continue;
+		index_endscan(l->scans[i]);
+		ExecDropSingleTupleTableSlot(l->slots[i]);
+		index_close(l->indexes[i], NoLock);
+		if (l->rels[i] != l->events)
+			table_close(l->rels[i], NoLock);
+	}
+	pfree(l->p.parts);
+	pfree(l->rels);
+	pfree(l->indexes);
+	pfree(l->scans);
+	pfree(l->slots);
+	pfree(l);
+}
+
+/*
+ * es_event_by_position: a copy of the event at position, read with
+ * snapshot in the partition that holds it; NULL when there is none.
+ */
+HeapTuple
+es_event_by_position(EsStore *s, Relation events, int64 position, Snapshot snapshot)
+{
+	EsPositionLookup *l = es_position_lookup_begin(s, events, snapshot);
+	TupleTableSlot *slot = es_position_lookup(l, position);
+	HeapTuple	row = slot ? ExecCopySlotHeapTuple(slot) : NULL;
+
+	es_position_lookup_end(l);
+	return row;
+}
+
+/*
+ * es_event_by_id: a copy of the event event_id, read with snapshot; NULL
+ * when there is none.  Its position from the key table es_event_ids, or,
+ * for the events of a 1.0 store, the 1.0 table's own primary key: two
+ * probes whatever the number of partitions.
+ */
+HeapTuple
+es_event_by_id(EsStore *s, Relation events, const char *event_id, Snapshot snapshot)
+{
+	const EsPartitions *p = es_partitions(s, events);
+	ScanKeyData key;
+	HeapTuple	row = NULL;
+	int			i;
+
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(event_id));
+	key.sk_collation = C_COLLATION_OID;
+	if (OidIsValid(s->event_ids_relid))
+	{
+		Relation	ids = table_open(s->event_ids_relid, AccessShareLock);
+		HeapTuple	k = partition_probe(ids, s->event_ids_idx, snapshot, &key, ForwardScanDirection);
+
+		if (k != NULL)
+		{
+			bool		isnull;
+			int64		position = DatumGetInt64(heap_getattr(k, 2, RelationGetDescr(ids), &isnull));
+
+			row = es_event_by_position(s, events, position, snapshot);
+			if (row == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("event \"%s\" was dropped from the database", event_id),
+						 errdetail("Its position, %lld, lies in a partition dropped after its export (es_dropped_history); its id stays taken.",
+								   (long long) position)));
+		}
+		table_close(ids, NoLock);
+		if (row != NULL)
+			return row;
+	}
+	for (i = 0; i < p->n && row == NULL; i++)
+	{
+		const EsPartition *part = &p->parts[i];
+		Relation	rel;
+
+		if (!OidIsValid(part->event_id_idx))
+			continue;
+		rel = (part->relid == RelationGetRelid(events)) ? events : table_open(part->relid, AccessShareLock);
+		row = partition_probe(rel, part->event_id_idx, snapshot, &key, ForwardScanDirection);
+		if (rel != events)
+			table_close(rel, NoLock);
+	}
+	return row;
+}
+
+/* The aggregate's (key's) last event in part, by its version index; NULL: none. */
+static HeapTuple
+partition_last(EsStore *s, Relation events, const EsPartition *part, ScanKey key, Snapshot snapshot)
+{
+	Relation	rel = (part->relid == RelationGetRelid(events)) ? events
+		: table_open(part->relid, AccessShareLock);
+	HeapTuple	row = partition_probe(rel, part->version_idx, snapshot, key, BackwardScanDirection);
+
+	if (rel != events)
+		table_close(rel, NoLock);
+	return row;
+}
+
+/*
+ * es_last_event: a copy of the last event of aggregate_id (NULL: it has
+ * none), read with snapshot.
+ *
+ * hint, when not 0, is a position in the partition that holds it
+ * (es_aggregates.last_position, which the append keeps exact once set):
+ * that partition is probed, and the DEFAULT one.  Else, or when the hint
+ * finds nothing (its partition dropped), the search: versions follow
+ * positions, so the newest range partition that holds any of its events
+ * holds its last one, and the ranges are probed from the newest down to
+ * the first that does; the DEFAULT partition is probed too (its rows lie
+ * between ranges), and the later of the two is the last.  *searched: how
+ * many range partitions the search probed.
+ */
+HeapTuple
+es_last_event(EsStore *s, Relation events, const char *aggregate_id, int64 hint, Snapshot snapshot,
+			  int *searched)
+{
+	const EsPartitions *p = es_partitions(s, events);
+	TupleDesc	desc = RelationGetDescr(events);
+	int			nranges = p->n;
+	HeapTuple	last = NULL;
+	ScanKeyData key;
+	bool		isnull;
+	int			i;
+
+	*searched = 0;
+	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(aggregate_id));
+	key.sk_collation = C_COLLATION_OID;
+	if (nranges > 0 && p->parts[nranges - 1].is_default)
+	{
+		nranges--;
+		if (!es_overflow_known_empty())
+			last = partition_last(s, events, &p->parts[nranges], &key, snapshot);
+	}
+	if (hint != 0)
+	{
+		const EsPartition *part = es_partition_of(p, hint);
+
+		if (part != NULL && !part->is_default)
+		{
+			HeapTuple	row = partition_last(s, events, part, &key, snapshot);
+
+			if (row != NULL)
+				return (last != NULL &&
+						DatumGetInt64(heap_getattr(last, EV_VERSION + 1, desc, &isnull)) >
+						DatumGetInt64(heap_getattr(row, EV_VERSION + 1, desc, &isnull))) ? last : row;
+		}
+	}
+	for (i = nranges - 1; i >= 0; i--)
+	{
+		HeapTuple	row;
+
+		/* A range wholly below the event found cannot hold a later one. */
+		if (last != NULL &&
+			p->parts[i].to_position <= DatumGetInt64(heap_getattr(last, EV_POSITION + 1, desc, &isnull)))
+			break;
+		(*searched)++;
+		row = partition_last(s, events, &p->parts[i], &key, snapshot);
+		if (row != NULL)
+			return row;
+	}
+	return last;
+}
+
+/*
+ * es_partitions_apart: whether positions a and b lie in different
+ * partitions (a range and the DEFAULT one, or two ranges).
+ */
+bool
+es_partitions_apart(EsStore *s, Relation events, int64 a, int64 b)
+{
+	const EsPartitions *p = es_partitions(s, events);
+
+	return es_partition_of(p, a) != es_partition_of(p, b);
+}

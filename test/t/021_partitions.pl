@@ -1,0 +1,184 @@
+# es_events partitioned by position, on a store of its own: partitions of
+# 1,000 positions made by the worker as 5,000 events arrive; es_archive
+# moves those wholly below a position into the archive tablespace, refused
+# while a consumer has not passed them, and every read still returns their
+# events: es_get_events and es_load_aggregate across the boundary,
+# es_read_all, a projection rebuilt from the first event; es_drop_history
+# drops them once exported and covered by snapshots, after which loads
+# start from the snapshots and es_get_events says what was dropped; a dump
+# restored into a new cluster keeps every partition and event.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib "$FindBin::RealBin/..";
+use EsNode;
+
+my $node = EsNode->new('partitions', q{
+ultracore_es.worker_poll_interval = 100
+ultracore_es.partition_events = 1000
+allow_in_place_tablespaces = on
+});
+$node->start;
+
+sub wait_for
+{
+	my ($query, $what) = @_;
+	ok($node->poll_query_until('postgres', $query), $what);
+}
+
+$node->safe_psql(
+	'postgres', q{
+	CREATE EXTENSION ultracore_es;
+	CREATE TABLESPACE es_archive_space LOCATION '';
+	CREATE TABLE seen (event_id text PRIMARY KEY, aggregate_id text, version bigint);
+	CREATE FUNCTION see(event es_events) RETURNS void LANGUAGE sql AS $$
+	    INSERT INTO seen VALUES (event.event_id, event.aggregate_id, event.version)
+	$$;
+	SELECT es_register_handler('see', 'see(es_events)', replay_history => true);
+	SELECT es_register_projection('es_accounts');
+	SELECT es_set_snapshot_policy('Account', 10);
+	CREATE PROCEDURE append_accounts(accounts int, versions int) LANGUAGE plpgsql AS $$
+	BEGIN
+	    FOR v IN 1..versions LOOP
+	        PERFORM es_append('Account', 'ACC-' || a, CASE WHEN v = 1 THEN 'ACCOUNT_OPENED' ELSE 'ACCOUNT_BALANCE_UPDATED' END,
+	                          jsonb_build_object('balance', v), v - 1)
+	           FROM generate_series(1, accounts) a;
+	        COMMIT;
+	    END LOOP;
+	END $$;
+});
+
+# The worker keeps ultracore_es.partitions_ahead (2) partitions made past the
+# last position; a burst faster than its passes would go to the DEFAULT
+# partition: the partitions for this one are made first.
+wait_for(q{SELECT count(*) >= 2 FROM es_partitions WHERE NOT is_default},
+	'the worker made partitions ahead of the first append');
+$node->safe_psql('postgres', q{
+	SELECT es_make_partitions(5100);
+	SELECT es_append('Customer', 'CUST-1', 'CUSTOMER_CREATED', '{"name": "Ada"}', 0);
+	CALL append_accounts(50, 100);});
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT count(*), count(DISTINCT tableoid) >= 5,
+	       count(*) FILTER (WHERE tableoid = 'es_events_overflow'::regclass)
+	  FROM es_events}),
+	'5001|t|0', '5,000 events in at least five partitions, none in the DEFAULT one');
+wait_for(q{SELECT count(*) >= 2 FROM es_partitions
+            WHERE NOT is_default AND from_position > (SELECT last_value FROM es_events_position_seq)},
+	'the worker keeps partitions made ahead of the appends');
+wait_for(q{SELECT count(*) = 5001 FROM seen}, 'the handler saw them all');
+
+# es_archive: refused without a tablespace, and below what a consumer has not passed.
+my ($first_bound, $events_below) = split /\|/, $node->safe_psql(
+	'postgres', q{
+	SELECT p.to_position, (SELECT count(*) FROM es_events e WHERE e.position < p.to_position)
+	  FROM es_partitions p WHERE NOT p.is_default ORDER BY p.from_position LIMIT 1 OFFSET 2});
+$node->psql('postgres', "SELECT es_archive($first_bound)", stderr => \my $err);
+like($err, qr/ultracore_es\.archive_tablespace is not set/, 'refused without an archive tablespace');
+$node->append_conf('postgresql.conf', "ultracore_es.archive_tablespace = 'es_archive_space'");
+$node->reload;
+# A handler registered from the first event, paused at once: it has passed none.
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION ignore(event es_events) RETURNS void LANGUAGE sql AS 'SELECT';
+	BEGIN;
+	SELECT es_register_handler('late', 'ignore(es_events)', replay_history => true);
+	SELECT es_pause_handler('late');
+	COMMIT;});
+$node->psql('postgres', "SELECT es_archive($first_bound)", stderr => \$err);
+like($err, qr/holds events that consumers have not passed.*\n.*Behind its last event in commit order: late\./,
+	'refused while a consumer has not passed the range');
+$node->safe_psql('postgres', q{SELECT es_unregister_handler('late')});
+
+is($node->safe_psql('postgres', "SELECT es_archive($first_bound)"), $events_below,
+	'es_archive moves the events of the partitions wholly below the position');
+is( $node->safe_psql(
+		'postgres', qq{
+	SELECT count(*) FILTER (WHERE tablespace = 'es_archive_space'),
+	       bool_and(tablespace = 'es_archive_space') FILTER (WHERE to_position <= $first_bound),
+	       bool_and(tablespace = 'pg_default') FILTER (WHERE to_position > $first_bound OR is_default)
+	  FROM es_partitions}),
+	'3|t|t', 'the partitions below it are in the archive tablespace, the others where they were');
+is($node->safe_psql('postgres', "SELECT es_archive($first_bound)"), '0', 'archiving again moves nothing');
+
+# Every read still returns the archived events.
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT count(*), bool_and(g.version = g.n), count(DISTINCT p.tablespace)
+	  FROM (SELECT g.event_id, g.version, row_number() OVER () AS n FROM es_get_events('ACC-7') g) g
+	  JOIN es_events e ON e.event_id = g.event_id JOIN es_partitions p ON p.partition = e.tableoid}),
+	'100|t|2', 'es_get_events reads an aggregate across the archive and the hot partitions, in version order');
+is($node->safe_psql('postgres', q{SELECT version, state ->> 'balance' FROM es_load_aggregate('ACC-7')}),
+	'100|100', 'es_load_aggregate folds it across them');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_read_all(max_count => 10000)}), '5001',
+	'es_read_all pages every event, archived ones included');
+$node->safe_psql('postgres', q{SELECT es_rebuild_projection('es_accounts')});
+wait_for(q{SELECT count(*) = 50 AND bool_and(balance = 100) FROM es_accounts}, 'a projection rebuilt from the first event reads the archive');
+is($node->safe_psql('postgres', q{SELECT version FROM es_append('Account', 'ACC-7', 'ACCOUNT_BALANCE_UPDATED', '{"balance": 101}', 100)}),
+	'101', 'an aggregate whose early events are archived goes on');
+$node->psql('postgres', q{UPDATE es_events SET data = '{}' WHERE aggregate_id = 'ACC-1' AND version = 1}, stderr => \$err);
+like($err, qr/UPDATE on es_events is not allowed/, 'the archive is append-only too');
+my $archived = $node->safe_psql('postgres', q{SELECT partition FROM es_partitions WHERE tablespace = 'es_archive_space' LIMIT 1});
+$node->psql('postgres', qq{DELETE FROM $archived}, stderr => \$err);
+like($err, qr/DELETE on \S+ is not allowed/, 'an archived partition refuses changes');
+
+# A dump restored into a new cluster keeps the partitions and their events.
+my $dump = $PostgreSQL::Test::Utils::tmp_check . '/partitions.sql';
+command_ok([ 'pg_dump', '-d', $node->connstr('postgres'), '-f', $dump ], 'pg_dump of the partitioned store');
+my $fingerprint = q{SELECT count(*), md5(string_agg(event_id || version || position || coalesce(encode(hash, 'hex'), ''), ',' ORDER BY position)),
+	(SELECT count(*) FROM es_partitions) FROM es_events};
+my $before = $node->safe_psql('postgres', $fingerprint);
+my $new = EsNode->new('partitions_restored', q{
+ultracore_es.partition_events = 1000
+allow_in_place_tablespaces = on
+});
+$new->start;
+$new->safe_psql('postgres', q{CREATE TABLESPACE es_archive_space LOCATION ''});
+command_ok([ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', $new->connstr('postgres'), '-f', $dump ],
+	'restored into a new cluster');
+is($new->safe_psql('postgres', $fingerprint), $before, 'every partition and event restored');
+is($new->safe_psql('postgres', q{SELECT count(*) FROM es_verify()}), '0', 'the restored history verifies');
+is($new->safe_psql('postgres', q{SELECT version FROM es_append('Account', 'ACC-7', 'ACCOUNT_BALANCE_UPDATED', '{}', 101)}),
+	'102', 'the restored store appends');
+
+# Dropped from the database once exported and covered by snapshots; loads
+# start from the snapshots, a read of the dropped events says so.
+$node->psql('postgres', "SELECT es_drop_history($first_bound)", stderr => \$err);
+like($err, qr/partition \S+ of es_events is not exported/, 'the drop is refused before the export');
+my $dir = $PostgreSQL::Test::Utils::tmp_check . '/exports';
+mkdir $dir;
+chmod 0777, $dir;
+is($node->safe_psql('postgres', "SELECT (es_export(1, $first_bound, '$dir') ->> 'events')::bigint"), $events_below,
+	'the archived range exported');
+$node->psql('postgres', "SELECT es_drop_history($first_bound)", stderr => \$err);
+like($err, qr/1 aggregates with events in partition \S+ of es_events have no snapshot at or after them\n.*For example: CUST-1\./,
+	'the drop is refused while an aggregate there has no snapshot after its events');
+$node->safe_psql('postgres', q{SELECT es_save_snapshot('CUST-1')});
+my $before_drop = $node->safe_psql('postgres', q{SELECT count(*) FROM es_events});
+is($node->safe_psql('postgres', "SELECT es_drop_history($first_bound)"), $events_below, 'es_drop_history drops them');
+is( $node->safe_psql(
+		'postgres', qq{
+	SELECT (SELECT count(*) FROM es_events) = $before_drop - $events_below,
+	       (SELECT count(*) FROM es_partitions WHERE to_position <= $first_bound),
+	       (SELECT sum(events) || ' ' || count(*) || ' ' || bool_and(export_file IS NOT NULL) FROM es_dropped_history)}),
+	"t|0|$events_below 3 true", 'the partitions are gone, recorded in es_dropped_history with their export');
+is($node->safe_psql('postgres', q{SELECT version, state ->> 'balance' FROM es_load_aggregate('ACC-7')}),
+	'101|101', 'es_load_aggregate starts from the snapshot after the dropped events');
+is($node->safe_psql('postgres', q{SELECT version, state ->> 'name' FROM es_load_aggregate('CUST-1')}),
+	'1|Ada', 'an aggregate whose every event was dropped loads from its snapshot');
+$node->psql('postgres', q{SELECT count(*) FROM es_get_events('ACC-7')}, stderr => \$err);
+like($err, qr/events 1 to \d+ of aggregate "ACC-7" were dropped from the database/,
+	'es_get_events of a dropped range says so instead of returning part of the history');
+my $kept_from = $node->safe_psql('postgres', q{SELECT min(version) FROM es_events WHERE aggregate_id = 'ACC-7'});
+is($node->safe_psql('postgres', qq{SELECT count(*) FROM es_get_events('ACC-7', $kept_from)}), 102 - $kept_from,
+	'the events kept read from the first of them');
+my $dropped_id = $node->safe_psql('postgres', q{SELECT event_id FROM es_event_ids ORDER BY position LIMIT 1});
+$node->psql('postgres', qq{SELECT es_append('Account', 'NEW-1', 'ACCOUNT_OPENED', '{}', 0, event_id => '$dropped_id')},
+	stderr => \$err);
+like($err, qr/event "\Q$dropped_id\E" was dropped from the database/, 'a dropped event id is not taken again');
+
+$new->stop;
+$node->stop;
+done_testing();
