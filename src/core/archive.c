@@ -61,7 +61,50 @@ typedef struct ArchiveCandidate
 	char	   *name;
 	int64		from_position;
 	int64		to_position;
+	Oid			tablespace;		/* InvalidOid: the database's default */
 } ArchiveCandidate;
+
+/*
+ * The range partitions of es_events lying wholly below before, in position
+ * order, copied out of the cache (DDL follows, which rebuilds it), their
+ * number in *n, the DEFAULT partition in *default_relid.  es_events stays
+ * locked SHARE UPDATE EXCLUSIVE: one archiving or drop at a time, and the
+ * partition maker waits for it.
+ */
+static ArchiveCandidate *
+archive_below(EsStore *s, int64 before, int *n, Oid *default_relid)
+{
+	Relation	events = table_open(s->events_relid, ShareUpdateExclusiveLock);
+	const EsPartitions *p;
+	ArchiveCandidate *c;
+	int			i;
+
+	if (events->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
+		elog(ERROR, "es_events is not partitioned: run ALTER EXTENSION ultracore_es UPDATE");
+	p = es_partitions(s, events);
+	c = palloc(sizeof(ArchiveCandidate) * Max(p->n, 1));
+	*n = 0;
+	*default_relid = InvalidOid;
+	for (i = 0; i < p->n; i++)
+	{
+		const EsPartition *part = &p->parts[i];
+
+		if (part->is_default)
+			*default_relid = part->relid;
+		else if (part->to_position <= before)
+		{
+			c[*n].relid = part->relid;
+			c[*n].name = get_rel_name(part->relid);
+			c[*n].from_position = part->from_position;
+			c[*n].to_position = part->to_position;
+			c[*n].tablespace = get_rel_tablespace(part->relid);
+			(*n)++;
+		}
+	}
+	/* DDL refuses a table this session holds open; the lock stays. */
+	table_close(events, NoLock);
+	return c;
+}
 
 /*
  * Refuse the move of c when a consumer has not passed its last event in
@@ -175,11 +218,11 @@ es_archive(PG_FUNCTION_ARGS)
 	EsCall		call;
 	int64		before;
 	Oid			tsid;
-	Relation	events;
-	const EsPartitions *p;
+	ArchiveCandidate *below;
 	ArchiveCandidate *candidates;
+	int			nbelow;
 	int			ncandidates = 0;
-	Oid			default_relid = InvalidOid;
+	Oid			default_relid;
 	int64		last;
 	int64		moved = 0;
 	int			i;
@@ -208,30 +251,11 @@ es_archive(PG_FUNCTION_ARGS)
 				 errhint("Call it in a READ COMMITTED transaction.")));
 
 	es_call_begin(fcinfo, &call);
-	events = table_open(call.store->events_relid, ShareUpdateExclusiveLock);
-	if (events->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
-		elog(ERROR, "es_events is not partitioned: run ALTER EXTENSION ultracore_es UPDATE");
-	p = es_partitions(call.store, events);
-	candidates = palloc(sizeof(ArchiveCandidate) * Max(p->n, 1));
-	for (i = 0; i < p->n; i++)
-	{
-		const EsPartition *part = &p->parts[i];
-
-		if (part->is_default)
-		{
-			default_relid = part->relid;
-			continue;
-		}
-		if (part->to_position > before || get_rel_tablespace(part->relid) == tsid)
-			continue;
-		candidates[ncandidates].relid = part->relid;
-		candidates[ncandidates].name = get_rel_name(part->relid);
-		candidates[ncandidates].from_position = part->from_position;
-		candidates[ncandidates].to_position = part->to_position;
-		ncandidates++;
-	}
-	/* DDL refuses a table this session holds open; the lock stays. */
-	table_close(events, NoLock);
+	below = archive_below(call.store, before, &nbelow, &default_relid);
+	candidates = palloc(sizeof(ArchiveCandidate) * Max(nbelow, 1));
+	for (i = 0; i < nbelow; i++)
+		if (below[i].tablespace != tsid)
+			candidates[ncandidates++] = below[i];
 
 	if (ncandidates > 0)
 	{
@@ -334,10 +358,9 @@ es_drop_history(PG_FUNCTION_ARGS)
 	EsCall		call;
 	int64		before;
 	Oid			tsid;
-	Relation	events;
-	const EsPartitions *p;
 	ArchiveCandidate *candidates;
-	int			ncandidates = 0;
+	int			ncandidates;
+	Oid			default_relid;
 	int64		dropped = 0;
 	int			i;
 
@@ -351,30 +374,14 @@ es_drop_history(PG_FUNCTION_ARGS)
 	PreventCommandIfReadOnly("es_drop_history()");
 
 	es_call_begin(fcinfo, &call);
-	events = table_open(call.store->events_relid, ShareUpdateExclusiveLock);
-	if (events->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
-		elog(ERROR, "es_events is not partitioned: run ALTER EXTENSION ultracore_es UPDATE");
-	p = es_partitions(call.store, events);
-	candidates = palloc(sizeof(ArchiveCandidate) * Max(p->n, 1));
-	for (i = 0; i < p->n; i++)
-	{
-		const EsPartition *part = &p->parts[i];
-
-		if (part->is_default || part->to_position > before)
-			continue;
-		if (!OidIsValid(tsid) || get_rel_tablespace(part->relid) != tsid)
+	candidates = archive_below(call.store, before, &ncandidates, &default_relid);
+	for (i = 0; i < ncandidates; i++)
+		if (!OidIsValid(tsid) || candidates[i].tablespace != tsid)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("partition %s of es_events is not archived", get_rel_name(part->relid)),
+					 errmsg("partition %s of es_events is not archived", candidates[i].name),
 					 errdetail("Only partitions in ultracore_es.archive_tablespace are dropped: every consumer has passed their events."),
 					 errhint("Archive them first: es_archive(" INT64_FORMAT ").", before)));
-		candidates[ncandidates].relid = part->relid;
-		candidates[ncandidates].name = get_rel_name(part->relid);
-		candidates[ncandidates].from_position = part->from_position;
-		candidates[ncandidates].to_position = part->to_position;
-		ncandidates++;
-	}
-	table_close(events, NoLock);
 
 	for (i = 0; i < ncandidates; i++)
 	{
