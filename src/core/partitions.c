@@ -489,7 +489,7 @@ merged_compare(Datum a, Datum b, void *arg)
 		c = 0;
 	if (c == 0)
 	{
-		/* Within an aggregate, versions follow positions. */
+		/* Within an aggregate, versions follow positions; within a key, positions. */
 		int			att = (m->which == ES_INDEX_VERSION) ? EV_VERSION + 1 : EV_POSITION + 1;
 		int64		vx = DatumGetInt64(slot_getattr(x, att, &isnull));
 		int64		vy = DatumGetInt64(slot_getattr(y, att, &isnull));
@@ -527,8 +527,7 @@ es_merged_scan_begin(EsStore *s, Relation events, EsPartitionIndex which, Snapsh
 	for (i = 0; i < p->n; i++)
 	{
 		const EsPartition *part = &p->parts[i];
-		Oid			indexoid = (which == ES_INDEX_VERSION) ? part->version_idx
-			: (which == ES_INDEX_COMMIT) ? part->commit_idx : part->position_idx;
+		Oid			indexoid = (which == ES_INDEX_VERSION) ? part->version_idx : part->commit_idx;
 		int			j = m->n;
 
 		if (!partition_read(part, overflow_empty))

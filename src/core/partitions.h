@@ -41,12 +41,11 @@ typedef struct EsPartitions
 	EsPartition *parts;			/* ranges by from_position, the DEFAULT last */
 } EsPartitions;
 
-/* Which index of each partition a merged scan reads. */
+/* Which index of each partition a merged scan reads (lookups by position: EsPositionLookup). */
 typedef enum EsPartitionIndex
 {
 	ES_INDEX_VERSION,
-	ES_INDEX_COMMIT,
-	ES_INDEX_POSITION
+	ES_INDEX_COMMIT
 } EsPartitionIndex;
 
 extern void es_partitions_init(void);
