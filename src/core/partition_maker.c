@@ -327,10 +327,25 @@ es_partitions_make(EsStore *s, int64 upto, bool wait, int *made)
 	 */
 	if (OidIsValid(default_relid))
 		maker_check_overflow(default_relid);
-	if (next <= upto && OidIsValid(default_relid) && !es_partition_lock(default_relid, wait))
+	if (next <= upto && OidIsValid(default_relid))
 	{
-		es_become(role);
-		return false;
+		if (!es_partition_lock(default_relid, wait))
+		{
+			es_become(role);
+			return false;
+		}
+		/*
+		 * The last position again, now that no append can put a row in the
+		 * DEFAULT partition: appends there between the first read and the
+		 * lock have rows in the range, whose ATTACH then failed at every
+		 * pass for as long as appends went on.  An append that takes a
+		 * position from now on routes again once this commits (append.c),
+		 * into the new range.
+		 */
+		last = es_last_position(false);
+		if (next <= last)
+			next = last + 1;
+		upto = Max(upto, next);
 	}
 	while (next <= upto)
 	{

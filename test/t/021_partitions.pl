@@ -15,6 +15,7 @@ use Test::More;
 use FindBin;
 use lib "$FindBin::RealBin/..";
 use EsNode;
+use EsWriters;
 
 my $node = EsNode->new('partitions', q{
 ultracore_es.worker_poll_interval = 100
@@ -178,6 +179,36 @@ my $dropped_id = $node->safe_psql('postgres', q{SELECT event_id FROM es_event_id
 $node->psql('postgres', qq{SELECT es_append('Account', 'NEW-1', 'ACCOUNT_OPENED', '{}', 0, event_id => '$dropped_id')},
 	stderr => \$err);
 like($err, qr/event "\Q$dropped_id\E" was dropped from the database/, 'a dropped event id is not taken again');
+
+# Appends that outran the ranges made go to the DEFAULT partition (a lock
+# on it holds the worker's ATTACH off meanwhile), and the worker starts the
+# next range above them while the appends go on: it reads the last position
+# once it holds that partition (read before, appends of the meantime had
+# rows in the new range, and its ATTACH failed at every pass for as long
+# as they went on).
+my $bound = $node->safe_psql('postgres', q{
+	SELECT max(to_position) + 100 FROM es_partitions WHERE NOT is_default});
+my $hold = $node->background_psql('postgres');
+$hold->query_safe('BEGIN; LOCK TABLE es_events_overflow IN ACCESS SHARE MODE');
+$node->safe_psql('postgres', "SELECT setval('es_events_position_seq', $bound)");
+my $writers = EsWriters->new($node, 0)->start(25, $node, 4);
+wait_for(qq{SELECT count(*) > 100 FROM es_events_overflow WHERE position > $bound},
+	'appends past the ranges made go to the DEFAULT partition');
+my $log_offset = -s $node->logfile;
+$hold->query_safe('COMMIT');
+$hold->quit;
+my $released = time;
+wait_for(qq{SELECT count(*) > 0 FROM es_events e JOIN es_partitions p ON p.partition = e.tableoid
+             WHERE NOT p.is_default AND p.from_position > $bound},
+	'the worker made a range above them, and appends go there');
+cmp_ok(time - $released, '<', 15, 'while the appends went on');
+unlike(slurp_file($node->logfile, $log_offset), qr/could not make the partitions/,
+	'no ATTACH failed on the rows of the DEFAULT partition');
+$writers->finish;
+is($node->safe_psql('postgres', qq{SELECT count(*) FROM es_events_overflow o
+                                   WHERE o.position >= (SELECT min(from_position) FROM es_partitions
+                                                         WHERE NOT is_default AND from_position > $bound)}),
+	'0', 'no row of the DEFAULT partition in a range made');
 
 $new->stop;
 $node->stop;
