@@ -12,6 +12,12 @@ use Test::More;
 
 my $program = 'test/kafka_mock_broker';
 
+# Every cluster started, stopped in END if the test did not: by the time
+# DESTROY runs in global destruction the harness may be gone, and the mock
+# (which keeps serving after its input ends, as the benchmarks run it)
+# would outlive the test.
+my @clusters;
+
 # EsKafka->new('topic:partitions', ...): three brokers, these topics.
 sub new
 {
@@ -23,6 +29,7 @@ sub new
 	$self->{harness}->pump until $self->{out} =~ /^ready$/m;
 	($self->{bootstrap}) = $self->{out} =~ /^bootstrap\.servers=(\S+)$/m
 	  or die "no bootstrap servers from $program: $self->{err}";
+	push @clusters, $self;
 	return $self;
 }
 
@@ -146,6 +153,12 @@ sub DESTROY
 	my ($self) = @_;
 	$self->stop;
 	return;
+}
+
+END
+{
+	local $?;    # the test's exit status, which reaping the mock would overwrite
+	$_->stop for grep { defined } @clusters;
 }
 
 1;
