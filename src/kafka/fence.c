@@ -41,6 +41,8 @@
 #define CLAIM_TIMEOUT_MS	5000
 #define TOPIC_RECHECK_MS	10000
 #define METADATA_MS			2000
+/* How long the services come back every ES_KAFKA_FENCE_READ_MS for the claims' ends. */
+#define READ_SOON_MS		5000
 
 typedef enum EsFence
 {
@@ -55,6 +57,7 @@ static int	npartitions = -1;		/* -1: not known yet; 0: the topic does not exist 
 static bool *at_end = NULL;			/* per partition: read up to its end once */
 static bool caught_up = false;		/* every partition read up to its end once */
 static TimestampTz looked_at = 0;
+static TimestampTz assigned_at = 0;	/* when the partitions were assigned */
 static TimeLineID latest_claim = 0; /* the highest timeline claiming our source */
 static char latest_claim_value[512];
 
@@ -90,11 +93,18 @@ watcher_create(void)
 	char		errstr[512];
 	rd_kafka_conf_t *conf = es_kafka_client_conf(es_kafka_consumer_properties, errstr, sizeof(errstr));
 
-	/* Partitions are assigned, not subscribed: the group is never joined, nothing is committed. */
+	/*
+	 * Partitions are assigned, not subscribed: the group is never joined,
+	 * nothing is committed.  A fetch of a partition read to its end waits
+	 * 100 ms for more, not librdkafka's 500: the end of each is what the
+	 * services wait for when they start (es_kafka_fence_reading), and
+	 * claims are a few records a year.
+	 */
 	if (conf != NULL &&
 		(rd_kafka_conf_set(conf, "group.id", "ultracore_es.fence", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		 rd_kafka_conf_set(conf, "enable.auto.commit", "false", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
-		 rd_kafka_conf_set(conf, "enable.partition.eof", "true", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK))
+		 rd_kafka_conf_set(conf, "enable.partition.eof", "true", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
+		 rd_kafka_conf_set(conf, "fetch.wait.max.ms", "100", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK))
 	{
 		rd_kafka_conf_destroy(conf);
 		conf = NULL;
@@ -162,6 +172,7 @@ watcher_assign(void)
 	list = rd_kafka_topic_partition_list_new(npartitions);
 	for (i = 0; i < npartitions; i++)
 		rd_kafka_topic_partition_list_add(list, watched_topic, i)->offset = RD_KAFKA_OFFSET_BEGINNING;
+	assigned_at = GetCurrentTimestamp();
 	err = rd_kafka_assign(watcher, list);
 	rd_kafka_topic_partition_list_destroy(list);
 	if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -347,6 +358,21 @@ fence_state(bool claim, char *why, size_t len)
 	if (claim && ours > 1 && latest_claim < ours && !fence_claim(ours, why, len))
 		return ES_FENCE_UNKNOWN;
 	return ES_FENCE_OPEN;
+}
+
+/*
+ * es_kafka_fence_reading: whether the claims are being read up to their
+ * end, assigned less than READ_SOON_MS ago: the services come back for
+ * them every ES_KAFKA_FENCE_READ_MS, where a pass every
+ * ultracore_es.worker_poll_interval kept a mirror just turned on waiting
+ * a second (ten passes of the benchmark's 100 ms; the default is 1 s a
+ * pass).  Longer, brokers are away, and the passes space out again.
+ */
+bool
+es_kafka_fence_reading(void)
+{
+	return watcher != NULL && npartitions > 0 && !caught_up &&
+		!TimestampDifferenceExceeds(assigned_at, GetCurrentTimestamp(), READ_SOON_MS);
 }
 
 /*

@@ -1194,7 +1194,9 @@ mirror_service_pass(bool *reads_appends)
 	*reads_appends = true;
 	busy = mirror_pass();
 	es_kafka_emit_logs();
-	return busy ? KAFKA_BUSY_MS : es_worker_poll_interval;
+	if (busy)
+		return KAFKA_BUSY_MS;
+	return es_kafka_fence_reading() ? ES_KAFKA_FENCE_READ_MS : es_worker_poll_interval;
 }
 
 /* One mirror, in the database Kafka serves, when brokers are configured. */

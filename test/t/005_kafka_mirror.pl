@@ -175,6 +175,21 @@ is(scalar @txn, 200, 'every event of the transactional batches on the topic');
 is( scalar(grep { $_->{partition} != java_partition($_->{key}, 4) } @txn),
 	0, 'each aggregate on the partition the Java client would choose');
 
+# A mirror turned on starts once it has read the fence's claims, not at
+# its next pass: with passes ten minutes apart and no append to wake it,
+# the events stored while Kafka was off still reach the topic.
+$node->append_conf('postgresql.conf', "ultracore_es.kafka_brokers = ''");
+$node->reload;
+ok( $node->poll_query_until(
+		'postgres',
+		q{SELECT count(*) = 0 FROM es_worker_state() WHERE kind = 'kafka mirror' AND pid IS NOT NULL}, 't'),
+	'Kafka off: the mirror stopped');
+$node->safe_psql('postgres', q{CALL append_accounts('OFF-', 10, 10)});
+$node->append_conf('postgresql.conf',
+	"ultracore_es.worker_poll_interval = '10min'\nultracore_es.kafka_brokers = '$kafka->{bootstrap}'");
+$node->reload;
+mirrored_all('Kafka on again, passes ten minutes apart');
+
 $node->stop;
 $kafka->stop;
 done_testing();
