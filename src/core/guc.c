@@ -55,7 +55,7 @@ char	   *es_kafka_source = NULL;
 bool		es_kafka_transactional = false;
 char	   *es_kafka_standby_slots = NULL;
 char	   *es_kafka_fence_topic = NULL;
-int			es_kafka_batch_size = 10000;
+int			es_kafka_batch_size = 50000;
 int			es_kafka_ingest_batch_size = 1000;
 int			es_kafka_ingest_workers = 1;
 char	   *es_traceparent = NULL;
@@ -438,7 +438,7 @@ es_guc_init(void)
 							"Most messages the mirror has in flight.",
 							NULL,
 							&es_kafka_batch_size,
-							10000,
+							50000,
 							1,
 							1000000,
 							PGC_SIGHUP,
