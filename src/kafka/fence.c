@@ -41,7 +41,8 @@
 #define CLAIM_TIMEOUT_MS	5000
 #define TOPIC_RECHECK_MS	10000
 #define METADATA_MS			2000
-/* How long the services come back every ES_KAFKA_FENCE_READ_MS for the claims' ends. */
+/* While the claims are read at start: the services' nap, for at most how long. */
+#define FENCE_READ_NAP_MS	10
 #define READ_SOON_MS		5000
 
 typedef enum EsFence
@@ -97,7 +98,7 @@ watcher_create(void)
 	 * Partitions are assigned, not subscribed: the group is never joined,
 	 * nothing is committed.  A fetch of a partition read to its end waits
 	 * 100 ms for more, not librdkafka's 500: the end of each is what the
-	 * services wait for when they start (es_kafka_fence_reading), and
+	 * services wait for when they start (es_kafka_idle_nap), and
 	 * claims are a few records a year.
 	 */
 	if (conf != NULL &&
@@ -361,18 +362,20 @@ fence_state(bool claim, char *why, size_t len)
 }
 
 /*
- * es_kafka_fence_reading: whether the claims are being read up to their
- * end, assigned less than READ_SOON_MS ago: the services come back for
- * them every ES_KAFKA_FENCE_READ_MS, where a pass every
+ * es_kafka_idle_nap: how long a Kafka service with nothing to do sleeps.
+ * While the claims are being read up to their end, assigned less than
+ * READ_SOON_MS ago, FENCE_READ_NAP_MS: a pass every
  * ultracore_es.worker_poll_interval kept a mirror just turned on waiting
  * a second (ten passes of the benchmark's 100 ms; the default is 1 s a
  * pass).  Longer, brokers are away, and the passes space out again.
  */
-bool
-es_kafka_fence_reading(void)
+long
+es_kafka_idle_nap(void)
 {
-	return watcher != NULL && npartitions > 0 && !caught_up &&
-		!TimestampDifferenceExceeds(assigned_at, GetCurrentTimestamp(), READ_SOON_MS);
+	if (watcher != NULL && npartitions > 0 && !caught_up &&
+		!TimestampDifferenceExceeds(assigned_at, GetCurrentTimestamp(), READ_SOON_MS))
+		return FENCE_READ_NAP_MS;
+	return es_worker_poll_interval;
 }
 
 /*

@@ -819,9 +819,7 @@ ingest_service_pass(bool *reads_appends)
 	if (retry_at != 0)			/* waiting to try a batch again: wake up for it */
 		return Max(Min((long) es_worker_poll_interval,
 					   (long) ((retry_at - GetCurrentTimestamp()) / 1000) + 1), 0);
-	if (busy)
-		return 0;
-	return es_kafka_fence_reading() ? ES_KAFKA_FENCE_READ_MS : es_worker_poll_interval;
+	return busy ? 0 : es_kafka_idle_nap();
 }
 
 /*

@@ -59,11 +59,8 @@ extern const char *es_kafka_own_source(void);
 
 /* fence.c: whether this server may speak for the store on Kafka */
 extern bool es_kafka_fence_open(bool claim, const char *consumer, bool *fenced);
-extern bool es_kafka_fence_reading(void);
 extern void es_kafka_fence_stop(void);
-
-/* The services' nap while the fence's claims are being read. */
-#define ES_KAFKA_FENCE_READ_MS	10
+extern long es_kafka_idle_nap(void);
 
 /* standby.c */
 extern bool es_kafka_standby_wait_on(void);

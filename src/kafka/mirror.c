@@ -1194,9 +1194,7 @@ mirror_service_pass(bool *reads_appends)
 	*reads_appends = true;
 	busy = mirror_pass();
 	es_kafka_emit_logs();
-	if (busy)
-		return KAFKA_BUSY_MS;
-	return es_kafka_fence_reading() ? ES_KAFKA_FENCE_READ_MS : es_worker_poll_interval;
+	return busy ? KAFKA_BUSY_MS : es_kafka_idle_nap();
 }
 
 /* One mirror, in the database Kafka serves, when brokers are configured. */
