@@ -15,6 +15,20 @@ es_log() { printf '== %s\n' "$*"; }
 # line), and their least and greatest as "lo-hi" (printf format of each, %.3f).
 es_median() { sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 es_minmax() { sort -g | awk -v f="${1:-%.3f}" 'NR == 1 {lo = $1} {hi = $1} END {printf f "-" f, lo, hi}'; }
+# The SQL of the table a user would write by hand for es_events' rows (the
+# benchmarks' baseline): its columns, the indexes of one of its partitions,
+# and a primary key on event_id (es_events keeps it in the key table
+# es_event_ids).  LIKE es_events INCLUDING INDEXES would copy none: the
+# indexes of a partitioned es_events are its partitions'.
+es_raw_table_sql() { # table name
+	cat <<SQL
+CREATE TABLE $1 (LIKE es_events INCLUDING DEFAULTS INCLUDING CONSTRAINTS, PRIMARY KEY (event_id),
+                 UNIQUE (aggregate_id, version));
+CREATE INDEX ON $1 (tx_id, position);
+CREATE UNIQUE INDEX ON $1 (position);
+CREATE INDEX ON $1 (correlation_id, position) WHERE correlation_id IS NOT NULL;
+SQL
+}
 
 # Install the Debian packages the build, the tests and the demo need (only
 # when one is missing: apt-get update takes a while).
