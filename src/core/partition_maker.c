@@ -49,7 +49,6 @@
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
-#include "storage/bufmgr.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -119,22 +118,18 @@ es_partition_lock(Oid relid, bool wait)
 }
 
 /*
- * Record that the DEFAULT partition is empty, when it is: held SHARE (no
- * insert under way, none can start), it has no block at all.  Readers then
- * leave it alone (partitions.c).  A table that once held rows keeps them:
- * it stays read.
+ * Record what the DEFAULT partition (overflow) holds, when the partition
+ * maker can hold it SHARE (no insert under way, none can start): nothing
+ * (no block at all), readers then leave it alone; else, once after a
+ * restart, its highest position (partitions.c).  A table that once held
+ * rows keeps them: it stays read.
  */
 static void
-maker_check_overflow(Oid default_relid)
+maker_check_overflow(const EsPartition *overflow)
 {
-	Relation	rel;
-
-	if (es_overflow_known_empty() || !ConditionalLockRelationOid(default_relid, ShareLock))
+	if (es_overflow_known_empty() || !ConditionalLockRelationOid(overflow->relid, ShareLock))
 		return;
-	rel = table_open(default_relid, NoLock);
-	if (RelationGetNumberOfBlocks(rel) == 0)
-		es_overflow_emptied();
-	table_close(rel, NoLock);
+	es_overflow_measure(overflow);
 }
 
 /*
@@ -233,20 +228,20 @@ maker_bound_1_0(EsStore *s, const EsPartition *part, Oid default_relid, int64 la
 /*
  * The end of the ranges made (PG_INT64_MIN: none) in *next, the range
  * partition still bounded by MAXVALUE (the 1.0 table before it is bounded;
- * relid invalid: none) in *unbounded, the DEFAULT partition in
- * *default_relid.  False for a 1.0 catalog, whose
- * es_events is a plain table.  es_events is closed again (kept locked):
+ * relid invalid: none) in *unbounded, the DEFAULT partition in *overflow
+ * (relid invalid: none).  False for a 1.0 catalog, whose es_events is a
+ * plain table.  es_events is closed again (kept locked):
  * DDL refuses a table this session holds open.
  */
 static bool
-maker_read_ranges(EsStore *s, int64 *next, EsPartition *unbounded, Oid *default_relid)
+maker_read_ranges(EsStore *s, int64 *next, EsPartition *unbounded, EsPartition *overflow)
 {
 	Relation	events = table_open(s->events_relid, AccessShareLock);
 	const EsPartitions *p;
 	int			i;
 
 	*next = PG_INT64_MIN;
-	*default_relid = InvalidOid;
+	memset(overflow, 0, sizeof(EsPartition));
 	memset(unbounded, 0, sizeof(EsPartition));
 	if (events->rd_rel->relkind != RELKIND_PARTITIONED_TABLE)
 	{
@@ -257,7 +252,7 @@ maker_read_ranges(EsStore *s, int64 *next, EsPartition *unbounded, Oid *default_
 	for (i = 0; i < p->n; i++)
 	{
 		if (p->parts[i].is_default)
-			*default_relid = p->parts[i].relid;
+			*overflow = p->parts[i];
 		else if (p->parts[i].to_position == PG_INT64_MAX)
 			*unbounded = p->parts[i];
 		else
@@ -282,7 +277,7 @@ es_partitions_make(EsStore *s, int64 upto, bool wait, int *made)
 	int64		last;
 	int64		next;
 	EsPartition unbounded;
-	Oid			default_relid;
+	EsPartition overflow;
 
 	*made = 0;
 	(void) set_config_option("lock_timeout", MAKER_LOCK_TIMEOUT, PGC_USERSET, PGC_S_SESSION,
@@ -300,20 +295,20 @@ es_partitions_make(EsStore *s, int64 upto, bool wait, int *made)
 		return false;
 	}
 	last = es_last_position(false);
-	if (!maker_read_ranges(s, &next, &unbounded, &default_relid))
+	if (!maker_read_ranges(s, &next, &unbounded, &overflow))
 	{
 		es_become(role);
 		return true;			/* a 1.0 catalog: nothing to partition */
 	}
 	if (OidIsValid(unbounded.relid))
 	{
-		if (!maker_bound_1_0(s, &unbounded, default_relid, last, wait))
+		if (!maker_bound_1_0(s, &unbounded, overflow.relid, last, wait))
 		{
 			es_become(role);
 			return false;
 		}
 		CommandCounterIncrement();
-		(void) maker_read_ranges(s, &next, &unbounded, &default_relid);
+		(void) maker_read_ranges(s, &next, &unbounded, &overflow);
 	}
 	if (upto <= 0)
 		upto = last + (int64) es_partition_events * es_partitions_ahead;
@@ -325,11 +320,11 @@ es_partitions_make(EsStore *s, int64 upto, bool wait, int *made)
 	 * none of its rows fall in the range.  Known empty, no reader holds it
 	 * (partitions.c); else the worker tries again at its next pass.
 	 */
-	if (OidIsValid(default_relid))
-		maker_check_overflow(default_relid);
-	if (next <= upto && OidIsValid(default_relid))
+	if (OidIsValid(overflow.relid))
+		maker_check_overflow(&overflow);
+	if (next <= upto && OidIsValid(overflow.relid))
 	{
-		if (!es_partition_lock(default_relid, wait))
+		if (!es_partition_lock(overflow.relid, wait))
 		{
 			es_become(role);
 			return false;

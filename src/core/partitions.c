@@ -43,6 +43,7 @@
 #include "lib/binaryheap.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
+#include "storage/bufmgr.h"
 #include "nodes/parsenodes.h"
 #include "partitioning/partdesc.h"
 #include "utils/builtins.h"
@@ -51,6 +52,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/relcache.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/xid8.h"
 
@@ -69,16 +71,30 @@
  * block in it.  A reader reads it after taking its snapshot: a row there
  * that the snapshot sees was inserted, so the flag cleared, before.
  * Without preloading, or with more databases than slots: not known.
+ *
+ * Beside it, the highest position it may hold (top), raised by the same
+ * inserts before their row goes in, and read by the partition maker from
+ * its position index, under the same SHARE lock, when not known (after a
+ * restart).  An append that knows its aggregate's last event lies in a
+ * range at or above a position (es_last_event's hint) need not look in
+ * the DEFAULT partition when top is below it: a store whose first events
+ * went there before the worker made the first range (the most common
+ * case: they stay there) would otherwise pay a probe of it per append.
  */
 #define OVERFLOW_SLOTS 64
+#define OVERFLOW_TOP_UNKNOWN PG_INT64_MAX
 
 typedef struct OverflowSlot
 {
 	pg_atomic_uint32 dbid;		/* 0: free */
 	pg_atomic_uint32 empty;		/* 1: known empty */
+	pg_atomic_uint64 top;		/* the highest position it may hold (int64) */
 } OverflowSlot;
 
 static OverflowSlot *overflow_slots = NULL;
+
+static HeapTuple partition_probe(Relation rel, Oid indexoid, Snapshot snapshot, ScanKey key,
+								 ScanDirection direction);
 
 static EsPartitions cache;
 static Oid	cache_events_relid = InvalidOid;
@@ -108,6 +124,7 @@ overflow_shmem_init(void *segment)
 	{
 		pg_atomic_init_u32(&slots[i].dbid, 0);
 		pg_atomic_init_u32(&slots[i].empty, 0);
+		pg_atomic_init_u64(&slots[i].top, (uint64) OVERFLOW_TOP_UNKNOWN);
 	}
 }
 
@@ -152,26 +169,75 @@ es_overflow_known_empty(void)
 	return pg_atomic_read_u32(&slot->empty) != 0;
 }
 
-/* es_overflow_filling: a row is about to go into es_events_overflow. */
-void
-es_overflow_filling(void)
+/*
+ * es_overflow_may_hold: es_events_overflow may hold a row at position from
+ * or above.  Read like the flag, after the snapshot.
+ */
+bool
+es_overflow_may_hold(int64 from)
 {
 	OverflowSlot *slot = overflow_slot();
 
 	if (slot == NULL)
+		return true;
+	pg_read_barrier();
+	return pg_atomic_read_u32(&slot->empty) == 0 &&
+		(int64) pg_atomic_read_u64(&slot->top) >= from;
+}
+
+/* es_overflow_filling: a row at position is about to go into es_events_overflow. */
+void
+es_overflow_filling(int64 position)
+{
+	OverflowSlot *slot = overflow_slot();
+	uint64		top;
+
+	if (slot == NULL)
 		return;
+	top = pg_atomic_read_u64(&slot->top);
+	while ((int64) top < position &&
+		   !pg_atomic_compare_exchange_u64(&slot->top, &top, (uint64) position))
+		;
 	pg_atomic_write_u32(&slot->empty, 0);
 	pg_memory_barrier();
 }
 
-/* es_overflow_emptied: es_events_overflow, held SHARE, has no block. */
+/*
+ * es_overflow_measure: what es_events_overflow (part), which the caller
+ * holds SHARE (no insert under way, none can start), holds: nothing, when
+ * it has no block; else, when not known (after a restart), rows up to the
+ * highest position of its committed rows (a newest row the latest
+ * snapshot does not see was never committed: not an event).
+ */
 void
-es_overflow_emptied(void)
+es_overflow_measure(const EsPartition *part)
 {
 	OverflowSlot *slot = overflow_slot();
+	Relation	rel;
 
-	if (slot != NULL)
+	if (slot == NULL)
+		return;
+	rel = table_open(part->relid, NoLock);
+	if (RelationGetNumberOfBlocks(rel) == 0)
+	{
+		pg_atomic_write_u64(&slot->top, (uint64) PG_INT64_MIN);
 		pg_atomic_write_u32(&slot->empty, 1);
+	}
+	else if ((int64) pg_atomic_read_u64(&slot->top) == OVERFLOW_TOP_UNKNOWN)
+	{
+		Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
+		ScanKeyData key;
+		HeapTuple	row;
+		bool		isnull;
+
+		ScanKeyInit(&key, 1, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(PG_INT64_MIN));
+		row = partition_probe(rel, part->position_idx, snapshot, &key, BackwardScanDirection);
+		pg_atomic_write_u64(&slot->top, (uint64) (row == NULL ? PG_INT64_MIN
+												  : DatumGetInt64(heap_getattr(row, EV_POSITION + 1,
+																			   RelationGetDescr(rel), &isnull))));
+		UnregisterSnapshot(snapshot);
+	}
+	table_close(rel, NoLock);
 }
 
 /*
@@ -795,13 +861,14 @@ partition_last(EsStore *s, Relation events, const EsPartition *part, ScanKey key
  *
  * hint, when not 0, is a position in the partition that holds it
  * (es_aggregates.last_position, which the append keeps exact once set):
- * that partition is probed, and the DEFAULT one.  Else, or when the hint
- * finds nothing (its partition dropped), the search: versions follow
- * positions, so the newest range partition that holds any of its events
- * holds its last one, and the ranges are probed from the newest down to
- * the first that does; the DEFAULT partition is probed too (its rows lie
- * between ranges), and the later of the two is the last.  *searched: how
- * many range partitions the search probed.
+ * that partition is probed, and the DEFAULT one when it may hold a later
+ * event, one above the event found (versions follow positions).  Else,
+ * or when the hint finds nothing (its partition dropped), the search: the
+ * newest range partition that holds any of its events holds its last one,
+ * and the ranges are probed from the newest down to the first that does;
+ * the DEFAULT partition is probed too (its rows lie between ranges), and
+ * the later of the two is the last.  *searched: how many range partitions
+ * the search probed.
  */
 HeapTuple
 es_last_event(EsStore *s, Relation events, const char *aggregate_id, int64 hint, Snapshot snapshot,
@@ -809,6 +876,7 @@ es_last_event(EsStore *s, Relation events, const char *aggregate_id, int64 hint,
 {
 	const EsPartitions *p = es_partitions(s, events);
 	TupleDesc	desc = RelationGetDescr(events);
+	const EsPartition *overflow = NULL;
 	int			nranges = p->n;
 	HeapTuple	last = NULL;
 	ScanKeyData key;
@@ -819,25 +887,25 @@ es_last_event(EsStore *s, Relation events, const char *aggregate_id, int64 hint,
 	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(aggregate_id));
 	key.sk_collation = C_COLLATION_OID;
 	if (nranges > 0 && p->parts[nranges - 1].is_default)
-	{
-		nranges--;
-		if (!es_overflow_known_empty())
-			last = partition_last(s, events, &p->parts[nranges], &key, snapshot);
-	}
+		overflow = &p->parts[--nranges];
 	if (hint != 0)
 	{
 		const EsPartition *part = es_partition_of(p, hint);
+		HeapTuple	row = (part != NULL && !part->is_default) ? partition_last(s, events, part, &key, snapshot)
+			: NULL;
 
-		if (part != NULL && !part->is_default)
+		if (row != NULL)
 		{
-			HeapTuple	row = partition_last(s, events, part, &key, snapshot);
-
-			if (row != NULL)
-				return (last != NULL &&
-						DatumGetInt64(heap_getattr(last, EV_VERSION + 1, desc, &isnull)) >
-						DatumGetInt64(heap_getattr(row, EV_VERSION + 1, desc, &isnull))) ? last : row;
+			if (overflow != NULL &&
+				es_overflow_may_hold(DatumGetInt64(heap_getattr(row, EV_POSITION + 1, desc, &isnull)) + 1))
+				last = partition_last(s, events, overflow, &key, snapshot);
+			return (last != NULL &&
+					DatumGetInt64(heap_getattr(last, EV_VERSION + 1, desc, &isnull)) >
+					DatumGetInt64(heap_getattr(row, EV_VERSION + 1, desc, &isnull))) ? last : row;
 		}
 	}
+	if (overflow != NULL && !es_overflow_known_empty())
+		last = partition_last(s, events, overflow, &key, snapshot);
 	for (i = nranges - 1; i >= 0; i--)
 	{
 		HeapTuple	row;

@@ -50,8 +50,9 @@ typedef enum EsPartitionIndex
 
 extern void es_partitions_init(void);
 extern bool es_overflow_known_empty(void);
-extern void es_overflow_filling(void);
-extern void es_overflow_emptied(void);
+extern bool es_overflow_may_hold(int64 from);
+extern void es_overflow_filling(int64 position);
+extern void es_overflow_measure(const EsPartition *part);
 extern const EsPartitions *es_partitions(EsStore *s, Relation events);
 extern const EsPartition *es_partition_of(const EsPartitions *p, int64 position);
 

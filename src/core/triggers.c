@@ -19,10 +19,12 @@
 
 #include "fmgr.h"
 
+#include "access/htup_details.h"
 #include "commands/trigger.h"
 #include "utils/inval.h"
 #include "utils/rel.h"
 
+#include "core/event.h"
 #include "core/partitions.h"
 
 PG_FUNCTION_INFO_V1(es_refuse_modification);
@@ -64,11 +66,16 @@ Datum
 es_overflow_filling_trigger(PG_FUNCTION_ARGS)
 {
 	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Datum		position;
+	bool		isnull;
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event))
 		elog(ERROR, "es_overflow_filling must be called as a row trigger on INSERT");
-	es_overflow_filling();
+	/* The partitions have es_events' columns (core/event.h). */
+	position = heap_getattr(trigdata->tg_trigtuple, EV_POSITION + 1, RelationGetDescr(trigdata->tg_relation),
+							&isnull);
+	es_overflow_filling(isnull ? PG_INT64_MAX : DatumGetInt64(position));
 	return PointerGetDatum(trigdata->tg_trigtuple);
 }
 

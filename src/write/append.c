@@ -674,12 +674,16 @@ inserter_partition(EsEventInserter *ins, int64 position)
 					(errcode(ERRCODE_CHECK_VIOLATION),
 					 errmsg("no partition of es_events holds position %lld", (long long) position),
 					 errhint("Attach es_events_overflow as the DEFAULT partition of es_events again.")));
-		if (!part->is_default || ins->default_locked)
+		if (!part->is_default)
 			break;
+		if (ins->default_locked)
+		{
+			/* Readers that take their snapshot from now on look there, up to position. */
+			es_overflow_filling(position);
+			break;
+		}
 		LockRelationOid(part->relid, RowExclusiveLock);
 		ins->default_locked = true;
-		/* Readers that took their snapshot from now on look there too. */
-		es_overflow_filling();
 	}
 	for (i = 0; i < ins->nparts; i++)
 		if (ins->parts[i].relid == part->relid)

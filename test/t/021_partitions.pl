@@ -210,6 +210,35 @@ is($node->safe_psql('postgres', qq{SELECT count(*) FROM es_events_overflow o
                                                          WHERE NOT is_default AND from_position > $bound)}),
 	'0', 'no row of the DEFAULT partition in a range made');
 
+# An aggregate's later event in the DEFAULT partition, where its last one
+# known lies in a range: an append there looks for it only when that
+# partition may hold a position above the range's event (partitions.c),
+# which the row an owner's SQL put there raises (its trigger), and which a
+# restart forgets until the partition maker reads it again.
+$node->safe_psql('postgres', q{
+	SELECT es_append('Account', 'HINT-' || a, 'ACCOUNT_OPENED', '{}', 0) FROM generate_series(1, 2) a});
+is($node->safe_psql('postgres', q{SELECT bool_and(NOT p.is_default) FROM es_events e
+                                   JOIN es_partitions p ON p.partition = e.tableoid WHERE e.aggregate_id LIKE 'HINT-%'}),
+	't', 'two aggregates whose first event lies in a range');
+$hold = $node->background_psql('postgres');
+$hold->query_safe('BEGIN; LOCK TABLE es_events_overflow IN ACCESS SHARE MODE');
+$node->safe_psql('postgres', q{
+	SELECT setval('es_events_position_seq', (SELECT max(to_position) + 100 FROM es_partitions WHERE NOT is_default));
+	INSERT INTO es_events (event_id, event_type, aggregate_type, aggregate_id, version, tx_id, occurred_at,
+	                       recorded_at, data, metadata, schema_version, appended_by)
+	SELECT gen_random_uuid()::text, 'ACCOUNT_BALANCE_UPDATED', 'Account', 'HINT-' || a, 2, pg_current_xact_id(),
+	       now(), now(), '{}', '{}', 1, current_user FROM generate_series(1, 2) a});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_events_overflow WHERE aggregate_id LIKE 'HINT-%'}),
+	'2', 'their second events, inserted by the owner, in the DEFAULT partition');
+is($node->safe_psql('postgres', q{SELECT version FROM es_append('Account', 'HINT-1', 'ACCOUNT_BALANCE_UPDATED', '{}', 2)}),
+	'3', 'an append finds the later event in the DEFAULT partition');
+$hold->query_safe('COMMIT');
+$hold->quit;
+$node->restart;
+$node->safe_psql('postgres', 'SELECT es_make_partitions()');
+is($node->safe_psql('postgres', q{SELECT version FROM es_append('Account', 'HINT-2', 'ACCOUNT_BALANCE_UPDATED', '{}', 2)}),
+	'3', 'and after a restart, once the partition maker read that partition again');
+
 $new->stop;
 $node->stop;
 done_testing();
