@@ -157,21 +157,9 @@ overflow_slot(void)
 	return NULL;
 }
 
-/* es_overflow_known_empty: es_events_overflow holds no row (see above). */
-bool
-es_overflow_known_empty(void)
-{
-	OverflowSlot *slot = overflow_slot();
-
-	if (slot == NULL)
-		return false;
-	pg_read_barrier();
-	return pg_atomic_read_u32(&slot->empty) != 0;
-}
-
 /*
  * es_overflow_may_hold: es_events_overflow may hold a row at position from
- * or above.  Read like the flag, after the snapshot.
+ * or above.  Read after the snapshot (see above).
  */
 bool
 es_overflow_may_hold(int64 from)
@@ -183,6 +171,13 @@ es_overflow_may_hold(int64 from)
 	pg_read_barrier();
 	return pg_atomic_read_u32(&slot->empty) == 0 &&
 		(int64) pg_atomic_read_u64(&slot->top) >= from;
+}
+
+/* es_overflow_known_empty: es_events_overflow holds no row (see above). */
+bool
+es_overflow_known_empty(void)
+{
+	return !es_overflow_may_hold(PG_INT64_MIN);
 }
 
 /* es_overflow_filling: a row at position is about to go into es_events_overflow. */
