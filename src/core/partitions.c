@@ -851,6 +851,66 @@ partition_last(EsStore *s, Relation events, const EsPartition *part, ScanKey key
 }
 
 /*
+ * The aggregate's (key's) last event when part, a range partition, holds
+ * any of its events: the last of them there, or the later one that
+ * es_events_overflow (overflow, NULL: none) holds above it (versions follow
+ * positions); NULL when part holds none.
+ */
+static HeapTuple
+last_from_range(EsStore *s, Relation events, const EsPartition *part, const EsPartition *overflow,
+				ScanKey key, Snapshot snapshot)
+{
+	TupleDesc	desc = RelationGetDescr(events);
+	HeapTuple	row = partition_last(s, events, part, key, snapshot);
+	HeapTuple	later = NULL;
+	bool		isnull;
+
+	if (row != NULL && overflow != NULL &&
+		es_overflow_may_hold(DatumGetInt64(heap_getattr(row, EV_POSITION + 1, desc, &isnull)) + 1))
+		later = partition_last(s, events, overflow, key, snapshot);
+	return (later != NULL &&
+			DatumGetInt64(heap_getattr(later, EV_VERSION + 1, desc, &isnull)) >
+			DatumGetInt64(heap_getattr(row, EV_VERSION + 1, desc, &isnull))) ? later : row;
+}
+
+/* The key of aggregate_id in the (aggregate_id, version) indexes; the DEFAULT partition, or NULL. */
+static const EsPartition *
+last_event_key(const EsPartitions *p, const char *aggregate_id, ScanKey key)
+{
+	ScanKeyInit(key, 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(aggregate_id));
+	key->sk_collation = C_COLLATION_OID;
+	return (p->n > 0 && p->parts[p->n - 1].is_default) ? &p->parts[p->n - 1] : NULL;
+}
+
+/*
+ * es_last_event_recent: a copy of the last event of aggregate_id when the
+ * range partition of the last position taken holds any of its events;
+ * NULL when it holds none, or when no range holds that position (the
+ * caller then searches: es_last_event).
+ *
+ * Read under the aggregate's lock, the sequence bounds the positions of all
+ * its events (each taken by a writer that held the lock, before it let go);
+ * no range above that partition holds one, so the last of them there is
+ * the aggregate's last, but for a later one in the DEFAULT partition.  An
+ * aggregate written since the current range began then costs one probe,
+ * and not the read of its es_aggregates row that the hint needs.
+ */
+HeapTuple
+es_last_event_recent(EsStore *s, Relation events, const char *aggregate_id, Snapshot snapshot)
+{
+	const EsPartitions *p = es_partitions(s, events);
+	int64		bound = es_position_bound(s);
+	const EsPartition *part = bound > 0 ? es_partition_of(p, bound) : NULL;
+	const EsPartition *overflow;
+	ScanKeyData key;
+
+	if (part == NULL || part->is_default)
+		return NULL;
+	overflow = last_event_key(p, aggregate_id, &key);
+	return last_from_range(s, events, part, overflow, &key, snapshot);
+}
+
+/*
  * es_last_event: a copy of the last event of aggregate_id (NULL: it has
  * none), read with snapshot.
  *
@@ -871,33 +931,22 @@ es_last_event(EsStore *s, Relation events, const char *aggregate_id, int64 hint,
 {
 	const EsPartitions *p = es_partitions(s, events);
 	TupleDesc	desc = RelationGetDescr(events);
-	const EsPartition *overflow = NULL;
-	int			nranges = p->n;
-	HeapTuple	last = NULL;
 	ScanKeyData key;
+	const EsPartition *overflow = last_event_key(p, aggregate_id, &key);
+	int			nranges = overflow != NULL ? p->n - 1 : p->n;
+	HeapTuple	last = NULL;
 	bool		isnull;
 	int			i;
 
 	*searched = 0;
-	ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(aggregate_id));
-	key.sk_collation = C_COLLATION_OID;
-	if (nranges > 0 && p->parts[nranges - 1].is_default)
-		overflow = &p->parts[--nranges];
 	if (hint != 0)
 	{
 		const EsPartition *part = es_partition_of(p, hint);
-		HeapTuple	row = (part != NULL && !part->is_default) ? partition_last(s, events, part, &key, snapshot)
-			: NULL;
+		HeapTuple	row = (part != NULL && !part->is_default)
+			? last_from_range(s, events, part, overflow, &key, snapshot) : NULL;
 
 		if (row != NULL)
-		{
-			if (overflow != NULL &&
-				es_overflow_may_hold(DatumGetInt64(heap_getattr(row, EV_POSITION + 1, desc, &isnull)) + 1))
-				last = partition_last(s, events, overflow, &key, snapshot);
-			return (last != NULL &&
-					DatumGetInt64(heap_getattr(last, EV_VERSION + 1, desc, &isnull)) >
-					DatumGetInt64(heap_getattr(row, EV_VERSION + 1, desc, &isnull))) ? last : row;
-		}
+			return row;
 	}
 	if (overflow != NULL && !es_overflow_known_empty())
 		last = partition_last(s, events, overflow, &key, snapshot);

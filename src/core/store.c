@@ -53,6 +53,7 @@
 #include "catalog/pg_type.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
@@ -288,6 +289,28 @@ es_last_position(bool settled)
 				 errdetail("A backend may still append at a position below one taken since: no range is settled."),
 				 errhint("Restore its definition: ALTER SEQUENCE es_events_position_seq CACHE 1.")));
 	return Max(last, 0);
+}
+
+/*
+ * es_position_bound: a position at or above every one taken so far (the
+ * sequence's last value: with a cache, the end of the last block a backend
+ * took), or 0 when none was, or when the caller may not read the sequence
+ * (the calls run as the owner: es_call_begin).  Read directly, not through
+ * a query as es_last_position does: every append asks for it.
+ */
+int64
+es_position_bound(EsStore *s)
+{
+	LOCAL_FCINFO(fcinfo, 1);
+	Datum		last;
+
+	if (pg_class_aclcheck(s->position_seq, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		return 0;
+	InitFunctionCallInfoData(*fcinfo, NULL, 1, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = ObjectIdGetDatum(s->position_seq);
+	fcinfo->args[0].isnull = false;
+	last = pg_sequence_last_value(fcinfo);
+	return fcinfo->isnull ? 0 : Max(DatumGetInt64(last), 0);
 }
 
 /*

@@ -142,6 +142,7 @@ extern Datum es_call_user_function(EsUserFunction *f, Datum arg1, Datum arg2, bo
 
 extern uint64 es_xid_offset(bool for_write);
 extern int64 es_last_position(bool settled);
+extern int64 es_position_bound(EsStore *s);
 extern bool es_max_key(bool read_only, FullTransactionId *max);
 
 #endif							/* ES_STORE_H */

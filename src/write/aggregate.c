@@ -141,8 +141,10 @@ aggregate_find_row(Relation rel, Relation idx, Snapshot snap, const char *aggreg
 /*
  * The last event of the aggregate (its type, current version, commit-order
  * key and hash), read with SnapshotSelf under the aggregate's lock; false
- * when it has none (version 0).  es_aggregates.last_position, read first,
- * says which partition holds it, once the search for it took more than one
+ * when it has none (version 0).  Looked for first in the range of the last
+ * position taken (es_last_event_recent), where the events of an aggregate
+ * written lately are; else es_aggregates.last_position, read then, says
+ * which partition holds it, once the search for it took more than one
  * probe (es_aggregate_moved keeps it): an aggregate idle for a long time
  * costs one probe, not one per newer partition.
  */
@@ -150,17 +152,23 @@ static bool
 aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 {
 	Relation	rel = table_open(s->events_relid, RowExclusiveLock);
-	Relation	aggregates = table_open(s->aggregates_relid, AccessShareLock);
-	Relation	idx = index_open(RelationGetPrimaryKeyIndex(aggregates), AccessShareLock);
 	HeapTuple	last;
 	bool		found;
-	int			searched;
+	int			searched = 0;
 
-	/* Where its last event is, when the search once took more than one probe. */
-	(void) aggregate_find_row(aggregates, idx, SnapshotSelf, aggregate_id, row);
-	index_close(idx, NoLock);
-	table_close(aggregates, NoLock);
-	last = es_last_event(s, rel, aggregate_id, row->last_position, SnapshotSelf, &searched);
+	last = es_last_event_recent(s, rel, aggregate_id, SnapshotSelf);
+	row->last_position = ES_HINT_UNREAD;
+	if (last == NULL)
+	{
+		Relation	aggregates = table_open(s->aggregates_relid, AccessShareLock);
+		Relation	idx = index_open(RelationGetPrimaryKeyIndex(aggregates), AccessShareLock);
+
+		/* Where its last event is, when the search once took more than one probe. */
+		(void) aggregate_find_row(aggregates, idx, SnapshotSelf, aggregate_id, row);
+		index_close(idx, NoLock);
+		table_close(aggregates, NoLock);
+		last = es_last_event(s, rel, aggregate_id, row->last_position, SnapshotSelf, &searched);
+	}
 	found = (last != NULL);
 	row->hint_wanted = (searched > 1);
 
@@ -173,6 +181,7 @@ aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 		text_to_cstring_buffer(DatumGetTextPP(values[EV_AGGREGATE_TYPE]),
 							   row->aggregate_type, sizeof(row->aggregate_type));
 		row->version = DatumGetInt64(values[EV_VERSION]);
+		row->found_position = DatumGetInt64(values[EV_POSITION]);
 		row->last_tx = DatumGetFullTransactionId(values[EV_TX_ID]);
 		if (RelationGetDescr(rel)->natts <= EV_HASH ||
 			!es_hash_of_datum(values[EV_HASH], isnull[EV_HASH], row->last_hash))
@@ -196,6 +205,7 @@ aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 	else
 	{
 		row->version = 0;
+		row->found_position = 0;
 		row->last_tx = InvalidFullTransactionId;
 		memcpy(row->last_hash, es_hash_zero, ES_HASH_LEN);
 	}
@@ -274,6 +284,11 @@ es_aggregate_create(const char *aggregate_id, const char *aggregate_type, Timest
  * es_aggregates.last_position in its partition, once set, and set it when
  * finding the last event took probes of older partitions.  An update of
  * the row about once per aggregate and partition.
+ *
+ * When the row was not read (the last event was found in the range of the
+ * last position taken), its hint is in that partition or in one that holds
+ * none of the aggregate's events: both stay true while the new events go
+ * to the partition of the one found.
  */
 void
 es_aggregate_moved(EsStore *s, const char *aggregate_id, const EsAggregateRow *row, int64 last_position)
@@ -285,7 +300,10 @@ es_aggregate_moved(EsStore *s, const char *aggregate_id, const EsAggregateRow *r
 	if (row->last_position == 0 && !row->hint_wanted)
 		return;
 	rel = table_open(s->events_relid, AccessShareLock);
-	apart = row->last_position == 0 || es_partitions_apart(s, rel, row->last_position, last_position);
+	if (row->last_position == ES_HINT_UNREAD)
+		apart = es_partitions_apart(s, rel, row->found_position, last_position);
+	else
+		apart = row->last_position == 0 || es_partitions_apart(s, rel, row->last_position, last_position);
 	table_close(rel, NoLock);
 	if (!apart || get_attnum(s->aggregates_relid, "last_position") != Anum_agg_last_position)
 		return;

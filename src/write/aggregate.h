@@ -23,9 +23,13 @@ typedef struct EsAggregateRow
 	int64		version;		/* current version, 0 before the first event */
 	FullTransactionId last_tx;	/* commit-order key (tx_id) of the last event */
 	uint8		last_hash[ES_HASH_LEN]; /* its hash (es_hash_zero: none, or stored by 1.0) */
-	int64		last_position;	/* es_aggregates.last_position (0: none) */
+	int64		found_position; /* the last event's position (0: none) */
+	int64		last_position;	/* es_aggregates.last_position (0: none; ES_HINT_UNREAD) */
 	bool		hint_wanted;	/* finding the last event took probes of older partitions */
 } EsAggregateRow;
+
+/* last_position when the row was not read: the last event was found without its hint. */
+#define ES_HINT_UNREAD	(-1)
 
 extern bool es_aggregate_lock(EsStore *s, const char *aggregate_id, EsAggregateRow *row);
 extern bool es_aggregate_create(const char *aggregate_id, const char *aggregate_type,
