@@ -482,6 +482,13 @@ es_partitions(EsStore *s, Relation events)
 	return &cache;
 }
 
+/* The DEFAULT partition (es_events_overflow), last in p; NULL when there is none. */
+static const EsPartition *
+default_partition(const EsPartitions *p)
+{
+	return (p->n > 0 && p->parts[p->n - 1].is_default) ? &p->parts[p->n - 1] : NULL;
+}
+
 /*
  * es_partition_of: the partition that holds position, by the ranges, else
  * the DEFAULT one; NULL when none would.
@@ -489,11 +496,10 @@ es_partitions(EsStore *s, Relation events)
 const EsPartition *
 es_partition_of(const EsPartitions *p, int64 position)
 {
+	const EsPartition *overflow = default_partition(p);
 	int			lo = 0;
-	int			hi = p->n - 1;
+	int			hi = overflow != NULL ? p->n - 2 : p->n - 1;
 
-	if (p->n > 0 && p->parts[hi].is_default)
-		hi--;
 	while (lo <= hi)
 	{
 		int			mid = (lo + hi) / 2;
@@ -506,7 +512,7 @@ es_partition_of(const EsPartitions *p, int64 position)
 		else
 			return part;
 	}
-	return (p->n > 0 && p->parts[p->n - 1].is_default) ? &p->parts[p->n - 1] : NULL;
+	return overflow;
 }
 
 /*
@@ -873,13 +879,15 @@ last_from_range(EsStore *s, Relation events, const EsPartition *part, const EsPa
 			DatumGetInt64(heap_getattr(row, EV_VERSION + 1, desc, &isnull))) ? later : row;
 }
 
-/* The key of aggregate_id in the (aggregate_id, version) indexes; the DEFAULT partition, or NULL. */
-static const EsPartition *
-last_event_key(const EsPartitions *p, const char *aggregate_id, ScanKey key)
+/*
+ * es_aggregate_id_key: the key of aggregate_id on the first column of an
+ * index (a partition's (aggregate_id, version), es_aggregates' primary key).
+ */
+void
+es_aggregate_id_key(ScanKey key, const char *aggregate_id)
 {
 	ScanKeyInit(key, 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(aggregate_id));
 	key->sk_collation = C_COLLATION_OID;
-	return (p->n > 0 && p->parts[p->n - 1].is_default) ? &p->parts[p->n - 1] : NULL;
 }
 
 /*
@@ -901,13 +909,12 @@ es_last_event_recent(EsStore *s, Relation events, const char *aggregate_id, Snap
 	const EsPartitions *p = es_partitions(s, events);
 	int64		bound = es_position_bound(s);
 	const EsPartition *part = bound > 0 ? es_partition_of(p, bound) : NULL;
-	const EsPartition *overflow;
 	ScanKeyData key;
 
 	if (part == NULL || part->is_default)
 		return NULL;
-	overflow = last_event_key(p, aggregate_id, &key);
-	return last_from_range(s, events, part, overflow, &key, snapshot);
+	es_aggregate_id_key(&key, aggregate_id);
+	return last_from_range(s, events, part, default_partition(p), &key, snapshot);
 }
 
 /*
@@ -931,14 +938,15 @@ es_last_event(EsStore *s, Relation events, const char *aggregate_id, int64 hint,
 {
 	const EsPartitions *p = es_partitions(s, events);
 	TupleDesc	desc = RelationGetDescr(events);
-	ScanKeyData key;
-	const EsPartition *overflow = last_event_key(p, aggregate_id, &key);
+	const EsPartition *overflow = default_partition(p);
 	int			nranges = overflow != NULL ? p->n - 1 : p->n;
 	HeapTuple	last = NULL;
+	ScanKeyData key;
 	bool		isnull;
 	int			i;
 
 	*searched = 0;
+	es_aggregate_id_key(&key, aggregate_id);
 	if (hint != 0)
 	{
 		const EsPartition *part = es_partition_of(p, hint);

@@ -62,6 +62,7 @@ extern EsPositionLookup *es_position_lookup_begin(EsStore *s, Relation events, S
 extern TupleTableSlot *es_position_lookup(EsPositionLookup *l, int64 position);
 extern void es_position_lookup_end(EsPositionLookup *l);
 extern HeapTuple es_event_by_position(EsStore *s, Relation events, int64 position, Snapshot snapshot);
+extern void es_aggregate_id_key(ScanKey key, const char *aggregate_id);
 extern HeapTuple es_last_event_recent(EsStore *s, Relation events, const char *aggregate_id,
 									   Snapshot snapshot);
 extern HeapTuple es_last_event(EsStore *s, Relation events, const char *aggregate_id, int64 hint,

@@ -51,14 +51,12 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
-#include "catalog/pg_collation.h"
 #include "common/hashfn.h"
 #include "catalog/pg_type.h"
 #include "executor/tuptable.h"
 #include "miscadmin.h"
 #include "storage/lmgr.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
@@ -99,13 +97,6 @@ static EsPlan create_positioned_plan = {
 	3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}
 };
 
-static void
-aggregate_key(ScanKey key, const char *aggregate_id)
-{
-	ScanKeyInit(key, 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(aggregate_id));
-	key->sk_collation = C_COLLATION_OID;
-}
-
 /*
  * Look up the row of aggregate_id with snap; false when not found.  The
  * aggregate's type and last_position go into row.
@@ -119,7 +110,7 @@ aggregate_find_row(Relation rel, Relation idx, Snapshot snap, const char *aggreg
 	IndexScanDesc scan;
 	bool		found;
 
-	aggregate_key(&key, aggregate_id);
+	es_aggregate_id_key(&key, aggregate_id);
 	scan = index_beginscan(rel, idx, snap, 1, 0);
 	index_rescan(scan, &key, 1, NULL, 0);
 	found = index_getnext_slot(scan, ForwardScanDirection, slot);
