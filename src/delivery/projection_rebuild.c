@@ -211,10 +211,29 @@ static EsPlan start_consumer_plan = {
 	" VALUES ($1, 'projection', '0', 0)"
 	" ON CONFLICT (name) DO UPDATE"
 	"    SET checkpoint_tx = '0', checkpoint_position = 0, retry_event_id = NULL, retry_attempts = 0,"
-	"        retry_first_failed_at = NULL, retry_at = NULL, last_error = NULL, last_error_at = NULL,"
-	"        log_seq = NULL, log_position = NULL, log_skip = NULL, log_skip_until = NULL",
+	"        retry_first_failed_at = NULL, retry_at = NULL, last_error = NULL, last_error_at = NULL",
 	1, {TEXTOID}
 };
+
+/*
+ * A consumer started again or moved forgets where it was in the commit log
+ * (1.1; a 1.0 catalog, served by this library until its update, has no
+ * commit log and no such columns).
+ */
+static EsPlan forget_log_plan = {
+	"UPDATE @extschema@.es_consumers"
+	"   SET log_seq = NULL, log_position = NULL, log_skip = NULL, log_skip_until = NULL"
+	" WHERE name OPERATOR(pg_catalog.=) $1",
+	1, {TEXTOID}
+};
+
+static void
+consumer_forget_log(Datum name)
+{
+	if (OidIsValid(es_store_resolved()->commit_log_relid) &&
+		SPI_execute_plan(es_plan(&forget_log_plan), &name, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not reset the consumer \"%s\"", TextDatumGetCString(name));
+}
 
 /* Starting over: its ledger and dead letters are history. */
 static EsPlan forget_consumer_plan = {
@@ -448,6 +467,7 @@ es_register_projection(PG_FUNCTION_ARGS)
 		projection_reset(&now, NULL);
 		if (SPI_execute_plan(es_plan(&start_consumer_plan), &arg, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not start the consumer of projection \"%s\"", name);
+		consumer_forget_log(arg);
 		if (SPI_execute_plan(es_plan(&forget_consumer_plan), &arg, NULL, false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "could not reset the consumer of projection \"%s\"", name);
 		es_worker_wake_at_commit();
@@ -491,8 +511,7 @@ es_unregister_projection(PG_FUNCTION_ARGS)
 static EsPlan rebuilt_consumer_plan = {
 	"UPDATE @extschema@.es_consumers"
 	"   SET checkpoint_tx = $2, checkpoint_position = $3, retry_event_id = NULL, retry_attempts = 0,"
-	"       retry_first_failed_at = NULL, retry_at = NULL,"
-	"       log_seq = NULL, log_position = NULL, log_skip = NULL, log_skip_until = NULL"
+	"       retry_first_failed_at = NULL, retry_at = NULL"
 	" WHERE name OPERATOR(pg_catalog.=) $1",
 	3, {TEXTOID, XID8OID, INT8OID}
 };
@@ -590,6 +609,7 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 			args[2] = Int64GetDatum(0);
 			if (SPI_execute_plan(es_plan(&rebuilt_consumer_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
 				elog(ERROR, "could not move the consumer of projection \"%s\"", name);
+			consumer_forget_log(arg);
 		}
 		args[0] = arg;
 		args[1] = aggregate_id ? CStringGetTextDatum(aggregate_id) : (Datum) 0;
