@@ -75,11 +75,11 @@
  * Beside it, the highest position it may hold (top), raised by the same
  * inserts before their row goes in, and read by the partition maker from
  * its position index, under the same SHARE lock, when not known (after a
- * restart).  An append that found its aggregate's last event in the range
- * es_aggregates points to (es_last_event's hint) need not look in the
- * DEFAULT partition when top is below that event: a store whose first
- * events went there before the worker made the first range (they stay
- * there) would otherwise pay a probe of it per append.
+ * restart).  An append that found its aggregate's last event in a range
+ * (that of the last position taken, or the one es_aggregates points to)
+ * need not look in the DEFAULT partition when top is below that event: a
+ * store whose first events went there before the worker made the first
+ * range (they stay there) would otherwise pay a probe of it per append.
  */
 #define OVERFLOW_SLOTS 64
 #define OVERFLOW_TOP_UNKNOWN PG_INT64_MAX

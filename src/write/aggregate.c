@@ -290,7 +290,8 @@ es_aggregate_moved(EsStore *s, const char *aggregate_id, const EsAggregateRow *r
 
 	if (row->last_position == 0 && !row->hint_wanted)
 		return;
-	rel = table_open(s->events_relid, AccessShareLock);
+	/* The lock the append holds already: a lookup in this backend's lock table. */
+	rel = table_open(s->events_relid, RowExclusiveLock);
 	if (row->last_position == ES_HINT_UNREAD)
 		apart = es_partitions_apart(s, rel, row->found_position, last_position);
 	else
