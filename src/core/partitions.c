@@ -894,32 +894,38 @@ es_aggregate_id_key(ScanKey key, const char *aggregate_id)
  * es_last_event_recent: a copy of the last event of aggregate_id when the
  * range partition of the last position taken holds any of its events;
  * NULL when it holds none, or when no range holds that position (the
- * caller then searches: es_last_event).
+ * caller then searches: es_last_event, from *none_from down).
  *
  * Read under the aggregate's lock, the sequence bounds the positions of all
  * its events (each taken by a writer that held the lock, before it let go);
  * no range above that partition holds one, so the last of them there is
  * the aggregate's last, but for a later one in the DEFAULT partition.  An
  * aggregate written since the current range began then costs one probe,
- * and not the read of its es_aggregates row that the hint needs.
+ * and not the read of its es_aggregates row that the hint needs.  On a
+ * miss, *none_from is where that range begins: no range from there up
+ * holds any of its events (PG_INT64_MAX when nothing was probed).
  */
 HeapTuple
-es_last_event_recent(EsStore *s, Relation events, const char *aggregate_id, Snapshot snapshot)
+es_last_event_recent(EsStore *s, Relation events, const char *aggregate_id, Snapshot snapshot,
+					 int64 *none_from)
 {
 	const EsPartitions *p = es_partitions(s, events);
 	int64		bound = es_position_bound(s);
 	const EsPartition *part = bound > 0 ? es_partition_of(p, bound) : NULL;
 	ScanKeyData key;
 
+	*none_from = PG_INT64_MAX;
 	if (part == NULL || part->is_default)
 		return NULL;
 	es_aggregate_id_key(&key, aggregate_id);
+	*none_from = part->from_position;
 	return last_from_range(s, events, part, default_partition(p), &key, snapshot);
 }
 
 /*
  * es_last_event: a copy of the last event of aggregate_id (NULL: it has
- * none), read with snapshot.
+ * none), read with snapshot; no range from none_from up holds any of its
+ * events (es_last_event_recent probed the highest one that could).
  *
  * hint, when not 0, is a position in the partition that holds it
  * (es_aggregates.last_position, which the append keeps exact once set):
@@ -927,14 +933,14 @@ es_last_event_recent(EsStore *s, Relation events, const char *aggregate_id, Snap
  * event, one above the event found (versions follow positions).  Else,
  * or when the hint finds nothing (its partition dropped), the search: the
  * newest range partition that holds any of its events holds its last one,
- * and the ranges are probed from the newest down to the first that does;
- * the DEFAULT partition is probed too (its rows lie between ranges), and
- * the later of the two is the last.  *searched: how many range partitions
- * the search probed.
+ * and the ranges below none_from are probed from the newest down to the
+ * first that does; the DEFAULT partition is probed too (its rows lie
+ * between ranges), and the later of the two is the last.  *searched: how
+ * many range partitions the search probed.
  */
 HeapTuple
-es_last_event(EsStore *s, Relation events, const char *aggregate_id, int64 hint, Snapshot snapshot,
-			  int *searched)
+es_last_event(EsStore *s, Relation events, const char *aggregate_id, int64 hint, int64 none_from,
+			  Snapshot snapshot, int *searched)
 {
 	const EsPartitions *p = es_partitions(s, events);
 	TupleDesc	desc = RelationGetDescr(events);
@@ -950,7 +956,7 @@ es_last_event(EsStore *s, Relation events, const char *aggregate_id, int64 hint,
 	if (hint != 0)
 	{
 		const EsPartition *part = es_partition_of(p, hint);
-		HeapTuple	row = (part != NULL && !part->is_default)
+		HeapTuple	row = (part != NULL && !part->is_default && part->from_position < none_from)
 			? last_from_range(s, events, part, overflow, &key, snapshot) : NULL;
 
 		if (row != NULL)
@@ -962,6 +968,8 @@ es_last_event(EsStore *s, Relation events, const char *aggregate_id, int64 hint,
 	{
 		HeapTuple	row;
 
+		if (p->parts[i].from_position >= none_from)
+			continue;
 		/* A range wholly below the event found cannot hold a later one. */
 		if (last != NULL &&
 			p->parts[i].to_position <= DatumGetInt64(heap_getattr(last, EV_POSITION + 1, desc, &isnull)))

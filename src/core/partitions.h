@@ -64,9 +64,9 @@ extern void es_position_lookup_end(EsPositionLookup *l);
 extern HeapTuple es_event_by_position(EsStore *s, Relation events, int64 position, Snapshot snapshot);
 extern void es_aggregate_id_key(ScanKey key, const char *aggregate_id);
 extern HeapTuple es_last_event_recent(EsStore *s, Relation events, const char *aggregate_id,
-									   Snapshot snapshot);
+									   Snapshot snapshot, int64 *none_from);
 extern HeapTuple es_last_event(EsStore *s, Relation events, const char *aggregate_id, int64 hint,
-							   Snapshot snapshot, int *searched);
+							   int64 none_from, Snapshot snapshot, int *searched);
 extern bool es_partitions_apart(EsStore *s, Relation events, int64 a, int64 b);
 extern HeapTuple es_event_by_id(EsStore *s, Relation events, const char *event_id, Snapshot snapshot);
 

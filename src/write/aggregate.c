@@ -146,8 +146,9 @@ aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 	HeapTuple	last;
 	bool		found;
 	int			searched = 0;
+	int64		none_from;
 
-	last = es_last_event_recent(s, rel, aggregate_id, SnapshotSelf);
+	last = es_last_event_recent(s, rel, aggregate_id, SnapshotSelf, &none_from);
 	row->last_position = ES_HINT_UNREAD;
 	if (last == NULL)
 	{
@@ -158,7 +159,7 @@ aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 		(void) aggregate_find_row(aggregates, idx, SnapshotSelf, aggregate_id, row);
 		index_close(idx, NoLock);
 		table_close(aggregates, NoLock);
-		last = es_last_event(s, rel, aggregate_id, row->last_position, SnapshotSelf, &searched);
+		last = es_last_event(s, rel, aggregate_id, row->last_position, none_from, SnapshotSelf, &searched);
 	}
 	found = (last != NULL);
 	row->hint_wanted = (searched > 1);
