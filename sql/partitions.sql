@@ -95,6 +95,41 @@ SELECT array_agg(e.tableoid::regclass::text LIKE 'es_events_0%' ORDER BY version
   FROM es_events e WHERE e.aggregate_id = 'PART-OVER';
 SELECT count(*) AS read FROM es_get_events('PART-OVER');
 
+-- The hint of an aggregate that moves on to a later range is updated in
+-- place (aggregate.c): HOT, on the row's page, while that page of
+-- es_aggregates has room, else on another page with new entries in every
+-- index.  200 rows updated in one transaction (no pruning in between) fill
+-- their pages: both kinds happen.
+SELECT es_make_partitions(5000) >= 0 AS made;
+SELECT count(*) AS created FROM (
+    SELECT es_append('Account', 'PART-H' || g, 'ACCOUNT_OPENED', '{}', 0) FROM generate_series(1, 200) g) x;
+SELECT count(*) AS moved_on FROM (
+    SELECT es_append('Account', 'PART-FILL', 'ACCOUNT_BALANCE_UPDATED', '{}', NULL) FROM generate_series(1, 1000)) x;
+CREATE TEMP TABLE part_h_pages AS
+SELECT aggregate_id, (ctid::text::point)[0] AS page FROM es_aggregates WHERE aggregate_id LIKE 'PART-H%';
+SELECT count(*) AS appended, bool_and(a.version = 2) AS second
+  FROM generate_series(1, 200) g, es_append('Account', 'PART-H' || g, 'ACCOUNT_BALANCE_UPDATED', '{}', 1) a;
+SELECT count(*) FILTER (WHERE b.page = (a.ctid::text::point)[0]) > 0 AS some_on_their_page,
+       count(*) FILTER (WHERE b.page <> (a.ctid::text::point)[0]) > 0 AS some_on_another
+  FROM es_aggregates a JOIN part_h_pages b USING (aggregate_id);
+-- Every row version in every index of es_aggregates, and each row once.
+CREATE EXTENSION amcheck;
+SELECT count(*) AS indexes_checked
+  FROM (SELECT bt_index_check(indexrelid, true) FROM pg_index WHERE indrelid = 'es_aggregates'::regclass) x;
+DROP EXTENSION amcheck;
+SELECT count(*) AS rows, count(DISTINCT a.aggregate_id) AS aggregates,
+       bool_and(e.tableoid = (SELECT p.partition FROM es_partitions p
+                               WHERE NOT p.is_default AND a.last_position >= p.from_position
+                                 AND a.last_position < p.to_position)) AS hint_with_last_event
+  FROM es_aggregates a
+  JOIN es_events e ON e.aggregate_id = a.aggregate_id AND e.version = 2
+ WHERE a.aggregate_id LIKE 'PART-H%';
+-- One range further on, each hint leads to its aggregate's last event.
+SELECT count(*) AS moved_on FROM (
+    SELECT es_append('Account', 'PART-FILL', 'ACCOUNT_BALANCE_UPDATED', '{}', NULL) FROM generate_series(1, 1000)) x;
+SELECT count(*) AS appended, bool_and(a.version = 3) AS third
+  FROM generate_series(1, 200) g, es_append('Account', 'PART-H' || g, 'ACCOUNT_BALANCE_UPDATED', '{}', 2) a;
+
 -- Bad input.
 SELECT es_make_partitions(0);
 SELECT es_make_partitions(-5);

@@ -1123,6 +1123,9 @@ ALTER TABLE @extschema@.es_events ATTACH PARTITION @extschema@.es_events_overflo
 -- long time), then kept in its partition by every append (aggregate.c).
 -- Added without a default: no rewrite.
 ALTER TABLE @extschema@.es_aggregates ADD COLUMN last_position bigint;
+-- The append sets it in place (aggregate.c): a tenth of each page left free
+-- keeps that update on the row's page, without new index entries (HOT).
+ALTER TABLE @extschema@.es_aggregates SET (fillfactor = 90);
 COMMENT ON COLUMN @extschema@.es_aggregates.last_position IS
     'a position in the partition of es_events that holds the aggregate''s last event (NULL: not recorded; the append searches the partitions newest first)';
 

@@ -12,6 +12,7 @@
 #define ES_AGGREGATE_H
 
 #include "access/transam.h"
+#include "storage/itemptr.h"
 #include "core/event.h"
 #include "core/event_hash.h"
 #include "core/store.h"
@@ -26,6 +27,7 @@ typedef struct EsAggregateRow
 	int64		found_position; /* the last event's position (0: none) */
 	int64		last_position;	/* es_aggregates.last_position (0: none; ES_HINT_UNREAD) */
 	bool		hint_wanted;	/* finding the last event took probes of older partitions */
+	ItemPointerData tid;		/* where the row was read under the lock (invalid: not read) */
 } EsAggregateRow;
 
 /* last_position when the row was not read: the last event was found without its hint. */

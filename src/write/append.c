@@ -23,12 +23,13 @@
  *	- the unique (aggregate_id, version) index is only a backstop.
  *
  * Both steps use the table access method directly (index probes, heap
- * inserts and index inserts), not SQL statements: executor
- * start-up for a one-row INSERT costs as much as the insert.  The price:
- * es_events and es_aggregates fire no triggers on insert, and must not be
- * given any; what reacts to an append in its transaction (inline
- * projections, automatic snapshots) listens to the write path instead
- * (append_hooks.c), and partitioning es_events means routing tuples here.
+ * inserts and index inserts), not SQL statements: executor start-up for a
+ * one-row INSERT costs as much as the insert.  The price: es_events fires
+ * no triggers on insert, nor es_aggregates on the update of an aggregate's
+ * hint (aggregate.c), and neither must be given any; what reacts to an
+ * append in its transaction (inline projections, automatic snapshots)
+ * listens to the write path instead (append_hooks.c), and partitioning
+ * es_events means routing tuples here.
  *
  * A refused append says why: a version conflict, an aggregate of another
  * type, or a commit-order hazard.
