@@ -215,7 +215,8 @@ aggregate_last_event(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
  * statement's snapshot, as an UPDATE would; under READ COMMITTED a row
  * created since (by a transaction that has committed) is looked up again
  * with a new snapshot, so that existence and version are judged on the
- * same, latest, state.
+ * same, latest, state.  One whose row no transaction has committed (nor
+ * this one inserted), as read under the lock, is new for every snapshot.
  */
 bool
 es_aggregate_lock(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
@@ -236,6 +237,9 @@ es_aggregate_lock(EsStore *s, const char *aggregate_id, EsAggregateRow *row)
 	CommandCounterIncrement();
 	if (aggregate_last_event(s, aggregate_id, row))
 		return true;
+	/* No row committed nor of this transaction (read then): a new aggregate for every snapshot. */
+	if (!ItemPointerIsValid(&row->tid))
+		return false;
 
 	PushCopiedSnapshot(GetActiveSnapshot());
 	UpdateActiveSnapshotCommandId();
