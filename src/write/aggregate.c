@@ -291,15 +291,11 @@ aggregate_set_hint(EsStore *s, const char *aggregate_id, const ItemPointerData *
 	TupleDesc	desc = RelationGetDescr(rel);
 	TupleTableSlot *old = table_slot_create(rel, NULL);
 	TupleTableSlot *new = MakeSingleTupleTableSlot(desc, &TTSOpsVirtual);
-	ItemPointerData otid;
+	ItemPointerData otid = *tid;
 	EsAggregateRow row;
 	bool		update_indexes = false;
 	int			tries;
 
-	if (tid != NULL && ItemPointerIsValid(tid))
-		otid = *tid;
-	else
-		ItemPointerSetInvalid(&otid);
 	for (tries = 0;; tries++)
 	{
 		TM_FailureData tmfd;
