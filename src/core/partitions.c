@@ -44,6 +44,7 @@
 #include "miscadmin.h"
 #include "port/atomics.h"
 #include "storage/bufmgr.h"
+#include "storage/spin.h"
 #include "nodes/parsenodes.h"
 #include "partitioning/partdesc.h"
 #include "utils/builtins.h"
@@ -71,6 +72,9 @@
  * block in it.  A reader reads it after taking its snapshot: a row there
  * that the snapshot sees was inserted, so the flag cleared, before.
  * Without preloading, or with more databases than slots: not known.
+ * A database's slot is freed when the database is dropped (launcher.c's
+ * hook on DROP DATABASE), so that the slots serve the databases that
+ * exist, not the first 64 since the server started.
  *
  * Beside it, the highest position it may hold (top), raised by the same
  * inserts before their row goes in, and read by the partition maker from
@@ -91,7 +95,18 @@ typedef struct OverflowSlot
 	pg_atomic_uint64 top;		/* the highest position it may hold (int64) */
 } OverflowSlot;
 
-static OverflowSlot *overflow_slots = NULL;
+/*
+ * A slot is taken and freed under the mutex: with slots freed, two
+ * backends of one database looking for a free one at once could otherwise
+ * take two, and one would clear a flag the other's readers never see.
+ */
+typedef struct OverflowSlots
+{
+	slock_t		mutex;
+	OverflowSlot slot[OVERFLOW_SLOTS];
+} OverflowSlots;
+
+static OverflowSlots *overflow_slots = NULL;
 
 static HeapTuple partition_probe(Relation rel, Oid indexoid, Snapshot snapshot, ScanKey key,
 								 ScanDirection direction);
@@ -111,20 +126,31 @@ static uint64 invalidations = 0;
 static Size
 overflow_shmem_size(void)
 {
-	return sizeof(OverflowSlot) * OVERFLOW_SLOTS;
+	return sizeof(OverflowSlots);
+}
+
+/* A slot that knows nothing of a database, and free. */
+static void
+overflow_slot_reset(OverflowSlot *slot)
+{
+	pg_atomic_write_u32(&slot->empty, 0);
+	pg_atomic_write_u64(&slot->top, (uint64) OVERFLOW_TOP_UNKNOWN);
+	pg_write_barrier();
+	pg_atomic_write_u32(&slot->dbid, 0);
 }
 
 static void
 overflow_shmem_init(void *segment)
 {
-	OverflowSlot *slots = (OverflowSlot *) segment;
+	OverflowSlots *slots = (OverflowSlots *) segment;
 	int			i;
 
+	SpinLockInit(&slots->mutex);
 	for (i = 0; i < OVERFLOW_SLOTS; i++)
 	{
-		pg_atomic_init_u32(&slots[i].dbid, 0);
-		pg_atomic_init_u32(&slots[i].empty, 0);
-		pg_atomic_init_u64(&slots[i].top, (uint64) OVERFLOW_TOP_UNKNOWN);
+		pg_atomic_init_u32(&slots->slot[i].dbid, 0);
+		pg_atomic_init_u32(&slots->slot[i].empty, 0);
+		pg_atomic_init_u64(&slots->slot[i].top, (uint64) OVERFLOW_TOP_UNKNOWN);
 	}
 }
 
@@ -136,25 +162,59 @@ es_partitions_init(void)
 				 overflow_shmem_init);
 }
 
-/* This database's slot, taken the first time (NULL: none). */
+/*
+ * This database's slot, taken the first time (NULL: none).  Looked for once
+ * per backend: the slot stays this database's while a backend is connected
+ * to it (it is freed when the database is dropped, which no backend of it
+ * outlives).
+ */
 static OverflowSlot *
 overflow_slot(void)
 {
+	static OverflowSlot *mine = NULL;
+	static bool looked = false;
+	OverflowSlot *free_slot = NULL;
 	int			i;
 
-	if (overflow_slots == NULL || !OidIsValid(MyDatabaseId))
-		return NULL;
-	for (i = 0; i < OVERFLOW_SLOTS; i++)
+	if (looked || overflow_slots == NULL || !OidIsValid(MyDatabaseId))
+		return mine;
+	SpinLockAcquire(&overflow_slots->mutex);
+	for (i = 0; i < OVERFLOW_SLOTS && mine == NULL; i++)
 	{
-		uint32		expected = 0;
+		uint32		dbid = pg_atomic_read_u32(&overflow_slots->slot[i].dbid);
 
-		if (pg_atomic_read_u32(&overflow_slots[i].dbid) == MyDatabaseId)
-			return &overflow_slots[i];
-		if (pg_atomic_compare_exchange_u32(&overflow_slots[i].dbid, &expected, MyDatabaseId) ||
-			expected == MyDatabaseId)
-			return &overflow_slots[i];
+		if (dbid == MyDatabaseId)
+			mine = &overflow_slots->slot[i];
+		else if (dbid == 0 && free_slot == NULL)
+			free_slot = &overflow_slots->slot[i];
 	}
-	return NULL;
+	if (mine == NULL && free_slot != NULL)
+	{
+		pg_atomic_write_u32(&free_slot->dbid, MyDatabaseId);
+		mine = free_slot;
+	}
+	SpinLockRelease(&overflow_slots->mutex);
+	looked = true;
+	return mine;
+}
+
+/*
+ * es_overflow_forget: database dbid was dropped; its slot, if it had one,
+ * is free, knowing nothing (a database that takes it starts from "maybe
+ * rows", as one that has no slot).
+ */
+void
+es_overflow_forget(Oid dbid)
+{
+	int			i;
+
+	if (overflow_slots == NULL || !OidIsValid(dbid))
+		return;
+	SpinLockAcquire(&overflow_slots->mutex);
+	for (i = 0; i < OVERFLOW_SLOTS; i++)
+		if (pg_atomic_read_u32(&overflow_slots->slot[i].dbid) == dbid)
+			overflow_slot_reset(&overflow_slots->slot[i]);
+	SpinLockRelease(&overflow_slots->mutex);
 }
 
 /*

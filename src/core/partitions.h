@@ -53,6 +53,7 @@ extern bool es_overflow_known_empty(void);
 extern bool es_overflow_may_hold(int64 from);
 extern void es_overflow_filling(int64 position);
 extern void es_overflow_measure(const EsPartition *part);
+extern void es_overflow_forget(Oid dbid);
 extern const EsPartitions *es_partitions(EsStore *s, Relation events);
 extern const EsPartition *es_partition_of(const EsPartitions *p, int64 position);
 

@@ -26,6 +26,8 @@
  * DROP EXTENSION holds its database too: a worker's query would otherwise
  * take the extension's tables in another order than the drop, and one of
  * the two would end in a deadlock.
+ * A database dropped frees what shared memory kept for its store
+ * (partitions.c's overflow slot), once the drop has gone through.
  *
  * Locking: see worker_internal.h.
  *
@@ -44,6 +46,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/objectaccess.h"
 #include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
@@ -60,6 +63,7 @@
 #include "utils/snapmgr.h"
 
 #include "core/guc.h"
+#include "core/partitions.h"
 #include "delivery/sequencer.h"
 
 /* The longest the launcher sleeps: it looks at pg_database this often. */
@@ -76,6 +80,10 @@ static BackgroundWorkerHandle **handles = NULL;
 static bool warned_no_slot = false;
 
 static ProcessUtility_hook_type prev_utility_hook = NULL;
+static object_access_hook_type prev_object_access_hook = NULL;
+
+/* The database the DROP DATABASE under way drops, as its drop hook named it. */
+static Oid	dropping_database = InvalidOid;
 
 /* es_launcher_wake: the launcher has something to look at. */
 void
@@ -677,6 +685,7 @@ launcher_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 	{
 		case T_DropdbStmt:
 			launcher_hold(((DropdbStmt *) parsetree)->dbname, InvalidOid);
+			dropping_database = InvalidOid;
 			break;
 		case T_RenameStmt:
 			if (((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
@@ -703,6 +712,14 @@ launcher_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 	else
 		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 
+	/*
+	 * Dropped: the shared memory kept for the database goes with it (the
+	 * drop hook named its OID; a name looked up before the drop could
+	 * name another database by then).  Not in the hook: the drop can
+	 * still fail after it, and the database then lives on with its slot.
+	 */
+	if (IsA(parsetree, DropdbStmt) && OidIsValid(dropping_database))
+		es_overflow_forget(dropping_database);
 	if (IsA(parsetree, CreateExtensionStmt) &&
 		strcmp(((CreateExtensionStmt *) parsetree)->extname, "ultracore_es") == 0)
 		created_level = GetCurrentTransactionNestLevel();
@@ -765,7 +782,17 @@ launcher_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTrans
 	}
 }
 
-/* es_launcher_init: from _PG_init; the hook only where the launcher runs (preloaded). */
+/* The drop hook: which database a DROP DATABASE drops. */
+static void
+launcher_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+	if (access == OAT_DROP && classId == DatabaseRelationId)
+		dropping_database = objectId;
+}
+
+/* es_launcher_init: from _PG_init; the hooks only where the launcher runs (preloaded). */
 void
 es_launcher_init(void)
 {
@@ -773,6 +800,8 @@ es_launcher_init(void)
 		return;
 	prev_utility_hook = ProcessUtility_hook;
 	ProcessUtility_hook = launcher_utility;
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = launcher_object_access;
 	RegisterXactCallback(launcher_xact_callback, NULL);
 	RegisterSubXactCallback(launcher_subxact_callback, NULL);
 }
