@@ -99,10 +99,13 @@ typedef struct OverflowSlot
  * A slot is taken and freed under the mutex: with slots freed, two
  * backends of one database looking for a free one at once could otherwise
  * take two, and one would clear a flag the other's readers never see.
+ * freed counts the slots freed: a backend that found none free looks
+ * again when it moved.
  */
 typedef struct OverflowSlots
 {
 	slock_t		mutex;
+	pg_atomic_uint64 freed;
 	OverflowSlot slot[OVERFLOW_SLOTS];
 } OverflowSlots;
 
@@ -146,6 +149,7 @@ overflow_shmem_init(void *segment)
 	int			i;
 
 	SpinLockInit(&slots->mutex);
+	pg_atomic_init_u64(&slots->freed, 0);
 	for (i = 0; i < OVERFLOW_SLOTS; i++)
 	{
 		pg_atomic_init_u32(&slots->slot[i].dbid, 0);
@@ -163,22 +167,31 @@ es_partitions_init(void)
 }
 
 /*
- * This database's slot, taken the first time (NULL: none).  Looked for once
- * per backend: the slot stays this database's while a backend is connected
- * to it (it is freed when the database is dropped, which no backend of it
- * outlives).
+ * This database's slot, taken the first time (NULL: none).  Found once per
+ * backend: the slot stays this database's while a backend is connected to
+ * it (it is freed when the database is dropped, which no backend of it
+ * outlives).  A backend that found every slot taken looks again once one
+ * was freed: another backend of its database may take that slot, and the
+ * partition maker then mark the partition empty there, which this
+ * backend's inserts must clear (es_overflow_filling).  A backend looks
+ * before its insert tells the slot, holding the partition's ROW EXCLUSIVE
+ * lock, which the maker's SHARE lock waits for: an insert that saw no slot
+ * freed commits before the maker can measure the partition.
  */
 static OverflowSlot *
 overflow_slot(void)
 {
 	static OverflowSlot *mine = NULL;
 	static bool looked = false;
+	static uint64 freed_seen = 0;
 	OverflowSlot *free_slot = NULL;
 	int			i;
 
-	if (looked || overflow_slots == NULL || !OidIsValid(MyDatabaseId))
+	if (mine != NULL || overflow_slots == NULL || !OidIsValid(MyDatabaseId) ||
+		(looked && pg_atomic_read_u64(&overflow_slots->freed) == freed_seen))
 		return mine;
 	SpinLockAcquire(&overflow_slots->mutex);
+	freed_seen = pg_atomic_read_u64(&overflow_slots->freed);
 	for (i = 0; i < OVERFLOW_SLOTS && mine == NULL; i++)
 	{
 		uint32		dbid = pg_atomic_read_u32(&overflow_slots->slot[i].dbid);
@@ -213,7 +226,10 @@ es_overflow_forget(Oid dbid)
 	SpinLockAcquire(&overflow_slots->mutex);
 	for (i = 0; i < OVERFLOW_SLOTS; i++)
 		if (pg_atomic_read_u32(&overflow_slots->slot[i].dbid) == dbid)
+		{
 			overflow_slot_reset(&overflow_slots->slot[i]);
+			pg_atomic_fetch_add_u64(&overflow_slots->freed, 1);
+		}
 	SpinLockRelease(&overflow_slots->mutex);
 }
 

@@ -4,7 +4,10 @@
 # keeps that knowledge for the ones that exist, not for the first 64 it
 # saw.  And a freed slot knows nothing of the database that takes it next:
 # one made from a template whose overflow partition holds an event (copied
-# as files, no insert told the slot) reads that event.
+# as files, no insert told the slot) reads that event.  A backend that
+# found every slot taken looks again once one is freed: its appends into
+# the overflow partition then clear the "empty" that its database's
+# partition maker said in the slot the database took meanwhile.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -32,20 +35,40 @@ $node->safe_psql('postgres', 'CREATE DATABASE tmpl');
 $node->safe_psql('tmpl', "CREATE EXTENSION ultracore_es; $overflow_locked");
 
 # More databases than slots, none served (no partitions: an append goes to
-# es_events_overflow, and takes the database's slot), each dropped.
+# es_events_overflow, and takes the database's slot): the last ones find
+# every slot taken.  So do the database served now, its partition maker,
+# and a session of it.
 for my $i (1 .. 70)
 {
 	$node->safe_psql('postgres', "CREATE DATABASE d$i TEMPLATE tmpl");
 	$node->safe_psql("d$i", q{SELECT es_append('Account', 'A-1', 'ACCOUNT_OPENED', '{}', 0)});
-	$node->safe_psql('postgres', "DROP DATABASE d$i");
 }
-
-# A database served now: its partition maker finds the overflow partition
-# empty, and says so in its slot.
 $node->safe_psql('postgres', 'CREATE DATABASE served TEMPLATE tmpl');
+my $early = $node->background_psql('served');
+$early->query_safe(q{SELECT count(*) FROM es_get_events('A-1')});
+
+# Once they are dropped, the database served takes a slot, and its
+# partition maker says there that its overflow partition is empty.
+$node->safe_psql('postgres', "DROP DATABASE d$_") for 1 .. 70;
 ok( $node->poll_query_until(
 		'served', q{SELECT count(*) FROM es_get_events('A-1'); SELECT overflow_locked('A-1')}, "0\nf"),
-	'after 70 databases dropped, a new one knows its overflow partition empty: reads leave it alone');
+	'after 70 databases dropped, one that found no slot knows its overflow partition empty: reads leave it alone');
+
+# The session from before (it found no slot then) appends past the ranges
+# made, into the overflow partition (its lock holds the maker's ATTACH
+# off): other sessions read that event.
+$early->query_safe(q{
+	BEGIN;
+	LOCK TABLE es_events_overflow IN ACCESS SHARE MODE;
+	SELECT setval('es_events_position_seq', (SELECT max(to_position) + 10 FROM es_partitions WHERE NOT is_default));
+	SELECT es_append('Account', 'LATE-1', 'ACCOUNT_OPENED', '{}', 0);
+	COMMIT});
+$early->quit;
+is( $node->safe_psql(
+		'served', q{SELECT count(*) FROM es_events_overflow; SELECT count(*) FROM es_get_events('LATE-1')}),
+	"1\n1", 'a session that found no slot tells the one taken since of its appends: they are read');
+my ($ret, $out, $err) = $node->psql('served', q{SELECT es_append('Account', 'LATE-1', 'ACCOUNT_OPENED', '{}', 0)});
+like($err, qr/version conflict/, 'and the version they took is known: expected version 0 conflicts');
 $node->safe_psql('served', q{SELECT es_append('Account', 'A-1', 'ACCOUNT_OPENED', '{}', 0)});
 is($node->safe_psql('served', q{SELECT count(*) FROM es_get_events('A-1')}), '1', 'and read its events');
 
