@@ -40,6 +40,7 @@
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_index.h"
+#include "commands/trigger.h"
 #include "lib/binaryheap.h"
 #include "miscadmin.h"
 #include "port/atomics.h"
@@ -132,13 +133,20 @@ overflow_shmem_size(void)
 	return sizeof(OverflowSlots);
 }
 
+/* A slot that knows nothing of its database's partition: it may hold any row. */
+static void
+overflow_slot_unknown(OverflowSlot *slot)
+{
+	pg_atomic_write_u64(&slot->top, (uint64) OVERFLOW_TOP_UNKNOWN);
+	pg_atomic_write_u32(&slot->empty, 0);
+	pg_memory_barrier();
+}
+
 /* A slot that knows nothing of a database, and free. */
 static void
 overflow_slot_reset(OverflowSlot *slot)
 {
-	pg_atomic_write_u32(&slot->empty, 0);
-	pg_atomic_write_u64(&slot->top, (uint64) OVERFLOW_TOP_UNKNOWN);
-	pg_write_barrier();
+	overflow_slot_unknown(slot);
 	pg_atomic_write_u32(&slot->dbid, 0);
 }
 
@@ -234,6 +242,55 @@ es_overflow_forget(Oid dbid)
 }
 
 /*
+ * es_overflow_altered: after an ALTER TABLE.  One of es_events or of
+ * es_events_overflow that enables or disables triggers (a data-only
+ * pg_restore --disable-triggers disables them all while it loads), or
+ * attaches another table as the DEFAULT partition, may let rows into that
+ * partition without its trigger telling the slot: the slot then knows
+ * nothing again, and readers look there until the partition maker
+ * measures it (which waits for the ALTER's lock, and measures nothing
+ * while the trigger does not always fire).  By name: a table of that name
+ * in another schema costs the store a measure, no more.
+ */
+void
+es_overflow_altered(AlterTableStmt *stmt)
+{
+	OverflowSlot *slot;
+	ListCell   *lc;
+
+	if (stmt->objtype != OBJECT_TABLE || stmt->relation == NULL ||
+		(strcmp(stmt->relation->relname, "es_events") != 0 &&
+		 strcmp(stmt->relation->relname, "es_events_overflow") != 0))
+		return;
+	foreach(lc, stmt->cmds)
+	{
+		AlterTableCmd *cmd = lfirst_node(AlterTableCmd, lc);
+
+		switch (cmd->subtype)
+		{
+			case AT_EnableTrig:
+			case AT_EnableAlwaysTrig:
+			case AT_EnableReplicaTrig:
+			case AT_DisableTrig:
+			case AT_EnableTrigAll:
+			case AT_DisableTrigAll:
+			case AT_EnableTrigUser:
+			case AT_DisableTrigUser:
+				break;
+			case AT_AttachPartition:
+				if (((PartitionCmd *) cmd->def)->bound->is_default)
+					break;
+				continue;
+			default:
+				continue;
+		}
+		if ((slot = overflow_slot()) != NULL)
+			overflow_slot_unknown(slot);
+		return;
+	}
+}
+
+/*
  * es_overflow_may_hold: es_events_overflow may hold a row at position from
  * or above.  Read after the snapshot (see above).
  */
@@ -274,11 +331,33 @@ es_overflow_filling(int64 position)
 }
 
 /*
+ * Whether every row SQL puts into es_events_overflow (rel) tells the slot:
+ * its trigger es_events_overflow_filling (made by the update script) fires
+ * always.  Disabled, or enabled for the origin only (as pg_restore's
+ * ENABLE TRIGGER ALL leaves it; a logical replication worker, a replica,
+ * does not fire it), rows could go in untold after a measure.
+ */
+static bool
+overflow_filling_fires(Relation rel)
+{
+	TriggerDesc *triggers = rel->trigdesc;
+	int			i;
+
+	for (i = 0; triggers != NULL && i < triggers->numtriggers; i++)
+		if (strcmp(triggers->triggers[i].tgname, "es_events_overflow_filling") == 0)
+			return triggers->triggers[i].tgenabled == TRIGGER_FIRES_ALWAYS;
+	return false;
+}
+
+/*
  * es_overflow_measure: what es_events_overflow (part), which the caller
- * holds SHARE (no insert under way, none can start), holds: nothing, when
- * it has no block; else, when not known (after a restart), rows up to the
- * highest position of its committed rows (a newest row the latest
- * snapshot does not see was never committed: not an event).
+ * holds SHARE (no insert of another transaction under way, none can
+ * start, its triggers cannot be altered), holds: nothing, when it has no
+ * block; else, when not known (after a restart), rows up to the highest
+ * position of any row version its position index points to (the
+ * caller's own rows too, which a snapshot of its current command would
+ * not see; a higher one than the events' is harmless).  Nothing is
+ * measured while its filling trigger does not always fire.
  */
 void
 es_overflow_measure(const EsPartition *part)
@@ -289,6 +368,11 @@ es_overflow_measure(const EsPartition *part)
 	if (slot == NULL)
 		return;
 	rel = table_open(part->relid, NoLock);
+	if (!overflow_filling_fires(rel))
+	{
+		table_close(rel, NoLock);
+		return;
+	}
 	if (RelationGetNumberOfBlocks(rel) == 0)
 	{
 		pg_atomic_write_u64(&slot->top, (uint64) PG_INT64_MIN);
@@ -296,17 +380,15 @@ es_overflow_measure(const EsPartition *part)
 	}
 	else if ((int64) pg_atomic_read_u64(&slot->top) == OVERFLOW_TOP_UNKNOWN)
 	{
-		Snapshot	snapshot = RegisterSnapshot(GetLatestSnapshot());
 		ScanKeyData key;
 		HeapTuple	row;
 		bool		isnull;
 
 		ScanKeyInit(&key, 1, BTGreaterEqualStrategyNumber, F_INT8GE, Int64GetDatum(PG_INT64_MIN));
-		row = partition_probe(rel, part->position_idx, snapshot, &key, BackwardScanDirection);
+		row = partition_probe(rel, part->position_idx, SnapshotAny, &key, BackwardScanDirection);
 		pg_atomic_write_u64(&slot->top, (uint64) (row == NULL ? PG_INT64_MIN
 												  : DatumGetInt64(heap_getattr(row, EV_POSITION + 1,
 																			   RelationGetDescr(rel), &isnull))));
-		UnregisterSnapshot(snapshot);
 	}
 	table_close(rel, NoLock);
 }

@@ -14,6 +14,7 @@
 
 #include "access/genam.h"
 #include "executor/tuptable.h"
+#include "nodes/parsenodes.h"
 #include "utils/rel.h"
 
 #include "core/store.h"
@@ -54,6 +55,7 @@ extern bool es_overflow_may_hold(int64 from);
 extern void es_overflow_filling(int64 position);
 extern void es_overflow_measure(const EsPartition *part);
 extern void es_overflow_forget(Oid dbid);
+extern void es_overflow_altered(AlterTableStmt *stmt);
 extern const EsPartitions *es_partitions(EsStore *s, Relation events);
 extern const EsPartition *es_partition_of(const EsPartitions *p, int64 position);
 

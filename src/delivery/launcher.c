@@ -720,6 +720,11 @@ launcher_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 	 */
 	if (IsA(parsetree, DropdbStmt) && OidIsValid(dropping_database))
 		es_overflow_forget(dropping_database);
+
+	/* Readers of es_events_overflow look again where its rows may go in untold. */
+	if (IsA(parsetree, AlterTableStmt))
+		es_overflow_altered((AlterTableStmt *) parsetree);
+
 	if (IsA(parsetree, CreateExtensionStmt) &&
 		strcmp(((CreateExtensionStmt *) parsetree)->extname, "ultracore_es") == 0)
 		created_level = GetCurrentTransactionNestLevel();

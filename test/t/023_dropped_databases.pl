@@ -7,7 +7,9 @@
 # as files, no insert told the slot) reads that event.  A backend that
 # found every slot taken looks again once one is freed: its appends into
 # the overflow partition then clear the "empty" that its database's
-# partition maker said in the slot the database took meanwhile.
+# partition maker said in the slot the database took meanwhile.  And rows
+# SQL puts there while its trigger is disabled (a data-only restore) are
+# read.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -82,6 +84,52 @@ is($node->safe_psql('copied', q{SELECT count(*) FROM es_get_events('R-1')}),
 	'1', 'a database that takes a freed slot reads the events of its overflow partition');
 is($node->safe_psql('copied', q{SELECT count(*) FROM es_get_events('R-1'); SELECT overflow_locked('R-1')}),
 	"1\nt", 'which its reads look in');
+
+# Rows SQL puts into es_events_overflow tell the readers through its
+# trigger: a data-only restore disables it while it loads.  The ALTER makes
+# readers look there again, and the partition maker (es_make_partitions
+# measures as it does) does not say the partition empty while the trigger
+# does not always fire.  The aggregate's first event lies in a range, its
+# second one goes into the overflow partition, past the ranges, and the
+# next append into a range made above it (where no unique index would
+# catch a second version 2).
+my $first_event = q{
+	SELECT es_make_partitions();
+	SELECT es_append('Account', 'RESTORED-1', 'ACCOUNT_OPENED', '{}', 0);
+};
+my $restored_row = q{
+	SELECT setval('es_events_position_seq', (SELECT max(to_position) + 10 FROM es_partitions WHERE NOT is_default));
+	INSERT INTO es_events_overflow (event_id, event_type, aggregate_type, aggregate_id, version, tx_id,
+	                                occurred_at, recorded_at, data, metadata, schema_version, appended_by)
+	VALUES ('restored-2', 'ACCOUNT_BALANCE_UPDATED', 'Account', 'RESTORED-1', 2, pg_current_xact_id(),
+	        now(), now(), '{}', '{}', 1, current_user);
+};
+my $restored_read = q{SELECT count(*) FROM es_events_overflow; SELECT count(*) FROM es_get_events('RESTORED-1')};
+my $next_append = q{SELECT es_append('Account', 'RESTORED-1', 'ACCOUNT_BALANCE_UPDATED', '{}', 1)};
+$node->safe_psql('postgres', 'CREATE DATABASE restore_load TEMPLATE tmpl');
+$node->safe_psql('restore_load', $first_event);
+is( $node->safe_psql(
+		'restore_load', q{SELECT count(*) FROM es_get_events('RESTORED-1'); SELECT overflow_locked('RESTORED-1')}),
+	"1\nf", 'a store whose overflow partition is measured empty: reads leave it alone');
+$node->safe_psql('restore_load', "ALTER TABLE es_events_overflow DISABLE TRIGGER ALL; $restored_row
+	ALTER TABLE es_events_overflow ENABLE TRIGGER ALL;");
+$node->safe_psql('restore_load', 'SELECT es_make_partitions()');
+is($node->safe_psql('restore_load', $restored_read), "1\n2", 'an event loaded with its triggers disabled is read');
+($ret, $out, $err) = $node->psql('restore_load', $next_append);
+like($err, qr/version conflict/, 'and its version is known: expected version 1 conflicts');
+
+$node->safe_psql('postgres', 'CREATE DATABASE trigger_off TEMPLATE tmpl');
+$node->safe_psql('trigger_off', $first_event);
+$node->safe_psql('trigger_off', 'ALTER TABLE es_events_overflow DISABLE TRIGGER es_events_overflow_filling');
+$node->safe_psql('trigger_off', 'SELECT es_make_partitions()');
+is( $node->safe_psql(
+		'trigger_off', q{SELECT count(*) FROM es_get_events('RESTORED-1'); SELECT overflow_locked('RESTORED-1')}),
+	"1\nt", 'with the trigger off, the empty overflow partition is not said empty');
+$node->safe_psql('trigger_off', $restored_row);
+$node->safe_psql('trigger_off', 'SELECT es_make_partitions()');
+is($node->safe_psql('trigger_off', $restored_read), "1\n2", 'and an event put there untold is read');
+($ret, $out, $err) = $node->psql('trigger_off', $next_append);
+like($err, qr/version conflict/, 'and its version is known');
 
 $node->stop;
 done_testing();
