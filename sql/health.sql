@@ -111,3 +111,18 @@ SELECT es_segment_of(NULL, 2), es_segment_of('ACC-1', NULL);
 -- The segments are FNV-1a of the id's bytes: the same on every server, forever.
 SELECT id, es_segment_of(id, 2) AS of_2, es_segment_of(id, 7) AS of_7
   FROM unnest(ARRAY['ACC-1', 'ACC-2', 'CUST001', '', 'Ü']) id;
+-- The store's triggers, ENABLE ALWAYS as made; a data-only restore leaves
+-- them ENABLE, and a disabled es_events_append_only lets events change.
+SELECT status, regexp_replace(detail, 'its [0-9]+ partitions', 'its _ partitions') AS detail
+  FROM es_health() WHERE component = 'triggers';
+ALTER TABLE es_events_overflow ENABLE TRIGGER es_events_overflow_filling;
+SELECT status, detail FROM es_health() WHERE component = 'triggers';
+ALTER TABLE es_events_overflow ENABLE TRIGGER es_events_append_only;
+SELECT status, regexp_replace(detail, '1 of [0-9]+ tables', '1 of _ tables', 'g') AS detail
+  FROM es_health() WHERE component = 'triggers';
+ALTER TABLE es_events_overflow DISABLE TRIGGER es_events_append_only;
+SELECT status, regexp_replace(detail, '1 of [0-9]+ tables', '1 of _ tables', 'g') AS detail
+  FROM es_health() WHERE component = 'triggers';
+ALTER TABLE es_events_overflow ENABLE ALWAYS TRIGGER es_events_append_only;
+ALTER TABLE es_events_overflow ENABLE ALWAYS TRIGGER es_events_overflow_filling;
+SELECT status FROM es_health() WHERE component = 'triggers';

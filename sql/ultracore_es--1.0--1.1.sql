@@ -536,9 +536,41 @@ SELECT 'kafka ingest',
                   max(last_error_at) AS last_error_at
              FROM @extschema@.es_kafka_status WHERE component = 'ingest') i
  WHERE EXISTS (SELECT FROM workers WHERE kind = 'kafka ingest')
+UNION ALL
+-- The store's triggers as made: ENABLE ALWAYS.  A data-only pg_restore
+-- --disable-triggers leaves them ENABLE, which a session_replication_role
+-- = replica session (a logical replication worker) does not fire.
+SELECT 'triggers',
+       CASE WHEN x.refusal_off > 0 THEN 'critical'
+            WHEN x.refusal_origin > 0 OR x.filling IS DISTINCT FROM 'A' THEN 'warning'
+            ELSE 'ok' END,
+       CASE WHEN x.refusal_off + x.refusal_origin = 0 AND x.filling = 'A'
+            THEN 'es_events_append_only on es_events and its ' || x.tables - 1
+                 || ' partitions, and es_events_overflow_filling: ENABLE ALWAYS'
+            ELSE concat_ws('; ',
+                     CASE WHEN x.refusal_off > 0
+                          THEN 'es_events_append_only disabled or missing on ' || x.refusal_off || ' of '
+                               || x.tables || ' tables (es_events and its partitions): events can be updated and deleted' END,
+                     CASE WHEN x.refusal_origin > 0
+                          THEN 'es_events_append_only not ENABLE ALWAYS on ' || x.refusal_origin || ' of '
+                               || x.tables || ' tables: a session with session_replication_role = replica can update and delete events' END,
+                     CASE WHEN x.filling IS DISTINCT FROM 'A'
+                          THEN 'es_events_overflow_filling not ENABLE ALWAYS: every read looks in es_events_overflow' END)
+                 || ' (ALTER TABLE ... ENABLE ALWAYS TRIGGER ...)' END,
+       NULL::timestamptz
+  FROM (SELECT count(*) AS tables,
+               count(*) FILTER (WHERE r.tgenabled IS NULL OR r.tgenabled = 'D') AS refusal_off,
+               count(*) FILTER (WHERE r.tgenabled IN ('O', 'R')) AS refusal_origin,
+               (SELECT f.tgenabled FROM pg_trigger f
+                 WHERE f.tgrelid = to_regclass('@extschema@.es_events_overflow')
+                   AND f.tgname = 'es_events_overflow_filling') AS filling
+          FROM (SELECT '@extschema@.es_events'::regclass::oid AS relid
+                UNION ALL
+                SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = '@extschema@.es_events'::regclass) e
+          LEFT JOIN pg_trigger r ON r.tgrelid = e.relid AND r.tgname = 'es_events_append_only') x
 $$;
 COMMENT ON FUNCTION @extschema@.es_health() IS
-    'ultracore_es: the health of delivery: launcher and workers, each consumer''s lag and retries, dead letters, the commit horizon, Kafka; ok, warning or critical';
+    'ultracore_es: the health of delivery: launcher and workers, each consumer''s lag and retries, dead letters, the commit horizon, Kafka, the store''s triggers; ok, warning or critical';
 
 REVOKE ALL ON TABLE @extschema@.es_consumer_segments, @extschema@.es_consumer_checkpoints FROM PUBLIC;
 REVOKE ALL ON FUNCTION @extschema@.es_segment_of(text, integer), @extschema@.es_worker_state(),
