@@ -113,7 +113,11 @@ SELECT id, es_segment_of(id, 2) AS of_2, es_segment_of(id, 7) AS of_7
   FROM unnest(ARRAY['ACC-1', 'ACC-2', 'CUST001', '', 'Ü']) id;
 -- The store's triggers, ENABLE ALWAYS as made; a data-only restore leaves
 -- them ENABLE, and a disabled es_events_append_only lets events change.
-SELECT status, regexp_replace(detail, 'its [0-9]+ partitions', 'its _ partitions') AS detail
+ALTER TABLE es_upcasters ENABLE TRIGGER es_upcasters_changed;
+SELECT status, detail ~ '^not ENABLE ALWAYS: es_upcasters_changed \(' AS names_it
+  FROM es_health() WHERE component = 'triggers';
+ALTER TABLE es_upcasters ENABLE ALWAYS TRIGGER es_upcasters_changed;
+SELECT status, regexp_replace(detail, '^[0-9]+ triggers(.*) its [0-9]+ partitions', '_ triggers\1 its _ partitions') AS detail
   FROM es_health() WHERE component = 'triggers';
 ALTER TABLE es_events_overflow ENABLE TRIGGER es_events_overflow_filling;
 SELECT status, detail FROM es_health() WHERE component = 'triggers';

@@ -541,33 +541,39 @@ UNION ALL
 -- --disable-triggers leaves them ENABLE, which a session_replication_role
 -- = replica session (a logical replication worker) does not fire.
 SELECT 'triggers',
-       CASE WHEN x.refusal_off > 0 THEN 'critical'
-            WHEN x.refusal_origin > 0 OR x.filling IS DISTINCT FROM 'A' THEN 'warning'
-            ELSE 'ok' END,
-       CASE WHEN x.refusal_off + x.refusal_origin = 0 AND x.filling = 'A'
-            THEN 'es_events_append_only on es_events and its ' || x.tables - 1
-                 || ' partitions, and es_events_overflow_filling: ENABLE ALWAYS'
+       CASE WHEN x.refusal_off > 0 THEN 'critical' WHEN y.not_always <> '' THEN 'warning' ELSE 'ok' END,
+       CASE WHEN x.refusal_off = 0 AND y.not_always = ''
+            THEN y.triggers || ' triggers of the store, es_events_append_only on es_events and its '
+                 || x.tables - 1 || ' partitions among them: ENABLE ALWAYS'
             ELSE concat_ws('; ',
                      CASE WHEN x.refusal_off > 0
                           THEN 'es_events_append_only disabled or missing on ' || x.refusal_off || ' of '
                                || x.tables || ' tables (es_events and its partitions): events can be updated and deleted' END,
-                     CASE WHEN x.refusal_origin > 0
-                          THEN 'es_events_append_only not ENABLE ALWAYS on ' || x.refusal_origin || ' of '
-                               || x.tables || ' tables: a session with session_replication_role = replica can update and delete events' END,
-                     CASE WHEN x.filling IS DISTINCT FROM 'A'
-                          THEN 'es_events_overflow_filling not ENABLE ALWAYS: every read looks in es_events_overflow' END)
-                 || ' (ALTER TABLE ... ENABLE ALWAYS TRIGGER ...)' END,
+                     CASE WHEN y.not_always <> ''
+                          THEN 'not ENABLE ALWAYS: ' || y.not_always || ' (a session with session_replication_role'
+                               || ' = replica fires none of them: es_events_append_only lets it update and delete events,'
+                               || ' the catalogs'' triggers let it change them unseen by the caches,'
+                               || ' es_events_overflow_filling makes every read look in es_events_overflow)' END)
+                 || '; ALTER TABLE ... ENABLE ALWAYS TRIGGER ...' END,
        NULL::timestamptz
   FROM (SELECT count(*) AS tables,
-               count(*) FILTER (WHERE r.tgenabled IS NULL OR r.tgenabled = 'D') AS refusal_off,
-               count(*) FILTER (WHERE r.tgenabled IN ('O', 'R')) AS refusal_origin,
-               (SELECT f.tgenabled FROM pg_trigger f
-                 WHERE f.tgrelid = to_regclass('@extschema@.es_events_overflow')
-                   AND f.tgname = 'es_events_overflow_filling') AS filling
+               count(*) FILTER (WHERE r.tgenabled IS NULL OR r.tgenabled = 'D') AS refusal_off
           FROM (SELECT '@extschema@.es_events'::regclass::oid AS relid
                 UNION ALL
                 SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = '@extschema@.es_events'::regclass) e
-          LEFT JOIN pg_trigger r ON r.tgrelid = e.relid AND r.tgname = 'es_events_append_only') x
+          LEFT JOIN pg_trigger r ON r.tgrelid = e.relid AND r.tgname = 'es_events_append_only') x,
+       -- Every trigger the store made: on its tables and on es_events' partitions.
+       (SELECT count(*) AS triggers,
+               coalesce(string_agg(DISTINCT g.tgname, ', ' ORDER BY g.tgname) FILTER (WHERE g.tgenabled <> 'A'), '')
+                   AS not_always
+          FROM pg_trigger g
+         WHERE NOT g.tgisinternal AND g.tgname LIKE 'es\_%'
+           AND g.tgrelid IN (SELECT d.objid FROM pg_depend d JOIN pg_extension n ON n.oid = d.refobjid
+                              WHERE n.extname = 'ultracore_es' AND d.refclassid = 'pg_extension'::regclass
+                                AND d.classid = 'pg_class'::regclass AND d.deptype = 'e'
+                             UNION
+                             SELECT i.inhrelid FROM pg_inherits i
+                              WHERE i.inhparent = '@extschema@.es_events'::regclass)) y
 $$;
 COMMENT ON FUNCTION @extschema@.es_health() IS
     'ultracore_es: the health of delivery: launcher and workers, each consumer''s lag and retries, dead letters, the commit horizon, Kafka, the store''s triggers; ok, warning or critical';
