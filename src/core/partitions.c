@@ -190,13 +190,12 @@ static OverflowSlot *
 overflow_slot(void)
 {
 	static OverflowSlot *mine = NULL;
-	static bool looked = false;
-	static uint64 freed_seen = 0;
+	static uint64 freed_seen = PG_UINT64_MAX;	/* freed when it last looked; never yet */
 	OverflowSlot *free_slot = NULL;
 	int			i;
 
 	if (mine != NULL || overflow_slots == NULL || !OidIsValid(MyDatabaseId) ||
-		(looked && pg_atomic_read_u64(&overflow_slots->freed) == freed_seen))
+		pg_atomic_read_u64(&overflow_slots->freed) == freed_seen)
 		return mine;
 	SpinLockAcquire(&overflow_slots->mutex);
 	freed_seen = pg_atomic_read_u64(&overflow_slots->freed);
@@ -215,7 +214,6 @@ overflow_slot(void)
 		mine = free_slot;
 	}
 	SpinLockRelease(&overflow_slots->mutex);
-	looked = true;
 	return mine;
 }
 
