@@ -130,6 +130,27 @@ SELECT count(*) AS moved_on FROM (
 SELECT count(*) AS appended, bool_and(a.version = 3) AS third
   FROM generate_series(1, 200) g, es_append('Account', 'PART-H' || g, 'ACCOUNT_BALANCE_UPDATED', '{}', 2) a;
 
+-- A new aggregate whose first batch crosses a range's end: its row's hint
+-- (the last position taken when it was created) is in the range that
+-- holds its first events, not its last.  Once the store has moved two
+-- ranges on, its next append finds version 5, not 2 (each version once).
+SELECT es_make_partitions(4000) >= 0 AS made;
+SELECT (p.to_position - 3 - s.last_value + 1000) % 1000 AS pad
+  FROM es_events_position_seq s
+  JOIN es_partitions p ON NOT p.is_default AND s.last_value >= p.from_position AND s.last_value < p.to_position \gset
+SELECT count(*) = :pad AS padded FROM (
+    SELECT es_append('Account', 'PART-FILL', 'ACCOUNT_BALANCE_UPDATED', '{}', NULL) FROM generate_series(1, :pad)) x;
+SELECT array_agg(version ORDER BY version) AS created
+  FROM es_append_batch('Account', 'PART-SPAN', (SELECT jsonb_agg(jsonb_build_object('event_type', 'ACCOUNT_BALANCE_UPDATED', 'data', '{}'::jsonb))
+                                                  FROM generate_series(1, 5)), 0);
+SELECT count(DISTINCT tableoid) AS partitions FROM es_events WHERE aggregate_id = 'PART-SPAN';
+SELECT count(*) AS moved_on FROM (
+    SELECT es_append('Account', 'PART-FILL', 'ACCOUNT_BALANCE_UPDATED', '{}', NULL) FROM generate_series(1, 1500)) x;
+SELECT version FROM es_append('Account', 'PART-SPAN', 'ACCOUNT_BALANCE_UPDATED', '{}', 5);
+SELECT version FROM es_append('Account', 'PART-SPAN', 'ACCOUNT_BALANCE_UPDATED', '{}', NULL);
+SELECT count(*) AS events, count(DISTINCT version) AS versions, max(version) AS last
+  FROM es_events WHERE aggregate_id = 'PART-SPAN';
+
 -- Bad input.
 SELECT es_make_partitions(0);
 SELECT es_make_partitions(-5);

@@ -354,6 +354,18 @@ aggregate_set_hint(EsStore *s, const char *aggregate_id, const ItemPointerData *
 	table_close(rel, NoLock);
 }
 
+/* Whether positions a and b lie in different partitions of the store's events. */
+static bool
+aggregate_apart(EsStore *s, int64 a, int64 b)
+{
+	/* The lock the append holds already: a lookup in this backend's lock table. */
+	Relation	rel = table_open(s->events_relid, RowExclusiveLock);
+	bool		apart = es_partitions_apart(s, rel, a, b);
+
+	table_close(rel, NoLock);
+	return apart;
+}
+
 /*
  * es_aggregate_moved: after events of the aggregate locked into row (by
  * es_aggregate_lock) were stored, the last at last_position: keep
@@ -369,19 +381,39 @@ aggregate_set_hint(EsStore *s, const char *aggregate_id, const ItemPointerData *
 void
 es_aggregate_moved(EsStore *s, const char *aggregate_id, const EsAggregateRow *row, int64 last_position)
 {
-	Relation	rel;
 	bool		apart;
 
 	if (row->last_position == 0 && !row->hint_wanted)
 		return;
-	/* The lock the append holds already: a lookup in this backend's lock table. */
-	rel = table_open(s->events_relid, RowExclusiveLock);
 	if (row->last_position == ES_HINT_UNREAD)
-		apart = es_partitions_apart(s, rel, row->found_position, last_position);
+		apart = aggregate_apart(s, row->found_position, last_position);
 	else
-		apart = row->last_position == 0 || es_partitions_apart(s, rel, row->last_position, last_position);
-	table_close(rel, NoLock);
+		apart = row->last_position == 0 || aggregate_apart(s, row->last_position, last_position);
 	if (!apart || get_attnum(s->aggregates_relid, "last_position") != Anum_agg_last_position)
 		return;
 	aggregate_set_hint(s, aggregate_id, &row->tid, last_position);
+}
+
+/*
+ * es_aggregate_created: the events of an aggregate this append created
+ * were stored, from position first to last.  Its row's hint is the last
+ * position taken before them: in the partition of the first, or in an
+ * older one that holds none of its events (the search passes it by).
+ * When the events span partitions, the hint's partition holds some of
+ * them but not the last, and es_last_event, which takes the last event
+ * of the hint's partition for the aggregate's, would read an old version
+ * once the store has moved past them: the hint moves to the last.
+ */
+void
+es_aggregate_created(EsStore *s, const char *aggregate_id, int64 first, int64 last)
+{
+	ItemPointerData unread;
+
+	if (!aggregate_apart(s, first, last) ||
+		get_attnum(s->aggregates_relid, "last_position") != Anum_agg_last_position)
+		return;
+	/* The row was inserted by this very command: updated by the next one. */
+	CommandCounterIncrement();
+	ItemPointerSetInvalid(&unread);
+	aggregate_set_hint(s, aggregate_id, &unread, last);
 }

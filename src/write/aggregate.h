@@ -38,5 +38,6 @@ extern bool es_aggregate_create(const char *aggregate_id, const char *aggregate_
 								TimestampTz now);
 extern void es_aggregate_moved(EsStore *s, const char *aggregate_id, const EsAggregateRow *row,
 							   int64 last_position);
+extern void es_aggregate_created(EsStore *s, const char *aggregate_id, int64 first, int64 last);
 
 #endif							/* ES_AGGREGATE_H */

@@ -916,6 +916,7 @@ es_append_execute(EsAppendRequest *req, EsStore *store)
 			/* No event can be stored for a new aggregate; ids used elsewhere are refused. */
 			(void) append_find_stored(req, store);
 			append_insert_events(req, store, 0, own, es_hash_zero);
+			es_aggregate_created(store, req->aggregate_id, req->positions[0], req->positions[req->nevents - 1]);
 			return;
 		}
 		/* A concurrent creator won (or rolled back): lock its aggregate next round. */
