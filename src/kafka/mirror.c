@@ -135,6 +135,7 @@ static rd_kafka_t *producer = NULL;
 static int	wake_pipe[2] = {-1, -1};	/* librdkafka writes when the producer has reports */
 static TimestampTz producer_failed_at = 0;
 static bool in_transaction = false;	/* a Kafka transaction is open */
+static bool transactions_ready = false; /* not transactional, or init_transactions done */
 
 /* Messages in flight, in commit order: message seq is at inflight[seq - base_seq]. */
 static InFlight *inflight = NULL;
@@ -292,6 +293,7 @@ producer_destroy(void)
 	rd_kafka_destroy_flags(producer, RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE);
 	producer = NULL;
 	in_transaction = false;
+	transactions_ready = false;
 	if (wake_pipe[0] >= 0)
 	{
 		close(wake_pipe[0]);
@@ -423,20 +425,32 @@ producer_create(void)
 		rd_kafka_queue_io_event_enable(queue, wake_pipe[1], "!", 1);
 		rd_kafka_queue_destroy(queue);	/* our reference; the queue stays */
 	}
-	if (es_kafka_transactional)
-	{
-		/* Bounded: init_transactions waits for the coordinator; the next pass tries again. */
-		rd_kafka_error_t *error = rd_kafka_init_transactions(producer, 1000);
-
-		if (error != NULL)
-		{
-			snprintf(failure, sizeof(failure), "init_transactions: %s", rd_kafka_error_string(error));
-			rd_kafka_error_destroy(error);
-			producer_destroy();
-			return false;
-		}
-	}
+	transactions_ready = !es_kafka_transactional;
 	return true;
+}
+
+/*
+ * A transactional producer's init_transactions, a little at each pass: it
+ * finds the coordinator and takes the producer id, round trips to the
+ * brokers that take seconds over a long distance, and a call that times
+ * out is resumed by the next one on the same producer.  A producer made
+ * again after each call of a second never started where the brokers
+ * answered in 200 ms.  A failure that resuming cannot mend is the pass's.
+ */
+static void
+producer_init_transactions(void)
+{
+	rd_kafka_error_t *error = rd_kafka_init_transactions(producer, 50);
+
+	if (error == NULL)
+		transactions_ready = true;
+	else if (!rd_kafka_error_is_retriable(error))
+	{
+		snprintf(failure, sizeof(failure), "init_transactions: %s", rd_kafka_error_string(error));
+		any_failed = true;
+	}
+	if (error != NULL)
+		rd_kafka_error_destroy(error);
 }
 
 /* Whether the brokers refuse topic for good, as its metadata says; NO_ERROR when unknown. */
@@ -1058,7 +1072,12 @@ mirror_commit_transaction(void)
 	rd_kafka_error_t *error;
 	int			i;
 
-	if (!in_transaction)
+	/*
+	 * Not before the whole batch is in librdkafka's hands: once a commit
+	 * has begun, the producer refuses the rest of the batch (a full queue
+	 * kept it back), and the mirror would rewind to it for ever.
+	 */
+	if (!in_transaction || nsent < ninflight)
 		return;
 	error = rd_kafka_commit_transaction(producer, 50);
 	if (error == NULL)
@@ -1117,6 +1136,8 @@ mirror_pass(void)
 		producer_failed_at = 0;
 	}
 	producer_poll();
+	if (!transactions_ready)
+		producer_init_transactions();
 	mirror_commit_transaction();
 	mirror_check_stall();
 	if (rd_kafka_fatal_error(producer, fatal, sizeof(fatal)) != RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -1135,6 +1156,9 @@ mirror_pass(void)
 		es_consumer_record_failure(MIRROR_CONSUMER, failure);
 		return false;
 	}
+	/* librdkafka goes on readying the producer meanwhile: the next pass finds it done. */
+	if (!transactions_ready)
+		return false;
 	/*
 	 * Two transactions: a checkpoint is saved even when producing fails
 	 * (an event the brokers refuse stops the mirror there, every pass).

@@ -175,6 +175,35 @@ is(scalar @txn, 200, 'every event of the transactional batches on the topic');
 is( scalar(grep { $_->{partition} != java_partition($_->{key}, 4) } @txn),
 	0, 'each aggregate on the partition the Java client would choose');
 
+# A transactional producer made while the brokers answer in 200 ms: its
+# init_transactions, several round trips, is resumed pass after pass (one
+# made again after each call of a second never started).  Then
+# back-pressure in a Kafka transaction: a batch larger than librdkafka's
+# queue is handed over in parts, pass after pass, and committed once all
+# of it is (a commit begun before made the producer refuse the rest, and
+# the mirror rewound to the batch for ever).
+$kafka->command('rtt -1 200');
+$node->append_conf(
+	'postgresql.conf', q{
+ultracore_es.kafka_producer_properties = 'queue.buffering.max.messages=50'
+ultracore_es.kafka_batch_size = 500
+});
+$node->reload;
+$node->safe_psql('postgres', q{CALL append_accounts('SLOW-', 10, 1)});
+mirrored_all('a transactional producer readied while the brokers are slow');
+$log_offset = -s $node->logfile;
+$node->safe_psql('postgres', q{CALL append_accounts('QFULL-', 500, 1)});
+mirrored_all('a transactional batch larger than the producer queue');
+ok(!$node->log_contains(qr/producing again from the mirror's checkpoint/, $log_offset),
+	'handed over without a rewind');
+$kafka->command('rtt -1 0');
+$node->append_conf(
+	'postgresql.conf', q{
+ultracore_es.kafka_producer_properties = ''
+ultracore_es.kafka_batch_size = 100
+});
+$node->reload;
+
 # A mirror turned on starts once it has read the fence's claims, not at
 # its next pass: with passes ten minutes apart and no append to wake it,
 # the events stored while Kafka was off still reach the topic.
