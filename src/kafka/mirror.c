@@ -962,14 +962,17 @@ mirror_produce_step(EsStore *s, void *arg)
 		PushActiveSnapshot(GetTransactionSnapshot());
 	else
 		read.horizon = es_commit_horizon_push();
+
+	/*
+	 * Every commit the read can see is before this point of the WAL.  Taken
+	 * before reading, and whether or not standbys are waited for: the
+	 * events of a read that an error stops halfway stay in flight, and
+	 * standbys named while events wait on a full queue hold those too.
+	 */
+	held_lsn = GetXLogInsertRecPtr();
+	held_since = GetCurrentTimestamp();
 	read.max_count = r.wanted;
 	es_read_commit_order(&read, false, mirror_event, &r);
-	/* Every commit the read saw is before this point of the WAL. */
-	if (r.read > 0 && es_kafka_standby_wait_on())
-	{
-		held_lsn = GetXLogInsertRecPtr();
-		held_since = GetCurrentTimestamp();
-	}
 	PopActiveSnapshot();
 	routes = NULL;
 }
