@@ -665,9 +665,12 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 
 	if (ninflight == inflight_size)
 	{
-		inflight_size = Max(inflight_size * 2, 1024);
-		inflight = inflight ? repalloc(inflight, sizeof(InFlight) * inflight_size)
-			: MemoryContextAlloc(TopMemoryContext, sizeof(InFlight) * inflight_size);
+		int			size = Max(inflight_size * 2, 1024);
+
+		/* The size changes once the memory is there: an error leaves both as they were. */
+		inflight = inflight ? repalloc(inflight, sizeof(InFlight) * size)
+			: MemoryContextAlloc(TopMemoryContext, sizeof(InFlight) * size);
+		inflight_size = size;
 	}
 	m = &inflight[ninflight];
 	m->tx = DatumGetFullTransactionId(values[EV_TX_ID]);
@@ -700,16 +703,22 @@ mirror_event(Datum *values, bool *nulls, void *arg)
 		 * Sent by mirror_send, in order.  One allocation holds the value and
 		 * then the key: librdkafka copies the key when it takes the
 		 * message, and frees the value (the whole block) once it is done.
+		 * Made last, after what can fail: this entry is not counted yet,
+		 * and what an error left in it would never be freed.
 		 */
+		m->headers = es_kafka_mirror_headers(values, nulls, route->aggregate_type);
 		m->value_len = strlen(value);
 		m->value = malloc(m->value_len + key_len + 2);
 		if (m->value == NULL)
+		{
+			rd_kafka_headers_destroy(m->headers);
+			m->headers = NULL;
 			ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+		}
 		memcpy(m->value, value, m->value_len + 1);
 		m->key = m->value + m->value_len + 1;
 		memcpy(m->key, VARDATA_ANY(aggregate_id), key_len);
 		m->key[key_len] = '\0';
-		m->headers = es_kafka_mirror_headers(values, nulls, route->aggregate_type);
 	}
 	ninflight++;
 	r->read++;
