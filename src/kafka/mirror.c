@@ -373,15 +373,36 @@ refused_forget(int64 position)
 			i++;
 }
 
+/*
+ * The producer, made with ultracore_es.kafka_producer_properties and then
+ * what the mirror's promises need, which those cannot change: idempotence,
+ * no message given up on, a delivery report for every message (its
+ * checkpoint moves on them), the partitioner of ultracore_es.kafka_partitioner,
+ * and a transactional id only with ultracore_es.kafka_transactional (one in
+ * the properties without it would make the producer refuse every message
+ * outside a transaction, which the mirror never begins then).
+ */
 static bool
 producer_create(void)
 {
 	char		errstr[512];
+	char		transactional_id[512];
+	size_t		size = sizeof(transactional_id);
 	rd_kafka_conf_t *conf = es_kafka_client_conf(es_kafka_producer_properties, errstr, sizeof(errstr));
 
+	if (conf != NULL && !es_kafka_transactional &&
+		rd_kafka_conf_get(conf, "transactional.id", transactional_id, &size) == RD_KAFKA_CONF_OK &&
+		transactional_id[0] != '\0')
+	{
+		snprintf(errstr, sizeof(errstr),
+				 "transactional.id is set, but ultracore_es.kafka_transactional is off (it sets the mirror's)");
+		rd_kafka_conf_destroy(conf);
+		conf = NULL;
+	}
 	if (conf != NULL &&
 		(rd_kafka_conf_set(conf, "enable.idempotence", "true", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		 rd_kafka_conf_set(conf, "message.timeout.ms", "0", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
+		 rd_kafka_conf_set(conf, "delivery.report.only.error", "false", errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		 rd_kafka_conf_set(conf, "partitioner", es_kafka_partitioner, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK ||
 		 (es_kafka_transactional &&
 		  rd_kafka_conf_set(conf, "transactional.id",

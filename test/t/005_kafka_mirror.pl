@@ -161,6 +161,25 @@ like( $node->safe_psql('postgres', q{SELECT last_error FROM es_kafka_status WHER
 mirrored_all('deliveries failed');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM es_kafka_mirror_dead_letters}), '0', 'nothing parked');
 
+# What the mirror's promises need is its own, whatever
+# kafka_producer_properties says: a delivery report for every message (its
+# checkpoint moves on them); a transactional.id there without
+# kafka_transactional is refused, with a warning, until it goes.
+$node->append_conf('postgresql.conf',
+	q{ultracore_es.kafka_producer_properties = 'delivery.report.only.error=true'});
+$node->reload;
+$node->safe_psql('postgres', q{CALL append_accounts('DRONLY-', 10, 3)});
+mirrored_all('delivery.report.only.error in the properties');
+$log_offset = -s $node->logfile;
+$node->append_conf('postgresql.conf', q{ultracore_es.kafka_producer_properties = 'transactional.id=mine'});
+$node->reload;
+$node->safe_psql('postgres', q{CALL append_accounts('TXNID-', 10, 1)});
+$node->wait_for_log(qr/invalid producer setting: transactional\.id is set, but ultracore_es\.kafka_transactional is off/,
+	$log_offset);
+$node->append_conf('postgresql.conf', q{ultracore_es.kafka_producer_properties = ''});
+$node->reload;
+mirrored_all('the transactional.id taken out');
+
 # A transactional producer, partitioning as Java clients do.
 $node->append_conf(
 	'postgresql.conf', q{
