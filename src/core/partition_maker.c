@@ -30,7 +30,9 @@
  * held while its rows are read:
  *	1. CHECK (position < B) NOT VALID, B a whole number of partitions past
  *	   the last position taken (partitions_ahead of them, so that appends
- *	   do not reach B before step 3; ones that did would fail the CHECK);
+ *	   do not reach B before step 3; the append does not check constraints,
+ *	   so before steps 2 and 3 the maker looks for rows past B, and starts
+ *	   again further on when it finds some);
  *	2. VALIDATE CONSTRAINT: a scan under SHARE UPDATE EXCLUSIVE, which
  *	   appends pass;
  *	3. DETACH and ATTACH FROM (MINVALUE) TO (B), which the valid CHECK
@@ -174,6 +176,34 @@ maker_make_range(EsStore *s, int64 from, int64 to)
 }
 
 /*
+ * Whether an append took a position at or past bound into the 1.0 table:
+ * the append inserts without the executor, which alone checks CHECK
+ * constraints, and appends reach the bound when step 3 waits long for its
+ * lock (partitions_ahead partitions of them).  The bound is dropped then,
+ * to be set again further on; else the ATTACH, trusting the CHECK, would
+ * leave rows outside the table's range, where no reader by position finds
+ * them.  Under the table's ACCESS EXCLUSIVE lock in step 3, which appends
+ * wait for; before VALIDATE in step 2, which would fail at every pass.
+ */
+static bool
+maker_bound_passed(EsStore *s, const EsPartition *part, const char *table, int64 bound, bool wait)
+{
+	bool		isnull;
+	int64		top = maker_int8(psprintf("SELECT max(position) FROM ONLY %s.%s", s->nspname, table), &isnull);
+
+	if (isnull || top < bound)
+		return false;
+	if (es_partition_lock(part->relid, wait))
+	{
+		es_partition_exec(psprintf("ALTER TABLE %s.%s DROP CONSTRAINT " BOUND_CONSTRAINT, s->nspname, table));
+		ereport(LOG,
+				(errmsg("ultracore_es: appends reached the bound " INT64_FORMAT " of partition %s of es_events before it was applied; bounding it again further on",
+						bound, table)));
+	}
+	return true;
+}
+
+/*
  * Bound the 1.0 table (part), one step per call (see the file's comment).
  * Returns whether it is bounded now.
  */
@@ -201,19 +231,23 @@ maker_bound_1_0(EsStore *s, const EsPartition *part, Oid default_relid, int64 la
 		return false;
 	}
 	valid = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) != 0;
-	if (!valid)
-	{
-		es_partition_exec(psprintf("ALTER TABLE %s.%s VALIDATE CONSTRAINT " BOUND_CONSTRAINT, s->nspname, table));
-		return false;
-	}
+	/* A bound past int4's range is printed quoted, as '3000000000'::bigint. */
 	bound = maker_int8(psprintf("SELECT (pg_catalog.regexp_match(pg_catalog.pg_get_constraintdef(c.oid),"
-								" '< \\(?(\\d+)'))[1]::int8 FROM pg_catalog.pg_constraint c"
+								" '< \\(?''?(\\d+)'))[1]::int8 FROM pg_catalog.pg_constraint c"
 								" WHERE c.conrelid = %u AND c.conname = '" BOUND_CONSTRAINT "'", part->relid),
 					   &isnull);
 	if (isnull)
 		elog(ERROR, "could not read the bound of %s", table);
+	if (!valid)
+	{
+		if (!maker_bound_passed(s, part, table, bound, wait))
+			es_partition_exec(psprintf("ALTER TABLE %s.%s VALIDATE CONSTRAINT " BOUND_CONSTRAINT,
+									   s->nspname, table));
+		return false;
+	}
 	if (!es_partition_lock(s->events_relid, wait) || !es_partition_lock(part->relid, wait) ||
-		(OidIsValid(default_relid) && !es_partition_lock(default_relid, wait)))
+		(OidIsValid(default_relid) && !es_partition_lock(default_relid, wait)) ||
+		maker_bound_passed(s, part, table, bound, wait))
 		return false;
 	es_partition_exec(psprintf("ALTER TABLE %s.es_events DETACH PARTITION %s.%s;"
 						"ALTER TABLE %s.es_events ATTACH PARTITION %s.%s"

@@ -239,6 +239,54 @@ $node->safe_psql('postgres', 'SELECT es_make_partitions()');
 is($node->safe_psql('postgres', q{SELECT version FROM es_append('Account', 'HINT-2', 'ACCOUNT_BALANCE_UPDATED', '{}', 2)}),
 	'3', 'and after a restart, once the partition maker read that partition again');
 
+# A store updated from 1.0, its table bounded in three steps (a CHECK, its
+# validation, the table attached again below the bound), each a call of
+# es_make_partitions here, with the workers off.  The bound, past int4's
+# range, is read back from the CHECK; an append that took a position past
+# it before the last step (the append does not check constraints) makes
+# the maker start again further on, not attach the table with a row
+# outside its range.
+$node->safe_psql('postgres', q{ALTER SYSTEM SET ultracore_es.worker_enabled = off; SELECT pg_reload_conf()});
+$node->safe_psql('postgres', 'CREATE DATABASE from_1_0');
+$node->safe_psql(
+	'from_1_0', q{
+	CREATE EXTENSION ultracore_es VERSION '1.0';
+	SELECT setval('es_events_position_seq', 3000000000);
+	SELECT es_append('Account', 'OLD-' || a, 'ACCOUNT_OPENED', '{}', 0) FROM generate_series(1, 3) a;
+	ALTER EXTENSION ultracore_es UPDATE});
+my $bound_1_0_check = q{SELECT c.convalidated FROM pg_constraint c
+                     WHERE c.conrelid = 'es_events_1_0'::regclass AND c.conname = 'es_events_1_0_bound'};
+$node->safe_psql('from_1_0', 'SELECT es_make_partitions()');
+is($node->safe_psql('from_1_0', $bound_1_0_check), 'f', 'step 1: the bound, not validated');
+$node->safe_psql('from_1_0', 'SELECT es_make_partitions()');
+is($node->safe_psql('from_1_0', $bound_1_0_check), 't', 'step 2: validated');
+my $bound_1_0 = $node->safe_psql('from_1_0', q{
+	SELECT (regexp_match(pg_get_constraintdef(c.oid), '(\d{10,})'))[1] FROM pg_constraint c
+	 WHERE c.conrelid = 'es_events_1_0'::regclass AND c.conname = 'es_events_1_0_bound'});
+cmp_ok($bound_1_0, '>', 2**31, "the bound ($bound_1_0) is past int4's range");
+$node->safe_psql('from_1_0', qq{
+	SELECT setval('es_events_position_seq', $bound_1_0 + 5);
+	SELECT es_append('Account', 'OLD-1', 'ACCOUNT_BALANCE_UPDATED', '{}', 1)});
+is($node->safe_psql('from_1_0', qq{SELECT count(*) FROM ONLY es_events_1_0 WHERE position >= $bound_1_0}),
+	'1', 'an append past the bound went into the 1.0 table');
+$log_offset = -s $node->logfile;
+$node->safe_psql('from_1_0', 'SELECT es_make_partitions()');
+is($node->safe_psql('from_1_0', $bound_1_0_check), '', 'step 3: the bound passed is dropped');
+ok($node->log_contains(qr/appends reached the bound $bound_1_0 of partition es_events_1_0/, $log_offset), 'and said so');
+$node->safe_psql('from_1_0', 'SELECT es_make_partitions()') for 1 .. 3;
+$node->safe_psql('from_1_0', 'SELECT es_make_partitions(5000)');
+is( $node->safe_psql(
+		'from_1_0', q{
+	SELECT p.to_position > (SELECT max(position) FROM ONLY es_events_1_0),
+	       (SELECT count(*) FROM es_partitions r WHERE NOT r.is_default AND r.from_position = p.to_position)
+	  FROM es_partitions p WHERE p.partition = 'es_events_1_0'::regclass}),
+	't|1', 'bounded again above every row it holds, the ranges made from there');
+is($node->safe_psql('from_1_0', q{SELECT version FROM es_append('Account', 'OLD-1', 'ACCOUNT_BALANCE_UPDATED', '{}', 2)}),
+	'3', 'the aggregate goes on');
+is($node->safe_psql('from_1_0', q{SELECT string_agg(version::text, ',' ORDER BY version) FROM es_get_events('OLD-1')}),
+	'1,2,3', 'its events read in version order');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET ultracore_es.worker_enabled; SELECT pg_reload_conf()});
+
 $new->stop;
 $node->stop;
 done_testing();
