@@ -33,6 +33,34 @@
 #include "write/append.h"
 #include "write/event_type.h"
 
+/* Whether size bytes are text of the database: no NUL, and in its encoding. */
+static bool
+bytes_are_text(const void *bytes, size_t size)
+{
+	return memchr(bytes, '\0', size) == NULL && pg_verifymbstr(bytes, size, true);
+}
+
+/*
+ * Bytes of a message (its key, its value, a header's value: what, and
+ * the header's name) as a C string.  Refused unless they are text of the
+ * database: a NUL would end the string early (two keys that differ after
+ * it would name one aggregate, a value would lose its tail), and the
+ * input functions the store hands them to take their bytes as valid in
+ * the database's encoding (rows a client could not decode, a dump that
+ * would not load back).
+ */
+static char *
+message_text(const void *bytes, size_t size, const char *what, const char *name)
+{
+	if (!bytes_are_text(bytes, size))
+		ereport(ERROR,
+				(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
+				 name != NULL ? errmsg("%s \"%s\" of the message is not text", what, name)
+				 : errmsg("%s of the message is not text", what),
+				 errdetail("It holds a NUL byte or bytes that are not valid %s.", GetDatabaseEncodingName())));
+	return pnstrdup(bytes, size);
+}
+
 /* The value of header name, or NULL. */
 static char *
 header(rd_kafka_headers_t *h, const char *name)
@@ -43,7 +71,7 @@ header(rd_kafka_headers_t *h, const char *name)
 	if (h == NULL || rd_kafka_header_get_last(h, name, &value, &size) != RD_KAFKA_RESP_ERR_NO_ERROR ||
 		value == NULL)
 		return NULL;
-	return pnstrdup(value, size);
+	return message_text(value, size, "header", name);
 }
 
 /*
@@ -156,7 +184,8 @@ cloud_event_open(rd_kafka_message_t *msg, CloudEvent *ce)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("structured CloudEvent without a value")));
-	value = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(msg->payload, msg->len))));
+	value = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+											   CStringGetDatum(message_text(msg->payload, msg->len, "the value", NULL))));
 	if (!JB_ROOT_IS_OBJECT(value))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -188,7 +217,8 @@ cloud_event_data(rd_kafka_message_t *msg, CloudEvent *ce)
 	{
 		if (msg->payload == NULL || msg->len == 0)
 			return es_empty_object();
-		data = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(pnstrdup(msg->payload, msg->len))));
+		data = DatumGetJsonbP(DirectFunctionCall1(jsonb_in,
+												  CStringGetDatum(message_text(msg->payload, msg->len, "the value", NULL))));
 	}
 	else
 	{
@@ -333,7 +363,7 @@ es_kafka_ingest_parse(rd_kafka_message_t *msg, EsAppendRequest *req, EsEventIn *
 	es_check_name(ev->event_type, "ce_type");
 	req->aggregate_id = attribute(&ce, "ce_subject");
 	if (req->aggregate_id == NULL && msg->key != NULL)
-		req->aggregate_id = pnstrdup(msg->key, msg->key_len);
+		req->aggregate_id = message_text(msg->key, msg->key_len, "the key", NULL);
 	if (req->aggregate_id == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -416,7 +446,7 @@ bytes(const void *data, size_t len)
 	return PointerGetDatum(b);
 }
 
-/* The message's headers as a JSON object of strings (bytes not UTF-8 escaped). */
+/* The message's headers as a JSON object of strings (bytes that are not text: "(binary)"). */
 static Datum
 headers_json(rd_kafka_message_t *msg)
 {
@@ -432,16 +462,14 @@ headers_json(rd_kafka_message_t *msg)
 	if (rd_kafka_message_headers(msg, &h) == RD_KAFKA_RESP_ERR_NO_ERROR)
 		for (i = 0; rd_kafka_header_get_all(h, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; i++)
 		{
-			char	   *text = value ? pnstrdup(value, size) : NULL;
-
 			if (i > 0)
 				appendStringInfoString(&json, ", ");
-			escape_json(&json, name);
+			escape_json(&json, bytes_are_text(name, strlen(name)) ? name : "(binary)");
 			appendStringInfoString(&json, ": ");
-			if (text == NULL)
+			if (value == NULL)
 				appendStringInfoString(&json, "null");
-			else if (pg_verifymbstr(text, size, true) && strlen(text) == size)
-				escape_json(&json, text);
+			else if (bytes_are_text(value, size))
+				escape_json(&json, pnstrdup(value, size));
 			else
 				escape_json(&json, "(binary)");
 		}

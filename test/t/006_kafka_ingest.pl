@@ -264,6 +264,35 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM es_events WHERE event_id 
 	'0', 'and not appended');
 $node->safe_psql('postgres', q{SELECT es_unregister_projection('buggy')});
 
+# Bytes that are not text of the database (here, not UTF-8) in the key,
+# an attribute or the value: the message is dead-lettered, not stored as
+# it came (a NUL would have cut the string short there), and the next
+# one goes on; the dead letter's headers say "(binary)" for such a value.
+$kafka->produce(
+	[ 'bank.in', "BIN-KEY-\xff", { ce_id => 'bin-key', ce_type => 'ACCOUNT_OPENED', ce_aggregatetype => 'Account' }, '{}' ],
+	[
+		'bank.in', 'BIN-SUBJECT',
+		{ ce_id => 'bin-subject', ce_type => 'ACCOUNT_OPENED', ce_aggregatetype => 'Account', ce_subject => "S-\xfe\xff" },
+		'{}'
+	],
+	[
+		'bank.in', 'BIN-VALUE', { ce_id => 'bin-value', ce_type => 'ACCOUNT_OPENED', ce_aggregatetype => 'Account' },
+		qq({"name": "\xff"})
+	],
+	[ 'bank.in', 'AFTER-BIN', { ce_id => 'after-bin', ce_type => 'ACCOUNT_OPENED', ce_aggregatetype => 'Account' }, '{}' ]);
+ok( $node->poll_query_until(
+		'postgres', q{SELECT count(*) = 1 FROM es_events WHERE event_id = 'after-bin'}, 't'),
+	'the message after bytes that are not text is appended');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_events WHERE event_id LIKE 'bin-%'}),
+	'0', 'none of those stored');
+is( $node->safe_psql(
+		'postgres', q{
+	SELECT string_agg(headers->>'ce_id' || ' ' || (error LIKE '%of the message is not text%'), ', ' ORDER BY headers->>'ce_id')
+	  FROM es_kafka_dead_letters WHERE headers->>'ce_id' LIKE 'bin-%'}),
+	'bin-key true, bin-subject true, bin-value true', 'each dead-lettered as not text');
+is( $node->safe_psql('postgres', q{SELECT headers->>'ce_subject' FROM es_kafka_dead_letters WHERE headers->>'ce_id' = 'bin-subject'}),
+	'(binary)', 'its header kept as "(binary)"');
+
 # The ingest workers sleep on their consumer's queue: a message is appended
 # as it arrives, not at the next poll interval (ten minutes from here on,
 # longer than poll_query_until waits).
