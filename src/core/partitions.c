@@ -1139,6 +1139,26 @@ es_last_event(EsStore *s, Relation events, const char *aggregate_id, int64 hint,
 }
 
 /*
+ * es_partitions_keep_ids: whether a partition keeps event ids of its own
+ * (the 1.0 table, whose ids es_event_ids does not hold), which only a probe
+ * of its index finds (es_event_by_id): es_event_ids' key alone does not
+ * refuse an id taken there.
+ */
+bool
+es_partitions_keep_ids(EsStore *s)
+{
+	Relation	events = table_open(s->events_relid, AccessShareLock);
+	const EsPartitions *p = es_partitions(s, events);
+	bool		keep = false;
+	int			i;
+
+	for (i = 0; i < p->n && !keep; i++)
+		keep = OidIsValid(p->parts[i].event_id_idx);
+	table_close(events, NoLock);
+	return keep;
+}
+
+/*
  * es_partitions_apart: whether positions a and b lie in different
  * partitions (a range and the DEFAULT one, or two ranges).
  */

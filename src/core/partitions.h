@@ -71,6 +71,7 @@ extern HeapTuple es_last_event_recent(EsStore *s, Relation events, const char *a
 extern HeapTuple es_last_event(EsStore *s, Relation events, const char *aggregate_id, int64 hint,
 							   int64 none_from, Snapshot snapshot, int *searched);
 extern bool es_partitions_apart(EsStore *s, Relation events, int64 a, int64 b);
+extern bool es_partitions_keep_ids(EsStore *s);
 extern HeapTuple es_event_by_id(EsStore *s, Relation events, const char *event_id, Snapshot snapshot);
 
 typedef struct EsMergedScan EsMergedScan;

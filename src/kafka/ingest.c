@@ -46,6 +46,7 @@
 #include "utils/timestamp.h"
 
 #include "core/guc.h"
+#include "core/partitions.h"
 #include "delivery/consumer.h"
 #include "delivery/worker.h"
 #include "write/append.h"
@@ -429,10 +430,11 @@ ingest_order(const void *a, const void *b, void *arg)
  * as one multi-event append.  The aggregate is then locked and checked once
  * per run, and its events go to the heap in one multi-insert, instead of
  * once per message.  A message that cannot be appended fails the batch.
- * So does a message whose event is stored already, unless ingest_lookup_ids:
- * its id is not looked up (ids_unseen; duplicates are rare, the lookup
- * costs every message an index probe), the primary key refuses it, and the
- * careful path then absorbs it.  Across aggregates the events of a batch are
+ * So does a message whose event is stored already, unless ingest_lookup_ids
+ * or a store updated from 1.0 whose 1.0 table keeps ids of its own: its id
+ * is not looked up (ids_unseen; duplicates are rare, the lookup costs every
+ * message an index probe), es_event_ids' key refuses it, and the careful
+ * path then absorbs it.  Across aggregates the events of a batch are
  * appended in aggregate order, not in the order of the partitions' offsets:
  * the store orders events per aggregate, as Kafka orders them per key.
  * That order is also the order in which a batch takes the aggregates'
@@ -447,6 +449,7 @@ ingest_directly(EsStore *s, rd_kafka_message_t **msgs, int n)
 	EsEventIn  *evs = palloc(sizeof(EsEventIn) * n);
 	int		   *order = palloc(sizeof(int) * n);
 	EsEventInserter *inserter;
+	bool		lookup_ids;
 	int			nparsed = 0;
 	int			first;
 	int			last;
@@ -459,6 +462,8 @@ ingest_directly(EsStore *s, rd_kafka_message_t **msgs, int n)
 			nparsed++;
 		}
 	qsort_arg(order, nparsed, sizeof(int), ingest_order, reqs);
+	/* The 1.0 table's ids are not under es_event_ids' key: looked up while it keeps its own. */
+	lookup_ids = ingest_lookup_ids || es_partitions_keep_ids(s);
 	inserter = es_event_inserter_open(s);
 	for (first = 0; first < nparsed; first = last)
 	{
@@ -476,7 +481,7 @@ ingest_directly(EsStore *s, rd_kafka_message_t **msgs, int n)
 				break;
 		}
 		run.nevents = last - first;
-		run.ids_unseen = !ingest_lookup_ids;
+		run.ids_unseen = !lookup_ids;
 		run.inserter = inserter;
 		run.events = palloc(sizeof(EsEventIn) * run.nevents);
 		for (i = 0; i < run.nevents; i++)
