@@ -692,6 +692,15 @@ ingest_pass(void)
 	char		drained[64];
 	bool		fenced;
 
+	/*
+	 * Emptied first, whatever this pass does: what arrives after the polls
+	 * writes again, and a pass that does not poll (the fence's claims not
+	 * read yet) does not leave the worker woken at once, pass after pass,
+	 * by a byte it already had.
+	 */
+	if (wake_pipe[0] >= 0)
+		while (read(wake_pipe[0], drained, sizeof(drained)) > 0)
+			;
 	/* Not while a server on a later timeline serves the store: it leaves the group to that one. */
 	if (!es_kafka_fence_open(false, INGEST_CONSUMER, &fenced))
 	{
@@ -721,9 +730,6 @@ ingest_pass(void)
 		batch = MemoryContextAlloc(TopMemoryContext, sizeof(rd_kafka_message_t *) * es_kafka_ingest_batch_size);
 		batch_allocated = es_kafka_ingest_batch_size;
 	}
-	/* Emptied before the polls: what arrives after them writes again. */
-	while (read(wake_pipe[0], drained, sizeof(drained)) > 0)
-		;
 	if (retry_at != 0 && GetCurrentTimestamp() < retry_at)
 		return false;
 	while (nbatch < es_kafka_ingest_batch_size && (msg = rd_kafka_consumer_poll(consumer, 0)) != NULL)
