@@ -274,6 +274,40 @@ es_aggregate_create(const char *aggregate_id, const char *aggregate_type, Timest
 	return SPI_processed == 1;
 }
 
+static EsPlan snapshot_version_plan = {
+	"SELECT pg_catalog.max(version) FROM @extschema@.es_snapshots WHERE aggregate_id OPERATOR(pg_catalog.=) $1",
+	1, {TEXTOID}
+};
+
+/*
+ * es_aggregate_check_history: refuse to append to aggregate_id, which
+ * exists and has no event, when it had some: a snapshot of it says so
+ * (es_drop_history dropped them all, having checked that one covers
+ * them).  The append would take its versions again from 1, beside the
+ * dropped ones, and could not chain its hashes to theirs.  An aggregate
+ * created without events has no snapshot.  Needs SPI.
+ */
+void
+es_aggregate_check_history(const char *aggregate_id)
+{
+	Datum		arg = CStringGetTextDatum(aggregate_id);
+	bool		isnull;
+	int64		version;
+
+	if (SPI_execute_plan(es_plan(&snapshot_version_plan), &arg, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not read the snapshots of aggregate \"%s\"", aggregate_id);
+	version = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (!isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the events of aggregate \"%s\" were dropped from the database", aggregate_id),
+				 errdetail("Its snapshot is at version %lld and none of its events is left (es_dropped_history): "
+						   "an append would take its versions again from 1 and could not chain its hash to the last one's.",
+						   (long long) version),
+				 errhint("An aggregate that may still change needs its last event kept: drop history (es_drop_history) only below it.")));
+}
+
 /*
  * Set es_aggregates.last_position of aggregate_id to position: an update of
  * the row in place of an UPDATE statement (whose executor start-up cost as

@@ -39,5 +39,6 @@ extern bool es_aggregate_create(const char *aggregate_id, const char *aggregate_
 extern void es_aggregate_moved(EsStore *s, const char *aggregate_id, const EsAggregateRow *row,
 							   int64 last_position);
 extern void es_aggregate_created(EsStore *s, const char *aggregate_id, int64 first, int64 last);
+extern void es_aggregate_check_history(const char *aggregate_id);
 
 #endif							/* ES_AGGREGATE_H */

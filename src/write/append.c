@@ -896,6 +896,8 @@ es_append_execute(EsAppendRequest *req, EsStore *store)
 			{
 				if (append_find_stored(req, store))
 					return;
+				if (row.version == 0)
+					es_aggregate_check_history(req->aggregate_id);
 				append_check_row(req, &row);
 				/* The commit-order key never goes back within an aggregate. */
 				append_insert_events(req, store, row.version,

@@ -169,6 +169,17 @@ is($node->safe_psql('postgres', q{SELECT version, state ->> 'balance' FROM es_lo
 	'101|101', 'es_load_aggregate starts from the snapshot after the dropped events');
 is($node->safe_psql('postgres', q{SELECT version, state ->> 'name' FROM es_load_aggregate('CUST-1')}),
 	'1|Ada', 'an aggregate whose every event was dropped loads from its snapshot');
+# An append to it would take its versions again from 1 (none of its events
+# is left to say its version, nor its hash to chain to): refused, whatever
+# the expected version.
+foreach my $expected ('0', '1', 'NULL')
+{
+	$node->psql('postgres', qq{SELECT es_append('Customer', 'CUST-1', 'CUSTOMER_CREATED', '{}', $expected)},
+		stderr => \$err);
+	like($err, qr/the events of aggregate "CUST-1" were dropped from the database/,
+		"an append to it is refused (expected version $expected)");
+}
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_events WHERE aggregate_id = 'CUST-1'}), '0', 'nothing appended');
 $node->psql('postgres', q{SELECT count(*) FROM es_get_events('ACC-7')}, stderr => \$err);
 like($err, qr/events 1 to \d+ of aggregate "ACC-7" were dropped from the database/,
 	'es_get_events of a dropped range says so instead of returning part of the history');
