@@ -318,6 +318,20 @@ drop_check(EsStore *s, const ArchiveCandidate *c, int64 *events, int64 *first, i
 				 errhint("Export them first: es_export(" INT64_FORMAT ", " INT64_FORMAT ", directory).",
 						 *first, *last + 1)));
 	file = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	/* A dead letter is retried from its event (es_retry_dead_letter): kept until it is resolved. */
+	sql = psprintf("SELECT pg_catalog.count(*) FROM %s.es_dead_letters d"
+				   " WHERE d.status OPERATOR(pg_catalog.<>) 'resolved'"
+				   "   AND d.position OPERATOR(pg_catalog.>=) " INT64_FORMAT
+				   "   AND d.position OPERATOR(pg_catalog.<=) " INT64_FORMAT, nsp, *first, *last);
+	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not run: %s", sql);
+	if (DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s dead letters not resolved hold events of partition %s of es_events",
+						SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1), c->name),
+				 errdetail("A dead letter is retried from its event (es_retry_dead_letter); a consumer that retried one dropped would stop there."),
+				 errhint("Retry them until they are resolved (es_dead_letter_queue lists them), then drop.")));
 	sql = psprintf("SELECT pg_catalog.count(*), pg_catalog.string_agg(a.aggregate_id, ', ' ORDER BY a.aggregate_id)"
 				   "         FILTER (WHERE a.n OPERATOR(pg_catalog.<=) 5)"
 				   "  FROM (SELECT l.aggregate_id, pg_catalog.row_number() OVER (ORDER BY l.aggregate_id) AS n"

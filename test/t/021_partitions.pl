@@ -153,6 +153,15 @@ mkdir $dir;
 chmod 0777, $dir;
 is($node->safe_psql('postgres', "SELECT (es_export(1, $first_bound, '$dir') ->> 'events')::bigint"), $events_below,
 	'the archived range exported');
+$node->safe_psql(
+	'postgres', q{
+	INSERT INTO es_dead_letters (consumer, event_id, tx_id, position, aggregate_id, event_type, status, error)
+	SELECT 'see', event_id, tx_id, position, aggregate_id, event_type, 'dead', 'failed by hand'
+	  FROM es_events ORDER BY position LIMIT 1});
+$node->psql('postgres', "SELECT es_drop_history($first_bound)", stderr => \$err);
+like($err, qr/1 dead letters not resolved hold events of partition \S+ of es_events/,
+	'the drop is refused while a dead letter of an event there is not resolved');
+$node->safe_psql('postgres', q{UPDATE es_dead_letters SET status = 'resolved', resolved_at = now() WHERE error = 'failed by hand'});
 $node->psql('postgres', "SELECT es_drop_history($first_bound)", stderr => \$err);
 like($err, qr/1 aggregates with events in partition \S+ of es_events have no snapshot at or after them\n.*For example: CUST-1\./,
 	'the drop is refused while an aggregate there has no snapshot after its events');
