@@ -405,7 +405,9 @@ es_drop_history(PG_FUNCTION_ARGS)
 		int64		last;
 		char	   *file = drop_check(call.store, c, &n, &first, &last);
 
-		if (!es_partition_lock(call.store->events_relid, false) || !es_partition_lock(c->relid, false))
+		/* DETACH locks the DEFAULT partition too: asked without waiting, as in es_archive. */
+		if (!es_partition_lock(call.store->events_relid, false) || !es_partition_lock(c->relid, false) ||
+			(OidIsValid(default_relid) && !es_partition_lock(default_relid, false)))
 			ereport(ERROR,
 					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 					 errmsg("could not lock partition %s of es_events without making appends wait", c->name),
