@@ -85,6 +85,20 @@ SELECT customer_id, name, email, phone, address FROM es_customers WHERE customer
 -- Events stay as they were stored: the history verifies.
 SELECT * FROM es_verify('PD-1');
 SELECT * FROM es_verify('NOTE-1');
+-- A numeric subject id is one subject whatever its scale: es_forget('42')
+-- reaches data written with 42.0 and with 42.
+SELECT version FROM es_append('Note', 'NOTE-2', 'PD_NOTE_ADDED', '{"customer_id": 42.0, "text": "scaled"}', 0);
+SELECT version FROM es_append('Note', 'NOTE-3', 'PD_NOTE_ADDED', '{"customer_id": 42, "text": "plain"}', 0);
+SELECT es_forget('42');
+SELECT aggregate_id, data ->> 'text' LIKE 'es1:%' AS sealed, metadata -> 'personal_data' AS personal_data
+  FROM es_events WHERE aggregate_id IN ('NOTE-2', 'NOTE-3') ORDER BY 1;
+SELECT aggregate_id, data FROM es_read_all(after_tx_id => 0, max_count => 100000)
+ WHERE aggregate_id IN ('NOTE-2', 'NOTE-3') ORDER BY position;
+-- A state given to es_save_snapshot that is not the fold: the fold is not
+-- shown when it holds personal data (an error stays in the server log).
+SELECT es_test.error_of($$SELECT es_save_snapshot('PD-2', 1, '{"x": 1}')$$);
+SELECT version FROM es_append('Account', 'PD-ACC', 'ACCOUNT_OPENED', '{"balance": 1}', 0);
+SELECT es_test.error_of($$SELECT es_save_snapshot('PD-ACC', 1, '{"x": 1}')$$) ~ 'fold to \{' AS shown_without_personal_data;
 -- No new personal data of a forgotten subject; other fields still go.
 SELECT es_test.error_of($$SELECT es_append('Customer', 'PD-1', 'CUSTOMER_UPDATED', '{"email": "new@example.org"}', 2)$$);
 SELECT version FROM es_append('Customer', 'PD-1', 'CUSTOMER_UPDATED', '{"segment": "private"}', 2);

@@ -364,8 +364,14 @@ seal_subject(PersonalType *t, const char *event_type, const char *aggregate_id, 
 				 errdetail("Its personal data belongs to the subject whose id is in the data's field \"%s\", a string or a number; the event has %s.",
 						   t->subject_field, v == NULL ? "no such field" : "another kind of value there"),
 				 errhint("Give the subject's id in \"%s\".", t->subject_field)));
+	/*
+	 * A number without the scale it was written with: 42, 42.0 and "42"
+	 * are one subject, whose es_forget('42') reaches them all.
+	 */
 	subject = v->type == jbvString ? pnstrdup(v->val.string.val, v->val.string.len)
-		: DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+		: DatumGetCString(DirectFunctionCall1(numeric_out,
+											  DirectFunctionCall1(numeric_trim_scale,
+																  NumericGetDatum(v->val.numeric))));
 	es_check_id(subject, "data subject id");
 	return subject;
 }
