@@ -37,6 +37,18 @@ SELECT count(*) AS loaded,
        (SELECT count(*) FROM (SELECT * FROM loaded EXCEPT SELECT * FROM es_events) d) AS differing
   FROM loaded;
 
+-- The file's bytes do not depend on the session: the same range exported
+-- under other date, time zone and bytea settings has the same SHA-256.
+SET DateStyle = 'SQL, DMY';
+SET TimeZone = 'Asia/Kolkata';
+SET bytea_output = 'escape';
+SELECT m ->> 'sha256' = (SELECT x.sha256 FROM es_exports x WHERE x.from_position = :from_position) AS same_bytes,
+       current_setting('DateStyle') AS datestyle_kept
+  FROM es_export(:from_position, :to_position, :'dir' || '_settings') AS m;
+RESET DateStyle;
+RESET TimeZone;
+RESET bytea_output;
+
 -- A range without events (positions skipped or rolled back): a header line,
 -- no events.
 SELECT nextval('es_events_position_seq') + 1 AS gap_to \gset

@@ -43,6 +43,7 @@
 #include "storage/fd.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 
 #include "core/event_hash.h"
@@ -168,6 +169,7 @@ es_export(PG_FUNCTION_ARGS)
 	Datum		last_found;
 	bool		isnull;
 	int64		nevents;
+	int			nestlevel;
 	int64		bytes;
 	uint8		sha[ES_HASH_LEN];
 	char		sha_hex[ES_HASH_LEN * 2 + 1];
@@ -229,16 +231,28 @@ es_export(PG_FUNCTION_ARGS)
 
 	es_commit_horizon_wait();
 
+	/*
+	 * The file's bytes are the rows', whatever the caller's session says:
+	 * times in ISO and UTC, bytes in hex, text in UTF-8.  One range exports
+	 * to one SHA-256, and loads back the same under any settings (a date
+	 * written day first read month first).
+	 */
+	nestlevel = NewGUCNestLevel();
+	(void) set_config_option("DateStyle", "ISO, YMD", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("TimeZone", "UTC", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("IntervalStyle", "postgres", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("bytea_output", "hex", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "COPY (SELECT e.* FROM %s.es_events e"
 					 " WHERE e.position OPERATOR(pg_catalog.>=) " INT64_FORMAT
 					 " AND e.position OPERATOR(pg_catalog.<) " INT64_FORMAT
-					 " ORDER BY e.position) TO %s WITH (FORMAT csv, HEADER)",
+					 " ORDER BY e.position) TO %s WITH (FORMAT csv, HEADER, ENCODING 'UTF8')",
 					 call.store->nspname, from, to, quote_literal_cstr(events_partial));
 	if (SPI_execute(sql.data, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not export events to \"%s\"", events_partial);
 	nevents = (int64) SPI_processed;
+	AtEOXact_GUC(true, nestlevel);
 
 	/* The same rows: the range is settled. */
 	args[0] = Int64GetDatum(from);
