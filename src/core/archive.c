@@ -37,6 +37,8 @@
  */
 #include "postgres.h"
 
+#include <sys/stat.h>
+
 #include "access/table.h"
 #include "access/xact.h"
 #include "commands/tablespace.h"
@@ -48,6 +50,7 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
+#include "core/event_hash.h"
 #include "core/guc.h"
 #include "core/horizon.h"
 #include "core/partition_maker.h"
@@ -284,6 +287,37 @@ es_archive(PG_FUNCTION_ARGS)
  * events in it has a snapshot at or after its last version there (loads
  * then start from the snapshot).  Returns the export's file.
  */
+/*
+ * The export a drop relies on, read again rather than trusted: its file
+ * must be there with the size and SHA-256 es_exports recorded.  Deleted,
+ * changed, or left on another host (a restored database keeps the
+ * records), it is no copy of the events.
+ */
+static void
+drop_check_export(const char *partition, const char *file, const char *sha256, int64 bytes)
+{
+	struct stat st;
+	uint8		sha[ES_HASH_LEN];
+	char		hex[ES_HASH_LEN * 2 + 1];
+	int64		n;
+
+	if (stat(file, &st) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the export of partition %s of es_events is missing", partition),
+				 errdetail("Could not find file \"%s\": %m.", file),
+				 errhint("Export its range again (es_export), then drop.")));
+	es_sha256_file(file, sha, &n);
+	hex[hex_encode((const char *) sha, ES_HASH_LEN, hex)] = '\0';
+	if (n != bytes || strcmp(hex, sha256) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("the export of partition %s of es_events is not the one recorded", partition),
+				 errdetail("File \"%s\" has %lld bytes and SHA-256 %s; es_exports recorded %lld bytes and %s.",
+						   file, (long long) n, hex, (long long) bytes, sha256),
+				 errhint("Export its range again (es_export), then drop.")));
+}
+
 static char *
 drop_check(EsStore *s, const ArchiveCandidate *c, int64 *events, int64 *first, int64 *last)
 {
@@ -303,7 +337,7 @@ drop_check(EsStore *s, const ArchiveCandidate *c, int64 *events, int64 *first, i
 	*last = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 	if (*events == 0)
 		return NULL;
-	sql = psprintf("SELECT x.file FROM %s.es_exports x"
+	sql = psprintf("SELECT x.file, x.sha256, x.bytes FROM %s.es_exports x"
 				   " WHERE x.from_position OPERATOR(pg_catalog.<=) " INT64_FORMAT
 				   "   AND x.to_position OPERATOR(pg_catalog.>) " INT64_FORMAT
 				   " ORDER BY x.exported_at DESC LIMIT 1", nsp, *first, *last);
@@ -318,6 +352,8 @@ drop_check(EsStore *s, const ArchiveCandidate *c, int64 *events, int64 *first, i
 				 errhint("Export them first: es_export(" INT64_FORMAT ", " INT64_FORMAT ", directory).",
 						 *first, *last + 1)));
 	file = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	drop_check_export(c->name, file, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2),
+					  DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull)));
 	/* A dead letter is retried from its event (es_retry_dead_letter): kept until it is resolved. */
 	sql = psprintf("SELECT pg_catalog.count(*) FROM %s.es_dead_letters d"
 				   " WHERE d.status OPERATOR(pg_catalog.<>) 'resolved'"

@@ -166,6 +166,18 @@ $node->psql('postgres', "SELECT es_drop_history($first_bound)", stderr => \$err)
 like($err, qr/1 aggregates with events in partition \S+ of es_events have no snapshot at or after them\n.*For example: CUST-1\./,
 	'the drop is refused while an aggregate there has no snapshot after its events');
 $node->safe_psql('postgres', q{SELECT es_save_snapshot('CUST-1')});
+# The export is read again, not trusted: missing or changed, it is no copy.
+my $export_file = $node->safe_psql('postgres', q{SELECT file FROM es_exports ORDER BY exported_at DESC LIMIT 1});
+rename($export_file, "$export_file.away") or die "rename: $!";
+$node->psql('postgres', "SELECT es_drop_history($first_bound)", stderr => \$err);
+like($err, qr/the export of partition \S+ of es_events is missing/, 'the drop is refused while its export file is missing');
+rename("$export_file.away", $export_file) or die "rename: $!";
+open(my $fh, '>>', $export_file) or die "open: $!";
+print $fh "x";
+close($fh);
+$node->psql('postgres', "SELECT es_drop_history($first_bound)", stderr => \$err);
+like($err, qr/the export of partition \S+ of es_events is not the one recorded/, 'or changed');
+truncate($export_file, (-s $export_file) - 1) or die "truncate: $!";
 my $before_drop = $node->safe_psql('postgres', q{SELECT count(*) FROM es_events});
 is($node->safe_psql('postgres', "SELECT es_drop_history($first_bound)"), $events_below, 'es_drop_history drops them');
 is( $node->safe_psql(
