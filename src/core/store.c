@@ -223,6 +223,12 @@ store_resolve(Oid nspid)
 							i + 1, attname ? attname : "(dropped)", event_columns[i]),
 					 errhint("The table was altered outside the extension's scripts; restore its definition.")));
 	}
+	/* Nor more: rows are read into arrays of its columns (a column dropped keeps its place). */
+	if (SearchSysCacheExists2(ATTNUM, ObjectIdGetDatum(next.events_relid), Int16GetDatum(EV_NATTS + 1)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("es_events has more than its %d columns", EV_NATTS),
+				 errhint("The table was altered outside the extension's scripts; restore its definition.")));
 
 	nspname = quote_identifier(get_namespace_name(nspid));
 	if (next.nspid != store.nspid ||

@@ -317,6 +317,16 @@ is($node->safe_psql('from_1_0', q{SELECT version FROM es_append('Account', 'OLD-
 	'3', 'the aggregate goes on');
 is($node->safe_psql('from_1_0', q{SELECT string_agg(version::text, ',' ORDER BY version) FROM es_get_events('OLD-1')}),
 	'1,2,3', 'its events read in version order');
+
+# A column added to es_events by hand: the store refuses to run rather
+# than read 17 columns into arrays of 16 (memory the server did not own).
+$node->safe_psql('postgres', 'CREATE DATABASE altered');
+$node->safe_psql('altered', q{CREATE EXTENSION ultracore_es; ALTER TABLE es_events ADD COLUMN extra int});
+$node->psql('altered', q{SELECT es_append('Account', 'ALT-1', 'ACCOUNT_OPENED', '{}', 0)}, stderr => \$err);
+like($err, qr/es_events has more than its 16 columns/, 'a column added to es_events: the store refuses, clearly');
+$node->psql('altered', q{SELECT count(*) FROM es_read_all()}, stderr => \$err);
+like($err, qr/es_events has more than its 16 columns/, 'reads too');
+is($node->safe_psql('altered', 'SELECT 1'), '1', 'the server is up');
 $node->safe_psql('postgres', q{ALTER SYSTEM RESET ultracore_es.worker_enabled; SELECT pg_reload_conf()});
 
 $new->stop;
