@@ -34,6 +34,16 @@ $node->safe_psql(
 	END $$;
 });
 
+# The producer's properties and the mirror's batch size, from now on.
+sub producer_settings
+{
+	my ($properties, $batch_size) = @_;
+	$node->append_conf('postgresql.conf',
+		"ultracore_es.kafka_producer_properties = '$properties'\nultracore_es.kafka_batch_size = $batch_size");
+	$node->reload;
+	return;
+}
+
 sub mirrored_all
 {
 	my ($what) = @_;
@@ -202,12 +212,7 @@ is( scalar(grep { $_->{partition} != java_partition($_->{key}, 4) } @txn),
 # of it is (a commit begun before made the producer refuse the rest, and
 # the mirror rewound to the batch for ever).
 $kafka->command('rtt -1 200');
-$node->append_conf(
-	'postgresql.conf', q{
-ultracore_es.kafka_producer_properties = 'queue.buffering.max.messages=50'
-ultracore_es.kafka_batch_size = 500
-});
-$node->reload;
+producer_settings('queue.buffering.max.messages=50', 500);
 $node->safe_psql('postgres', q{CALL append_accounts('SLOW-', 10, 1)});
 mirrored_all('a transactional producer readied while the brokers are slow');
 $log_offset = -s $node->logfile;
@@ -216,12 +221,7 @@ mirrored_all('a transactional batch larger than the producer queue');
 ok(!$node->log_contains(qr/producing again from the mirror's checkpoint/, $log_offset),
 	'handed over without a rewind');
 $kafka->command('rtt -1 0');
-$node->append_conf(
-	'postgresql.conf', q{
-ultracore_es.kafka_producer_properties = ''
-ultracore_es.kafka_batch_size = 100
-});
-$node->reload;
+producer_settings('', 100);
 
 # A mirror turned on starts once it has read the fence's claims, not at
 # its next pass: with passes ten minutes apart and no append to wake it,
