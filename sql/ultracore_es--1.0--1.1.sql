@@ -52,11 +52,12 @@ COMMENT ON COLUMN @extschema@.es_consumers.log_skip_until IS 'the largest key (t
 
 -- The segments of split consumers, each with its own checkpoint and retry
 -- state; rows of an older generation are fences: the events of their
--- segment up to their checkpoint were handled.
+-- segment up to their checkpoint, and in their skip set, were handled (a
+-- fence of one segment is an unsplit consumer's skip set).
 CREATE TABLE @extschema@.es_consumer_segments (
     consumer            text COLLATE "C" NOT NULL REFERENCES @extschema@.es_consumers ON DELETE CASCADE,
     generation          integer NOT NULL,
-    segments            integer NOT NULL CHECK (segments BETWEEN 2 AND 64),
+    segments            integer NOT NULL CHECK (segments BETWEEN 1 AND 64),
     segment             integer NOT NULL CHECK (segment >= 0 AND segment < segments),
     checkpoint_tx       xid8 NOT NULL,
     checkpoint_position bigint NOT NULL,

@@ -17,7 +17,9 @@
  * Splitting again (N to M): the units of the current generation stop where
  * they are; the new generation's M units all start at the lowest of their
  * checkpoints, and the old units stay as fences: an event of old segment k
- * at or below its checkpoint was handled already, and is passed over.  So
+ * at or below its checkpoint, or in its skip set, was handled already, and
+ * is passed over.  An unsplit consumer's skip set is kept the same way, as
+ * a fence of one segment.  So
  * nothing is lost (every unit starts at or below every old checkpoint)
  * and nothing repeats (the fences), whatever the ledger's retention.
  * Fences go once every unit of the current generation has passed them.  A
@@ -257,6 +259,20 @@ static EsPlan retire_plan = {
 	4, {TEXTOID, XID8OID, INT8OID, INT4OID}
 };
 
+/*
+ * An unsplit consumer's skip set (the events it handled above its
+ * checkpoint) becomes a fence of one segment, which every aggregate falls
+ * in: the new units start at its checkpoint, below those events.
+ */
+static EsPlan unsplit_fence_plan = {
+	"INSERT INTO @extschema@.es_consumer_segments"
+	" (consumer, generation, segments, segment, checkpoint_tx, checkpoint_position, log_skip, log_skip_until)"
+	" SELECT name, generation, 1, 0, checkpoint_tx, checkpoint_position, log_skip, log_skip_until"
+	"   FROM @extschema@.es_consumers"
+	"  WHERE name OPERATOR(pg_catalog.=) $1 AND log_skip IS NOT NULL",
+	1, {TEXTOID}
+};
+
 static EsPlan new_units_plan = {
 	"INSERT INTO @extschema@.es_consumer_segments"
 	" (consumer, generation, segments, segment, checkpoint_tx, checkpoint_position)"
@@ -294,6 +310,8 @@ es_segment_split(const char *name, int from, int to)
 	args[1] = FullTransactionIdGetDatum(start_tx);
 	args[2] = Int64GetDatum(start_position);
 	args[3] = Int32GetDatum(generation);
+	if (from == 1 && SPI_execute_plan(es_plan(&unsplit_fence_plan), args, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not split consumer \"%s\"", name);
 	if (SPI_execute_plan(es_plan(&retire_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not split consumer \"%s\"", name);
 	if (to > 1)

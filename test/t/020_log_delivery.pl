@@ -6,7 +6,8 @@
 # moves every unit to the horizon and back, and each one still gets every
 # committed event once (the mirror has no ledger: Kafka shows a repeat);
 # the split handler split again under load; the slot dropped by hand, they
-# fall back, then read the new slot's log.
+# fall back, then read the new slot's log; the unsplit handler split while
+# it reads the log past an open appender delivers nothing twice.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -203,6 +204,29 @@ check_units('the slot dropped by hand under load');
 like(slurp_file($node->logfile, $log_offset),
 	qr/falls back to reading below the commit horizon\n.*DETAIL:  The commit log's slot is being made again/,
 	'the server log says the units fell back while the slot was made again');
+
+# The unsplit handler split in two while it reads the log, past an open
+# appender: the events it handled above its checkpoint (its skip set) are
+# not delivered again by the new segments, even with its idempotency
+# records gone (as ultracore_es.handled_retention prunes them).
+$slow = $node->background_psql('postgres');
+$slow->query_safe(q{BEGIN; SELECT es_append('Customer', 'SLOW-2', 'CUSTOMER_CREATED', '{}', 0)});
+$node->safe_psql('postgres',
+	q{SELECT es_append('Customer', 'ABOVE-' || g, 'CUSTOMER_CREATED', '{}', 0) FROM generate_series(1, 50) g});
+wait_for(q{SELECT count(*) = 50 FROM got g JOIN es_events e USING (event_id)
+            WHERE g.unit = 'handler' AND e.aggregate_id LIKE 'ABOVE-%'},
+	'the unsplit handler had the events committed past the open appender');
+is($node->safe_psql('postgres', q{SELECT log_seq IS NOT NULL FROM es_consumers WHERE name = 'got'}),
+	't', 'the unsplit handler read them in the log, above its checkpoint');
+$node->safe_psql('postgres', q{DELETE FROM es_handled WHERE consumer = 'got'});
+$node->safe_psql('postgres', q{SELECT es_register_handler('got', 'got(es_events)', parallelism => 2)});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_consumer_segments WHERE consumer = 'got' AND segments = 1}),
+	'1', 'its skip set is kept as a fence of one segment');
+$slow->query_safe('COMMIT');
+$slow->quit;
+check_units('the unsplit handler split in two past an open appender');
+wait_for(q{SELECT count(*) = 0 FROM es_consumer_segments WHERE consumer = 'got' AND segments = 1},
+	'the fence goes once both segments passed it');
 
 $node->stop;
 done_testing();
