@@ -64,3 +64,49 @@ SELECT count(*) AS open FROM es_dead_letter_queue;
 SELECT es_test.error_of(format('SELECT es_retry_dead_letter(%s)', :dead_id)) = format('55000: dead letter %s is resolved already', :dead_id) AS resolved_refused;
 SELECT es_retry_dead_letters('flaky');
 SELECT es_unregister_handler('flaky');
+
+-- Errors a handler passes on that look like the worker's own: a 57014 (a
+-- remote server's statement timeout, through postgres_fdw or dblink) and
+-- running out of memory are the handler's failures, retried and then
+-- dead-lettered, like any other; the batch does not abort at every pass.
+CREATE FUNCTION es_test.passes_on(event es_events) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF event.data ? 'remote_timeout' THEN
+        RAISE EXCEPTION 'canceling statement due to statement timeout' USING ERRCODE = 'query_canceled';
+    END IF;
+    IF event.data ? 'out_of_memory' THEN
+        RAISE EXCEPTION 'out of memory' USING ERRCODE = 'out_of_memory';
+    END IF;
+    INSERT INTO es_test.applied VALUES (event.event_id, event.aggregate_id, event.version,
+                                        nextval('es_test.calls'), clock_timestamp());
+END $$;
+SELECT es_register_handler('passes_on', 'es_test.passes_on(es_events)', max_retries => 1, backoff => '10 ms');
+SELECT version FROM es_append('Loan', 'DL-P1', 'LOAN_APPLICATION_SUBMITTED', '{"remote_timeout": true}', 0);
+SELECT version FROM es_append('Loan', 'DL-P2', 'LOAN_APPLICATION_SUBMITTED', '{"out_of_memory": true}', 0);
+SELECT version FROM es_append('Loan', 'DL-P3', 'LOAN_APPLICATION_SUBMITTED', '{}', 0);
+SELECT es_test.wait_until($$SELECT count(*) = 2 FROM es_dead_letters WHERE consumer = 'passes_on'$$) AS dead_lettered;
+SELECT es_test.wait_until($$SELECT count(*) = 1 FROM es_test.applied WHERE aggregate_id = 'DL-P3'$$) AS others_go_on;
+SELECT aggregate_id, status, attempts, error FROM es_dead_letter_queue WHERE handler = 'passes_on' ORDER BY position;
+SELECT es_unregister_handler('passes_on');
+
+-- An operator's cancel of the worker is not the handler's failure: with no
+-- retry allowed, the event is still applied once, at the next pass, and
+-- not dead-lettered.
+CREATE SEQUENCE es_test.cancel_calls;
+CREATE FUNCTION es_test.cancelled(event es_events) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF nextval('es_test.cancel_calls') = 1 THEN
+        PERFORM pg_sleep(60);
+    END IF;
+    INSERT INTO es_test.applied VALUES (event.event_id, event.aggregate_id, event.version,
+                                        nextval('es_test.calls'), clock_timestamp());
+END $$;
+SELECT es_register_handler('cancelled', 'es_test.cancelled(es_events)', max_retries => 0);
+SELECT version FROM es_append('Loan', 'DL-C1', 'LOAN_APPLICATION_SUBMITTED', '{}', 0);
+SELECT es_test.wait_until($$SELECT count(*) = 1 FROM pg_stat_activity
+                             WHERE backend_type = 'ultracore_es delivery' AND wait_event = 'PgSleep'$$) AS handler_sleeping;
+SELECT count(pg_cancel_backend(pid)) AS cancelled FROM pg_stat_activity
+ WHERE backend_type = 'ultracore_es delivery' AND wait_event = 'PgSleep';
+SELECT es_test.wait_until($$SELECT count(*) = 1 FROM es_test.applied WHERE aggregate_id = 'DL-C1'$$) AS applied_after_cancel;
+SELECT count(*) AS dead_letters FROM es_dead_letters WHERE consumer = 'cancelled';
+SELECT es_unregister_handler('cancelled');

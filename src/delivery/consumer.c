@@ -357,10 +357,14 @@ es_consumer_delivering(Datum event)
 }
 
 /*
- * Errors that are not the handler's: a cancel of the worker (an operator's
- * pg_cancel_backend) or running out of memory must not use up an event's
- * attempts.  A cancel by the handler's timeout is the handler's, and says
- * so.
+ * The one error that is not the handler's: a cancel of the worker (an
+ * operator's pg_cancel_backend), which must not use up an event's attempts.
+ * A cancel is turned into an error by ProcessInterrupts alone; a 57014
+ * raised anywhere else is the handler's own (a remote server's statement
+ * timeout passed on by postgres_fdw or dblink, a RAISE), and so is running
+ * out of memory: else an event that fails so every time aborted its batch
+ * at every pass, neither retried with a backoff nor dead-lettered.  A
+ * cancel by the handler's timeout is the handler's, and says so.
  */
 static bool
 consumer_error_is_handlers(const char *name, int64 timeout_ms, ErrorData *edata)
@@ -372,7 +376,8 @@ consumer_error_is_handlers(const char *name, int64 timeout_ms, ErrorData *edata)
 								  name, timeout_ms);
 		return true;
 	}
-	return edata->sqlerrcode != ERRCODE_QUERY_CANCELED && edata->sqlerrcode != ERRCODE_OUT_OF_MEMORY;
+	return edata->sqlerrcode != ERRCODE_QUERY_CANCELED ||
+		edata->funcname == NULL || strcmp(edata->funcname, "ProcessInterrupts") != 0;
 }
 
 typedef struct Apply
