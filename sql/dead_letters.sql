@@ -89,6 +89,22 @@ SELECT es_test.wait_until($$SELECT count(*) = 1 FROM es_test.applied WHERE aggre
 SELECT aggregate_id, status, attempts, error FROM es_dead_letter_queue WHERE handler = 'passes_on' ORDER BY position;
 SELECT es_unregister_handler('passes_on');
 
+-- The wait doubles up to a day, however many retries: a handler past 44
+-- failures of a one-second backoff (its attempts set so by hand) waits a
+-- day, where 2^44 seconds overflowed the retry's time.
+CREATE FUNCTION es_test.always_fails(event es_events) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'down for maintenance';
+END $$;
+SELECT es_register_handler('always_fails', 'es_test.always_fails(es_events)', max_retries => 100, backoff => '1 s');
+SELECT version FROM es_append('Loan', 'DL-F1', 'LOAN_APPLICATION_SUBMITTED', '{}', 0);
+SELECT es_test.wait_until($$SELECT retry_attempts = 1 FROM es_consumers WHERE name = 'always_fails'$$) AS failed_once;
+UPDATE es_consumers SET retry_attempts = 44, retry_at = now() WHERE name = 'always_fails';
+SELECT es_test.wait_until($$SELECT retry_attempts = 45 FROM es_consumers WHERE name = 'always_fails'$$) AS failed_again;
+SELECT retry_at - last_error_at BETWEEN interval '1 day' - interval '1 minute' AND interval '1 day' + interval '1 minute' AS waits_a_day
+  FROM es_consumers WHERE name = 'always_fails';
+SELECT es_unregister_handler('always_fails');
+
 -- An operator's cancel of the worker is not the handler's failure: with no
 -- retry allowed, the event is still applied once, at the next pass, and
 -- not dead-lettered.

@@ -88,6 +88,9 @@ SELECT es_test.error_of($$SELECT es_register_handler('bad', NULL)$$);
 SELECT es_test.error_of($$SELECT es_register_handler('bad', 'es_test.record(es_events)', max_retries => -1)$$);
 SELECT es_test.error_of($$SELECT es_register_handler('bad', 'es_test.record(es_events)', backoff => '-1 s')$$);
 SELECT es_test.error_of($$SELECT es_register_handler('bad', 'es_test.record(es_events)', backoff => '2 days')$$);
+-- A months part is refused: '1 mon -30 days' is nothing to interval comparison, 10.5 hours to date_part.
+SELECT es_test.error_of($$SELECT es_register_handler('bad', 'es_test.record(es_events)', backoff => '1 mon -30 days')$$);
+SELECT es_test.error_of($$SELECT es_register_handler('bad', 'es_test.record(es_events)', timeout => '1 mon -30 days 1 s')$$);
 SELECT es_test.error_of($$SELECT es_register_handler('bad', 'es_test.record(es_events)', event_types => ARRAY['NOPE'])$$);
 SELECT es_test.error_of($$SELECT es_register_handler('bad', 'es_test.record(es_events)', event_types => '{}')$$);
 SELECT es_test.error_of($$SELECT es_register_handler('bad name', 'es_test.record(es_events)')$$);

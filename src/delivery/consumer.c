@@ -53,7 +53,6 @@
 
 #include "delivery/consumer_internal.h"
 
-#include <math.h>
 
 #include "access/htup_details.h"
 #include "access/xact.h"
@@ -620,7 +619,7 @@ consumer_apply_batch(Consumer *c, bool careful, const FastFailure *failed)
 			c->retry_event_id = ev->event_id;
 			c->retry_attempts = attempts;
 			c->retry_first_failed_at = first_failed;
-			c->retry_at = now + (TimestampTz) (c->backoff_us * ldexp(1.0, attempts - 1));
+			c->retry_at = now + es_retry_delay_us(c->backoff_us, attempts);
 			break;
 		}
 		es_dead_letter_park(parked, ev->aggregate_id,

@@ -35,6 +35,7 @@ extern void es_check_consumer_function(Oid fn, const EsStore *s, Oid caller, con
 extern void es_check_event_type_filter(ArrayType *types);
 extern void es_check_retry_policy(int32 max_retries, Interval *backoff);
 extern void es_check_timeout(Interval *timeout);
+extern int64 es_retry_delay_us(int64 backoff_us, int attempts);
 extern void es_consumer_record_failure(const char *name, const char *message);
 
 /* delivery.c */

@@ -139,6 +139,23 @@ es_check_event_type_filter(ArrayType *types)
 }
 
 /*
+ * The span of a backoff or timeout in microseconds, as the worker reads it
+ * (date_part('epoch', ...): a day of 24 hours).  A months part is refused:
+ * a month is 30 days to interval comparison and 30.4375 to date_part, so
+ * '1 mon -30 days' would pass the check as nothing and wait 10.5 hours.
+ */
+static int64
+consumer_interval_us(Interval *span, const char *what)
+{
+	if (span->month != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must not have a months part", what),
+				 errhint("Give it in days, hours, minutes or seconds.")));
+	return span->time + (int64) span->day * USECS_PER_DAY;
+}
+
+/*
  * es_check_retry_policy: max_retries not negative, backoff (NULL: the
  * default) between zero and a day.
  */
@@ -153,8 +170,7 @@ es_check_retry_policy(int32 max_retries, Interval *backoff)
 				 errmsg("max_retries must not be negative")));
 	if (backoff == NULL)
 		return;
-	/* As a span of time: a month counts 30 days, as interval comparison does. */
-	us = backoff->time + (backoff->day + (int64) backoff->month * DAYS_PER_MONTH) * USECS_PER_DAY;
+	us = consumer_interval_us(backoff, "backoff");
 	if (us < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
@@ -173,7 +189,7 @@ es_check_timeout(Interval *timeout)
 
 	if (timeout == NULL)
 		return;
-	us = timeout->time + (timeout->day + (int64) timeout->month * DAYS_PER_MONTH) * USECS_PER_DAY;
+	us = consumer_interval_us(timeout, "timeout");
 	if (us < 1000)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
@@ -183,6 +199,24 @@ es_check_timeout(Interval *timeout)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
 				 errmsg("timeout must be at most one day")));
+}
+
+/*
+ * es_retry_delay_us: the wait before retry number attempts (1, 2, ...):
+ * backoff_us doubled at each attempt after the first, up to a day.  In
+ * integers: 2^(attempts - 1) as a double overflowed int64 from retry 45
+ * of a one-second backoff, and made NaN of a zero one past retry 1024.
+ */
+int64
+es_retry_delay_us(int64 backoff_us, int attempts)
+{
+	int			doublings = attempts - 1;
+
+	if (backoff_us <= 0)
+		return 0;
+	if (doublings >= 63 || backoff_us > (USECS_PER_DAY >> doublings))
+		return USECS_PER_DAY;
+	return Min(backoff_us << doublings, USECS_PER_DAY);
 }
 
 static EsPlan failed_plan = {
