@@ -284,6 +284,37 @@ static rd_kafka_message_t **batch = NULL;
 static int	batch_allocated = 0;
 static int	nbatch = 0;
 
+/*
+ * A batch holds the lock of each aggregate it appends to until it commits:
+ * one that ran out of shared memory for them (53200, max_locks_per_
+ * transaction) would run out again at every try, so the batches that
+ * follow take half as many messages, as often as needed, until
+ * kafka_ingest_batch_size is changed (0: that setting).
+ */
+static int	batch_limit = 0;
+static int	batch_limit_of = 0;
+
+static int
+batch_cap(void)
+{
+	if (batch_limit > 0 && batch_limit_of == es_kafka_ingest_batch_size)
+		return batch_limit;
+	batch_limit = 0;
+	return es_kafka_ingest_batch_size;
+}
+
+static void
+batch_halve(void)
+{
+	batch_limit = Max(nbatch / 2, 1);
+	batch_limit_of = es_kafka_ingest_batch_size;
+	ereport(LOG,
+			(errmsg("ultracore_es kafka: a batch of %d messages ran out of memory; the ingest takes at most %d a batch from now on",
+					nbatch, batch_limit),
+			 errdetail("A batch holds the lock of each aggregate it appends to until it commits."),
+			 errhint("Raise max_locks_per_transaction, or set ultracore_es.kafka_ingest_batch_size lower.")));
+}
+
 static void
 batch_release(void)
 {
@@ -732,7 +763,7 @@ ingest_pass(void)
 	}
 	if (retry_at != 0 && GetCurrentTimestamp() < retry_at)
 		return false;
-	while (nbatch < es_kafka_ingest_batch_size && (msg = rd_kafka_consumer_poll(consumer, 0)) != NULL)
+	while (nbatch < batch_cap() && (msg = rd_kafka_consumer_poll(consumer, 0)) != NULL)
 	{
 		give_up_revoked();
 		if (msg->err)
@@ -749,7 +780,7 @@ ingest_pass(void)
 	give_up_revoked();
 	if (pending_assignment != NULL)
 		es_kafka_run(INGEST_CONSUMER, rebalance_step);
-	full = (nbatch == es_kafka_ingest_batch_size);
+	full = (nbatch == batch_cap());
 	if (nbatch > 0 || (nowned > 0 && TimestampDifferenceExceeds(watermarks_at, GetCurrentTimestamp(),
 																 WATERMARK_EVERY_MS)))
 	{
@@ -772,6 +803,8 @@ ingest_pass(void)
 		{
 			ereport(LOG, (errcode(sqlerrcode), errmsg("ultracore_es kafka: %s", error)));
 			es_consumer_record_failure(INGEST_CONSUMER, error);
+			if (sqlerrcode == ERRCODE_OUT_OF_MEMORY && nbatch > 1)
+				batch_halve();
 		}
 		/* A partition taken by another member is a rebalance, not a failure: no pause. */
 		retry_ms = ok || partition_lost ? 0 : Min(retry_ms == 0 ? RETRY_FIRST_MS : retry_ms * 2, RETRY_MAX_MS);

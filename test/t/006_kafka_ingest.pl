@@ -293,6 +293,40 @@ is( $node->safe_psql(
 is( $node->safe_psql('postgres', q{SELECT headers->>'ce_subject' FROM es_kafka_dead_letters WHERE headers->>'ce_id' = 'bin-subject'}),
 	'(binary)', 'its header kept as "(binary)"');
 
+# A batch that runs out of shared memory for the locks of its aggregates
+# (one each, held until it commits, but for new aggregates;
+# max_locks_per_transaction = 10 and max_connections = 20 make room for
+# about 600) would run out again at every try: the next batches take half
+# as many messages, until they fit.  The messages wait in Kafka while the
+# server is down, so the first batches are large.
+$node->safe_psql('postgres',
+	q{SELECT count(es_append('Account', 'MANY-' || g, 'ACCOUNT_OPENED', '{"balance": 0}', 0)) FROM generate_series(1, 8000) g});
+$node->stop;
+$node->append_conf('postgresql.conf', "max_locks_per_transaction = 10\nmax_connections = 20\nultracore_es.kafka_ingest_batch_size = 5000");
+$kafka->produce(
+	map {
+		[
+			'bank.in', "MANY-$_",
+			{
+				ce_id => "many-$_",
+				ce_type => 'ACCOUNT_BALANCE_UPDATED',
+				ce_aggregatetype => 'Account',
+				ce_aggregateversion => 2
+			},
+			'{"balance": 1}'
+		]
+	} 1 .. 8000);
+$log_offset = -s $node->logfile;
+$node->start;
+ok( $node->poll_query_until(
+		'postgres', q{SELECT count(*) = 8000 FROM es_events WHERE event_id LIKE 'many-%'}, 't'),
+	'events of 8,000 aggregates in batches that ran out of lock memory: every one appended');
+like(slurp_file($node->logfile, $log_offset),
+	qr/a batch of \d+ messages ran out of memory; the ingest takes at most \d+ a batch from now on/,
+	'the server log says the batches were halved');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM es_kafka_dead_letters WHERE headers->>'ce_id' LIKE 'many-%'}),
+	'0', 'and none of their messages dead-lettered');
+
 # The ingest workers sleep on their consumer's queue: a message is appended
 # as it arrives, not at the next poll interval (ten minutes from here on,
 # longer than poll_query_until waits).
