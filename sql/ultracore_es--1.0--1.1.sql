@@ -1001,6 +1001,14 @@ END $$;
 
 -- The notification outbox is a table: it gets the data without its
 -- personal fields (a sender reads them with es_get_events, by event id).
+-- The delivery worker hands it the events sealed (consumer.c), and the
+-- envelopes are left out wherever they are: an upcaster may have renamed or
+-- moved a field since it was sealed.
+CREATE FUNCTION @extschema@.es_without_personal_data(value jsonb)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'es_without_personal_data' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION @extschema@.es_without_personal_data(jsonb) IS
+    'ultracore_es: value without its sealed personal fields, at any depth (an object member or array element that is an envelope is left out)';
 CREATE OR REPLACE FUNCTION @extschema@.es_notification_handler(event @extschema@.es_events)
 RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO @extschema@.es_notification_outbox (event_id, event_type, aggregate_type, aggregate_id, payload)
@@ -1009,7 +1017,8 @@ RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
                                'aggregate_type', $1.aggregate_type, 'aggregate_id', $1.aggregate_id,
                                'version', $1.version, 'occurred_at', $1.occurred_at,
                                'correlation_id', $1.correlation_id,
-                               'data', $1.data - coalesce(ARRAY(SELECT jsonb_array_elements_text($1.metadata -> 'personal_data' -> 'fields')), '{}')))
+                               'data', @extschema@.es_without_personal_data(
+                                           $1.data - coalesce(ARRAY(SELECT jsonb_array_elements_text($1.metadata -> 'personal_data' -> 'fields')), '{}'))))
 $$;
 
 -- A read model's row is rewritten at each event of its aggregate.  Room left

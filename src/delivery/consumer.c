@@ -53,7 +53,6 @@
 
 #include "delivery/consumer_internal.h"
 
-
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -65,6 +64,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
 #include "utils/snapmgr.h"
@@ -747,6 +747,16 @@ consumer_in_segment(Datum aggregate_id, void *arg)
 	return es_segment_of_id(TextDatumGetCString(aggregate_id), c->segments) == c->segment;
 }
 
+/* Whether fn is the built-in notification outbox's function, es_notification_handler. */
+static bool
+consumer_is_outbox(EsStore *s, Oid fn)
+{
+	char	   *name;
+
+	return get_func_namespace(fn) == s->nspid && (name = get_func_name(fn)) != NULL &&
+		strcmp(name, "es_notification_handler") == 0;
+}
+
 /*
  * One pass over one consumer, in the current transaction: retries of dead
  * letters, then the next batch of events.  Returns the number of events the
@@ -787,9 +797,13 @@ consumer_pass(const char *name, int segments, int segment, bool careful, const F
 	AfterTriggerSetState(immediate);
 
 	fmgr_info(c.function, &c.flinfo);
-	/* Handlers and projection functions read the events; a read model's rows keep them sealed. */
+	/*
+	 * Handlers and projection functions read the events; a read model's rows
+	 * keep them sealed, and the notification outbox leaves them out (by value:
+	 * an upcaster may have renamed a field since it was sealed).
+	 */
 	c.model = es_read_model_of_function(s, c.function);
-	c.reveal = (c.model == NULL);
+	c.reveal = (c.model == NULL && !consumer_is_outbox(s, c.function));
 	c.event_desc = lookup_rowtype_tupdesc_copy(s->events_rowtype, -1);
 	c.max_events = Max(es_worker_batch_size, 1);
 	c.events = palloc(sizeof(BatchEvent) * c.max_events);

@@ -782,6 +782,84 @@ looks_sealed(const char *p, int len)
 	return len > (int) strlen(ENVELOPE_PREFIX) && strncmp(p, ENVELOPE_PREFIX, strlen(ENVELOPE_PREFIX)) == 0;
 }
 
+/*
+ * personal_stripped: v without its sealed personal fields, wherever they
+ * are: every object member and array element whose value is an envelope
+ * is left out (a scalar envelope becomes JSON null).  By value, not by the
+ * names the event's metadata lists, so that a field an upcaster renamed or
+ * moved since it was sealed is left out too.
+ */
+static Jsonb *
+personal_stripped(Jsonb *v)
+{
+	JsonbParseState *state = NULL;
+	JsonbIterator *it;
+	JsonbValue	tok_value;
+	JsonbValue	key;
+	JsonbValue *res = NULL;
+	JsonbIteratorToken tok;
+	bool		key_pending = false;
+
+	if (JB_ROOT_IS_SCALAR(v))
+	{
+		JsonbValue	scalar;
+
+		if (JsonbExtractScalar(&v->root, &scalar) && scalar.type == jbvString &&
+			looks_sealed(scalar.val.string.val, scalar.val.string.len))
+		{
+			scalar.type = jbvNull;
+			return JsonbValueToJsonb(&scalar);
+		}
+		return v;
+	}
+	it = JsonbIteratorInit(&v->root);
+	while ((tok = JsonbIteratorNext(&it, &tok_value, false)) != WJB_DONE)
+	{
+		CHECK_FOR_INTERRUPTS();
+		switch (tok)
+		{
+			case WJB_KEY:
+				key = tok_value;
+				key_pending = true;
+				continue;
+			case WJB_VALUE:
+			case WJB_ELEM:
+				key_pending = false;
+				if (tok_value.type == jbvString &&
+					looks_sealed(tok_value.val.string.val, tok_value.val.string.len))
+					continue;
+				if (tok == WJB_VALUE)
+					pushJsonbValue(&state, WJB_KEY, &key);
+				res = pushJsonbValue(&state, tok, &tok_value);
+				break;
+			case WJB_BEGIN_OBJECT:
+			case WJB_BEGIN_ARRAY:
+				if (key_pending)
+					pushJsonbValue(&state, WJB_KEY, &key);
+				key_pending = false;
+				res = pushJsonbValue(&state, tok, NULL);
+				break;
+			default:
+				res = pushJsonbValue(&state, tok, NULL);
+				break;
+		}
+	}
+	return JsonbValueToJsonb(res);
+}
+
+/*
+ * es_without_personal_data(value jsonb) returns jsonb
+ *
+ * value without its sealed personal fields, at any depth (the notification
+ * outbox's payload; a handler's own copy of an event bound elsewhere).
+ */
+PG_FUNCTION_INFO_V1(es_without_personal_data);
+Datum
+es_without_personal_data(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_JSONB_P(personal_stripped(PG_GETARG_JSONB_P(0)));
+}
+
 PG_FUNCTION_INFO_V1(es_reveal_text);
 Datum
 es_reveal_text(PG_FUNCTION_ARGS)
