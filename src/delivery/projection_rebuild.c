@@ -526,14 +526,47 @@ static EsPlan rebuilt_letters_plan = {
 };
 
 /*
+ * An async rebuild of every aggregate: the worker applies again everything
+ * from the new checkpoint, over rows the reset emptied, so the consumer's
+ * ledger goes (it would pass over the events it handled in the commit log
+ * or above the horizon the rebuild took), and so do the dead letters of the
+ * events it will deliver again (one parked behind a resolved letter would
+ * hold its aggregate back for good).
+ */
+static EsPlan rebuilt_all_plan = {
+	"WITH l AS (DELETE FROM @extschema@.es_handled WHERE consumer OPERATOR(pg_catalog.=) $1)"
+	" DELETE FROM @extschema@.es_dead_letters"
+	" WHERE consumer OPERATOR(pg_catalog.=) $1 AND status OPERATOR(pg_catalog.<>) 'resolved'"
+	"   AND ROW(tx_id, position) OPERATOR(pg_catalog.>) ROW($2, $3)",
+	3, {TEXTOID, XID8OID, INT8OID}
+};
+
+/*
+ * An async rebuild of one aggregate replays all its events, the worker's
+ * later ones included (under the aggregate's lock: no more can commit
+ * meanwhile): those above the worker's checkpoint go into the ledger, so
+ * that the worker passes over them.  A read model's rows need none: their
+ * version is their ledger.
+ */
+static EsPlan rebuilt_ledger_plan = {
+	"INSERT INTO @extschema@.es_handled (consumer, event_id, position)"
+	" SELECT $1, e.event_id, e.position FROM @extschema@.es_events e"
+	"  WHERE e.aggregate_id OPERATOR(pg_catalog.=) $2"
+	"    AND ($5::pg_catalog.text[] IS NULL OR e.event_type OPERATOR(pg_catalog.=) ANY ($5))"
+	"    AND ROW(e.tx_id, e.position) OPERATOR(pg_catalog.>) ROW($3, $4)"
+	" ON CONFLICT DO NOTHING",
+	5, {TEXTOID, TEXTOID, XID8OID, INT8OID, TEXTARRAYOID}
+};
+
+/*
  * es_rebuild_projection(name, aggregate_id) returns bigint
  *
  * Deletes the projection's rows of one aggregate (or all, NULL) and folds
- * the events again, in this transaction.  Inline: every committed event.
- * Async, all aggregates: the events below the commit horizon, and the
- * worker goes on from there; one aggregate: its events up to the worker's
- * checkpoint (the worker applies the later ones).  The dead letters it
- * applied are resolved.  Returns the number of events replayed.
+ * the events again, in this transaction.  Inline, or async for one
+ * aggregate: every committed event (async, the worker passes over those
+ * when it gets there).  Async, all aggregates: the events below the commit
+ * horizon, and the worker goes on from there.  The dead letters it applied
+ * are resolved.  Returns the number of events replayed.
  */
 PG_FUNCTION_INFO_V1(es_rebuild_projection);
 Datum
@@ -545,6 +578,8 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 	FullTransactionId bound_tx = bound_all();
 	int64		bound_position = PG_INT64_MAX;
 	FullTransactionId horizon = InvalidFullTransactionId;
+	FullTransactionId checkpoint_tx = InvalidFullTransactionId;
+	int64		checkpoint_position = 0;
 	EsCall		call;
 	Projection	p;
 	Datum		arg;
@@ -559,39 +594,32 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 				 errmsg("projection \"%s\" cannot be rebuilt: it has no reset function", name),
 				 errhint("Register it again with a reset_function(aggregate_id text) that deletes its rows.")));
 	arg = CStringGetTextDatum(name);
-	if (p.inline_mode)
+	if (aggregate_id != NULL)
 	{
-		if (aggregate_id != NULL)
-		{
-			EsAggregateRow row;
+		EsAggregateRow row;
 
-			(void) es_aggregate_lock(call.store, aggregate_id, &row);
-		}
-		else
-			LockDatabaseObject(call.store->projections_relid, (Oid) p.id, 0, ExclusiveLock);
-		push_fresh_snapshot();
+		(void) es_aggregate_lock(call.store, aggregate_id, &row);
 	}
-	else
+	else if (p.inline_mode)
+		LockDatabaseObject(call.store->projections_relid, (Oid) p.id, 0, ExclusiveLock);
+	if (!p.inline_mode)
 	{
 		bool		isnull;
 
 		if (SPI_execute_plan(es_plan(&lock_consumer_plan), &arg, NULL, false, 1) != SPI_OK_SELECT ||
 			SPI_processed != 1)
 			elog(ERROR, "could not lock the consumer of projection \"%s\"", name);
-		push_fresh_snapshot();
-		if (aggregate_id != NULL)
-		{
-			bound_tx = DatumGetFullTransactionId(SPI_getbinval(SPI_tuptable->vals[0],
-															   SPI_tuptable->tupdesc, 1, &isnull));
-			bound_position = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
-														 &isnull));
-		}
-		else
-		{
-			/* Every event below the horizon: (horizon - 1, any position). */
-			horizon = es_commit_horizon_of(GetActiveSnapshot());
-			bound_tx = FullTransactionIdFromU64(U64FromFullTransactionId(horizon) - 1);
-		}
+		checkpoint_tx = DatumGetFullTransactionId(SPI_getbinval(SPI_tuptable->vals[0],
+																SPI_tuptable->tupdesc, 1, &isnull));
+		checkpoint_position = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
+														  &isnull));
+	}
+	push_fresh_snapshot();
+	if (!p.inline_mode && aggregate_id == NULL)
+	{
+		/* Every event below the horizon: (horizon - 1, any position). */
+		horizon = es_commit_horizon_of(GetActiveSnapshot());
+		bound_tx = FullTransactionIdFromU64(U64FromFullTransactionId(horizon) - 1);
 	}
 
 	events = projection_replay(call.store, &p, aggregate_id, bound_tx, bound_position);
@@ -599,19 +627,30 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 
 	if (!p.inline_mode)
 	{
-		Datum		args[4];
-		char		nulls[4] = {' ', ' ', ' ', ' '};
+		Datum		args[5];
+		char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 
+		args[0] = arg;
 		if (aggregate_id == NULL)
 		{
-			args[0] = arg;
 			args[1] = FullTransactionIdGetDatum(horizon);
 			args[2] = Int64GetDatum(0);
 			if (SPI_execute_plan(es_plan(&rebuilt_consumer_plan), args, NULL, false, 0) != SPI_OK_UPDATE)
 				elog(ERROR, "could not move the consumer of projection \"%s\"", name);
 			consumer_forget_log(arg);
+			if (SPI_execute_plan(es_plan(&rebuilt_all_plan), args, NULL, false, 0) != SPI_OK_DELETE)
+				elog(ERROR, "could not reset the consumer of projection \"%s\"", name);
 		}
-		args[0] = arg;
+		else if (p.model == NULL)
+		{
+			args[1] = CStringGetTextDatum(aggregate_id);
+			args[2] = FullTransactionIdGetDatum(checkpoint_tx);
+			args[3] = Int64GetDatum(checkpoint_position);
+			args[4] = p.event_types ? PointerGetDatum(p.event_types) : (Datum) 0;
+			nulls[4] = p.event_types ? ' ' : 'n';
+			if (SPI_execute_plan(es_plan(&rebuilt_ledger_plan), args, nulls, false, 0) != SPI_OK_INSERT)
+				elog(ERROR, "could not record the rebuild of projection \"%s\"", name);
+		}
 		args[1] = aggregate_id ? CStringGetTextDatum(aggregate_id) : (Datum) 0;
 		nulls[1] = aggregate_id ? ' ' : 'n';
 		args[2] = FullTransactionIdGetDatum(bound_tx);

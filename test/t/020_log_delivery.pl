@@ -7,7 +7,8 @@
 # committed event once (the mirror has no ledger: Kafka shows a repeat);
 # the split handler split again under load; the slot dropped by hand, they
 # fall back, then read the new slot's log; the unsplit handler split while
-# it reads the log past an open appender delivers nothing twice.
+# it reads the log past an open appender delivers nothing twice; rebuilds
+# of async projections past an open appender lose nothing.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -227,6 +228,58 @@ $slow->quit;
 check_units('the unsplit handler split in two past an open appender');
 wait_for(q{SELECT count(*) = 0 FROM es_consumer_segments WHERE consumer = 'got' AND segments = 1},
 	'the fence goes once both segments passed it');
+
+# Rebuilds of async projections while they read the log past an open
+# appender: what the worker applied above its checkpoint is not lost.  One
+# aggregate: every event of it is replayed (a read model's version, or the
+# ledger, keeps the worker from applying them twice).  Every aggregate: the
+# worker applies again what is above the new checkpoint, its ledger gone.
+$node->safe_psql(
+	'postgres', q{
+	CREATE TABLE totals (aggregate_id text PRIMARY KEY, total numeric NOT NULL);
+	CREATE FUNCTION add_total(event es_events) RETURNS void LANGUAGE sql AS $$
+	    INSERT INTO totals VALUES (event.aggregate_id, (event.data->>'amount')::numeric)
+	    ON CONFLICT (aggregate_id) DO UPDATE SET total = totals.total + excluded.total
+	$$;
+	CREATE FUNCTION reset_totals(aggregate_id text) RETURNS void LANGUAGE sql AS $$
+	    DELETE FROM totals WHERE $1 IS NULL OR totals.aggregate_id = $1
+	$$;
+	SELECT es_register_projection('totals', 'add_total(es_events)', ARRAY['ACCOUNT_BALANCE_UPDATED'],
+	                              reset_function => 'reset_totals(text)');
+	SELECT es_register_projection('es_accounts');
+});
+$slow = $node->background_psql('postgres');
+$slow->query_safe(q{BEGIN; SELECT es_append('Customer', 'SLOW-3', 'CUSTOMER_CREATED', '{}', 0)});
+$node->safe_psql(
+	'postgres', q{
+	SELECT es_append('Account', 'RB-1', 'ACCOUNT_OPENED', '{"balance": 0}', 0);
+	SELECT es_append('Account', 'RB-1', 'ACCOUNT_BALANCE_UPDATED', '{"amount": 50}', 1);
+	SELECT es_append('Account', 'RB-2', 'ACCOUNT_OPENED', '{"balance": 0}', 0);
+	SELECT es_append('Account', 'RB-2', 'ACCOUNT_BALANCE_UPDATED', '{"amount": 30}', 1);
+});
+my $balances = q{SELECT string_agg(a.account_id || ' ' || a.balance || ' ' || coalesce(t.total::text, '-'), ', '
+	ORDER BY a.account_id) FROM es_accounts a LEFT JOIN totals t ON t.aggregate_id = a.account_id
+	WHERE a.account_id LIKE 'RB-%'};
+wait_for(qq{SELECT ($balances) = 'RB-1 50 50, RB-2 30 30'}, 'both projections applied the events past the open appender');
+is( $node->safe_psql(
+		'postgres', q{SELECT count(*) FROM es_consumers c JOIN es_events e ON e.aggregate_id = 'RB-1'
+	                   WHERE c.name IN ('totals', 'es_accounts') AND c.log_seq IS NOT NULL
+	                     AND (e.tx_id, e.position) > (c.checkpoint_tx, c.checkpoint_position)}),
+	'4', 'read in the log, above their checkpoints');
+is( $node->safe_psql(
+		'postgres', q{SELECT es_rebuild_projection('totals', 'RB-1') || ' ' || es_rebuild_projection('es_accounts', 'RB-1')}),
+	'1 2', 'each rebuild of one aggregate replays its events');
+is($node->safe_psql('postgres', $balances), 'RB-1 50 50, RB-2 30 30', 'and its rows are as before');
+$node->safe_psql('postgres', q{SELECT es_append('Account', 'RB-1', 'ACCOUNT_BALANCE_UPDATED', '{"amount": 20}', 2)});
+wait_for(qq{SELECT ($balances) = 'RB-1 70 70, RB-2 30 30'},
+	'the next event applied once, and none of the replayed ones again');
+$node->safe_psql('postgres', q{SELECT es_rebuild_projection('totals')});
+wait_for(qq{SELECT ($balances) = 'RB-1 70 70, RB-2 30 30'},
+	'after a rebuild of every aggregate, the worker applies again what is above the horizon');
+$slow->query_safe('COMMIT');
+$slow->quit;
+$node->safe_psql('postgres', q{SELECT es_append('Account', 'RB-2', 'ACCOUNT_BALANCE_UPDATED', '{"amount": 5}', 2)});
+wait_for(qq{SELECT ($balances) = 'RB-1 70 70, RB-2 35 35'}, 'and goes on from there, once each');
 
 $node->stop;
 done_testing();
