@@ -605,6 +605,13 @@ sequencer_pass(bool *reads_appends)
 
 		if (!sequencer_run(sequencer_number_step, NULL))
 			return es_worker_poll_interval;		/* kept, numbered at the next pass */
+
+		/*
+		 * Durable before confirmed: with synchronous_commit off, a crash could
+		 * lose the numbering while the slot, saved to disk when its restart
+		 * point moves, has passed what it numbered for good.
+		 */
+		XLogFlush(XactLastCommitEnd);
 		LogicalConfirmReceivedLocation(last);
 		ReplicationSlotMarkDirty();
 		decoded = NIL;
