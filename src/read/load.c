@@ -235,13 +235,32 @@ es_aggregate_head(const char *aggregate_id, bool read_only, char *type, int64 *c
 	return true;
 }
 
-/* The first event past a point in time: occurred after $2, or recorded after $3 (NULL: no bound). */
+/*
+ * The first event past a point in time: occurred after $2, or recorded
+ * after $3 (NULL: no bound); and the first event in the database.
+ */
 static EsPlan first_later_plan = {
-	"SELECT pg_catalog.min(e.version) FROM @extschema@.es_events e"
-	" WHERE e.aggregate_id OPERATOR(pg_catalog.=) $1"
-	"   AND (e.occurred_at OPERATOR(pg_catalog.>) $2 OR e.recorded_at OPERATOR(pg_catalog.>) $3)",
+	"SELECT pg_catalog.min(e.version) FILTER (WHERE e.occurred_at OPERATOR(pg_catalog.>) $2"
+	"                                           OR e.recorded_at OPERATOR(pg_catalog.>) $3),"
+	"       pg_catalog.min(e.version)"
+	"  FROM @extschema@.es_events e WHERE e.aggregate_id OPERATOR(pg_catalog.=) $1",
 	3, {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}, true
 };
+
+/*
+ * A state that would need events dropped from the database (es_drop_history)
+ * that no snapshot covers: refused, rather than folded from what is left.
+ */
+static void
+load_history_dropped(const char *aggregate_id, int64 target, const char *why)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("the state of aggregate \"%s\" at version %lld needs events dropped from the database",
+					aggregate_id, (long long) target),
+			 errdetail("%s", why),
+			 errhint("Load the events back from their export (es_dropped_history), or register again the reducer and upcasters its latest snapshot was taken with.")));
+}
 
 #define SNAPSHOT_WHERE \
 	" FROM @extschema@.es_snapshots s" \
@@ -320,9 +339,26 @@ es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
 			elog(ERROR, "could not read aggregate \"%s\"", aggregate_id);
 		{
 			Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			bool		none_kept;
+			int64		first_kept = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
+																&none_kept));
 
 			if (!isnull)
+			{
 				target = Min(target, DatumGetInt64(d) - 1);
+
+				/*
+				 * The first event kept is already later: when the events
+				 * before it were dropped, which of them came by then is
+				 * not known.
+				 */
+				if (!none_kept && DatumGetInt64(d) == first_kept && first_kept > 1)
+					load_history_dropped(aggregate_id, target,
+										 "Its first events kept are past that time, and the ones before them were dropped: which of them came by then is not known.");
+			}
+			else if (none_kept && current > 0)
+				load_history_dropped(aggregate_id, target,
+									 "Every event of it was dropped: which of them came by then is not known.");
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
@@ -359,6 +395,11 @@ es_load_state(EsStore *s, const char *aggregate_id, int64 at_version,
 	if (target > out->snapshot_version)
 		es_read_stream(aggregate_id, out->snapshot_version + 1, target, read_only, NULL,
 					   fold_apply, NULL, &fold);
+	/* Events missing at the end: dropped, with no snapshot serving after them. */
+	if (fold.applied != target - out->snapshot_version)
+		load_history_dropped(aggregate_id, target,
+							 psprintf("Versions %lld to %lld are not in the database, and no snapshot at or after them serves the aggregate type's current reducer and upcasters (or the subject of its personal data was forgotten).",
+									  (long long) (out->snapshot_version + fold.applied + 1), (long long) target));
 	out->state = fold_result(&fold);
 	out->events_applied = fold.applied;
 	out->subjects = fold.subjects;

@@ -204,7 +204,7 @@ es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, b
 	Datum		values[EV_NATTS];
 	bool		isnull[EV_NATTS];
 	bool		more = true;
-	bool		first = true;
+	int64		next = Max(from_version, 1);
 
 	read_push_snapshot(read_only);
 	ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_TEXTEQ, CStringGetTextDatum(aggregate_id));
@@ -217,9 +217,10 @@ es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, b
 	{
 		CHECK_FOR_INTERRUPTS();
 		slot_event_values(slot, values, isnull);
-		if (first && DatumGetInt64(values[EV_VERSION]) > from_version && from_version >= 1)
-			read_history_dropped(aggregate_id, from_version, DatumGetInt64(values[EV_VERSION]) - 1);
-		first = false;
+		/* Versions are contiguous: a gap anywhere, not only before the first row, was dropped. */
+		if (DatumGetInt64(values[EV_VERSION]) > next)
+			read_history_dropped(aggregate_id, next, DatumGetInt64(values[EV_VERSION]) - 1);
+		next = DatumGetInt64(values[EV_VERSION]) + 1;
 		more = read_step(values, isnull, true, until, fn, slot, slot_fn, arg);
 	}
 	es_merged_scan_end(scan);

@@ -207,6 +207,31 @@ like($err, qr/events 1 to \d+ of aggregate "ACC-7" were dropped from the databas
 my $kept_from = $node->safe_psql('postgres', q{SELECT min(version) FROM es_events WHERE aggregate_id = 'ACC-7'});
 is($node->safe_psql('postgres', qq{SELECT count(*) FROM es_get_events('ACC-7', $kept_from)}), 102 - $kept_from,
 	'the events kept read from the first of them');
+# A state that needs dropped events no snapshot serves is refused, not
+# folded from what is left: CUST-1's snapshot does not serve a new reducer,
+# and which of its events came by a point in time is not known.
+$node->safe_psql(
+	'postgres', q{
+	CREATE FUNCTION customer_names(state jsonb, event es_events) RETURNS jsonb LANGUAGE sql IMMUTABLE
+	    AS $$ SELECT state || jsonb_build_object('name', event.data->'name') $$;
+	SELECT es_register_reducer('Customer', 'customer_names(jsonb, es_events)');
+});
+$node->psql('postgres', q{SELECT version, state FROM es_load_aggregate('CUST-1')}, stderr => \$err);
+like($err, qr/the state of aggregate "CUST-1" at version 1 needs events dropped from the database/,
+	'a load that no snapshot serves past the dropped events is refused');
+$node->psql('postgres', q{SELECT es_save_snapshot('CUST-1')}, stderr => \$err);
+like($err, qr/needs events dropped from the database/, 'and no snapshot is made from what is left');
+$node->safe_psql('postgres', q{SELECT es_register_reducer('Customer', NULL)});
+is($node->safe_psql('postgres', q{SELECT version, state ->> 'name' FROM es_load_aggregate('CUST-1')}),
+	'1|Ada', 'with the reducer it was taken with, the snapshot serves again');
+$node->psql('postgres', q{SELECT version FROM es_load_aggregate('CUST-1', at_time => '2000-01-01')}, stderr => \$err);
+like($err, qr/Every event of it was dropped: which of them came by then is not known/,
+	'a load at a time its dropped events cover is refused');
+$node->psql('postgres',
+	q{SELECT version FROM es_load_aggregate('ACC-7', at_time => (SELECT min(occurred_at) - interval '1 microsecond' FROM es_events WHERE aggregate_id = 'ACC-7'))},
+	stderr => \$err);
+like($err, qr/Its first events kept are past that time/, 'so is one before the first event kept');
+
 my $dropped_id = $node->safe_psql('postgres', q{SELECT event_id FROM es_event_ids ORDER BY position LIMIT 1});
 $node->psql('postgres', qq{SELECT es_append('Account', 'NEW-1', 'ACCOUNT_OPENED', '{}', 0, event_id => '$dropped_id')},
 	stderr => \$err);
