@@ -371,8 +371,13 @@ es_delete_snapshots(PG_FUNCTION_ARGS)
 	PG_RETURN_INT64((int64) deleted);
 }
 
+/* Stale snapshots, and whether their aggregate's first events were dropped (es_drop_history). */
 static EsPlan stale_plan = {
-	"SELECT s.aggregate_id, s.version, s.automatic FROM @extschema@.es_snapshots s"
+	"SELECT s.aggregate_id, s.version, s.automatic,"
+	"       NOT EXISTS (SELECT FROM @extschema@.es_events e"
+	"                    WHERE e.aggregate_id OPERATOR(pg_catalog.=) s.aggregate_id"
+	"                      AND e.version OPERATOR(pg_catalog.=) 1)"
+	"  FROM @extschema@.es_snapshots s"
 	" WHERE ($1 IS NULL OR s.aggregate_id OPERATOR(pg_catalog.=) $1)"
 	"   AND ($2 IS NULL OR s.aggregate_type OPERATOR(pg_catalog.=) $2)"
 	"   AND s.fingerprint OPERATOR(pg_catalog.<>) @extschema@.es_snapshot_fingerprint(s.aggregate_type)"
@@ -386,7 +391,8 @@ static EsPlan stale_plan = {
  * Remakes the stale snapshots of an aggregate, of an aggregate type, or all,
  * at their versions, with the current reducer and upcasters; each aggregate's
  * in version order, so that a rebuilt snapshot speeds up the next.  Returns
- * how many.
+ * how many.  Those of aggregates whose first events were dropped cannot be
+ * folded again: they stay, not serving, and a warning says how many.
  */
 PG_FUNCTION_INFO_V1(es_rebuild_snapshots);
 Datum
@@ -401,6 +407,7 @@ es_rebuild_snapshots(PG_FUNCTION_ARGS)
 	SPITupleTable *stale;
 	uint64		n;
 	uint64		i;
+	uint64		kept = 0;
 
 	args[0] = aggregate_id ? CStringGetTextDatum(aggregate_id) : (Datum) 0;
 	nulls[0] = aggregate_id ? ' ' : 'n';
@@ -420,8 +427,19 @@ es_rebuild_snapshots(PG_FUNCTION_ARGS)
 		bool		automatic = DatumGetBool(SPI_getbinval(stale->vals[i], stale->tupdesc, 3, &isnull));
 
 		CHECK_FOR_INTERRUPTS();
+		if (DatumGetBool(SPI_getbinval(stale->vals[i], stale->tupdesc, 4, &isnull)))
+		{
+			kept++;
+			continue;
+		}
 		snapshot_take(call.store, id, version, automatic, taken_by);
 	}
 	es_call_end(&call);
-	PG_RETURN_INT64((int64) n);
+	if (kept > 0)
+		ereport(WARNING,
+				(errmsg("%llu stale snapshots were not remade: the first events of their aggregates were dropped from the database",
+						(unsigned long long) kept),
+				 errdetail("They stay, and do not serve: a load of such an aggregate is refused while its reducer and upcasters differ from those the snapshot was taken with."),
+				 errhint("Register those again, or load the events back from their export (es_dropped_history).")));
+	PG_RETURN_INT64((int64) (n - kept));
 }

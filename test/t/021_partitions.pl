@@ -221,6 +221,11 @@ like($err, qr/the state of aggregate "CUST-1" at version 1 needs events dropped 
 	'a load that no snapshot serves past the dropped events is refused');
 $node->psql('postgres', q{SELECT es_save_snapshot('CUST-1')}, stderr => \$err);
 like($err, qr/needs events dropped from the database/, 'and no snapshot is made from what is left');
+my ($rc, $remade);
+($rc, $remade, $err) = $node->psql('postgres', q{SELECT es_rebuild_snapshots('CUST-1')});
+is($remade, '0', 'nor by es_rebuild_snapshots');
+like($err, qr/WARNING:  1 stale snapshots were not remade: the first events of their aggregates were dropped/,
+	'which says so');
 $node->safe_psql('postgres', q{SELECT es_register_reducer('Customer', NULL)});
 is($node->safe_psql('postgres', q{SELECT version, state ->> 'name' FROM es_load_aggregate('CUST-1')}),
 	'1|Ada', 'with the reducer it was taken with, the snapshot serves again');
