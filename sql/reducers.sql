@@ -92,6 +92,16 @@ SELECT es_test.error_of($$SELECT * FROM es_load_aggregate('RED-L1')$$);
 SELECT count(*) FROM es_events WHERE aggregate_id = 'RED-SNEAK';
 SELECT es_register_reducer('Loan', NULL);
 SELECT state FROM es_load_aggregate('RED-L1');
+-- A reducer whose function was dropped: loads say so, rather than fold with
+-- the default reducer in its place.
+CREATE FUNCTION bank.dropped_reducer(state jsonb, event es_events) RETURNS jsonb LANGUAGE sql
+    AS $$ SELECT state || jsonb_build_object('seen', event.version) $$;
+SELECT es_register_reducer('Loan', 'bank.dropped_reducer(jsonb, es_events)');
+SELECT state FROM es_load_aggregate('RED-L1');
+DROP FUNCTION bank.dropped_reducer(jsonb, es_events);
+SELECT regexp_replace(es_test.error_of($$SELECT * FROM es_load_aggregate('RED-L1')$$), 'function \d+', 'function N');
+SELECT es_register_reducer('Loan', NULL);
+SELECT state FROM es_load_aggregate('RED-L1');
 
 -- Reducers run as the owners of their functions, never as the owner of the
 -- event store: registering one takes owning it, and a reducer that tries to

@@ -113,11 +113,15 @@ aggregate_type_entry(const char *aggregate_type)
 	"pg_catalog.format('%I.%I(%s)', " n ".nspname, " p ".proname," \
 	" pg_catalog.pg_get_function_identity_arguments(" p ".oid))"
 
+/*
+ * The registered reducer; its name is NULL when its function was dropped
+ * since (es_reducers holds its OID, which nothing depends on).
+ */
 static EsPlan reducer_plan = {
-	"SELECT r.reducer, " FUNCTION_NAME_SQL("p", "n")
+	"SELECT r.reducer::pg_catalog.oid, CASE WHEN p.oid IS NOT NULL THEN " FUNCTION_NAME_SQL("p", "n") " END"
 	"  FROM @extschema@.es_reducers r"
-	"  JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) r.reducer::pg_catalog.oid"
-	"  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace"
+	"  LEFT JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) r.reducer::pg_catalog.oid"
+	"  LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace"
 	" WHERE r.aggregate_type OPERATOR(pg_catalog.=) $1",
 	1, {TEXTOID}, true
 };
@@ -141,10 +145,18 @@ es_aggregate_type_reducer(const char *aggregate_type)
 	if (SPI_processed == 1)
 	{
 		Oid			fn = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		Datum		name = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 
+		/* Not the default fold in its place: the states would change unseen. */
+		if (isnull)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_FUNCTION),
+					 errmsg("the reducer of aggregate type \"%s\" was dropped", aggregate_type),
+					 errdetail("es_reducers names function %u, which no longer exists.", fn),
+					 errhint("Register it again with es_register_reducer('%s', ...), or pass NULL there for the default reducer.",
+							 aggregate_type)));
 		es_user_function_init(&entry->reducer, fn, aggregate_type_cxt);
-		entry->reducer_name = MemoryContextStrdup(aggregate_type_cxt,
-												  TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)));
+		entry->reducer_name = MemoryContextStrdup(aggregate_type_cxt, TextDatumGetCString(name));
 	}
 	else
 	{
@@ -164,12 +176,14 @@ es_aggregate_type_reducer(const char *aggregate_type)
  */
 static EsPlan fingerprint_plan = {
 	"SELECT pg_catalog.md5(pg_catalog.string_agg(part, '|' ORDER BY part)) FROM ("
-	" SELECT 'reducer ' OPERATOR(pg_catalog.||) " FUNCTION_NAME_SQL("p", "n")
-	"        OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||)"
-	"        pg_catalog.md5(pg_catalog.concat(p.prosrc, '/', p.probin, '/', p.proconfig)) AS part"
+	" SELECT 'reducer ' OPERATOR(pg_catalog.||)"
+	"        CASE WHEN p.oid IS NULL THEN 'dropped ' OPERATOR(pg_catalog.||) r.reducer::pg_catalog.oid"
+	"             ELSE " FUNCTION_NAME_SQL("p", "n")
+	"                  OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||)"
+	"                  pg_catalog.md5(pg_catalog.concat(p.prosrc, '/', p.probin, '/', p.proconfig)) END AS part"
 	"   FROM @extschema@.es_reducers r"
-	"   JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) r.reducer::pg_catalog.oid"
-	"   JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace"
+	"   LEFT JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) r.reducer::pg_catalog.oid"
+	"   LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace"
 	"  WHERE r.aggregate_type OPERATOR(pg_catalog.=) $1"
 	" UNION ALL"
 	" SELECT 'reducer ' OPERATOR(pg_catalog.||) $2"
@@ -201,6 +215,7 @@ es_aggregate_type_fingerprint(const char *aggregate_type)
 {
 	EsAggregateTypeInfo *entry = aggregate_type_entry(aggregate_type);
 	Datum		args[2];
+	Datum		fingerprint;
 	bool		isnull;
 
 	if (entry->fingerprint != NULL)
@@ -210,8 +225,10 @@ es_aggregate_type_fingerprint(const char *aggregate_type)
 	if (SPI_execute_plan(es_plan(&fingerprint_plan), args, NULL, true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not compute the fingerprint of aggregate type \"%s\"", aggregate_type);
-	entry->fingerprint = MemoryContextStrdup(aggregate_type_cxt,
-											 TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)));
+	fingerprint = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull)					/* there is always a reducer part */
+		elog(ERROR, "could not compute the fingerprint of aggregate type \"%s\"", aggregate_type);
+	entry->fingerprint = MemoryContextStrdup(aggregate_type_cxt, TextDatumGetCString(fingerprint));
 	SPI_freetuptable(SPI_tuptable);
 	return entry->fingerprint;
 }
