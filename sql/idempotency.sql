@@ -41,6 +41,22 @@ SELECT event_id, version FROM es_append_batch('Payment', 'PAY003', $$[
     {"event_type": "PAYMENT_AUTHORIZED", "event_id": "evt_p2"}]$$, expected_version => 0);
 SELECT events = :before_events AS nothing_written, last_position = :before_last_position AS no_position_taken
   FROM es_test.state();
+-- A batch that names some event ids only cannot be retried: its other
+-- events get new ids at each call.  The hint says so.
+SELECT count(*) FROM es_append_batch('Payment', 'PAY004', $$[
+    {"event_type": "PAYMENT_INITIATED", "event_id": "evt_p4"},
+    {"event_type": "PAYMENT_AUTHORIZED"}]$$, expected_version => 0);
+DO $$
+DECLARE
+    hint text;
+BEGIN
+    PERFORM es_append_batch('Payment', 'PAY004', '[
+        {"event_type": "PAYMENT_INITIATED", "event_id": "evt_p4"},
+        {"event_type": "PAYMENT_AUTHORIZED"}]', expected_version => 0);
+EXCEPTION WHEN unique_violation THEN
+    GET STACKED DIAGNOSTICS hint = PG_EXCEPTION_HINT;
+    RAISE NOTICE '%', hint;
+END $$;
 -- A batch that only partly matches an earlier one is refused.
 SELECT es_test.error_of($$SELECT es_append_batch('Payment', 'PAY003', '[
     {"event_type": "PAYMENT_INITIATED", "event_id": "evt_p1", "data": {"amount": 5}},

@@ -414,6 +414,10 @@ append_find_stored(EsAppendRequest *req, EsStore *store)
 	}
 	if (nfound != req->nevents)
 	{
+		int			unnamed = 0;
+
+		for (i = 0; i < req->nevents; i++)
+			unnamed += !req->events[i].event_id_given;
 		for (i = 0; rows[i] == NULL; i++)
 			;
 		ereport(ERROR,
@@ -421,6 +425,9 @@ append_find_stored(EsAppendRequest *req, EsStore *store)
 				 errmsg("batch overlaps events stored by an earlier append"),
 				 errdetail("%d of its %d events carry event ids that are already stored, for example \"%s\".",
 						   nfound, req->nevents, req->events[i].event_id),
+				 unnamed > 0 ?
+				 errhint("%d of its events name no event id, so a resend cannot be told from new events: name every event's id to retry a batch.",
+						 unnamed) :
 				 errhint("Resend exactly the earlier batch to retry it, or use new event ids for new events.")));
 	}
 
