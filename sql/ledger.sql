@@ -152,3 +152,7 @@ SELECT es_test.error_of($$SELECT * FROM es_verify(aggregate_id => '')$$);
 SET default_transaction_read_only = on;
 SELECT es_digest();
 RESET default_transaction_read_only;
+-- A transaction snapshot would miss the block another call sealed meanwhile.
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT es_test.error_of($$SELECT es_digest()$$);
+COMMIT;

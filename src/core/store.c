@@ -463,6 +463,22 @@ es_call_end(EsCall *call)
 }
 
 /*
+ * es_require_read_committed: function (named in the error) works on what
+ * is committed once it holds its locks, which a transaction snapshot taken
+ * earlier would not show (detail: what it would miss).
+ */
+void
+es_require_read_committed(const char *function, const char *detail)
+{
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
+				 errmsg("%s must run at the READ COMMITTED isolation level", function),
+				 errdetail("%s", detail),
+				 errhint("Run it in its own transaction, or SET TRANSACTION ISOLATION LEVEL READ COMMITTED.")));
+}
+
+/*
  * es_user_function_init: look up fn for calls through es_call_user_function,
  * in cxt.
  */

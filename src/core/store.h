@@ -125,6 +125,7 @@ extern EsStore *es_store_current(void);
 extern EsStore *es_store_resolved(void);
 extern void es_call_begin(FunctionCallInfo fcinfo, EsCall *call);
 extern void es_call_end(EsCall *call);
+extern void es_require_read_committed(const char *function, const char *detail);
 extern SPIPlanPtr es_plan(EsPlan *p);
 
 /*

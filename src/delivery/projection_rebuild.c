@@ -152,16 +152,9 @@ push_fresh_snapshot(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 }
 
-static void
-require_read_committed(const char *function)
-{
-	if (IsolationUsesXactSnapshot())
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_TRANSACTION_STATE),
-				 errmsg("%s must run at the READ COMMITTED isolation level", function),
-				 errdetail("It folds the events committed once it holds its locks, which a transaction snapshot taken earlier would not show."),
-				 errhint("Run it in its own transaction, or SET TRANSACTION ISOLATION LEVEL READ COMMITTED.")));
-}
+/* Why a rebuild needs READ COMMITTED. */
+#define FOLDS_COMMITTED \
+	"It folds the events committed once it holds its locks, which a transaction snapshot taken earlier would not show."
 
 static bool
 can_reset(const Projection *p)
@@ -372,7 +365,7 @@ es_register_projection(PG_FUNCTION_ARGS)
 				 errhint("A projection is \"inline\" (in the append's transaction) or \"async\" (by the background worker).")));
 	es_check_retry_policy(max_retries, backoff);
 	es_check_timeout(timeout);
-	require_read_committed("es_register_projection");
+	es_require_read_committed("es_register_projection", FOLDS_COMMITTED);
 
 	es_call_begin(fcinfo, &call);
 	es_check_consumer_name_free(name, "projection");
@@ -585,7 +578,7 @@ es_rebuild_projection(PG_FUNCTION_ARGS)
 	Datum		arg;
 	int64		events;
 
-	require_read_committed("es_rebuild_projection");
+	es_require_read_committed("es_rebuild_projection", FOLDS_COMMITTED);
 	es_call_begin(fcinfo, &call);
 	es_projection_must_exist(name, &p);
 	if (!can_reset(&p))

@@ -270,6 +270,8 @@ es_digest(PG_FUNCTION_ARGS)
 	Datum		digest;
 
 	PreventCommandIfReadOnly("es_digest()");
+	es_require_read_committed("es_digest",
+							  "It seals the events committed once it holds the blocks' lock, which a transaction snapshot taken earlier would not show (nor the block another call sealed meanwhile).");
 	es_call_begin(fcinfo, &call);
 	if (SPI_execute_plan(es_plan(&lock_plan), NULL, NULL, false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "could not lock es_ledger_blocks");
