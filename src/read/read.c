@@ -228,6 +228,29 @@ es_read_stream(const char *aggregate_id, int64 from_version, int64 to_version, b
 	table_close(rel, NoLock);
 }
 
+/* Whether position lies in a partition es_drop_history dropped (es_dropped_history). */
+static EsPlan dropped_position_plan = {
+	"SELECT EXISTS (SELECT FROM @extschema@.es_dropped_history d"
+	"                WHERE (d.from_position IS NULL OR d.from_position OPERATOR(pg_catalog.<=) $1)"
+	"                  AND $1 OPERATOR(pg_catalog.<) d.to_position)",
+	1, {INT8OID}, true
+};
+
+static bool
+read_position_dropped(int64 position)
+{
+	Datum		arg = Int64GetDatum(position);
+	bool		isnull;
+	bool		dropped;
+
+	if (SPI_execute_plan(es_plan(&dropped_position_plan), &arg, NULL, true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not read es_dropped_history");
+	dropped = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	return dropped;
+}
+
 /* Whether a text Datum is the string str. */
 static bool
 text_is(Datum d, const char *str)
@@ -763,14 +786,19 @@ read_log_order(EsCommitRead *r, bool reveal, char **types, int ntypes, EsRowCall
 			if (seq == r->after_seq && positions[i] <= r->after_seq_position)
 				continue;
 			slot = es_position_lookup(lookup, positions[i]);
+			r->end_seq = seq;
+			r->end_position = positions[i];
 			if (slot == NULL)
+			{
+				/* Dropped with its partition, as es_read_all passes over it. */
+				if (read_position_dropped(positions[i]))
+					continue;
 				ereport(ERROR,
 						(errcode(ERRCODE_DATA_CORRUPTED),
 						 errmsg("the event at position %lld of row %lld of es_commit_log is missing",
 								(long long) positions[i], (long long) seq)));
+			}
 			slot_event_values(slot, values, isnull);
-			r->end_seq = seq;
-			r->end_position = positions[i];
 			/* At or below the checkpoint: the reader had it before it read the log. */
 			tx = DatumGetFullTransactionId(values[EV_TX_ID]);
 			if (FullTransactionIdPrecedes(tx, r->after_tx) ||

@@ -237,6 +237,20 @@ $node->psql('postgres',
 	stderr => \$err);
 like($err, qr/Its first events kept are past that time/, 'so is one before the first event kept');
 
+# A commit-log row numbered before the drop (here by hand, as the
+# sequencer would have: a dropped event, then a kept one): es_read_log, and
+# the delivery units that read the log, pass over the dropped event.
+$node->safe_psql(
+	'postgres', q{
+	INSERT INTO es_commit_log (seq, max_key, positions, committed_at)
+	SELECT 1000000, max(tx_id), ARRAY[1, max(position)], now() FROM es_events WHERE aggregate_id = 'ACC-7'});
+is( $node->safe_psql(
+		'postgres', q{SELECT string_agg(seq || ' ' || aggregate_id || ' ' || version, ',')
+	                   FROM es_read_log(999999, 0, 10)}),
+	'1000000 ACC-7 ' . $node->safe_psql('postgres', q{SELECT max(version) FROM es_events WHERE aggregate_id = 'ACC-7'}),
+	'es_read_log passes over an event of the log dropped since');
+$node->safe_psql('postgres', q{DELETE FROM es_commit_log WHERE seq = 1000000});
+
 my $dropped_id = $node->safe_psql('postgres', q{SELECT event_id FROM es_event_ids ORDER BY position LIMIT 1});
 $node->psql('postgres', qq{SELECT es_append('Account', 'NEW-1', 'ACCOUNT_OPENED', '{}', 0, event_id => '$dropped_id')},
 	stderr => \$err);
