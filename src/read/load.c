@@ -59,7 +59,24 @@ typedef struct Fold
 	Datum		state;
 	int64		applied;
 	List	   *subjects;		/* whose personal data it folded, sorted */
+
+	/*
+	 * Memory, so that a fold takes the state's size and not the history's:
+	 * cxt is the caller's (the subjects); the default reducer's pairs and
+	 * the payloads they point into are in pairs_cxt, made anew from the
+	 * state every FOLD_COMPACT_EVERY events; a registered reducer's state is
+	 * in state_cxt, the previous one freed as each event is folded; what an
+	 * event takes besides is in work_cxt, emptied after it.
+	 */
+	MemoryContext cxt;
+	MemoryContext pairs_cxt;
+	MemoryContext state_cxt;
+	MemoryContext spare_cxt;
+	MemoryContext work_cxt;
+	int			merged;			/* events merged into the pairs since they were made */
 } Fold;
+
+#define FOLD_COMPACT_EVERY	1024
 
 /* Add subject to a sorted list of distinct subjects. */
 static List *
@@ -109,6 +126,44 @@ fold_merge(Fold *f, Jsonb *obj)
 	}
 }
 
+/* Start the default reducer's pairs, in pairs_cxt, from obj (NULL: none). */
+static void
+fold_pairs_begin(Fold *f, Jsonb *obj)
+{
+	MemoryContext old = MemoryContextSwitchTo(f->pairs_cxt);
+
+	f->npairs = 0;
+	f->maxpairs = 16;
+	f->keys = palloc(sizeof(JsonbValue) * f->maxpairs);
+	f->values = palloc(sizeof(JsonbValue) * f->maxpairs);
+	f->merged = 0;
+	if (obj != NULL)
+		fold_merge(f, obj);
+	MemoryContextSwitchTo(old);
+}
+
+static Jsonb *fold_result(Fold *f);
+
+/*
+ * Make the pairs anew from the state they add up to: later pairs of a key
+ * hide earlier ones, and the payloads they point into would otherwise be
+ * kept for the whole fold.
+ */
+static void
+fold_compact(Fold *f)
+{
+	MemoryContext old_pairs = f->pairs_cxt;
+	MemoryContext old;
+	Jsonb	   *state;
+
+	f->pairs_cxt = AllocSetContextCreate(f->cxt, "ultracore_es fold state", ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(f->pairs_cxt);
+	state = fold_result(f);
+	MemoryContextSwitchTo(old);
+	fold_pairs_begin(f, state);
+	MemoryContextDelete(old_pairs);
+}
+
 static void
 fold_init(Fold *f, EsStore *s, const char *aggregate_id, const char *aggregate_type, Jsonb *initial)
 {
@@ -117,16 +172,17 @@ fold_init(Fold *f, EsStore *s, const char *aggregate_id, const char *aggregate_t
 	memset(f, 0, sizeof(*f));
 	f->aggregate_id = aggregate_id;
 	f->default_reducer = !OidIsValid(info->reducer.flinfo.fn_oid);
+	f->cxt = CurrentMemoryContext;
+	f->work_cxt = AllocSetContextCreate(f->cxt, "ultracore_es fold event", ALLOCSET_DEFAULT_SIZES);
 	if (f->default_reducer)
 	{
-		f->maxpairs = 16;
-		f->keys = palloc(sizeof(JsonbValue) * f->maxpairs);
-		f->values = palloc(sizeof(JsonbValue) * f->maxpairs);
-		if (initial != NULL)
-			fold_merge(f, initial);
+		f->pairs_cxt = AllocSetContextCreate(f->cxt, "ultracore_es fold state", ALLOCSET_DEFAULT_SIZES);
+		fold_pairs_begin(f, initial);
 	}
 	else
 	{
+		f->state_cxt = AllocSetContextCreate(f->cxt, "ultracore_es fold state", ALLOCSET_DEFAULT_SIZES);
+		f->spare_cxt = AllocSetContextCreate(f->cxt, "ultracore_es fold state", ALLOCSET_DEFAULT_SIZES);
 		fmgr_info_copy(&f->reducer.flinfo, &info->reducer.flinfo, CurrentMemoryContext);
 		f->reducer.owner = info->reducer.owner;
 		f->event_desc = lookup_rowtype_tupdesc_copy(s->events_rowtype, -1);
@@ -139,25 +195,36 @@ static void
 fold_apply(Datum *values, bool *nulls, void *arg)
 {
 	Fold	   *f = (Fold *) arg;
+	MemoryContext caller = MemoryContextSwitchTo(f->work_cxt);
 	const char *subject = es_personal_subject(DatumGetJsonbP(values[EV_METADATA]));
 
 	/* A state folded from personal data is sealed in snapshots (snapshot.c). */
 	if (subject != NULL)
+	{
+		MemoryContextSwitchTo(f->cxt);
 		f->subjects = subjects_add(f->subjects, subject);
+		MemoryContextSwitchTo(f->work_cxt);
+	}
 	if (f->default_reducer)
 	{
-		/* The pairs point into the payload: keep a copy of it. */
-		Jsonb	   *data = DatumGetJsonbPCopy(values[EV_DATA]);
 		char		event_type[ES_MAX_NAME_LEN + 1];
+		Jsonb	   *data;
 
 		text_to_cstring_buffer(DatumGetTextPP(values[EV_EVENT_TYPE]), event_type, sizeof(event_type));
 		if (es_is_creation_event(event_type))
 			f->npairs = 0;
+		/* The pairs point into the payload: keep a copy of it, with them. */
+		MemoryContextSwitchTo(f->pairs_cxt);
+		data = DatumGetJsonbPCopy(values[EV_DATA]);
 		fold_merge(f, data);
+		MemoryContextSwitchTo(f->work_cxt);
+		if (++f->merged >= FOLD_COMPACT_EVERY)
+			fold_compact(f);
 	}
 	else
 	{
 		HeapTuple	event = heap_form_tuple(f->event_desc, values, nulls);
+		MemoryContext previous = f->state_cxt;
 		bool		isnull;
 		Datum		state;
 
@@ -169,9 +236,15 @@ fold_apply(Datum *values, bool *nulls, void *arg)
 					 errdetail("Aggregate \"%s\", event version %lld.",
 							   f->aggregate_id, (long long) DatumGetInt64(values[EV_VERSION])),
 					 errhint("A reducer returns the whole new state, never NULL.")));
+		/* The new state where the previous one is not, which then goes. */
+		MemoryContextSwitchTo(f->spare_cxt);
 		f->state = PointerGetDatum(PG_DETOAST_DATUM_COPY(state));
-		heap_freetuple(event);
+		MemoryContextReset(previous);
+		f->state_cxt = f->spare_cxt;
+		f->spare_cxt = previous;
 	}
+	MemoryContextSwitchTo(caller);
+	MemoryContextReset(f->work_cxt);
 	f->applied++;
 }
 
