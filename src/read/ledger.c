@@ -198,11 +198,20 @@ commit_scan_row(HeapTuple tup, TupleDesc desc, void *arg)
 	bool		null;
 	FullTransactionId tx = DatumGetFullTransactionId(SPI_getbinval(tup, desc, 1, &null));
 	Datum		hash = SPI_getbinval(tup, desc, 2, &null);
+	bool		no_hash = null;
+	Datum		whole = SPI_getbinval(tup, desc, 3, &null);
 	uint8		link[ES_HASH_LEN];
 
-	if (!es_hash_of_datum(hash, null, link))
+	if (es_hash_of_datum(hash, no_hash, link))
+		;
+	else if (!no_hash || null)
 	{
-		HeapTupleHeader th = DatumGetHeapTupleHeader(SPI_getbinval(tup, desc, 3, &null));
+		/* A hash that is no SHA-256 (written by hand): a link nothing matches. */
+		memset(link, 0xff, ES_HASH_LEN);
+	}
+	else
+	{
+		HeapTupleHeader th = DatumGetHeapTupleHeader(whole);
 		HeapTupleData row;
 		Datum		values[EV_NATTS];
 		bool		isnull[EV_NATTS];
