@@ -161,6 +161,11 @@ store_resolve(Oid nspid)
 		"tx_id", "occurred_at", "recorded_at", "causation_id", "correlation_id", "data",
 		"metadata", "schema_version", "appended_by", "hash"
 	};
+	static const Oid event_column_types[EV_NATTS] = {
+		TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID,
+		XID8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, JSONBOID,
+		JSONBOID, INT4OID, TEXTOID, BYTEAOID
+	};
 	EsStore		next;
 	HeapTuple	tup;
 	const char *nspname;
@@ -221,6 +226,14 @@ store_resolve(Oid nspid)
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("column %d of es_events is \"%s\", expected \"%s\"",
 							i + 1, attname ? attname : "(dropped)", event_columns[i]),
+					 errhint("The table was altered outside the extension's scripts; restore its definition.")));
+		/* Its values are read and written as of that type: another would crash the server. */
+		if (get_atttype(next.events_relid, i + 1) != event_column_types[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("column \"%s\" of es_events is of type %s, expected %s", attname,
+							format_type_be(get_atttype(next.events_relid, i + 1)),
+							format_type_be(event_column_types[i])),
 					 errhint("The table was altered outside the extension's scripts; restore its definition.")));
 	}
 	/* Nor more: rows are read into arrays of its columns (a column dropped keeps its place). */

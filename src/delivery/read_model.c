@@ -46,6 +46,7 @@
 #include "funcapi.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/jsonb.h"
@@ -136,15 +137,32 @@ rm_row_init(const EsReadModel *m, RmRow *row, const char *aggregate_id)
 	row->exists = false;
 }
 
+/* A model's table changed (ALTER TABLE): checked again at its next use. */
+static void
+rm_relcache_callback(Datum arg, Oid relid)
+{
+	int			i;
+
+	for (i = 0; i < es_nread_models; i++)
+		if (relid == InvalidOid || relid == es_read_models[i].relid)
+			es_read_models[i].relid = InvalidOid;
+}
+
 /*
  * The table of m in store s, checked against the column list (the code
- * reads and writes rows by column number).
+ * reads and writes rows by column number, as of their types).
  */
 static Oid
 rm_relation(EsReadModel *m, EsStore *s)
 {
+	static bool callback_registered = false;
 	int			i;
 
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(rm_relcache_callback, (Datum) 0);
+		callback_registered = true;
+	}
 	if (OidIsValid(m->relid) && m->store_generation == s->generation)
 		return m->relid;
 	m->relid = get_relname_relid(m->table, s->nspid);
@@ -156,12 +174,20 @@ rm_relation(EsReadModel *m, EsStore *s)
 	for (i = 0; i < m->ncolumns; i++)
 	{
 		char	   *attname = get_attname(m->relid, i + 1, true);
+		Oid			atttype = attname ? get_atttype(m->relid, i + 1) : InvalidOid;
 
 		if (attname == NULL || strcmp(attname, m->columns[i].name) != 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_DATA_CORRUPTED),
 					 errmsg("column %d of %s is \"%s\", expected \"%s\"",
 							i + 1, m->table, attname ? attname : "(dropped)", m->columns[i].name),
+					 errhint("The table was altered outside the extension's scripts; restore its definition.")));
+		/* Its values are read and written as of that type: another would crash the server. */
+		if (atttype != m->columns[i].type)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("column \"%s\" of %s is of type %s, expected %s",
+							attname, m->table, format_type_be(atttype), format_type_be(m->columns[i].type)),
 					 errhint("The table was altered outside the extension's scripts; restore its definition.")));
 	}
 	m->store_generation = s->generation;
