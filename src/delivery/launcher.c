@@ -50,6 +50,7 @@
 #include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
+#include "commands/extension.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "pgstat.h"
@@ -58,9 +59,11 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
+#include "utils/acl.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 
 #include "core/guc.h"
 #include "core/partitions.h"
@@ -549,8 +552,38 @@ es_launcher_main(Datum arg)
 static int	created_level = 0;
 static int	dropped_level = 0;
 
-/* The databases this backend holds until its transaction ends. */
+/*
+ * The databases this backend holds until its transaction ends, or until
+ * the subtransaction that took the first hold (at hold_level) aborts.
+ */
 static bool holding = false;
+static int	hold_level = 0;
+
+/*
+ * Whether the caller may run the command on database dbname (as_template:
+ * copy it) that would hold it: its workers are stopped before the command's
+ * own checks run, which would be too late for a role that may not.
+ */
+static bool
+launcher_may_hold(const char *dbname, bool as_template)
+{
+	Oid			oid = dbname != NULL ? get_database_oid(dbname, true) : InvalidOid;
+	HeapTuple	tup;
+	bool		is_template;
+
+	if (!OidIsValid(oid))
+		return false;
+	if (pg_database_ownercheck(oid, GetUserId()))
+		return !as_template || have_createdb_privilege();
+	if (!as_template)
+		return false;
+	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(oid));
+	if (!HeapTupleIsValid(tup))
+		return false;
+	is_template = ((Form_pg_database) GETSTRUCT(tup))->datistemplate;
+	ReleaseSysCache(tup);
+	return is_template && have_createdb_privilege();
+}
 
 static bool
 statement_names_extension(List *objects)
@@ -590,6 +623,8 @@ launcher_hold(const char *name, Oid oid)
 		if (db->oid == InvalidOid || (name != NULL ? strcmp(db->name, name) != 0 : db->oid != oid))
 			continue;
 		db->held_by = MyProcPid;
+		if (!holding)
+			hold_level = GetCurrentTransactionNestLevel();
 		holding = true;
 		for (j = 0; j < es_worker_shared->nslots; j++)
 		{
@@ -680,27 +715,51 @@ launcher_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 				 DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *parsetree = pstmt->utilityStmt;
+	bool		top_level = (context == PROCESS_UTILITY_TOPLEVEL);
+	const char *dbname;
 
+	/*
+	 * Workers are held only for a command that may run: by a role allowed
+	 * to, and (as PostgreSQL checks after this hook) outside a transaction
+	 * block where it must be.  Else any role could stop a database's
+	 * workers with a command bound to fail.
+	 */
 	switch (nodeTag(parsetree))
 	{
 		case T_DropdbStmt:
-			launcher_hold(((DropdbStmt *) parsetree)->dbname, InvalidOid);
 			dropping_database = InvalidOid;
+			dbname = ((DropdbStmt *) parsetree)->dbname;
+			if (launcher_may_hold(dbname, false))
+			{
+				PreventInTransactionBlock(top_level, "DROP DATABASE");
+				launcher_hold(dbname, InvalidOid);
+			}
 			break;
 		case T_RenameStmt:
-			if (((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
-				launcher_hold(((RenameStmt *) parsetree)->subname, InvalidOid);
+			dbname = ((RenameStmt *) parsetree)->subname;
+			if (((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE && launcher_may_hold(dbname, false))
+				launcher_hold(dbname, InvalidOid);
 			break;
 		case T_AlterDatabaseStmt:
-			if (alterdb_moves((AlterDatabaseStmt *) parsetree))
-				launcher_hold(((AlterDatabaseStmt *) parsetree)->dbname, InvalidOid);
+			dbname = ((AlterDatabaseStmt *) parsetree)->dbname;
+			if (alterdb_moves((AlterDatabaseStmt *) parsetree) && launcher_may_hold(dbname, false))
+			{
+				PreventInTransactionBlock(top_level, "ALTER DATABASE SET TABLESPACE");
+				launcher_hold(dbname, InvalidOid);
+			}
 			break;
 		case T_CreatedbStmt:
-			launcher_hold(createdb_template((CreatedbStmt *) parsetree), InvalidOid);
+			dbname = createdb_template((CreatedbStmt *) parsetree);
+			if (launcher_may_hold(dbname, true))
+			{
+				PreventInTransactionBlock(top_level, "CREATE DATABASE");
+				launcher_hold(dbname, InvalidOid);
+			}
 			break;
 		case T_DropStmt:
 			if (((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION &&
-				statement_names_extension(((DropStmt *) parsetree)->objects))
+				statement_names_extension(((DropStmt *) parsetree)->objects) &&
+				pg_extension_ownercheck(get_extension_oid("ultracore_es", true), GetUserId()))
 				launcher_hold(NULL, MyDatabaseId);
 			break;
 		default:
@@ -777,6 +836,9 @@ launcher_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTrans
 			created_level = 0;
 		if (dropped_level >= level)
 			dropped_level = 0;
+		/* The command that held failed: the workers may come back now. */
+		if (holding && hold_level >= level)
+			launcher_release_holds();
 	}
 	else if (event == SUBXACT_EVENT_COMMIT_SUB)
 	{
@@ -784,6 +846,8 @@ launcher_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTrans
 			created_level = level - 1;
 		if (dropped_level >= level)
 			dropped_level = level - 1;
+		if (holding && hold_level >= level)
+			hold_level = level - 1;
 	}
 }
 

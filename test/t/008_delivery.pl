@@ -234,6 +234,24 @@ foreach my $db ('bank2', 'bank3')
 is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'ultracore_es kafka mirror'}),
 	'1', 'Kafka is served in one database only');
 
+# A role that may not drop, rename or copy a database, nor drop the
+# extension, stops none of its workers with a command that fails, whatever
+# it leaves open after (a savepoint rolled back to, a transaction idle).
+$node->safe_psql('postgres', q{CREATE ROLE intruder LOGIN});
+my $intruder = $node->background_psql('bank3', on_error_stop => 0, extra_params => [ '-U', 'intruder' ]);
+$intruder->query(q{BEGIN; SAVEPOINT s; DROP DATABASE bank3});
+$intruder->query(q{ROLLBACK TO SAVEPOINT s; ALTER DATABASE bank3 RENAME TO bank9});
+$intruder->query(q{ROLLBACK TO SAVEPOINT s; CREATE DATABASE copied TEMPLATE bank3});
+$intruder->query(q{ROLLBACK TO SAVEPOINT s; DROP EXTENSION ultracore_es});
+$intruder->query(q{ROLLBACK TO SAVEPOINT s});
+sleep 2;
+is( $node->safe_psql(
+		'bank3', q{SELECT count(*) || ' ' || count(*) FILTER (WHERE last_exit LIKE 'asked to leave%')
+	               FROM es_worker_state() WHERE kind = 'delivery' AND pid IS NOT NULL}),
+	'3 0', 'failed commands of a role that may not run them stop none of the workers');
+$intruder->query(q{COMMIT});
+$intruder->quit;
+
 # A DROP EXTENSION rolled back to a savepoint changes nothing: the workers
 # it asked to leave come back (no failure, no backoff) and deliver.
 $node->safe_psql(
