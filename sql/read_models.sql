@@ -142,3 +142,19 @@ BEGIN;
 ALTER TABLE es_events ALTER COLUMN causation_id TYPE bigint USING NULL;
 SELECT es_test.error_of($$SELECT es_append('Customer', 'RM-C2', 'CUSTOMER_UPDATED', '{"name": "Ada"}')$$);
 ROLLBACK;
+-- Rows written by hand where the store would not: an event whose data and
+-- personal_data are arrays is folded as having no fields; a row of
+-- es_builtin_projections naming no read model of the library is refused.
+BEGIN;
+INSERT INTO es_events (event_id, event_type, aggregate_type, aggregate_id, version, tx_id, occurred_at,
+                       recorded_at, data, metadata, schema_version, appended_by)
+VALUES ('rm-by-hand', 'ACCOUNT_OPENED', 'Account', 'RM-HAND', 1, pg_current_xact_id(), now(), now(),
+        '[1, 2]', '{"personal_data": [1]}', 1, 'nobody');
+SELECT es_rebuild_projection('es_accounts', 'RM-HAND');
+SELECT balance, status FROM es_accounts WHERE account_id = 'RM-HAND';
+ROLLBACK;
+BEGIN;
+INSERT INTO es_builtin_projections
+SELECT (jsonb_populate_record(b, '{"name": "rm_copy"}')).* FROM es_builtin_projections b WHERE b.name = 'es_customers';
+SELECT es_test.error_of($$SELECT es_register_projection('rm_copy', mode => 'inline')$$);
+ROLLBACK;

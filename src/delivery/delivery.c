@@ -98,6 +98,19 @@ typedef struct UnitList
 	bool		log_live;		/* the units read the commit log */
 } UnitList;
 
+/*
+ * A units_plan row's number of segments, within what es_handlers' CHECK
+ * allows (should that constraint be gone): the list is sized by their sum.
+ */
+static int
+delivery_segments(HeapTuple row, TupleDesc desc)
+{
+	bool		isnull;
+	int32		segments = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
+
+	return isnull ? 1 : Min(Max(segments, 1), 64);
+}
+
 static void
 delivery_list_units(EsStore *s, void *arg)
 {
@@ -111,11 +124,7 @@ delivery_list_units(EsStore *s, void *arg)
 	if (SPI_execute_plan(es_plan(&units_plan), NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not list the consumers");
 	for (i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-
-		n += DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
-	}
+		n += delivery_segments(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
 	list->units = MemoryContextAlloc(list->cxt, sizeof(Unit) * Max(n, 1));
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -123,7 +132,7 @@ delivery_list_units(EsStore *s, void *arg)
 		char	   *name = MemoryContextStrdup(list->cxt,
 											   TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
 																				 SPI_tuptable->tupdesc, 1, &isnull)));
-		int			segments = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2, &isnull));
+		int			segments = delivery_segments(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
 		int			k;
 
 		for (k = 0; k < segments; k++)

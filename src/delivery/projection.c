@@ -159,9 +159,13 @@ projection_fill(Projection *p, HeapTuple row, TupleDesc desc, MemoryContext cxt)
 	d = SPI_getbinval(row, desc, 6, &isnull);
 	p->reset_function = isnull ? InvalidOid : DatumGetObjectId(d);
 	p->run_as = DatumGetObjectId(SPI_getbinval(row, desc, 7, &isnull));
-	if (DatumGetBool(SPI_getbinval(row, desc, 8, &isnull)))
-		p->model = es_read_model(p->name);
-	else
+	/* A built-in one is folded in C, by its model: es_builtin_projections must name one. */
+	if (DatumGetBool(SPI_getbinval(row, desc, 8, &isnull)) && (p->model = es_read_model(p->name)) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("es_builtin_projections names projection \"%s\", which is not a read model of the library", p->name),
+				 errhint("The table was changed outside the extension's scripts; restore its rows.")));
+	if (p->model == NULL)
 		fmgr_info_cxt(p->function, &p->flinfo, cxt);
 	MemoryContextSwitchTo(old);
 }

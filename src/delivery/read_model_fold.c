@@ -38,6 +38,9 @@
 static JsonbValue *
 rm_field(const RmEvent *ev, const char *key)
 {
+	/* Appends store objects; a row written by hand may hold anything. */
+	if (!JB_ROOT_IS_OBJECT(ev->data))
+		return NULL;
 	return getKeyJsonValueFromContainer(&ev->data->root, key, strlen(key), NULL);
 }
 

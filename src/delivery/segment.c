@@ -113,7 +113,8 @@ es_segment_load_fences(Consumer *c)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 
-		c->fences[i].segments = DatumGetInt32(SPI_getbinval(row, desc, 1, &isnull));
+		/* At least one (es_consumer_segments' CHECK, should it be gone): a modulo of it follows. */
+		c->fences[i].segments = Max(DatumGetInt32(SPI_getbinval(row, desc, 1, &isnull)), 1);
 		c->fences[i].segment = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
 		es_commit_point_from_row(&c->fences[i].point, row, desc, 3, 5);
 	}

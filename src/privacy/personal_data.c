@@ -434,7 +434,7 @@ personal_member(Jsonb *metadata, const char *key)
 
 	if (!JB_ROOT_IS_OBJECT(metadata) ||
 		(pd = getKeyJsonValueFromContainer(&metadata->root, "personal_data", strlen("personal_data"), NULL)) == NULL ||
-		pd->type != jbvBinary)
+		pd->type != jbvBinary || !JsonContainerIsObject(pd->val.binary.data))
 		return NULL;
 	return getKeyJsonValueFromContainer(pd->val.binary.data, key, strlen(key), NULL);
 }
