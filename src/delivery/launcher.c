@@ -48,6 +48,7 @@
 #include "access/xact.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_database.h"
+#include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
 #include "commands/extension.h"
@@ -787,12 +788,6 @@ launcher_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 	if (IsA(parsetree, CreateExtensionStmt) &&
 		strcmp(((CreateExtensionStmt *) parsetree)->extname, "ultracore_es") == 0)
 		created_level = GetCurrentTransactionNestLevel();
-	if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION &&
-		statement_names_extension(((DropStmt *) parsetree)->objects))
-	{
-		dropped_level = GetCurrentTransactionNestLevel();
-		es_sequencer_drop_slot();
-	}
 }
 
 /*
@@ -851,7 +846,13 @@ launcher_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTrans
 	}
 }
 
-/* The drop hook: which database a DROP DATABASE drops. */
+/*
+ * The drop hook: which database a DROP DATABASE drops; and the extension
+ * dropped, however (DROP EXTENSION, or a cascade from DROP SCHEMA or DROP
+ * OWNED): the database's slot goes too, or it would keep the WAL for
+ * ever.  Its workers were held before a DROP EXTENSION (the utility hook);
+ * before a cascade they are asked to leave here.
+ */
 static void
 launcher_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subId, void *arg)
 {
@@ -859,6 +860,14 @@ launcher_object_access(ObjectAccessType access, Oid classId, Oid objectId, int s
 		prev_object_access_hook(access, classId, objectId, subId, arg);
 	if (access == OAT_DROP && classId == DatabaseRelationId)
 		dropping_database = objectId;
+	if (access == OAT_DROP && classId == ExtensionRelationId &&
+		objectId == get_extension_oid("ultracore_es", true))
+	{
+		if (!holding)
+			launcher_hold(NULL, MyDatabaseId);
+		dropped_level = GetCurrentTransactionNestLevel();
+		es_sequencer_drop_slot();
+	}
 }
 
 /* es_launcher_init: from _PG_init; the hooks only where the launcher runs (preloaded). */

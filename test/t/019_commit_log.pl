@@ -7,7 +7,8 @@
 # that moves from es_read_all to es_read_log with its checkpoint), through a
 # kill -9 of the sequencer, of the postmaster and a slot dropped by hand:
 # every committed event in the log once, none rolled back, in commit order.
-# DROP EXTENSION drops the slot.  A standby promoted mid-load makes its own
+# DROP EXTENSION (or DROP SCHEMA ... CASCADE of its schema) drops the slot.
+# A standby promoted mid-load makes its own
 # slot and numbers what its replicated log lacks once.
 use strict;
 use warnings;
@@ -317,6 +318,13 @@ $standby->stop;
 # DROP EXTENSION drops the slot, which would otherwise keep the WAL for ever.
 $node->safe_psql('postgres', 'DROP EXTENSION ultracore_es CASCADE');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots}), '0', 'DROP EXTENSION drops the slot');
+# So does a drop of the extension by a cascade: its schema dropped.
+$node->safe_psql('postgres', 'CREATE SCHEMA es2; CREATE EXTENSION ultracore_es SCHEMA es2');
+ok($node->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_replication_slots WHERE plugin = 'ultracore_es'}),
+	'the sequencer made a slot for the extension again');
+$node->safe_psql('postgres', 'DROP SCHEMA es2 CASCADE');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_replication_slots}), '0',
+	'DROP SCHEMA ... CASCADE of the extension\'s schema drops the slot');
 
 $node->stop;
 done_testing();
