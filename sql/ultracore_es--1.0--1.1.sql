@@ -1009,6 +1009,9 @@ RETURNS jsonb
 AS 'MODULE_PATHNAME', 'es_without_personal_data' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION @extschema@.es_without_personal_data(jsonb) IS
     'ultracore_es: value without its sealed personal fields, at any depth (an object member or array element that is an envelope is left out)';
+-- Any role may call it (it opens nothing); said explicitly, so that a store
+-- updated from 1.0 and a new one hold the same privileges.
+GRANT EXECUTE ON FUNCTION @extschema@.es_without_personal_data(jsonb) TO PUBLIC;
 CREATE OR REPLACE FUNCTION @extschema@.es_notification_handler(event @extschema@.es_events)
 RETURNS void LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO @extschema@.es_notification_outbox (event_id, event_type, aggregate_type, aggregate_id, payload)
