@@ -55,6 +55,7 @@ typedef struct LatencyHistogram
 typedef struct ConsumerStats
 {
 	char		name[NAMEDATALEN];	/* "" when free */
+	Oid			database;		/* names are a database's: built-in ones in each */
 	pg_atomic_uint64 events_applied;
 	TimestampTz last_applied_at;
 	LatencyHistogram total;
@@ -301,12 +302,14 @@ consumer_slot(const char *name)
 	int			i;
 
 	for (i = 0; i < MAX_CONSUMERS; i++)
-		if (strcmp(stats_shared->consumers[i].name, name) == 0)
+		if (stats_shared->consumers[i].database == MyDatabaseId &&
+			strcmp(stats_shared->consumers[i].name, name) == 0)
 			return &stats_shared->consumers[i];
 	for (i = 0; i < MAX_CONSUMERS; i++)
 		if (stats_shared->consumers[i].name[0] == '\0')
 		{
 			strlcpy(stats_shared->consumers[i].name, name, NAMEDATALEN);
+			stats_shared->consumers[i].database = MyDatabaseId;
 			pg_atomic_init_u64(&stats_shared->consumers[i].events_applied, 0);
 			return &stats_shared->consumers[i];
 		}
@@ -496,7 +499,7 @@ es_consumer_counters(PG_FUNCTION_ARGS)
 		int			r;
 		int			b;
 
-		if (cs->name[0] == '\0')
+		if (cs->name[0] == '\0' || cs->database != MyDatabaseId)
 			continue;
 		memset(&recent, 0, sizeof(recent));
 		for (r = 0; r < 2; r++)
@@ -542,7 +545,8 @@ es_reset_consumer_counters(PG_FUNCTION_ARGS)
 	{
 		ConsumerStats *cs = &stats_shared->consumers[i];
 
-		if (cs->name[0] == '\0' || (consumer != NULL && strcmp(cs->name, consumer) != 0))
+		if (cs->name[0] == '\0' || cs->database != MyDatabaseId ||
+			(consumer != NULL && strcmp(cs->name, consumer) != 0))
 			continue;
 		pg_atomic_write_u64(&cs->events_applied, 0);
 		memset(&cs->total, 0, sizeof(cs->total));

@@ -33,6 +33,7 @@
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "core/validate.h"
@@ -71,6 +72,23 @@ es_aggregate_type_init(void)
 {
 	es_store_on_change(aggregate_type_store_changed);
 	CacheRegisterSyscacheCallback(PROCOID, aggregate_type_proc_changed, (Datum) 0);
+}
+
+/*
+ * Run one of the cache's catalog queries on what is committed now, not on
+ * the caller's snapshot: the cache outlives the transaction, and an entry
+ * filled from a transaction snapshot older than a registration would stay
+ * stale for good (the invalidation came before it).
+ */
+static int
+aggregate_type_query(EsPlan *plan, Datum *args)
+{
+	int			rc;
+
+	PushActiveSnapshot(GetLatestSnapshot());
+	rc = SPI_execute_plan(es_plan(plan), args, NULL, true, 1);
+	PopActiveSnapshot();
+	return rc;
 }
 
 /* The cache entry of aggregate_type, created empty on a miss. */
@@ -140,7 +158,7 @@ es_aggregate_type_reducer(const char *aggregate_type)
 	if (entry->reducer_loaded)
 		return entry;
 	arg = CStringGetTextDatum(aggregate_type);
-	if (SPI_execute_plan(es_plan(&reducer_plan), &arg, NULL, true, 1) != SPI_OK_SELECT)
+	if (aggregate_type_query(&reducer_plan, &arg) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up the reducer of aggregate type \"%s\"", aggregate_type);
 	if (SPI_processed == 1)
 	{
@@ -222,7 +240,7 @@ es_aggregate_type_fingerprint(const char *aggregate_type)
 		return entry->fingerprint;
 	args[0] = CStringGetTextDatum(aggregate_type);
 	args[1] = CStringGetTextDatum(DEFAULT_REDUCER_REVISION);
-	if (SPI_execute_plan(es_plan(&fingerprint_plan), args, NULL, true, 1) != SPI_OK_SELECT ||
+	if (aggregate_type_query(&fingerprint_plan, args) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not compute the fingerprint of aggregate type \"%s\"", aggregate_type);
 	fingerprint = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -254,7 +272,7 @@ es_aggregate_type_snapshot_every(const char *aggregate_type)
 	if (entry->policy_loaded)
 		return entry->snapshot_every;
 	arg = CStringGetTextDatum(aggregate_type);
-	if (SPI_execute_plan(es_plan(&policy_plan), &arg, NULL, true, 1) != SPI_OK_SELECT)
+	if (aggregate_type_query(&policy_plan, &arg) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up the snapshot policy of aggregate type \"%s\"", aggregate_type);
 	entry->snapshot_every = SPI_processed == 1 ?
 		DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)) : 0;

@@ -233,6 +233,11 @@ foreach my $db ('bank2', 'bank3')
 }
 is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'ultracore_es kafka mirror'}),
 	'1', 'Kafka is served in one database only');
+# Each database's statistics are its own, under the same consumer name.
+wait_for(q{SELECT events_applied >= 1 FROM es_consumer_counters() WHERE consumer = 'seen'}, 'counted', 'bank3');
+sleep 1;
+is($node->safe_psql('bank3', q{SELECT events_applied FROM es_consumer_counters() WHERE consumer = 'seen'}),
+	'1', 'a consumer\'s counters count its database\'s events only');
 
 # A role that may not drop, rename or copy a database, nor drop the
 # extension, stops none of its workers with a command that fails, whatever
