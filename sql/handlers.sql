@@ -97,6 +97,9 @@ SELECT es_test.error_of($$SELECT es_register_handler('bad name', 'es_test.record
 SELECT es_test.error_of(format($$SELECT es_register_handler(%L, 'es_test.record(es_events)')$$, 'h' || repeat('x', 63)));
 SELECT es_test.error_of($$SELECT es_pause_handler('nope')$$);
 SELECT es_test.error_of($$SELECT es_resume_handler('nope')$$);
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT es_test.error_of($$SELECT es_resume_handler('record', from_now => true)$$);
+ROLLBACK;
 SELECT es_test.error_of($$SELECT es_unregister_handler('nope')$$);
 SELECT es_test.error_of($$SELECT es_unregister_handler('es_audit_trail')$$);
 -- A handler runs as its registrant, who must be allowed to execute it.

@@ -380,6 +380,9 @@ handler_resume(FunctionCallInfo fcinfo, bool catalog_1_1)
 	EsCall		call;
 	Datum		args[2];
 
+	if (from_now)
+		es_require_read_committed("es_resume_handler with from_now",
+								  "It moves the handler to the commit horizon of now; a transaction snapshot's horizon can be older, and the fences of a split handler below it would go while it still has events above them to deliver.");
 	es_call_begin(fcinfo, &call);
 	if (!handler_lock(name) && !handler_switch_on_builtin(&call, name, catalog_1_1))
 		handler_not_found(name);
