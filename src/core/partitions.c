@@ -34,6 +34,7 @@
 
 #include "access/htup_details.h"
 #include "access/relscan.h"
+#include "catalog/pg_am.h"
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -434,6 +435,46 @@ index_column_is(Form_pg_index ix, int n, Oid relid, const char *name)
 }
 
 /*
+ * Whether the index (its pg_index row tup) can serve the store's scans: a
+ * btree, in ascending order, with the columns' own collation (the store's
+ * text columns are "C"; the scans' keys say so).  One a DBA added by hand
+ * (BRIN, DESC, another collation) on the same columns would fail the scans,
+ * or return rows out of their order.
+ */
+static bool
+index_serves_scans(Oid indexoid, HeapTuple tup, Form_pg_index ix, Relation rel)
+{
+	HeapTuple	classtup = SearchSysCache1(RELOID, ObjectIdGetDatum(indexoid));
+	bool		btree;
+	bool		isnull;
+	int2vector *options;
+	oidvector  *collations;
+	int			i;
+
+	if (!HeapTupleIsValid(classtup))
+		return false;
+	btree = ((Form_pg_class) GETSTRUCT(classtup))->relam == BTREE_AM_OID;
+	ReleaseSysCache(classtup);
+	if (!btree)
+		return false;
+	options = (int2vector *) DatumGetPointer(SysCacheGetAttr(INDEXRELID, tup, Anum_pg_index_indoption, &isnull));
+	if (isnull)
+		return false;
+	collations = (oidvector *) DatumGetPointer(SysCacheGetAttr(INDEXRELID, tup, Anum_pg_index_indcollation, &isnull));
+	if (isnull)
+		return false;
+	for (i = 0; i < ix->indnkeyatts; i++)
+	{
+		AttrNumber	att = ix->indkey.values[i];
+
+		if ((options->values[i] & INDOPTION_DESC) != 0 || att <= 0 ||
+			collations->values[i] != TupleDescAttr(RelationGetDescr(rel), att - 1)->attcollation)
+			return false;
+	}
+	return true;
+}
+
+/*
  * Check that part's table (open) has es_events' columns at the same numbers
  * (the C paths route and read rows in es_events' descriptor), and find the
  * indexes they scan among its own.
@@ -468,7 +509,8 @@ partition_check(EsPartition *part, Relation rel, Relation events)
 			elog(ERROR, "cache lookup failed for index %u", indexoid);
 		ix = (Form_pg_index) GETSTRUCT(tup);
 		/* Partial indexes (correlation ids) serve no scan here. */
-		if (ix->indisvalid && heap_attisnull(tup, Anum_pg_index_indpred, NULL))
+		if (ix->indisvalid && heap_attisnull(tup, Anum_pg_index_indpred, NULL) &&
+			index_serves_scans(indexoid, tup, ix, rel))
 		{
 			if (ix->indnkeyatts == 2 && ix->indisunique &&
 				index_column_is(ix, 0, part->relid, "aggregate_id") &&
