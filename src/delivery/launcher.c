@@ -310,8 +310,12 @@ launcher_reap(void)
 		slot->in_use = false;
 		if (slot->last_exit_at < slot->registered_at || strncmp(slot->last_exit, "exited with code", 16) == 0)
 		{
-			int			delay = Min(RESTART_MS << Min(slot->failures, 4), RESTART_MAX_MS);
+			int			delay;
 
+			/* One that ran a while before failing is not in a series of failures. */
+			if (TimestampDifferenceExceeds(slot->registered_at, GetCurrentTimestamp(), RESTART_MAX_MS))
+				slot->failures = 0;
+			delay = Min(RESTART_MS << Min(slot->failures, 4), RESTART_MAX_MS);
 			slot->failures++;
 			slot->start_after = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), delay);
 		}
