@@ -39,6 +39,10 @@ SELECT es_test.error_of($$SELECT es_append_batch('Account', 'ACC100', NULL)$$);
 SELECT es_test.error_of($$SELECT es_append_batch('Account', 'ACC100', '{"event_type": "ACCOUNT_OPENED"}')$$);
 SELECT es_test.error_of($$SELECT es_append_batch('Account', 'ACC100', '"ACCOUNT_OPENED"')$$);
 SELECT es_test.error_of($$SELECT es_append_batch('Account', 'ACC100', '[]')$$);
+-- Past the limit, refused before anything is allocated for it (it failed
+-- with an internal error past 11 million).
+SELECT es_test.error_of($$SELECT es_append_batch('Account', 'ACC100',
+    (SELECT jsonb_agg('{"event_type": "ACCOUNT_BALANCE_UPDATED"}'::jsonb) FROM generate_series(1, 1000001)))$$);
 SELECT es_test.error_of($$SELECT es_append_batch('Account', 'ACC100', '[1, 2]')$$);
 SELECT es_test.error_of($$SELECT es_append_batch('Account', 'ACC100', '[{"data": {}}]')$$);
 SELECT es_test.error_of($$SELECT es_append_batch('Account', 'ACC100', '[{"event_type": null}]')$$);

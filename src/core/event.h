@@ -46,6 +46,7 @@ es_deform_event(HeapTuple tup, TupleDesc desc, Datum *values, bool *isnull)
 /* Lengths, in bytes, beyond which an identifier is refused. */
 #define ES_MAX_ID_LEN		255		/* event, aggregate, causation, correlation ids */
 #define ES_MAX_NAME_LEN		128		/* event type and aggregate type names */
+#define ES_MAX_BATCH_EVENTS	1000000	/* events of one es_append_batch (its arrays stay below 1 GB) */
 
 /*
  * expected_version sentinels (NULL means "any version"):

@@ -18,6 +18,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 
+#include "core/event.h"
 #include "core/validate.h"
 
 /*
@@ -254,6 +255,11 @@ es_append_batch(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("events must not be empty")));
+	if (req.nevents > ES_MAX_BATCH_EVENTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("a batch holds at most %d events; this one has %d", ES_MAX_BATCH_EVENTS, req.nevents),
+				 errhint("Append it in several batches: each is atomic, and expected_version chains them.")));
 	req.expected = es_arg_expected_version(fcinfo, 3, &req.any);
 	if (!PG_ARGISNULL(4))
 	{
