@@ -126,6 +126,8 @@ SELECT es_test.error_of($$SELECT es_append('Account', 'RM-A2', 'ACCOUNT_LIMIT_CH
 SELECT es_test.error_of($$SELECT es_append('Customer', 'RM-C2', 'CUSTOMER_RISK_ASSESSED', '{}', 1)$$);
 SELECT es_test.error_of($$SELECT es_append('Loan', 'RM-L3', 'LOAN_REPAYMENT_MADE', '{}', 4)$$);
 SELECT es_test.error_of($$SELECT es_append('Loan', 'RM-L9', 'LOAN_APPLICATION_SUBMITTED', '{"term_months": "x"}', 0)$$);
+SELECT es_test.error_of($$SELECT es_append('Loan', 'RM-L9', 'LOAN_APPLICATION_SUBMITTED', '{"term_months": 3.5}', 0)$$);
+SELECT es_test.error_of($$SELECT es_append('Loan', 'RM-L9', 'LOAN_APPLICATION_SUBMITTED', '{"term_months": 1e10}', 0)$$);
 SELECT (es_test.state()).events = :before_events AS no_event_written, balance, version
   FROM es_accounts WHERE account_id = 'RM-A2';
 

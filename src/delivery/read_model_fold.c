@@ -109,13 +109,26 @@ rm_numeric(RmRow *row, int col, const RmEvent *ev, const char *key)
 	return true;
 }
 
+/* A whole number that fits an integer column (a count of months): 3.5 is no such thing, nor is 1e10. */
 static bool
 rm_int4(RmRow *row, int col, const RmEvent *ev, const char *key)
 {
+	Datum		n;
+	bool		overflow = false;
+	int32		value;
+
 	if (!rm_numeric(row, col, ev, key))
 		return false;
-	if (!row->nulls[col])
-		row->values[col] = DirectFunctionCall1(numeric_int4, row->values[col]);
+	if (row->nulls[col])
+		return true;
+	n = row->values[col];
+	value = numeric_int4_opt_error(DatumGetNumeric(n), &overflow);
+	if (overflow || !DatumGetBool(DirectFunctionCall2(numeric_eq, n,
+													   DirectFunctionCall2(numeric_trunc, n, Int32GetDatum(0)))))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("field \"%s\" must be a whole number of at most %d", key, PG_INT32_MAX)));
+	row->values[col] = Int32GetDatum(value);
 	return true;
 }
 
