@@ -23,6 +23,18 @@ ALTER SYSTEM SET ultracore_es.kafka_standby_slots = 'standby 1';
 ALTER SYSTEM SET ultracore_es.kafka_standby_slots = 'standby1, "standby2"';
 ALTER SYSTEM RESET ultracore_es.kafka_standby_slots;
 
+-- Kafka's names: an empty consumer group, a topic name Kafka would refuse
+-- (another character, too long) are refused when the configuration is written.
+ALTER SYSTEM SET ultracore_es.kafka_group_id = '';
+ALTER SYSTEM SET ultracore_es.kafka_fence_topic = 'fence topic';
+ALTER SYSTEM SET ultracore_es.kafka_topic_prefix = 'es/';
+SELECT format('ALTER SYSTEM SET ultracore_es.kafka_fence_topic = %L', repeat('f', 250)) \gexec
+SELECT format('ALTER SYSTEM SET ultracore_es.kafka_topic_prefix = %L', repeat('p', 122)) \gexec
+ALTER SYSTEM SET ultracore_es.kafka_fence_topic = '';
+ALTER SYSTEM SET ultracore_es.kafka_topic_prefix = 'bank-1.es_';
+ALTER SYSTEM RESET ultracore_es.kafka_fence_topic;
+ALTER SYSTEM RESET ultracore_es.kafka_topic_prefix;
+
 -- The properties may hold credentials: only superusers read them.
 CREATE ROLE regress_kafka_reader;
 SET ROLE regress_kafka_reader;

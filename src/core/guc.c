@@ -17,6 +17,7 @@
 
 #include "core/guc.h"
 
+#include <ctype.h>
 #include <limits.h>
 
 #include "miscadmin.h"
@@ -24,6 +25,7 @@
 #include "utils/memutils.h"
 #include "utils/varlena.h"
 
+#include "core/event.h"
 #include "core/validate.h"
 
 int			es_max_event_bytes = 1024 * 1024;
@@ -122,6 +124,59 @@ check_kafka_standby_slots(char **newval, void **extra, GucSource source)
 	if (!ok)
 		GUC_check_errdetail("The setting is a comma-separated list of physical replication slot names.");
 	return ok;
+}
+
+/*
+ * Kafka's names: a topic's (at most 249 characters of [a-zA-Z0-9._-]; a
+ * prefix leaves room for the longest aggregate type, 128), a consumer
+ * group's (not empty).  Checked here, rather than by the brokers' refusals
+ * at every pass.
+ */
+static bool
+kafka_name_ok(const char *name, int max_len, bool may_be_empty, const char *what)
+{
+	const char *p;
+
+	if (name[0] == '\0' && !may_be_empty)
+	{
+		GUC_check_errdetail("A %s must not be empty.", what);
+		return false;
+	}
+	if ((int) strlen(name) > max_len)
+	{
+		GUC_check_errdetail("A %s has at most %d characters.", what, max_len);
+		return false;
+	}
+	for (p = name; *p; p++)
+		if (!isalnum((unsigned char) *p) && *p != '.' && *p != '_' && *p != '-')
+		{
+			GUC_check_errdetail("A %s holds only ASCII letters, digits, \".\", \"_\" and \"-\".", what);
+			return false;
+		}
+	return true;
+}
+
+static bool
+check_kafka_topic_prefix(char **newval, void **extra, GucSource source)
+{
+	return kafka_name_ok(*newval, 249 - ES_MAX_NAME_LEN, true, "topic prefix");
+}
+
+static bool
+check_kafka_fence_topic(char **newval, void **extra, GucSource source)
+{
+	return kafka_name_ok(*newval, 249, true, "topic name");
+}
+
+static bool
+check_kafka_group_id(char **newval, void **extra, GucSource source)
+{
+	if ((*newval)[0] == '\0')
+	{
+		GUC_check_errdetail("A consumer group must not be empty.");
+		return false;
+	}
+	return true;
 }
 
 void
@@ -341,7 +396,7 @@ es_guc_init(void)
 							   "es.",
 							   PGC_SIGHUP,
 							   0,
-							   NULL, NULL, NULL);
+							   check_kafka_topic_prefix, NULL, NULL);
 
 	DefineCustomStringVariable("ultracore_es.kafka_producer_properties",
 							   "librdkafka properties of the mirror's producer, as key=value;key=value.",
@@ -377,7 +432,7 @@ es_guc_init(void)
 							   "ultracore_es",
 							   PGC_SIGHUP,
 							   0,
-							   NULL, NULL, NULL);
+							   check_kafka_group_id, NULL, NULL);
 
 	DefineCustomStringVariable("ultracore_es.kafka_partitioner",
 							   "librdkafka partitioner of the mirror: consistent_random, or murmur2_random to partition as Java clients do.",
@@ -432,7 +487,7 @@ es_guc_init(void)
 							   "ultracore_es.fence",
 							   PGC_SIGHUP,
 							   0,
-							   NULL, NULL, NULL);
+							   check_kafka_fence_topic, NULL, NULL);
 
 	DefineCustomIntVariable("ultracore_es.kafka_batch_size",
 							"Most messages the mirror has in flight.",
