@@ -128,20 +128,15 @@ check_kafka_standby_slots(char **newval, void **extra, GucSource source)
 
 /*
  * Kafka's names: a topic's (at most 249 characters of [a-zA-Z0-9._-]; a
- * prefix leaves room for the longest aggregate type, 128), a consumer
- * group's (not empty).  Checked here, rather than by the brokers' refusals
- * at every pass.
+ * prefix leaves room for the longest aggregate type, 128; empty is allowed,
+ * a fence topic's saying "no fence"), a consumer group's (not empty).
+ * Checked here, rather than by the brokers' refusals at every pass.
  */
 static bool
-kafka_name_ok(const char *name, int max_len, bool may_be_empty, const char *what)
+kafka_name_ok(const char *name, int max_len, const char *what)
 {
 	const char *p;
 
-	if (name[0] == '\0' && !may_be_empty)
-	{
-		GUC_check_errdetail("A %s must not be empty.", what);
-		return false;
-	}
 	if ((int) strlen(name) > max_len)
 	{
 		GUC_check_errdetail("A %s has at most %d characters.", what, max_len);
@@ -159,13 +154,13 @@ kafka_name_ok(const char *name, int max_len, bool may_be_empty, const char *what
 static bool
 check_kafka_topic_prefix(char **newval, void **extra, GucSource source)
 {
-	return kafka_name_ok(*newval, 249 - ES_MAX_NAME_LEN, true, "topic prefix");
+	return kafka_name_ok(*newval, 249 - ES_MAX_NAME_LEN, "topic prefix");
 }
 
 static bool
 check_kafka_fence_topic(char **newval, void **extra, GucSource source)
 {
-	return kafka_name_ok(*newval, 249, true, "topic name");
+	return kafka_name_ok(*newval, 249, "topic name");
 }
 
 static bool

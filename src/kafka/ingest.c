@@ -289,7 +289,7 @@ static int	nbatch = 0;
  * one that ran out of shared memory for them (53200, max_locks_per_
  * transaction) would run out again at every try, so the batches that
  * follow take half as many messages, as often as needed, until
- * kafka_ingest_batch_size is changed (0: that setting).
+ * kafka_ingest_batch_size is changed.  batch_limit 0: that setting.
  */
 static int	batch_limit = 0;
 static int	batch_limit_of = 0;
