@@ -24,7 +24,8 @@
 extern int	es_consumer_run(const char *name, int segments, int segment, TimestampTz *next_due);
 extern bool es_consumer_delivering(Datum event);
 
-/* segment.c */
+/* segment.c; the most segments a consumer can have (es_handlers' CHECK on parallelism) */
+#define ES_MAX_SEGMENTS	64
 extern void es_segment_split(const char *name, int from, int to);
 extern void es_segment_collect(void);
 

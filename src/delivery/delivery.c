@@ -108,7 +108,7 @@ delivery_segments(HeapTuple row, TupleDesc desc)
 	bool		isnull;
 	int32		segments = DatumGetInt32(SPI_getbinval(row, desc, 2, &isnull));
 
-	return isnull ? 1 : Min(Max(segments, 1), 64);
+	return isnull ? 1 : Min(Max(segments, 1), ES_MAX_SEGMENTS);
 }
 
 static void

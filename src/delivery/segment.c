@@ -44,9 +44,6 @@
 
 #include "core/store.h"
 
-/* The most segments a consumer can have. */
-#define MAX_SEGMENTS	64
-
 /*
  * es_segment_of_id: the segment of aggregate_id among segments: FNV-1a of
  * its bytes, modulo segments.  A hash of our own, never PostgreSQL's
@@ -80,10 +77,10 @@ es_segment_of(PG_FUNCTION_ARGS)
 	char	   *aggregate_id = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	int32		segments = PG_GETARG_INT32(1);
 
-	if (segments < 1 || segments > MAX_SEGMENTS)
+	if (segments < 1 || segments > ES_MAX_SEGMENTS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("segments must be between 1 and %d", MAX_SEGMENTS)));
+				 errmsg("segments must be between 1 and %d", ES_MAX_SEGMENTS)));
 	PG_RETURN_INT32(es_segment_of_id(aggregate_id, segments));
 }
 
